@@ -1,0 +1,23 @@
+"""kanlab: Kolmogorov-Arnold Networks, fast, compared fairly with MLPs, and interpreted.
+
+The public API is re-exported here explicitly; see ``DESIGN.md`` for the map of modules.
+"""
+
+from __future__ import annotations
+
+from kanlab import kernels, splines
+from kanlab.layers import KANLinear
+from kanlab.models import KAN, MLP, count_flops, count_params
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KAN",
+    "MLP",
+    "KANLinear",
+    "__version__",
+    "count_flops",
+    "count_params",
+    "kernels",
+    "splines",
+]

@@ -1,0 +1,261 @@
+"""KANLinear: a layer of learnable univariate functions on edges, as the KAN paper defines it.
+
+Each edge (i -> o) computes ``phi_{o,i}(x_i) = mask[i,o] * (w_b[i,o] * b(x_i) + w_s[i,o] * spline_{i,o}(x_i))``
+and each output node sums its incoming edges. ``b`` is the residual base function (SiLU by default) and
+``spline_{i,o}(x) = sum_g c[i,g,o] B_g(x)`` a B-spline of order k on G grid intervals.
+
+Parameters (shapes): ``coef`` (in, G+k, out), ``scale_base`` w_b (in, out), ``scale_spline`` w_s
+(in, out). Buffers: ``knots`` (in, G+2k+1), ``mask`` (in, out) of 0/1, ``grid_uniform`` (a 0-dim bool:
+whether the knots are equally spaced, which lets the kernels skip the interval search).
+
+Initialisation follows the paper: c ~ N(0, noise_scale^2) with noise_scale = 0.1, w_s = 1, w_b Xavier
+uniform, so every edge starts as roughly ``w_b * b(x)`` plus small spline noise.
+
+Inputs outside the knot span ``[t_0, t_{G+2k})`` give a zero spline part: the spline decays smoothly
+to zero over the k extension intervals beyond ``grid_range`` and is exactly zero further out. The base
+branch still carries such inputs. ``update_grid`` moves the grid to where the data are.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kanlab import kernels
+from kanlab._checks import (
+    check_choice,
+    check_finite,
+    check_float,
+    check_input,
+    check_int,
+    check_range,
+)
+from kanlab.splines import coef_to_curve, curve_to_coef, knots_from_data, uniform_knots
+
+__all__ = ["ACTIVATIONS", "KANLinear"]
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def _zero(x: Tensor) -> Tensor:
+    return torch.zeros_like(x)
+
+
+# Named, module-level functions (not lambdas) so that models pickle and configs stay JSON.
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "silu": F.silu,
+    "identity": _identity,
+    "zero": _zero,
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "tanh": torch.tanh,
+}
+
+
+class KANLinear(nn.Module):
+    """A KAN layer ``(..., in_features) -> (..., out_features)``.
+
+    Args:
+        in_features, out_features: widths.
+        grid_size: G, the number of grid intervals (>= 1).
+        spline_order: k, the B-spline order (degree; >= 0; 3 = cubic).
+        grid_range: (low, high) of the initial uniform grid.
+        base_activation: residual base function b: one of ``ACTIVATIONS`` ("silu", "identity",
+            "zero", ...).
+        noise_scale: standard deviation of the initial spline coefficients.
+        generator: a ``torch.Generator`` for the initialisation (``None``: the global RNG).
+        device, dtype: as for ``torch.nn.Linear``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        grid_size: int = 5,
+        spline_order: int = 3,
+        grid_range: Sequence[float] = (-1.0, 1.0),
+        base_activation: str = "silu",
+        noise_scale: float = 0.1,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = check_int("in_features", in_features, minimum=1)
+        self.out_features = check_int("out_features", out_features, minimum=1)
+        check_int("grid_size", grid_size, minimum=1)
+        self.spline_order = check_int("spline_order", spline_order, minimum=0)
+        self.grid_range = check_range("grid_range", grid_range)
+        self.base_activation = check_choice("base_activation", base_activation, list(ACTIVATIONS))
+        self.noise_scale = check_float("noise_scale", noise_scale, minimum=0.0)
+        dtype = dtype or torch.get_default_dtype()
+        if not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+        n_in, n_out, k = in_features, out_features, spline_order
+
+        def rand(*shape: int, normal: bool) -> Tensor:
+            draw = torch.randn if normal else torch.rand
+            return draw(*shape, generator=generator, dtype=dtype).to(device)
+
+        self.coef = nn.Parameter(rand(n_in, grid_size + k, n_out, normal=True) * noise_scale)
+        bound = math.sqrt(6.0 / (n_in + n_out))  # Xavier uniform
+        self.scale_base = nn.Parameter((rand(n_in, n_out, normal=False) * 2 - 1) * bound)
+        self.scale_spline = nn.Parameter(torch.ones(n_in, n_out, dtype=dtype, device=device))
+        knots = uniform_knots(n_in, grid_size, k, self.grid_range, dtype=dtype, device=device)
+        self.register_buffer("knots", knots)
+        self.register_buffer("mask", torch.ones(n_in, n_out, dtype=dtype, device=device))
+        self.register_buffer("grid_uniform", torch.tensor(True, device=device))
+        self._uniform = True  # host mirror of grid_uniform, read in forward without a sync
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def grid_size(self) -> int:
+        """G, the number of grid intervals."""
+        return self.knots.shape[1] - 2 * self.spline_order - 1
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"grid_size={self.grid_size}, spline_order={self.spline_order}, "
+            f"base_activation={self.base_activation!r}, uniform_grid={self._uniform}"
+        )
+
+    # ------------------------------------------------------------------ forward
+    def _flat_input(self, x: Tensor) -> Tensor:
+        check_input(x, self.in_features, dtype=self.coef.dtype)
+        return x.reshape(-1, self.in_features)
+
+    def spline_weight(self) -> Tensor:
+        """The coefficient table with spline scales and mask folded in: ``(in, G+k, out)``."""
+        return self.coef * (self.scale_spline * self.mask).unsqueeze(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(..., in) -> (..., out)``."""
+        x2 = self._flat_input(x)  # (batch, in)
+        y = kernels.spline_product(
+            x2, self.knots, self.spline_weight(), self.spline_order, uniform=self._uniform
+        )  # (batch, out)
+        if self.base_activation != "zero":
+            y = y + ACTIVATIONS[self.base_activation](x2) @ (self.scale_base * self.mask)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def activations(self, x: Tensor) -> Tensor:
+        """Edge outputs ``phi_{o,i}(x_i)``: ``(..., in) -> (..., out, in)``; summing over the last
+        dimension gives ``forward(x)``."""
+        x2 = self._flat_input(x)
+        phi = kernels.edge_values(
+            x2, self.knots, self.spline_weight(), self.spline_order, uniform=self._uniform
+        )  # (batch, out, in)
+        if self.base_activation != "zero":
+            base = ACTIVATIONS[self.base_activation](x2)  # (batch, in)
+            phi = phi + base.unsqueeze(1) * (self.scale_base * self.mask).T
+        return phi.reshape(*x.shape[:-1], self.out_features, self.in_features)
+
+    # ------------------------------------------------------------------ grids
+    def _set_grid(self, knots: Tensor, coef: Tensor, *, uniform: bool) -> None:
+        """Install new knots and coefficients (grid size may change)."""
+        if coef.shape == self.coef.shape:
+            self.coef.data.copy_(coef)
+        else:
+            self.coef = nn.Parameter(
+                coef.to(self.coef.dtype), requires_grad=self.coef.requires_grad
+            )
+        self.knots = knots.to(self.knots.dtype).contiguous()
+        self.grid_uniform.fill_(uniform)
+        self._uniform = uniform
+
+    def _check_grid_data(self, x: Tensor) -> Tensor:
+        check_input(x, self.in_features, name="x", dtype=self.coef.dtype)
+        if x.dim() != 2:
+            raise ValueError(f"x must have shape (batch, {self.in_features}), got {tuple(x.shape)}")
+        if x.shape[0] < 2:
+            raise ValueError(f"x must have at least 2 samples to place a grid, got {x.shape[0]}")
+        return check_finite("x", x)
+
+    @torch.no_grad()
+    def update_grid(self, x: Tensor, *, grid_eps: float = 0.02) -> None:
+        """Move the knots to the distribution of ``x`` ``(batch, in)`` and refit the coefficients so
+        the learned function is preserved (in the least-squares sense, on the data).
+
+        ``grid_eps`` mixes a uniform grid on the data's range into the quantiles (0: quantiles only,
+        1: uniform on the data's range). An input whose samples are all equal keeps its knots.
+        """
+        self._check_grid_data(x)
+        grid_eps = check_float("grid_eps", grid_eps, minimum=0.0)
+        if grid_eps > 1:
+            raise ValueError(f"grid_eps must be in [0, 1], got {grid_eps}")
+        new_knots = knots_from_data(x, self.grid_size, self.spline_order, grid_eps)
+        self._refit(x, new_knots, uniform=grid_eps == 1.0)
+
+    @torch.no_grad()
+    def extend_grid(
+        self, new_size: int, x: Tensor | None = None, *, grid_eps: float = 0.02
+    ) -> None:
+        """Grid extension (fine-graining) to ``new_size`` intervals, preserving the function.
+
+        Without ``x``: a uniform grid on the current grid range; the refit samples the range densely.
+        When the new grid refines the old uniform one (5 -> 10 -> 20 ...), the old spline lies in the
+        new spline space and is reproduced exactly (to rounding) on the grid range.
+        With ``x`` ``(batch, in)``: the new grid is placed on the data as in :meth:`update_grid` and
+        the refit uses the data.
+        """
+        check_int("new_size", new_size, minimum=1)
+        k = self.spline_order
+        if x is not None:
+            self._check_grid_data(x)
+            new_knots = knots_from_data(x, new_size, k, grid_eps)
+            self._refit(x, new_knots, uniform=grid_eps == 1.0)
+            return
+        lo, hi = self.knots[:, k], self.knots[:, -k - 1]  # (in,) the grid range
+        new_knots = uniform_knots(
+            self.in_features, new_size, k, torch.stack([lo, hi], dim=1), dtype=self.knots.dtype
+        )
+        m = 4 * (new_size + k) + 1
+        frac = torch.linspace(0, 1, m, dtype=self.knots.dtype, device=self.knots.device)
+        samples = (lo.unsqueeze(0) + (hi - lo).unsqueeze(0) * frac.unsqueeze(1)).contiguous()
+        self._refit(samples, new_knots, uniform=True)
+
+    def _refit(self, x: Tensor, new_knots: Tensor, *, uniform: bool) -> None:
+        """Fit coefficients on ``new_knots`` to the current splines sampled at ``x`` (batch, in)."""
+        # Inputs whose data have no spread keep their old knots (a zero-width grid is meaningless).
+        width = new_knots[:, -1] - new_knots[:, 0]
+        degenerate = ~(width > 0)
+        if bool(degenerate.any()):
+            new_knots = torch.where(degenerate.unsqueeze(1), self.knots, new_knots)
+            uniform = uniform and self._uniform
+        y = coef_to_curve(x, self.knots, self.coef, self.spline_order, uniform=self._uniform)
+        coef = curve_to_coef(x, y, new_knots, self.spline_order)
+        self._set_grid(new_knots, coef, uniform=uniform)
+
+    # ------------------------------------------------------------------ state
+    def _load_from_state_dict(  # type: ignore[override]
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        # A checkpoint may hold a different grid size (after grid extension): resize first.
+        knots = state_dict.get(prefix + "knots")
+        coef = state_dict.get(prefix + "coef")
+        if knots is not None and coef is not None and knots.shape != self.knots.shape:
+            if knots.shape[0] != self.in_features or coef.shape[0] != self.in_features:
+                error_msgs.append(
+                    f"{prefix}knots: checkpoint has {knots.shape[0]} inputs, layer has "
+                    f"{self.in_features}"
+                )
+            else:
+                self.knots = torch.empty_like(
+                    knots, dtype=self.knots.dtype, device=self.knots.device
+                )
+                self.coef = nn.Parameter(
+                    torch.empty(coef.shape, dtype=self.coef.dtype, device=self.coef.device),
+                    requires_grad=self.coef.requires_grad,
+                )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        self._uniform = bool(self.grid_uniform)
