@@ -143,7 +143,8 @@ class MLP(nn.Module):
         dtype = dtype or torch.get_default_dtype()
         self.layers = nn.ModuleList()
         for a, b in zip(self.widths[:-1], self.widths[1:], strict=True):
-            lin = nn.Linear(a, b, device=device, dtype=dtype)
+            # Built on the meta device: nn.Linear's own initialisation would draw from the global RNG.
+            lin = nn.Linear(a, b, device="meta", dtype=dtype).to_empty(device=device or "cpu")
             bound = 1.0 / math.sqrt(a)
             with torch.no_grad():
                 for p in (lin.weight, lin.bias):

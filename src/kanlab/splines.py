@@ -272,7 +272,8 @@ def curve_to_coef(
 
     x: ``(batch, in)``; y: ``(batch, in, out)`` (the value of edge (i, o) at x[:, i]); knots
     ``(in, G + 2k + 1)``. Returns coef ``(in, G + k, out)`` minimising
-    ``sum_b |B(x_b) c - y_b|^2 + lam |c|^2`` with ``lam = ridge * mean(diag(B^T B))``.
+    ``sum_b |B(x_b) c - y_b|^2 + sum_g lam_g c_g^2`` with ``lam_g = ridge * (B^T B)_gg`` (plus a
+    floor of ``ridge / 100`` times the mean diagonal).
 
     The small ridge keeps the system positive definite when it is rank-deficient (intervals with no
     samples, repeated x): coefficients that the data do not determine go to zero instead of to
@@ -289,9 +290,10 @@ def curve_to_coef(
     a = bspline_basis(x64, t64, spline_order).permute(1, 0, 2)  # (in, batch, G+k)
     ata = a.transpose(1, 2) @ a  # (in, G+k, G+k)
     aty = a.transpose(1, 2) @ y64.permute(1, 0, 2)  # (in, G+k, out)
-    diag = ata.diagonal(dim1=1, dim2=2)
-    scale = diag.mean(dim=1).clamp_min(1e-300)  # (in,)
-    lam = (ridge * scale + 1e-300).view(-1, 1, 1)
-    eye = torch.eye(ata.shape[-1], dtype=torch.float64, device=x.device)
-    coef = torch.linalg.solve(ata + lam * eye, aty)
+    diag = ata.diagonal(dim1=1, dim2=2)  # (in, G+k)
+    # Ridge relative to each basis function's own weight (a uniform ~ridge relative bias), plus a
+    # floor for functions that no sample touches so the system stays positive definite.
+    floor = 1e-2 * diag.mean(dim=1, keepdim=True) + 1e-300
+    lam = ridge * (diag + floor)  # (in, G+k)
+    coef = torch.linalg.solve(ata + torch.diag_embed(lam), aty)
     return coef.to(dtype)

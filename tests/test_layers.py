@@ -1,0 +1,269 @@
+"""KANLinear: oracle against a naive per-edge reference, gradcheck, grid invariants, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kanlab as kl
+from kanlab.splines import bspline_basis
+
+
+def make_layer(n_in=3, n_out=4, *, k=3, g=5, seed=0, dtype=torch.float64, **kw) -> kl.KANLinear:
+    gen = torch.Generator().manual_seed(seed)
+    layer = kl.KANLinear(n_in, n_out, grid_size=g, spline_order=k, generator=gen, dtype=dtype, **kw)
+    with torch.no_grad():  # non-trivial scales and coefficients
+        layer.scale_spline.uniform_(0.5, 1.5, generator=gen)
+        layer.coef.normal_(0, 1, generator=gen)
+    return layer
+
+
+def naive_forward(layer: kl.KANLinear, x: torch.Tensor) -> torch.Tensor:
+    """phi_{o,i}(x_i) = mask * (w_b * silu(x_i) + w_s * sum_g c B_g(x_i)), summed per node, by loops."""
+    basis = bspline_basis(x, layer.knots, layer.spline_order)  # (batch, in, G+k)
+    out = torch.zeros(x.shape[0], layer.out_features, dtype=x.dtype)
+    for o in range(layer.out_features):
+        for i in range(layer.in_features):
+            spline = basis[:, i, :] @ layer.coef[i, :, o]
+            phi = layer.scale_base[i, o] * F.silu(x[:, i]) + layer.scale_spline[i, o] * spline
+            out[:, o] += layer.mask[i, o] * phi
+    return out
+
+
+def data(n=64, n_in=3, seed=1, lo=-1.0, hi=1.0, dtype=torch.float64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return lo + (hi - lo) * torch.rand(n, n_in, generator=g, dtype=dtype)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3, 5])
+def test_forward_matches_naive_reference(k: int) -> None:
+    layer = make_layer(k=k)
+    layer.mask[1, 2] = 0.0
+    x = data(lo=-1.6, hi=1.6)  # includes the extension zones and beyond
+    torch.testing.assert_close(layer(x), naive_forward(layer, x), atol=1e-12, rtol=1e-12)
+
+
+def test_forward_matches_naive_after_update_grid() -> None:
+    layer = make_layer()
+    x = data(n=200) ** 3
+    layer.update_grid(x)
+    assert not layer._uniform
+    torch.testing.assert_close(layer(x), naive_forward(layer, x), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("adapted", [False, True])
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_gradcheck_inputs_and_parameters(k: int, adapted: bool) -> None:
+    layer = make_layer(n_in=2, n_out=2, k=k, g=4)
+    x = data(n=12, n_in=2, seed=5)
+    if adapted:
+        layer.update_grid(data(n=100, n_in=2, seed=6) ** 3)
+    names = ("coef", "scale_base", "scale_spline")
+
+    def fn(x, *params):
+        return torch.func.functional_call(layer, dict(zip(names, params, strict=True)), (x,))
+
+    inputs = (x, *(getattr(layer, n).detach().clone() for n in names))
+    inputs = tuple(t.requires_grad_(True) for t in inputs)
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7)
+
+
+def test_activations_sum_to_forward_and_shapes() -> None:
+    layer = make_layer(n_in=3, n_out=5)
+    x = data(n=40, lo=-1.3, hi=1.3)
+    acts = layer.activations(x)
+    assert acts.shape == (40, 5, 3)
+    torch.testing.assert_close(acts.sum(-1), layer(x), atol=1e-12, rtol=1e-12)
+    # edge (o=2, i=1) alone, by hand
+    basis = bspline_basis(x, layer.knots, 3)
+    phi = layer.scale_base[1, 2] * F.silu(x[:, 1]) + layer.scale_spline[1, 2] * (
+        basis[:, 1] @ layer.coef[1, :, 2]
+    )
+    torch.testing.assert_close(acts[:, 2, 1], phi)
+
+
+def test_leading_dimensions() -> None:
+    layer = make_layer(n_in=3, n_out=2)
+    x = data(n=24).reshape(2, 4, 3, 3)
+    y = layer(x)
+    assert y.shape == (2, 4, 3, 2)
+    torch.testing.assert_close(y.reshape(-1, 2), layer(x.reshape(-1, 3)))
+    assert layer.activations(x).shape == (2, 4, 3, 2, 3)
+
+
+def test_base_activations() -> None:
+    x = data(n=30)
+    zero = make_layer(base_activation="zero")
+    spline_only = zero(x)
+    with torch.no_grad():
+        zero.scale_spline.zero_()
+    torch.testing.assert_close(zero(x), torch.zeros_like(spline_only))
+    ident = make_layer(base_activation="identity")
+    with torch.no_grad():
+        ident.scale_spline.zero_()
+    torch.testing.assert_close(ident(x), x @ ident.scale_base)
+
+
+def test_initialisation_follows_paper() -> None:
+    gen = torch.Generator().manual_seed(3)
+    layer = kl.KANLinear(200, 100, generator=gen, dtype=torch.float64)
+    assert torch.all(layer.scale_spline == 1)
+    assert abs(layer.coef.std().item() - 0.1) < 0.005
+    bound = (6 / 300) ** 0.5
+    assert layer.scale_base.abs().max() <= bound
+    assert layer.scale_base.abs().max() > 0.95 * bound
+    assert torch.all(layer.mask == 1)
+
+
+def test_outside_grid_spline_part_is_zero() -> None:
+    layer = make_layer(base_activation="zero")
+    x = torch.tensor([[5.0, -5.0, 100.0]], dtype=torch.float64)
+    assert torch.all(layer(x) == 0)
+
+
+def test_update_grid_uniform_on_same_range_is_exact() -> None:
+    layer = make_layer(n_in=2, n_out=3)
+    x = data(n=300, n_in=2)
+    x[0], x[1] = -1.0, 1.0  # data span the grid range exactly
+    before = layer(x)
+    knots_before = layer.knots.clone()
+    layer.update_grid(x, grid_eps=1.0)
+    torch.testing.assert_close(layer.knots, knots_before, atol=1e-12, rtol=0)
+    torch.testing.assert_close(layer(x), before, atol=1e-9, rtol=1e-9)
+
+
+def test_update_grid_preserves_function_on_data() -> None:
+    gen = torch.Generator().manual_seed(0)
+    layer = kl.KANLinear(2, 2, grid_size=10, generator=gen, dtype=torch.float64)
+    # a smooth learned function: fit the spline to sin curves first
+    xs = torch.linspace(-1, 1, 400, dtype=torch.float64).unsqueeze(1).expand(-1, 2)
+    target = torch.sin(2 * xs).unsqueeze(-1).expand(-1, -1, 2)
+    with torch.no_grad():
+        layer.coef.copy_(kl.splines.curve_to_coef(xs, target, layer.knots, 3))
+    x = (data(n=500, n_in=2, seed=9) * 0.8) ** 3  # concentrated near 0
+    before = layer(x)
+    layer.update_grid(x)
+    assert not torch.equal(layer.knots[:, 3], torch.full((2,), -1.0, dtype=torch.float64))
+    rel = (layer(x) - before).norm() / before.norm()
+    assert rel < 1e-4
+
+
+def test_update_grid_rejects_non_finite_and_bad_shape() -> None:
+    layer = make_layer(n_in=2)
+    x = data(n=20, n_in=2)
+    x[3, 1] = float("nan")
+    coef = layer.coef.clone()
+    with pytest.raises(ValueError, match="non-finite"):
+        layer.update_grid(x)
+    x[3, 1] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        layer.update_grid(x)
+    assert torch.equal(layer.coef, coef)  # untouched
+    with pytest.raises(ValueError, match=r"\(batch, 2\)"):
+        layer.update_grid(data(n=20, n_in=2).unsqueeze(0))
+    with pytest.raises(ValueError, match="grid_eps"):
+        layer.update_grid(data(n=20, n_in=2), grid_eps=2.0)
+
+
+def test_update_grid_constant_input_keeps_its_knots() -> None:
+    layer = make_layer(n_in=2)
+    x = data(n=50, n_in=2)
+    x[:, 0] = 0.3
+    old = layer.knots[0].clone()
+    layer.update_grid(x)
+    torch.testing.assert_close(layer.knots[0], old)
+    assert torch.isfinite(layer.coef).all()
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_extend_grid_refinement_preserves_function(k: int) -> None:
+    layer = make_layer(n_in=3, n_out=2, k=k, g=5, grid_range=(-1.0, 2.0))
+    x = data(n=400, lo=-1.0, hi=2.0)
+    before = layer(x)
+    for g in (10, 20, 40):
+        layer.extend_grid(g)
+        assert layer.grid_size == g and layer.coef.shape == (3, g + k, 2)
+        assert layer._uniform
+        rel = (layer(x) - before).norm() / before.norm()
+        assert rel < 1e-8, (g, rel.item())
+
+
+def test_extend_grid_with_data() -> None:
+    layer = make_layer(n_in=2, n_out=2)
+    x = data(n=400, n_in=2)
+    before = layer(x)
+    layer.extend_grid(12, x)
+    assert layer.grid_size == 12
+    assert not layer._uniform  # placed on the data
+    rel = (layer(x) - before).norm() / before.norm()
+    assert rel < 1e-2  # not a refinement of the old grid: approximate
+
+
+def test_state_dict_round_trip_with_resize() -> None:
+    layer = make_layer()
+    x = data(n=100)
+    layer.update_grid(x)
+    layer.extend_grid(9)
+    layer.update_grid(x)
+    fresh = kl.KANLinear(3, 4, dtype=torch.float64)
+    fresh.load_state_dict(layer.state_dict())
+    assert fresh.grid_size == 9 and fresh._uniform == layer._uniform
+    assert torch.equal(fresh(x), layer(x))
+    wrong = kl.KANLinear(2, 4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="inputs"):
+        wrong.load_state_dict(layer.state_dict())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "pattern"),
+    [
+        ({"grid_size": 0}, ValueError, "grid_size must be >= 1, got 0"),
+        ({"grid_size": 2.5}, TypeError, "grid_size must be an int"),
+        ({"spline_order": -1}, ValueError, "spline_order must be >= 0, got -1"),
+        (
+            {"grid_range": (1.0, 1.0)},
+            ValueError,
+            r"grid_range must have low < high, got \(1.0, 1.0\)",
+        ),
+        ({"grid_range": (0.0, float("nan"))}, ValueError, "grid_range"),
+        ({"grid_range": 3.0}, ValueError, "grid_range must be a pair"),
+        ({"base_activation": "swish"}, ValueError, "unknown base_activation 'swish'; valid: "),
+        ({"noise_scale": -0.1}, ValueError, "noise_scale must be >= 0"),
+        ({"dtype": torch.int64}, TypeError, "floating-point dtype"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, exc, pattern) -> None:
+    with pytest.raises(exc, match=pattern):
+        kl.KANLinear(3, 2, **kwargs)
+
+
+def test_bad_widths_of_layer() -> None:
+    with pytest.raises(ValueError, match="in_features must be >= 1, got 0"):
+        kl.KANLinear(0, 2)
+    with pytest.raises(ValueError, match="out_features must be >= 1, got -3"):
+        kl.KANLinear(2, -3)
+
+
+def test_bad_forward_input() -> None:
+    layer = kl.KANLinear(3, 2)
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 3\).*got \(5, 4\)"):
+        layer(torch.zeros(5, 4))
+    with pytest.raises(TypeError, match="floating-point tensor, got dtype torch.int64"):
+        layer(torch.zeros(5, 3, dtype=torch.int64))
+    with pytest.raises(
+        TypeError, match="torch.float64 but the model's parameters are torch.float32"
+    ):
+        layer(torch.zeros(5, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="must be a torch.Tensor, got list"):
+        layer([[0.0, 0.0, 0.0]])
+
+
+def test_forward_has_no_side_effects() -> None:
+    layer = make_layer()
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    x = data()
+    layer(x)
+    layer.activations(x)
+    for k, v in layer.state_dict().items():
+        assert torch.equal(v, state[k]), k
