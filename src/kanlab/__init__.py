@@ -5,19 +5,23 @@ The public API is re-exported here explicitly; see ``DESIGN.md`` for the map of 
 
 from __future__ import annotations
 
-from kanlab import kernels, splines
+from kanlab import datasets, kernels, splines
 from kanlab.layers import KANLinear
 from kanlab.models import KAN, MLP, count_flops, count_params
+from kanlab.train import History, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
     "KAN",
     "MLP",
+    "History",
     "KANLinear",
     "__version__",
     "count_flops",
     "count_params",
+    "datasets",
+    "fit",
     "kernels",
     "splines",
 ]
