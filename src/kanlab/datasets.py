@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from kanlab._checks import check_choice, check_float, check_int, check_range
+from kanlab._feynman import EXCLUDED as FEYNMAN_EXCLUDED  # row -> why it is not registered
 
 __all__ = [
     "FEYNMAN_EXCLUDED",
@@ -707,16 +708,10 @@ def _sklearn_task(short: str) -> _Task:
 
 _REGISTRY: dict[str, _Task] | None = None
 
-#: Feynman rows left out of the registry, with the reason (empty when every row evaluates).
-FEYNMAN_EXCLUDED: dict[str, str] = {}
-
 
 def _registry() -> dict[str, _Task]:
     global _REGISTRY
     if _REGISTRY is None:
-        from kanlab._feynman import EXCLUDED
-
-        FEYNMAN_EXCLUDED.update(EXCLUDED)
         reg = {**_paper_tasks(), **_special_tasks(), **_feynman_tasks()}
         reg.update({f"sklearn/{s}": _sklearn_task(s) for s in _SKLEARN})
         _REGISTRY = reg
