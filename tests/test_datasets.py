@@ -286,6 +286,10 @@ def test_feynman_matches_hand_written_numpy(short: str) -> None:
         "True + x",
         "1j * x",
         "x +",
+        "-" * 1990 + "x",
+        "(" * 300 + "x" + ")" * 300,
+        "x" + "**x" * 600,
+        "x+" * 1000 + "x",
     ],
 )
 def test_safe_evaluator_refuses(formula: str) -> None:
@@ -317,8 +321,9 @@ def test_names_get_describe_errors() -> None:
         datasets.describe("special/ellipx")
     with pytest.raises(ValueError, match="n_train"):
         datasets.get("paper/xy", n_train=0)
-    with pytest.raises(TypeError, match="dtype"):
-        datasets.get("paper/xy", dtype=torch.int64)
+    for name in ("paper/xy", "sklearn/wine"):
+        with pytest.raises(TypeError, match="floating torch.dtype"):
+            datasets.get(name, dtype=torch.int64)
 
 
 def test_describe_every_name_and_meta_is_json() -> None:
@@ -408,6 +413,10 @@ def test_dataset_validation() -> None:
 def test_dataset_to_and_properties() -> None:
     ds = _reg(train_y=torch.tensor([0, 2, 1, 0]), test_y=torch.tensor([1, 1]))
     assert ds.task == "classification" and ds.n_outputs == 3 and ds.n_features == 2
+    meta: dict = {}
+    filled = _reg(train_y=torch.tensor([0, 1, 1, 0]), test_y=torch.tensor([1, 0]), meta=meta)
+    assert filled.meta == {"task": "classification", "n_classes": 2}
+    assert meta == {}  # the caller's dict is not edited
     d64 = ds.to(torch.float64)
     assert d64.train_x.dtype == torch.float64 and d64.train_y.dtype == torch.int64
     assert d64.meta == ds.meta and d64.meta is not ds.meta

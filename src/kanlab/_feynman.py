@@ -58,6 +58,7 @@ _BINOPS = {
     ast.Pow: np.power,
 }
 _MAX_LEN = 2000  # formulas longer than this are refused outright
+_MAX_DEPTH = 100  # deeper expression trees are refused (no recursion errors while evaluating)
 
 #: Rows of the table left out of the registry, with the reason (checked by the tests: each one
 #: must really fail, every other row must evaluate finitely on its ranges).
@@ -108,10 +109,21 @@ def _parse(formula: str, variables: frozenset[str]) -> ast.Expression:
         raise FormulaError(f"a formula must be a string of at most {_MAX_LEN} characters")
     try:
         tree = ast.parse(formula.strip(), mode="eval")
+        _check(tree, variables)
+        _depth(tree.body, 0)
     except SyntaxError as e:
         raise FormulaError(f"cannot parse formula {formula!r}: {e.msg}") from None
-    _check(tree, variables)
+    except RecursionError:
+        raise FormulaError(f"formula is nested too deeply (limit {_MAX_DEPTH})") from None
     return tree
+
+
+def _depth(node: ast.AST, d: int) -> None:
+    """Refuse expression trees deeper than _MAX_DEPTH (the evaluator recurses once per level)."""
+    if d > _MAX_DEPTH:
+        raise RecursionError
+    for child in ast.iter_child_nodes(node):
+        _depth(child, d + 1)
 
 
 def check_formula(formula: str, variables: object) -> None:

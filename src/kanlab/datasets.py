@@ -65,6 +65,9 @@ class Dataset:
                 raise TypeError(f"Dataset.{f} must be a torch.Tensor, got {type(v).__name__}")
         if not isinstance(self.meta, dict):
             raise TypeError(f"Dataset.meta must be a dict, got {type(self.meta).__name__}")
+        object.__setattr__(
+            self, "meta", dict(self.meta)
+        )  # our own copy: the caller's is not edited
         task = self.meta.get("task")
         if task is None:
             task = "regression" if self.train_y.is_floating_point() else "classification"
@@ -135,8 +138,8 @@ class Dataset:
         self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
     ) -> Dataset:
         """A copy with x (and regression y) converted; class labels stay int64."""
-        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        if dtype is not None:
+            _check_dtype(dtype)
 
         def cx(t: Tensor) -> Tensor:
             return t.to(device=device, dtype=dtype)
@@ -155,6 +158,12 @@ class Dataset:
             f"n_test={self.test_x.shape[0]}, n_features={self.n_features}, "
             f"n_outputs={self.n_outputs}, dtype={self.train_x.dtype})"
         )
+
+
+def _check_dtype(dtype: object) -> torch.dtype:
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype (e.g. torch.float32), got {dtype!r}")
+    return dtype
 
 
 def _check_finite_field(name: str, t: Tensor) -> None:
@@ -229,8 +238,7 @@ def _synthesize(
     check_int("n_train", n_train, minimum=1)
     check_int("n_test", n_test, minimum=1)
     check_int("seed", seed, minimum=0)
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    _check_dtype(dtype)
     n = n_train + n_test
     x = _sample(ranges, n, seed)  # (n, n_var) float64
     y = _as_output(fn(x.clone()), n, f"the function of data set {name!r}")  # (n, out)
@@ -346,6 +354,7 @@ def from_arrays(
     unless ``task`` says otherwise. Class labels are mapped to indices 0..K-1 (the original values
     are kept in ``meta['classes']``). ``standardize`` scales the features with training statistics.
     """
+    _check_dtype(dtype)
     xa, ya = _to_numpy(x, "x"), _to_numpy(y, "y")
     if xa.ndim != 2:
         raise ValueError(f"x must have shape (n, d) (2-D), got shape {xa.shape}")
@@ -761,6 +770,7 @@ def get(
     """
     task = _lookup(name)
     check_int("seed", seed, minimum=0)
+    _check_dtype(dtype)
     return task.build(n_train, n_test, seed, dtype)
 
 
