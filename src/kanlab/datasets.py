@@ -568,16 +568,16 @@ def _synthetic_task(
             "task": "regression", "formula": formula, "feature_names": list(feature_names),
             "target_name": target_name, "source": source, **(extra_meta or {}),
         }  # fmt: skip
+        n_tr, n_te = 1000 if n_tr is None else n_tr, 1000 if n_te is None else n_te
         return _synthesize(
-            fn, ranges, n_train=1000 if n_tr is None else n_tr, n_test=1000 if n_te is None else n_te,
-            seed=seed, dtype=dtype, name=name, meta=meta,
-        )  # fmt: skip
+            fn, ranges, n_train=n_tr, n_test=n_te, seed=seed, dtype=dtype, name=name, meta=meta
+        )
 
     box = ", ".join(
         f"{v} in [{lo:g}, {hi:g}]" for v, (lo, hi) in zip(feature_names, ranges, strict=True)
     )
-    lines = (f"formula: {formula}", f"inputs (uniform): {box}", "default size: 1000 train / 1000 test",
-             f"source: {source}", *details)  # fmt: skip
+    lines = (f"formula: {formula}", f"inputs (uniform): {box}",
+             "default size: 1000 train / 1000 test", f"source: {source}", *details)  # fmt: skip
     return _Task(f"regression, {len(ranges)} input(s)", build, lines)
 
 
@@ -600,7 +600,8 @@ def _paper_tasks() -> dict[str, _Task]:
         ("exp_sin_100d", lambda x: torch.exp(torch.sin(pi * x / 2).pow(2).mean(dim=1)), 100,
          "exp((1/100)*sum_{i=1..100} sin(pi*x_i/2)**2)"),
         ("exp_sin_4d", lambda x: torch.exp(0.5 * (
-            torch.sin(pi * (x[:, 0] ** 2 + x[:, 1] ** 2)) + torch.sin(pi * (x[:, 2] ** 2 + x[:, 3] ** 2))
+            torch.sin(pi * (x[:, 0] ** 2 + x[:, 1] ** 2))
+            + torch.sin(pi * (x[:, 2] ** 2 + x[:, 3] ** 2))
         )), 4, "exp((sin(pi*(x1**2+x2**2))+sin(pi*(x3**2+x4**2)))/2)"),
         ("exp_sin_4d_nopi", lambda x: torch.exp(
             torch.sin(x[:, 0] ** 2 + x[:, 1] ** 2) + torch.sin(x[:, 2] ** 2 + x[:, 3] ** 2)
@@ -608,13 +609,7 @@ def _paper_tasks() -> dict[str, _Task]:
     ]  # fmt: skip
     out = {}
     for short, fn, n_var, formula in specs:
-        feats = (
-            ["x", "y"]
-            if n_var == 2
-            else ["x"]
-            if n_var == 1
-            else [f"x{i + 1}" for i in range(n_var)]
-        )
+        feats = {1: ["x"], 2: ["x", "y"]}.get(n_var, [f"x{i + 1}" for i in range(n_var)])
         out[f"paper/{short}"] = _synthetic_task(
             f"paper/{short}", fn, [(-1.0, 1.0)] * n_var, formula=formula, feature_names=feats,
             source=_PAPER,
@@ -635,7 +630,7 @@ def _special_tasks() -> dict[str, _Task]:
         out[f"special/{short}"] = _synthetic_task(
             f"special/{short}", fn, spec.ranges, formula=spec.formula,
             feature_names=spec.feature_names,
-            source="Liu et al. 2024, KAN paper, section 3.2 / Table 2 (special functions); scipy.special",
+            source="Liu et al. 2024, KAN paper, section 3.2 / Table 2; scipy.special",
             details=(f"ranges: {spec.note}", RANGE_NOTE),
             extra_meta={"range_note": f"{spec.note} {RANGE_NOTE}"},
         )  # fmt: skip
