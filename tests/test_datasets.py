@@ -426,6 +426,18 @@ def test_dataset_to_and_properties() -> None:
         r.to(torch.int32)
 
 
+def test_dataset_pickles_and_replace_revalidates() -> None:
+    import dataclasses
+    import pickle
+
+    ds = datasets.get("paper/xy", n_train=16, n_test=8)
+    back = pickle.loads(pickle.dumps(ds))  # workers of the benchmark runner receive data this way
+    assert back.name == ds.name and back.meta == ds.meta
+    assert torch.equal(back.train_x, ds.train_x) and torch.equal(back.test_y, ds.test_y)
+    with pytest.raises(ValueError, match="train_x has 3 rows but train_y has 16"):
+        dataclasses.replace(ds, train_x=ds.train_x[:3])
+
+
 # --------------------------------------------------------------------------------- from_arrays
 def test_from_arrays_split_and_task_inference() -> None:
     rng = np.random.default_rng(0)
