@@ -6,6 +6,7 @@ The public API is re-exported here explicitly; see ``DESIGN.md`` for the map of 
 from __future__ import annotations
 
 from kanlab import datasets, kernels, splines
+from kanlab.io import load, save
 from kanlab.layers import KANLinear
 from kanlab.models import KAN, MLP, count_flops, count_params
 from kanlab.train import History, fit
@@ -23,5 +24,7 @@ __all__ = [
     "datasets",
     "fit",
     "kernels",
+    "load",
+    "save",
     "splines",
 ]
