@@ -9,6 +9,9 @@ from kanlab import datasets, kernels, splines
 from kanlab.io import load, save
 from kanlab.layers import KANLinear
 from kanlab.models import KAN, MLP, count_flops, count_params
+from kanlab.plot import plot  # matplotlib is imported only when plot() is called
+from kanlab.prune import prune
+from kanlab.symbolic import auto_symbolic, fix_symbolic, suggest_symbolic, symbolic_formula
 from kanlab.train import History, fit
 
 __version__ = "0.1.0"
@@ -19,12 +22,18 @@ __all__ = [
     "History",
     "KANLinear",
     "__version__",
+    "auto_symbolic",
     "count_flops",
     "count_params",
     "datasets",
     "fit",
+    "fix_symbolic",
     "kernels",
     "load",
+    "plot",
+    "prune",
     "save",
     "splines",
+    "suggest_symbolic",
+    "symbolic_formula",
 ]

@@ -113,6 +113,7 @@ class KANLinear(nn.Module):
         self.register_buffer("mask", torch.ones(n_in, n_out, dtype=dtype, device=device))
         self.register_buffer("grid_uniform", torch.tensor(True, device=device))
         self._uniform = True  # host mirror of grid_uniform, read in forward without a sync
+        self._init_symbolic()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -134,7 +135,7 @@ class KANLinear(nn.Module):
 
     def spline_weight(self) -> Tensor:
         """The coefficient table with spline scales and mask folded in: ``(in, G+k, out)``."""
-        return self.coef * (self.scale_spline * self.mask).unsqueeze(1)
+        return self.coef * (self.scale_spline * self._numeric_mask()).unsqueeze(1)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(..., in) -> (..., out)``."""
@@ -143,7 +144,9 @@ class KANLinear(nn.Module):
             x2, self.knots, self.spline_weight(), self.spline_order, uniform=self._uniform
         )  # (batch, out)
         if self.base_activation != "zero":
-            y = y + ACTIVATIONS[self.base_activation](x2) @ (self.scale_base * self.mask)
+            y = y + ACTIVATIONS[self.base_activation](x2) @ (self.scale_base * self._numeric_mask())
+        if self._has_symbolic:
+            y = y.index_add(1, self._sym_out, self._symbolic_values(x2))
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def activations(self, x: Tensor) -> Tensor:
@@ -155,7 +158,11 @@ class KANLinear(nn.Module):
         )  # (batch, out, in)
         if self.base_activation != "zero":
             base = ACTIVATIONS[self.base_activation](x2)  # (batch, in)
-            phi = phi + base.unsqueeze(1) * (self.scale_base * self.mask).T
+            phi = phi + base.unsqueeze(1) * (self.scale_base * self._numeric_mask()).T
+        if self._has_symbolic:
+            flat = self._sym_out * self.in_features + self._sym_in  # (E,) into (out*in)
+            phi = phi.reshape(x2.shape[0], -1).index_add(1, flat, self._symbolic_values(x2))
+            phi = phi.reshape(x2.shape[0], self.out_features, self.in_features)
         return phi.reshape(*x.shape[:-1], self.out_features, self.in_features)
 
     # ------------------------------------------------------------------ grids
@@ -255,7 +262,161 @@ class KANLinear(nn.Module):
                     torch.empty(coef.shape, dtype=self.coef.dtype, device=self.coef.device),
                     requires_grad=self.coef.requires_grad,
                 )
+        self._prepare_symbolic_load(state_dict, prefix)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
         self._uniform = bool(self.grid_uniform)
+        self._rebuild_symbolic()
+
+    # ------------------------------------------------------------------ symbolic edges
+    # An edge may be replaced by a library function: phi(x) = c * f(a*x + b) + d with trainable
+    # (a, b, c, d). State (created on the first fixed edge, so a purely numeric layer has no extra
+    # parameters, buffers or state_dict keys):
+    #   symbolic_mask   (in, out) 0/1 buffer: 1 = symbolic edge (its numeric part is switched off);
+    #   symbolic_fn     (in, out) int64 buffer: index into the layer's name list, -1 = none;
+    #   symbolic_names  (n_bytes,) uint8 buffer: the names, newline-joined UTF-8 (so a state_dict is
+    #                   self-contained and function ids never depend on registration order);
+    #   symbolic_affine (in, out, 4) Parameter: (a, b, c, d) per edge.
+    # For forward, the symbolic edges are sorted by function into index buffers _sym_in/_sym_out (E,)
+    # and a host list of (name, start, end) groups, rebuilt (with host syncs) only when edges change:
+    # forward evaluates each function once on a (batch, n_edges) slice and index_adds the result.
+    def _init_symbolic(self) -> None:
+        self.register_buffer("symbolic_mask", None)
+        self.register_buffer("symbolic_fn", None)
+        self.register_buffer("symbolic_names", None)
+        self.register_parameter("symbolic_affine", None)
+        self.register_buffer("_sym_in", None, persistent=False)
+        self.register_buffer("_sym_out", None, persistent=False)
+        self._sym_groups: list[tuple[str, int, int]] = []
+        self._has_symbolic = False  # host flag: any symbolic edge (forward's only extra cost)
+
+    def _numeric_mask(self) -> Tensor:
+        """The mask of the numeric (spline + base) branch: ``mask * (1 - symbolic_mask)``."""
+        if not self._has_symbolic:
+            return self.mask
+        return self.mask * (1 - self.symbolic_mask)
+
+    def _alloc_symbolic(self, n_bytes: int = 0) -> None:
+        n_in, n_out = self.in_features, self.out_features
+        dev, dt = self.mask.device, self.mask.dtype
+        self.symbolic_mask = torch.zeros(n_in, n_out, dtype=dt, device=dev)
+        self.symbolic_fn = torch.full((n_in, n_out), -1, dtype=torch.int64, device=dev)
+        self.symbolic_names = torch.zeros(n_bytes, dtype=torch.uint8, device=dev)
+        affine = torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=dt, device=dev)
+        self.symbolic_affine = nn.Parameter(affine.expand(n_in, n_out, 4).clone())
+
+    def symbolic_function_names(self) -> list[str]:
+        """The layer's function vocabulary (``symbolic_fn`` indexes into it)."""
+        if self.symbolic_names is None or self.symbolic_names.numel() == 0:
+            return []
+        return bytes(self.symbolic_names.cpu().tolist()).decode("utf-8").split("\n")
+
+    def _set_symbolic_names(self, names: list[str]) -> None:
+        data = list("\n".join(names).encode("utf-8"))
+        self.symbolic_names = torch.tensor(data, dtype=torch.uint8, device=self.mask.device)
+
+    def _check_edge(self, i: int, o: int) -> None:
+        check_int("in index i", i, minimum=0)
+        check_int("out index o", o, minimum=0)
+        if i >= self.in_features or o >= self.out_features:
+            raise ValueError(
+                f"edge (in={i}, out={o}) is outside the layer's {self.in_features} inputs and "
+                f"{self.out_features} outputs"
+            )
+
+    @torch.no_grad()
+    def set_symbolic(
+        self, i: int, o: int, name: str, affine: Sequence[float] = (1.0, 0.0, 1.0, 0.0)
+    ) -> None:
+        """Replace edge ``i -> o`` by ``c * f(a*x + b) + d`` with ``f`` the library function
+        ``name`` and ``affine = (a, b, c, d)``; the edge's numeric part is switched off (kept, and
+        restored by :meth:`unset_symbolic`)."""
+        from kanlab.functions import get_function  # low module; imported here to keep it optional
+
+        self._check_edge(i, o)
+        fn = get_function(name)
+        vals = [check_float(f"affine[{j}]", v) for j, v in enumerate(affine)]
+        if len(vals) != 4:
+            raise ValueError(f"affine must be 4 numbers (a, b, c, d), got {len(vals)}")
+        if self.symbolic_mask is None:
+            self._alloc_symbolic()
+        names = self.symbolic_function_names()
+        if fn.name not in names:
+            names.append(fn.name)
+            self._set_symbolic_names(names)
+        self.symbolic_fn[i, o] = names.index(fn.name)
+        self.symbolic_mask[i, o] = 1.0
+        self.symbolic_affine[i, o] = torch.tensor(vals, dtype=self.symbolic_affine.dtype)
+        self._rebuild_symbolic()
+
+    @torch.no_grad()
+    def unset_symbolic(self, i: int, o: int) -> None:
+        """Return edge ``i -> o`` to its numeric (spline + base) function."""
+        self._check_edge(i, o)
+        if self.symbolic_mask is None:
+            return
+        self.symbolic_mask[i, o] = 0.0
+        self.symbolic_fn[i, o] = -1
+        self._rebuild_symbolic()
+
+    def symbolic_edges(self) -> dict[tuple[int, int], str]:
+        """``{(in, out): function name}`` of the symbolic edges (host sync; not for hot paths)."""
+        if self.symbolic_mask is None:
+            return {}
+        names = self.symbolic_function_names()
+        ii, oo = torch.nonzero(self.symbolic_mask > 0, as_tuple=True)
+        ids = self.symbolic_fn[ii, oo]
+        return {
+            (int(i), int(o)): names[int(k)]
+            for i, o, k in zip(ii.tolist(), oo.tolist(), ids.tolist(), strict=True)
+        }
+
+    def _rebuild_symbolic(self) -> None:
+        """Sort the symbolic edges by function into the index buffers used by forward."""
+        if self.symbolic_mask is None:
+            self._has_symbolic = False
+            return
+        names = self.symbolic_function_names()
+        live = self.symbolic_mask > 0
+        ins, outs, groups, start = [], [], [], 0
+        for k, name in enumerate(names):
+            ii, oo = torch.nonzero(live & (self.symbolic_fn == k), as_tuple=True)
+            if ii.numel():
+                ins.append(ii)
+                outs.append(oo)
+                groups.append((name, start, start + ii.numel()))
+                start += ii.numel()
+        bad = live & ((self.symbolic_fn < 0) | (self.symbolic_fn >= len(names)))
+        if bool(bad.any()):
+            raise ValueError(f"symbolic_fn holds ids outside the layer's names {names}")
+        empty = torch.zeros(0, dtype=torch.int64, device=self.mask.device)
+        self._sym_in = torch.cat(ins) if ins else empty
+        self._sym_out = torch.cat(outs) if outs else empty
+        self._sym_groups = groups
+        self._has_symbolic = start > 0
+
+    def _symbolic_values(self, x2: Tensor) -> Tensor:
+        """Outputs of the symbolic edges, ``(batch, in) -> (batch, E)`` in ``_sym_in`` order."""
+        from kanlab.functions import get_function
+
+        idx_in, idx_out = self._sym_in, self._sym_out
+        p = self.symbolic_affine[idx_in, idx_out]  # (E, 4)
+        z = x2.index_select(1, idx_in) * p[:, 0] + p[:, 1]  # (batch, E)
+        parts = [get_function(name).forward_fn(z[:, s:e]) for name, s, e in self._sym_groups]
+        f = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return (f * p[:, 2] + p[:, 3]) * self.mask[idx_in, idx_out]
+
+    def _prepare_symbolic_load(self, state_dict: dict, prefix: str) -> None:
+        """Create (or resize) the symbolic slots a checkpoint holds before its tensors are copied."""
+        names = state_dict.get(prefix + "symbolic_names")
+        if names is None or prefix + "symbolic_mask" not in state_dict:
+            if self.symbolic_mask is not None:  # a numeric checkpoint: drop the symbolic slots
+                self.symbolic_mask = self.symbolic_fn = self.symbolic_names = None
+                self.symbolic_affine = None
+            return
+        n_bytes = int(names.numel())
+        if self.symbolic_mask is None:
+            self._alloc_symbolic(n_bytes)
+        elif self.symbolic_names.numel() != n_bytes:
+            self.symbolic_names = torch.zeros(n_bytes, dtype=torch.uint8, device=self.mask.device)

@@ -1,0 +1,194 @@
+"""Attribution scores of a KAN's edges and nodes, and pruning to the essential graph.
+
+Scores (computed on data ``x``, as in the KAN paper):
+
+- ``edge[l][o, i] = mean_b |phi_{l,o,i}(x_b)|``: the magnitude of edge ``i -> o`` of layer ``l``;
+- ``incoming[l][j] = max_i edge[l][j, i]`` and ``outgoing[l][i] = max_o edge[l][o, i]``: the
+  paper's node scores (largest incoming / outgoing edge) of layer ``l``'s outputs / inputs;
+- attribution, propagated back from the outputs so that a node matters only if what it feeds
+  matters: every output node has importance 1; an edge receives the share of its output node's
+  importance that its magnitude has among that node's incoming edges,
+  ``edge_attribution[l][o, i] = node[l+1][o] * edge[l][o, i] / sum_i' edge[l][o, i']``;
+  a node's importance is the sum over its outgoing edges, ``node[l][i] = sum_o
+  edge_attribution[l][o, i]``. Importances are fractions: each layer's nodes sum to the number of
+  outputs, so the thresholds of :func:`prune` are scale-free (1e-2 = one per cent).
+
+:func:`prune` masks edges whose attribution is below ``edge_threshold``, removes hidden nodes (and,
+optionally, inputs) whose importance is below ``node_threshold`` or that are left without a kept
+incoming or outgoing edge, by slicing the layers' tensors, and returns a new model; the original is
+never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Literal, overload
+
+import torch
+from torch import Tensor, nn
+
+from kanlab._checks import check_finite, check_float
+from kanlab.layers import KANLinear
+
+__all__ = ["Scores", "prune", "scores"]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Edge and node scores of a KAN on some data (see the module docstring). ``L`` = depth."""
+
+    edge: list[Tensor]  # L tensors (out, in): mean |phi| per edge
+    edge_attribution: list[Tensor]  # L tensors (out, in): importance share of each edge
+    node: list[Tensor]  # L+1 tensors (widths[l],): node importance; node[L] = 1
+    incoming: list[Tensor]  # L tensors (widths[l+1],): largest incoming edge of layer l's outputs
+    outgoing: list[Tensor]  # L tensors (widths[l],): largest outgoing edge of layer l's inputs
+
+
+def _check_model_data(model: Any, x: object) -> tuple[list[KANLinear], Tensor]:
+    layers = getattr(model, "layers", None)
+    if layers is None or not len(layers) or not all(isinstance(la, KANLinear) for la in layers):
+        raise TypeError(
+            f"model must be a kanlab KAN (layers of KANLinear), got {type(model).__name__}"
+        )
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    n_in = layers[0].in_features
+    if x.dim() != 2 or x.shape[1] != n_in or x.shape[0] < 1:
+        raise ValueError(f"x must have shape (batch >= 1, {n_in}), got {tuple(x.shape)}")
+    return list(layers), check_finite("x", x)
+
+
+@torch.no_grad()
+def scores(model: Any, x: Tensor) -> Scores:
+    """Edge and node scores of ``model`` on the inputs ``x`` (batch, widths[0])."""
+    layers, x = _check_model_data(model, x)
+    edge = [phi.abs().mean(0) for phi in model.activations(x)]  # (out, in) per layer
+    attribution: list[Tensor] = [torch.empty(0)] * len(layers)
+    node = [torch.ones(layers[-1].out_features, dtype=x.dtype, device=x.device)]
+    for l_idx in range(len(layers) - 1, -1, -1):
+        e = edge[l_idx]
+        total = e.sum(1, keepdim=True)  # (out, 1)
+        share = torch.where(total > 0, e / total.clamp_min(torch.finfo(e.dtype).tiny), 0.0)
+        attribution[l_idx] = node[0].unsqueeze(1) * share
+        node.insert(0, attribution[l_idx].sum(0))
+    return Scores(
+        edge=edge,
+        edge_attribution=attribution,
+        node=node,
+        incoming=[e.amax(1) for e in edge],
+        outgoing=[e.amax(0) for e in edge],
+    )
+
+
+def _slice_layer(la: KANLinear, keep_in: Tensor, keep_out: Tensor) -> None:
+    """Restrict ``la`` (in place; a copy) to the inputs ``keep_in`` and outputs ``keep_out``."""
+
+    def pick(t: Tensor) -> Tensor:  # (in, ..., out) -> (kept in, ..., kept out)
+        return t.index_select(0, keep_in).index_select(t.dim() - 1, keep_out).contiguous()
+
+    la.coef = nn.Parameter(pick(la.coef), requires_grad=la.coef.requires_grad)
+    for name in ("scale_base", "scale_spline"):
+        p = getattr(la, name)
+        setattr(la, name, nn.Parameter(pick(p), requires_grad=p.requires_grad))
+    la.mask = pick(la.mask)
+    la.knots = la.knots.index_select(0, keep_in).contiguous()
+    if la.symbolic_mask is not None:
+        la.symbolic_mask = pick(la.symbolic_mask)
+        la.symbolic_fn = pick(la.symbolic_fn)
+        aff = la.symbolic_affine
+        aff = aff.index_select(0, keep_in).index_select(1, keep_out).contiguous()
+        la.symbolic_affine = nn.Parameter(aff, requires_grad=la.symbolic_affine.requires_grad)
+    la.in_features, la.out_features = int(keep_in.numel()), int(keep_out.numel())
+    la._rebuild_symbolic()
+
+
+@overload
+def prune(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    node_threshold: float = ...,
+    edge_threshold: float = ...,
+    prune_inputs: Literal[False] = ...,
+) -> nn.Module: ...
+
+
+@overload
+def prune(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    node_threshold: float = ...,
+    edge_threshold: float = ...,
+    prune_inputs: Literal[True],
+) -> tuple[nn.Module, list[int]]: ...
+
+
+@torch.no_grad()
+def prune(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    node_threshold: float = 1e-2,
+    edge_threshold: float = 3e-2,
+    prune_inputs: bool = False,
+) -> nn.Module | tuple[nn.Module, list[int]]:
+    """A pruned copy of the KAN ``model``, scored on the inputs ``x`` (batch, widths[0]).
+
+    Edges with attribution ``< edge_threshold`` are masked. Hidden nodes with importance
+    ``< node_threshold``, or left without a kept incoming or outgoing edge, are removed (their
+    layers' tensors sliced). With ``prune_inputs=True``, input
+    variables with importance ``< node_threshold`` are removed too and the call returns
+    ``(model, kept_inputs)``, ``kept_inputs`` the original indices of the remaining inputs (feed
+    the pruned model ``x[:, kept_inputs]``); otherwise it returns the model alone. Thresholds of 0
+    keep everything (outputs identical bit for bit). Outputs keep their nodes.
+
+    Raises:
+        ValueError: a threshold < 0 or non-finite, non-finite ``x``, or a pruning that would remove
+            every node of a hidden layer (or every input); the original model is untouched.
+    """
+    nt = check_float("node_threshold", node_threshold, minimum=0.0)
+    et = check_float("edge_threshold", edge_threshold, minimum=0.0)
+    if not isinstance(prune_inputs, bool):
+        raise TypeError(f"prune_inputs must be a bool, got {prune_inputs!r}")
+    layers, x = _check_model_data(model, x)
+    sc = scores(model, x)
+    depth = len(layers)
+    edge_ok = [a >= et for a in sc.edge_attribution]  # (out, in) per layer
+    alive = [imp >= nt for imp in sc.node]  # (widths[l],) per node layer
+    alive[-1] = torch.ones_like(alive[-1])
+    if not prune_inputs:
+        alive[0] = torch.ones_like(alive[0])
+    # A node also dies when it has no kept incoming edge (it would be a constant) or no kept
+    # outgoing edge (nothing reads it); repeat until nothing changes (at most one pass per layer).
+    first = 0 if prune_inputs else 1
+    for _ in range(depth + 1):
+        changed = False
+        for level in range(first, depth):
+            now = alive[level] & (edge_ok[level] & alive[level + 1].unsqueeze(1)).any(0)
+            if level > 0:
+                now = now & (edge_ok[level - 1] & alive[level - 1].unsqueeze(0)).any(1)
+            changed = changed or not torch.equal(now, alive[level])
+            alive[level] = now
+        if not changed:
+            break
+    for level in range(depth):
+        if not bool(alive[level].any()):
+            what = "input" if level == 0 else f"hidden layer {level}"
+            raise ValueError(
+                f"pruning would remove every node of {what} (largest importance there: "
+                f"{float(sc.node[level].max()):.3g}; node_threshold={nt:g}, "
+                f"edge_threshold={et:g}); lower the thresholds"
+            )
+    keep = [torch.nonzero(a).flatten() for a in alive]  # kept node indices per node layer
+    new = copy.deepcopy(model)
+    for l_idx, la in enumerate(new.layers):
+        dead = (sc.edge_attribution[l_idx] < et).T.to(la.mask.dtype)  # (in, out)
+        la.mask.mul_(1 - dead)
+        _slice_layer(la, keep[l_idx], keep[l_idx + 1])
+    if hasattr(new, "widths"):
+        new.widths = [int(k.numel()) for k in keep]
+    if prune_inputs:
+        return new, [int(i) for i in keep[0].tolist()]
+    return new

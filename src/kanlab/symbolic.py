@@ -1,0 +1,495 @@
+"""Symbolic regression of KAN edges: fit ``y ~ c * f(a*x + b) + d``, replace edges, read formulas.
+
+- :func:`fit_params` fits one library function to samples ``(x, y)``: a coarse-to-fine grid search
+  over ``(a, b)`` (all grid points evaluated at once as a ``(Na, Nb, n)`` tensor) with the linear
+  least-squares optimum of ``(c, d)`` in closed form at every grid point; it returns the parameters
+  and R^2.
+- :func:`suggest_symbolic` ranks library functions for one edge by fit and simplicity.
+- :func:`fix_symbolic` / :func:`auto_symbolic` replace edges by their symbolic functions (trainable
+  affine parameters, see ``KANLinear.set_symbolic``).
+- :func:`symbolic_formula` composes the symbolic edges into one sympy expression per output.
+
+sympy is imported lazily (only by :func:`symbolic_formula`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kanlab._checks import check_finite, check_float, check_int, check_range
+from kanlab.functions import SymbolicFunction, get_function, library
+from kanlab.layers import KANLinear
+
+__all__ = [
+    "EdgeFit",
+    "FitResult",
+    "Formula",
+    "auto_symbolic",
+    "fit_params",
+    "fix_symbolic",
+    "suggest_symbolic",
+    "symbolic_formula",
+]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """A fitted candidate: ``y ~ c * f(a*x + b) + d``."""
+
+    name: str  # library function name
+    params: tuple[float, float, float, float]  # (a, b, c, d)
+    r2: float  # coefficient of determination on the fitted samples (1 = exact)
+    complexity: int  # the function's complexity
+    score: float = math.nan  # ranking score of suggest_symbolic (lower is better)
+
+
+@dataclass(frozen=True)
+class EdgeFit:
+    """What :func:`auto_symbolic` did with one edge."""
+
+    layer: int
+    out_index: int
+    in_index: int
+    fit: FitResult | None  # the chosen fit, None if no candidate reached r2_threshold
+    fixed: bool  # whether the edge was replaced
+
+
+# ---------------------------------------------------------------------- fitting one function
+def _as_vector(name: str, v: object) -> Tensor:
+    if not isinstance(v, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(v).__name__}")
+    if not v.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {v.dtype}")
+    return check_finite(name, v.detach().reshape(-1).to(torch.float64))
+
+
+def _r2_grid(f: Tensor, yc: Tensor, var_y: Tensor) -> Tensor:
+    """R^2 of the best affine map of each row of ``f`` (..., n) onto ``y`` (centred ``yc`` (n,)),
+    shape (...); rows with non-finite or (numerically) constant values get -1.
+
+    Only reductions touch the big tensor (no masks or centred copies), which keeps the grid search
+    memory-bound: var(f) comes from the raw moments, trusted only when it is not a tiny difference
+    of large numbers (relative variance > 1e-9).
+    """
+    n = f.shape[-1]
+    ones = torch.ones(n, dtype=f.dtype, device=f.device)
+    s1 = (f @ ones) / n  # matrix-vector products: much faster than .sum(-1) on CPU
+    s2 = (f.square() @ ones) / n
+    cov = (f @ yc) / n
+    var_f = s2 - s1 * s1
+    ok = torch.isfinite(s2) & torch.isfinite(cov) & (var_f > 1e-9 * s2)
+    r2 = torch.where(ok, cov * cov / (var_f * var_y).clamp_min(1e-300), -1.0)
+    return r2.clamp(max=1.0)
+
+
+def _affine_fit(fx: Tensor, yv: Tensor) -> tuple[float, float, float]:
+    """Least-squares ``y ~ c * fx + d`` on centred data: (c, d, R^2); R^2 = -1 if fx is unusable."""
+    if not bool(torch.isfinite(fx).all()):
+        return 0.0, float(yv.mean()), -1.0
+    fc, yc = fx - fx.mean(), yv - yv.mean()
+    var_f, var_y = float(fc @ fc), float(yc @ yc)
+    if var_f <= 1e-12 * float(fx @ fx) or var_f == 0.0:
+        return 0.0, float(yv.mean()), -1.0
+    c = float(fc @ yc) / var_f
+    d = float(yv.mean()) - c * float(fx.mean())
+    res = yv - (c * fx + d)
+    return c, d, 1.0 - float(res @ res) / var_y
+
+
+def fit_params(
+    x: Tensor,
+    y: Tensor,
+    fn: str | SymbolicFunction,
+    *,
+    a_range: Sequence[float] = (-10.0, 10.0),
+    b_range: Sequence[float] = (-10.0, 10.0),
+    grid_number: int = 101,
+    iterations: int = 3,
+    max_points: int = 128,
+) -> FitResult:
+    """Fit ``y ~ c * f(a*x + b) + d`` for the library function ``fn``.
+
+    Args:
+        x, y: samples, any shape with the same number of elements (flattened; float64 inside).
+        fn: a library name (e.g. ``"sin"``) or a :class:`SymbolicFunction`.
+        a_range, b_range: the initial search box for ``a`` and ``b``.
+        grid_number: grid points per axis (the search evaluates grid_number^2 candidates at once).
+        iterations: coarse-to-fine rounds; each round shrinks the box to the best point's
+            neighbouring grid cells, so the final resolution is about
+            ``range / (grid_number / 2)^iterations``.
+        max_points: the search uses at most this many evenly spaced samples (sorted by x); the
+            final ``(c, d)`` and R^2 use all samples.
+
+    Candidates ``(a, b)`` for which ``f(a*x + b)`` is not finite on the data (outside ``f``'s
+    domain, e.g. log of a negative number) are never chosen. If ``y`` is constant the result is
+    ``c = 0, d = y`` with R^2 = 1.
+
+    Raises:
+        ValueError: on non-finite data, fewer than 3 samples, a different number of x and y
+            values, or constant ``x`` (the function cannot be identified).
+    """
+    f = get_function(fn)
+    xv, yv = _as_vector("x", x), _as_vector("y", y)
+    if xv.numel() != yv.numel():
+        raise ValueError(
+            f"x and y must have the same number of samples, got {xv.numel()} and {yv.numel()}"
+        )
+    if xv.numel() < 3:
+        raise ValueError(f"fitting needs at least 3 samples, got {xv.numel()}")
+    a_lo, a_hi = check_range("a_range", a_range)
+    b_lo, b_hi = check_range("b_range", b_range)
+    check_int("grid_number", grid_number, minimum=3)
+    check_int("iterations", iterations, minimum=1)
+    check_int("max_points", max_points, minimum=3)
+    if float(xv.max() - xv.min()) <= 1e-12 * (1 + float(xv.abs().max())):
+        raise ValueError(
+            f"x is constant (all {xv.numel()} samples equal {float(xv[0]):.6g}): the edge's input "
+            "does not vary on these data, so its function cannot be fitted"
+        )
+    y_mean = yv.mean()
+    yc = yv - y_mean
+    var_y = (yc * yc).mean()
+    if float(var_y) <= 1e-30 * (1 + float(y_mean) ** 2):
+        return FitResult(f.name, (1.0, 0.0, 0.0, float(y_mean)), 1.0, f.complexity)
+
+    # The search subsample: evenly spaced in the x-sorted order, so it spans the whole x range.
+    order = torch.argsort(xv)
+    if xv.numel() > max_points:
+        order = order[torch.linspace(0, xv.numel() - 1, max_points).round().long()]
+    xs, ys = xv[order], yv[order]
+    ysc = ys - ys.mean()
+    var_ys = (ysc * ysc).mean()
+
+    n = grid_number
+    for _ in range(iterations):
+        a = torch.linspace(a_lo, a_hi, n, dtype=torch.float64)
+        b = torch.linspace(b_lo, b_hi, n, dtype=torch.float64)
+        z = torch.addcmul(b.view(1, n, 1), a.view(n, 1, 1), xs)  # a*x + b: (Na, Nb, n_points)
+        with torch.no_grad():
+            r2 = _r2_grid(f.torch_fn(z), ysc, var_ys)
+        best = int(torch.argmax(r2))
+        ia, ib = divmod(best, n)
+        a_best, b_best = float(a[ia]), float(b[ib])
+        a_lo, a_hi = float(a[max(ia - 1, 0)]), float(a[min(ia + 1, n - 1)])
+        b_lo, b_hi = float(b[max(ib - 1, 0)]), float(b[min(ib + 1, n - 1)])
+
+    with torch.no_grad():
+        c, d, r2 = _affine_fit(f.torch_fn(a_best * xv + b_best), yv)
+    if r2 < 0:  # the best candidate is constant or undefined on the full data
+        return FitResult(f.name, (a_best, b_best, 0.0, float(y_mean)), 0.0, f.complexity)
+    return FitResult(f.name, (a_best, b_best, c, d), r2, f.complexity)
+
+
+# ---------------------------------------------------------------------- edges of a model
+def _check_model(model: object) -> list[KANLinear]:
+    layers = getattr(model, "layers", None)
+    if layers is None or not all(isinstance(la, KANLinear) for la in layers) or not len(layers):
+        raise TypeError(
+            f"model must be a kanlab KAN (layers of KANLinear), got {type(model).__name__}"
+        )
+    return list(layers)
+
+
+def _check_edge(model: object, layer: int, out_index: int, in_index: int) -> KANLinear:
+    layers = _check_model(model)
+    check_int("layer", layer, minimum=0)
+    if layer >= len(layers):
+        raise ValueError(f"layer must be < {len(layers)} (the model's depth), got {layer}")
+    la = layers[layer]
+    check_int("out_index", out_index, minimum=0)
+    check_int("in_index", in_index, minimum=0)
+    if out_index >= la.out_features or in_index >= la.in_features:
+        raise ValueError(
+            f"edge (layer={layer}, out={out_index}, in={in_index}) does not exist: layer {layer} has "
+            f"{la.in_features} inputs and {la.out_features} outputs"
+        )
+    return la
+
+
+def _check_data(model: Any, x: object) -> Tensor:
+    layers = _check_model(model)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    n_in = layers[0].in_features
+    if x.dim() != 2 or x.shape[1] != n_in:
+        raise ValueError(f"x must have shape (batch, {n_in}), got {tuple(x.shape)}")
+    return check_finite("x", x)
+
+
+@torch.no_grad()
+def _edge_samples(
+    model: Any, layer: int, out_index: int, in_index: int, x: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The edge's input and output on the data: two ``(batch,)`` tensors."""
+    inputs = model.layer_inputs(x)[layer]  # (batch, in)
+    phi = model.layers[layer].activations(inputs)  # (batch, out, in)
+    return inputs[:, in_index], phi[:, out_index, in_index]
+
+
+def _score(r2: float, complexity: int, weight_simple: float) -> float:
+    # The KAN paper's ranking: log2 of the unexplained variance, traded against complexity.
+    return (1 - weight_simple) * math.log2(1 + 1e-5 - min(r2, 1.0)) + weight_simple * complexity
+
+
+def _lib(lib: Sequence[str] | dict[str, SymbolicFunction] | None) -> dict[str, SymbolicFunction]:
+    if isinstance(lib, dict):
+        return {k: get_function(v) for k, v in lib.items()}
+    out = library(None if lib is None else list(lib))
+    if not out:
+        raise ValueError("lib must name at least one function")
+    return out
+
+
+def _rank(
+    xs: Tensor, ys: Tensor, lib: dict[str, SymbolicFunction], weight_simple: float, **fit_kw: Any
+) -> list[FitResult]:
+    fits = []
+    for f in lib.values():
+        r = fit_params(xs, ys, f, **fit_kw)
+        fits.append(
+            FitResult(
+                r.name, r.params, r.r2, r.complexity, _score(r.r2, r.complexity, weight_simple)
+            )
+        )
+    return sorted(fits, key=lambda r: (r.score, -r.r2))
+
+
+def suggest_symbolic(
+    model: Any,
+    layer: int,
+    out_index: int,
+    in_index: int,
+    x: Tensor,
+    lib: Sequence[str] | None = None,
+    *,
+    topk: int = 5,
+    weight_simple: float = 0.8,
+    **fit_kw: Any,
+) -> list[FitResult]:
+    """Rank library functions for edge ``in_index -> out_index`` of ``layer`` on the model input
+    ``x`` (batch, widths[0]), best first (the top ``topk``).
+
+    Score (lower is better): ``(1 - w) * log2(1 + 1e-5 - R^2) + w * complexity`` with
+    ``w = weight_simple``, so a simpler function wins unless a complex one fits much better.
+    ``fit_kw`` goes to :func:`fit_params`.
+    """
+    _check_edge(model, layer, out_index, in_index)
+    check_int("topk", topk, minimum=1)
+    w = check_float("weight_simple", weight_simple, minimum=0.0)
+    if w > 1:
+        raise ValueError(f"weight_simple must be in [0, 1], got {weight_simple}")
+    functions = _lib(lib)
+    xs, ys = _edge_samples(model, layer, out_index, in_index, _check_data(model, x))
+    return _rank(xs, ys, functions, w, **fit_kw)[:topk]
+
+
+def fix_symbolic(
+    model: Any,
+    layer: int,
+    out_index: int,
+    in_index: int,
+    name: str,
+    x: Tensor | None = None,
+    **fit_kw: Any,
+) -> FitResult | None:
+    """Replace edge ``in_index -> out_index`` of ``layer`` by the library function ``name``.
+
+    With ``x`` (model inputs, (batch, widths[0])): ``(a, b, c, d)`` are fitted to the edge's current
+    function on those data and the fit is returned. Without: identity parameters ``(1, 0, 1, 0)``,
+    returns None. The parameters stay trainable. Nothing is changed if an argument is invalid.
+    """
+    la = _check_edge(model, layer, out_index, in_index)
+    f = get_function(name)
+    if x is None:
+        la.set_symbolic(in_index, out_index, f.name)
+        return None
+    xs, ys = _edge_samples(model, layer, out_index, in_index, _check_data(model, x))
+    fit = fit_params(xs, ys, f, **fit_kw)
+    la.set_symbolic(in_index, out_index, f.name, fit.params)
+    return fit
+
+
+def auto_symbolic(
+    model: Any,
+    x: Tensor,
+    lib: Sequence[str] | None = None,
+    *,
+    r2_threshold: float = 0.9,
+    weight_simple: float = 0.8,
+    **fit_kw: Any,
+) -> list[EdgeFit]:
+    """Replace every live numeric edge by its best library function, layer by layer.
+
+    For each edge (mask on, not yet symbolic) the candidates are ranked as in
+    :func:`suggest_symbolic`; the best-ranked one with ``R^2 >= r2_threshold`` is fixed, otherwise
+    the edge stays numeric. Later layers are fitted on the outputs of the already-fixed earlier
+    layers. An edge whose input is constant on ``x`` is fixed to ``"0"`` with ``d`` = its constant
+    value (a warning says so). The model is changed only if every fit succeeds.
+
+    Returns one :class:`EdgeFit` per visited edge.
+    """
+    layers = _check_model(model)
+    x = _check_data(model, x)
+    thr = check_float("r2_threshold", r2_threshold)
+    w = check_float("weight_simple", weight_simple, minimum=0.0)
+    if w > 1:
+        raise ValueError(f"weight_simple must be in [0, 1], got {weight_simple}")
+    functions = _lib(lib)
+    work = copy.deepcopy(model)  # all-or-nothing: fit on a copy, install at the end
+    report: list[EdgeFit] = []
+    for l_idx, la in enumerate(work.layers):
+        with torch.no_grad():
+            inputs = work.layer_inputs(x)[l_idx]
+            phi = la.activations(inputs)  # (batch, out, in)
+        live = la.mask > 0
+        if la.symbolic_mask is not None:
+            live = live & (la.symbolic_mask == 0)
+        for i, o in torch.nonzero(live).tolist():
+            xs, ys = inputs[:, i], phi[:, o, i]
+            if float(xs.max() - xs.min()) <= 1e-12 * (1 + float(xs.abs().max())):
+                d = float(ys.mean())
+                warnings.warn(
+                    f"edge (layer={l_idx}, out={o}, in={i}) has a constant input on x; "
+                    f"fixed to the constant {d:.6g}",
+                    stacklevel=2,
+                )
+                fit = FitResult("0", (1.0, 0.0, 0.0, d), 1.0, 0)
+                la.set_symbolic(i, o, "0", fit.params)
+                report.append(EdgeFit(l_idx, o, i, fit, True))
+                continue
+            ranked = _rank(xs, ys, functions, w, **fit_kw)
+            good = [r for r in ranked if r.r2 >= thr]
+            if good:
+                la.set_symbolic(i, o, good[0].name, good[0].params)
+            report.append(EdgeFit(l_idx, o, i, good[0] if good else ranked[0], bool(good)))
+    for orig, new in zip(layers, work.layers, strict=True):
+        orig.load_state_dict(new.state_dict())
+    return report
+
+
+# ---------------------------------------------------------------------- formulas
+@dataclass(frozen=True)
+class Formula:
+    """The symbolic model: one sympy expression per output, and a numeric evaluator.
+
+    Indexing and iteration go over ``exprs``; ``formula(x)`` evaluates all outputs on ``x``
+    (batch, n_in) (a tensor or array) and returns a float64 numpy array (batch, n_out).
+    """
+
+    exprs: list[Any]  # sympy expressions, one per output
+    variables: list[Any]  # sympy symbols of the inputs, in input order
+    fn: Callable[..., Any]  # sympy.lambdify(variables, exprs, "numpy")
+
+    def __len__(self) -> int:
+        return len(self.exprs)
+
+    def __getitem__(self, k: int) -> Any:
+        return self.exprs[k]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.exprs)
+
+    def __call__(self, x: Tensor | np.ndarray) -> np.ndarray:
+        arr = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+        arr = arr.astype(np.float64)
+        if arr.ndim != 2 or arr.shape[1] != len(self.variables):
+            raise ValueError(f"x must have shape (batch, {len(self.variables)}), got {arr.shape}")
+        outs = self.fn(*arr.T)
+        return np.stack(
+            [np.broadcast_to(np.asarray(o, dtype=np.float64), arr.shape[:1]) for o in outs], 1
+        )
+
+
+def _round_floats(expr: Any, precision: int) -> Any:
+    import sympy as sp
+
+    reps = {}
+    for f in expr.atoms(sp.Float):
+        r = round(float(f), precision)
+        if r == int(r):
+            reps[f] = sp.Integer(int(r))
+        else:
+            text = f"{r:.{precision}f}".rstrip("0")
+            digits = len(text.replace("-", "").replace(".", "").lstrip("0"))
+            reps[f] = sp.Float(text, max(digits, 1))
+    return expr.xreplace(reps)
+
+
+def _edge_expr(fn: SymbolicFunction, z: Any, p: list[float]) -> Any:
+    import sympy as sp
+
+    a, b, c, d = (sp.Float(v) for v in p)
+    if fn.name == "exp" and p[2] > 0:  # c * exp(u) = exp(u + log c): reads better, same value
+        return sp.exp(a * z + b + sp.Float(math.log(p[2]))) + d
+    return c * fn.sympy_fn(a * z + b) + d
+
+
+def symbolic_formula(
+    model: Any, var_names: Sequence[str] | None = None, *, precision: int | None = 4
+) -> Formula:
+    """Compose the symbolic edges into one sympy expression per output.
+
+    Every live edge (mask on) must be symbolic; otherwise a ValueError lists the numeric ones (fix
+    them with :func:`fix_symbolic` / :func:`auto_symbolic`, or prune them). Products and powers of
+    sums are expanded, then every constant is rounded to ``precision`` decimal places (constants
+    that round to an integer become exact integers, to 0 vanish); ``precision=None`` keeps full
+    precision. Variables are named ``x_1, x_2, ...`` unless ``var_names`` is given.
+    """
+    import sympy as sp
+
+    layers = _check_model(model)
+    n_in = layers[0].in_features
+    if var_names is None:
+        var_names = [f"x_{i + 1}" for i in range(n_in)]
+    var_names = list(var_names)
+    if len(var_names) != n_in or not all(isinstance(v, str) and v for v in var_names):
+        raise ValueError(f"var_names must be {n_in} non-empty strings, got {var_names!r}")
+    if precision is not None:
+        check_int("precision", precision, minimum=0)
+    numeric = []
+    for l_idx, la in enumerate(layers):
+        sym = la.symbolic_mask if la.symbolic_mask is not None else torch.zeros_like(la.mask)
+        for i, o in torch.nonzero((la.mask != 0) & (sym == 0)).tolist():
+            numeric.append(f"(layer={l_idx}, out={o}, in={i})")
+    if numeric:
+        shown = ", ".join(numeric[:10]) + (
+            f" and {len(numeric) - 10} more" if len(numeric) > 10 else ""
+        )
+        raise ValueError(
+            f"{len(numeric)} live edge(s) are not symbolic: {shown}; fix them with fix_symbolic or "
+            "auto_symbolic, or prune them, before asking for a formula"
+        )
+    variables = [sp.Symbol(v, real=True) for v in var_names]
+    nodes: list[Any] = list(variables)
+    for la in layers:
+        edges = la.symbolic_edges()
+        mask = la.mask.detach().cpu()
+        affine = la.symbolic_affine.detach().cpu().double() if edges else None
+        new_nodes: list[Any] = [sp.Integer(0)] * la.out_features
+        for (i, o), name in sorted(edges.items()):
+            m = float(mask[i, o])
+            if m == 0:
+                continue
+            p = affine[i, o].tolist()
+            p[2], p[3] = p[2] * m, p[3] * m
+            new_nodes[o] = new_nodes[o] + _edge_expr(get_function(name), nodes[i], p)
+        nodes = new_nodes
+    exprs = []
+    for e in nodes:
+        e = sp.expand(
+            e, deep=True, mul=True, multinomial=True, power_exp=False, power_base=False, log=False
+        )
+        if precision is not None:
+            e = _round_floats(e, precision)
+        exprs.append(e)
+    fn = sp.lambdify(variables, exprs, "numpy")
+    return Formula(exprs, variables, fn)

@@ -1,0 +1,135 @@
+"""Attribution scores (hand-computed on a linear KAN), pruning invariance, bad input."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+import kanlab as kl
+from kanlab.prune import scores
+
+F64 = torch.float64
+
+
+def rand(*shape, seed=0, lo=-1.0, hi=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(*shape, generator=g, dtype=F64) * (hi - lo) + lo
+
+
+def linear_kan(w0, w1):
+    """KAN [2, 2, 1] whose edges are exactly phi(x) = w * x (identity base, zero splines).
+    w0 (in=2, out=2), w1 (in=2, out=1) as nested lists."""
+    model = kl.KAN([2, 2, 1], dtype=F64, base_activation="identity", noise_scale=0.0)
+    with torch.no_grad():
+        model.layers[0].scale_base.copy_(torch.tensor(w0, dtype=F64))
+        model.layers[1].scale_base.copy_(torch.tensor(w1, dtype=F64))
+    return model
+
+
+def test_scores_hand_computed():
+    # positive inputs and weights: |phi| = w * x, so every mean is a product of means
+    x = torch.tensor([[1.0, 2.0], [3.0, 2.0]], dtype=F64)  # mean x = (2, 2)
+    model = linear_kan([[1.0, 0.5], [0.25, 0.0]], [[2.0], [4.0]])
+    sc = scores(model, x)
+    # layer 0: edge (o, i) = w0[i, o] * mean x_i
+    e0 = torch.tensor([[2.0, 0.5], [1.0, 0.0]], dtype=F64)
+    torch.testing.assert_close(sc.edge[0], e0)
+    # hidden h0 = x1 + 0.25 x2 (mean 2.5), h1 = 0.5 x1 (mean 1); layer 1: (w1 * mean h)
+    e1 = torch.tensor([[5.0, 4.0]], dtype=F64)
+    torch.testing.assert_close(sc.edge[1], e1)
+    # attribution: output 1 -> shares 5/9, 4/9 -> hidden importances (5/9, 4/9)
+    torch.testing.assert_close(sc.node[2], torch.ones(1, dtype=F64))
+    torch.testing.assert_close(sc.edge_attribution[1], torch.tensor([[5 / 9, 4 / 9]], dtype=F64))
+    torch.testing.assert_close(sc.node[1], torch.tensor([5 / 9, 4 / 9], dtype=F64))
+    # hidden 0 gets 2/2.5 from x1 and 0.5/2.5 from x2; hidden 1 all from x1
+    attr0 = torch.tensor([[5 / 9 * 0.8, 5 / 9 * 0.2], [4 / 9, 0.0]], dtype=F64)
+    torch.testing.assert_close(sc.edge_attribution[0], attr0)
+    torch.testing.assert_close(sc.node[0], attr0.sum(0))
+    torch.testing.assert_close(sc.incoming[0], torch.tensor([2.0, 1.0], dtype=F64))
+    torch.testing.assert_close(sc.outgoing[0], torch.tensor([2.0, 0.5], dtype=F64))
+    # every node layer's importances sum to the number of outputs
+    for imp in sc.node:
+        assert float(imp.sum()) == pytest.approx(1.0)
+
+
+def test_zero_thresholds_change_nothing_bit_for_bit():
+    model = kl.KAN([3, 4, 2], dtype=F64, seed=1)
+    x = rand(100, 3)
+    state = copy.deepcopy(model.state_dict())
+    pruned = kl.prune(model, x, node_threshold=0.0, edge_threshold=0.0)
+    assert pruned is not model and pruned.widths == [3, 4, 2]
+    assert torch.equal(pruned(x), model(x))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_pruning_dead_parts_keeps_outputs():
+    model = kl.KAN([3, 4, 2], dtype=F64, seed=2)
+    with torch.no_grad():
+        model.layers[1].mask[2, :] = 0.0  # hidden node 2 feeds nothing
+        model.layers[0].mask[:, 0] = 0.0  # hidden node 0 receives nothing ...
+        model.layers[1].mask[0, :] = 0.0  # ... and feeds nothing
+    x = rand(200, 3)
+    pruned = kl.prune(model, x, node_threshold=1e-2, edge_threshold=0.0)
+    assert pruned.widths == [3, 2, 2]
+    torch.testing.assert_close(pruned(x), model(x), rtol=1e-13, atol=1e-13)
+    # the kept nodes' tensors are slices of the original
+    torch.testing.assert_close(pruned.layers[0].coef, model.layers[0].coef[:, :, [1, 3]])
+    torch.testing.assert_close(pruned.layers[1].knots, model.layers[1].knots[[1, 3]])
+    assert pruned.layers[1].in_features == 2 and pruned.layers[0].out_features == 2
+
+
+def test_small_edges_are_masked_and_inputs_pruned():
+    x = rand(300, 3, seed=4)
+    model = kl.KAN([3, 2, 1], dtype=F64, base_activation="identity", noise_scale=0.0)
+    with torch.no_grad():
+        model.layers[0].scale_base.copy_(
+            torch.tensor([[1.0, 0.8], [0.01, 1.0], [0.0, 0.0]], dtype=F64)
+        )
+        model.layers[1].scale_base.copy_(torch.tensor([[1.0], [1.0]], dtype=F64))
+    pruned, kept = kl.prune(model, x, node_threshold=1e-2, edge_threshold=3e-2, prune_inputs=True)
+    assert kept == [0, 1]  # input 2 has no effect
+    assert pruned.widths == [2, 2, 1]
+    # edge x2 -> h0 (weight 0.01) is below the edge threshold: masked
+    assert pruned.layers[0].mask.tolist() == [[1.0, 1.0], [0.0, 1.0]]
+    want = x[:, 0] * 1.8 + x[:, 1]
+    torch.testing.assert_close(pruned(x[:, kept])[:, 0], want)
+
+
+def test_bad_input_leaves_model_untouched():
+    model = kl.KAN([2, 3, 1], dtype=F64, seed=3)
+    state = copy.deepcopy(model.state_dict())
+    x = rand(50, 2)
+    with pytest.raises(ValueError, match="node_threshold must be >= 0"):
+        kl.prune(model, x, node_threshold=-1e-3)
+    with pytest.raises(ValueError, match="edge_threshold must be finite"):
+        kl.prune(model, x, edge_threshold=math.nan)
+    with pytest.raises(ValueError, match="every node of hidden layer 1"):
+        kl.prune(model, x, node_threshold=2.0)
+    with pytest.raises(ValueError, match="every node of input"):
+        kl.prune(kl.KAN([2, 1], dtype=F64), x, node_threshold=2.0, prune_inputs=True)
+    bad = x.clone()
+    bad[1, 1] = math.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        kl.prune(model, bad)
+    with pytest.raises(ValueError, match="shape"):
+        kl.prune(model, rand(10, 3))
+    with pytest.raises(TypeError, match="KAN"):
+        kl.prune(kl.MLP([2, 3, 1]), x)
+    with pytest.raises(TypeError, match="prune_inputs"):
+        kl.prune(model, x, prune_inputs=1)  # type: ignore[call-overload]
+    assert model.widths == [2, 3, 1]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_pruned_model_trains_and_keeps_dtype():
+    model = kl.KAN([2, 4, 1], dtype=F64, seed=0)
+    x = rand(64, 2)
+    pruned = kl.prune(model, x, node_threshold=0.2, edge_threshold=0.0)
+    assert 1 <= pruned.widths[1] <= 4
+    out = pruned(x)
+    out.sum().backward()
+    assert all(p.grad is not None for p in pruned.parameters() if p.requires_grad)
+    assert out.dtype == F64
