@@ -307,3 +307,22 @@ def test_symbolic_edges_survive_pruning():
     pruned = kl.prune(model, x, node_threshold=0.0, edge_threshold=0.0)
     assert pruned.layers[0].symbolic_edges() == {(0, 0): "sin", (1, 0): "x^2"}
     assert torch.equal(pruned(x), model(x))
+
+
+def test_save_load_keeps_symbolic_edges(tmp_path):
+    pytest.importorskip("safetensors")
+    model = symbolic_story_model()
+    model.extend_grid(10)  # a grid size other than the constructor's default
+    path = tmp_path / "sym.safetensors"
+    kl.save(model, path)
+    loaded = kl.load(path)
+    x = rand(50, 2)
+    assert torch.equal(loaded(x), model(x))
+    for la, lb in zip(loaded.layers, model.layers, strict=True):
+        assert la.symbolic_edges() == lb.symbolic_edges()
+        assert torch.equal(la.symbolic_affine, lb.symbolic_affine)
+        assert torch.equal(la.symbolic_mask, lb.symbolic_mask)
+    assert str(kl.symbolic_formula(loaded)[0]) == str(kl.symbolic_formula(model)[0])
+    # the affine constants stay trainable after loading
+    loaded(x).sum().backward()
+    assert loaded.layers[0].symbolic_affine.grad is not None
