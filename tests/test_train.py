@@ -157,14 +157,16 @@ def test_float32_data_is_converted_to_the_model_dtype():
 
 
 # ----------------------------------------------------------------------------- grids
-def test_grid_schedule_staircase():
-    model = kan(grid=3)
-    hist = kl.fit(model, paper_data(), optimizer="adam", lr=0.05, steps=3, grid_schedule=[3, 5, 10],
-                  progress=False)  # fmt: skip
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_grid_schedule_staircase(optimizer):
+    model = kan((2, 3, 1), grid=3)
+    hist = kl.fit(model, paper_data(), optimizer=optimizer, lr=0.05, steps=3,
+                  grid_schedule=[3, 5, 10], progress=False)  # fmt: skip
     assert hist.grid_size == [3] * 3 + [5] * 3 + [10] * 3
     assert hist.step == list(range(9))
     assert model.grid_size == 10
-    assert model.layers[0].coef.shape == (2, 10 + 3, 1)
+    assert model.layers[0].coef.shape == (2, 10 + 3, 3)
+    assert hist.train_loss[-1] < hist.train_loss[0]
 
 
 def test_grid_schedule_first_entry_extends_when_different():

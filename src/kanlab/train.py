@@ -171,6 +171,17 @@ def _snapshot(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@torch.no_grad()
+def _contiguous_params(model: nn.Module) -> list[nn.Parameter]:
+    """The trainable parameters, made contiguous in place: a grid refit can leave a coefficient table
+    strided, its gradient then is too, and LBFGS flattens gradients with ``view``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if not p.is_contiguous():
+            p.data = p.data.contiguous()
+    return params
+
+
 def _make_optimizer(
     name: str, params: list[nn.Parameter], lr: float, weight_decay: float
 ) -> torch.optim.Optimizer:
@@ -398,7 +409,7 @@ def fit(
         for stage, g in enumerate(stages):
             if g is not None and g != _grid_size(model):
                 model.extend_grid(g, _grid_inputs(data.train_x), grid_eps=grid_eps)
-            params = [p for p in model.parameters() if p.requires_grad]
+            params = _contiguous_params(model)
             opt = _make_optimizer(opt_name, params, lr, weight_decay)
             scale = _loss_scale(model, train_x, train_y, task) if opt_name == "lbfgs" else 1.0
             last_good = _snapshot(model)
