@@ -1,0 +1,153 @@
+"""The :class:`Dataset` container (train/test tensors plus ``meta``) and its validation.
+
+Private: the public face is :mod:`kanlab.datasets`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from kanlab._checks import check_choice
+
+__all__ = ["TASKS", "Dataset", "check_dtype", "check_finite_field"]
+
+TASKS = ("regression", "classification")
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A train/test split. x: float (n, d); y: float (n, out) (regression) or int64 (n,) (classes).
+
+    ``meta`` says what the data is: ``task``, ``n_classes`` (classification), ``feature_names``,
+    ``target_name``, ``formula``/``ranges`` (synthetic), ``source``, standardisation statistics.
+    """
+
+    train_x: Tensor  # (n_train, d) floating
+    train_y: Tensor  # (n_train, out) floating, or (n_train,) int64 class indices
+    test_x: Tensor  # (n_test, d)
+    test_y: Tensor  # (n_test, out) or (n_test,)
+    name: str = "dataset"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for f in ("train_x", "train_y", "test_x", "test_y"):
+            v = getattr(self, f)
+            if not isinstance(v, Tensor):
+                raise TypeError(f"Dataset.{f} must be a torch.Tensor, got {type(v).__name__}")
+        if not isinstance(self.meta, dict):
+            raise TypeError(f"Dataset.meta must be a dict, got {type(self.meta).__name__}")
+        object.__setattr__(
+            self, "meta", dict(self.meta)
+        )  # our own copy: the caller's is not edited
+        task = self.meta.get("task")
+        if task is None:
+            task = "regression" if self.train_y.is_floating_point() else "classification"
+            self.meta["task"] = task
+        check_choice("Dataset.meta['task']", task, TASKS)
+        for split in ("train", "test"):
+            x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
+            if not x.is_floating_point() or x.dim() != 2:
+                raise ValueError(
+                    f"Dataset.{split}_x must be a floating tensor of shape (n, d), "
+                    f"got dtype {x.dtype} and shape {tuple(x.shape)}"
+                )
+            check_finite_field(f"Dataset.{split}_x", x)
+            if task == "regression":
+                if not y.is_floating_point() or y.dim() != 2:
+                    raise ValueError(
+                        f"Dataset.{split}_y must be a floating tensor of shape (n, out) for "
+                        f"regression, got dtype {y.dtype} and shape {tuple(y.shape)}"
+                    )
+                check_finite_field(f"Dataset.{split}_y", y)
+            elif y.dtype != torch.int64 or y.dim() != 1:
+                raise ValueError(
+                    f"Dataset.{split}_y must be an int64 tensor of shape (n,) (class indices) for "
+                    f"classification, got dtype {y.dtype} and shape {tuple(y.shape)}"
+                )
+            if x.shape[0] != y.shape[0]:
+                raise ValueError(
+                    f"Dataset.{split}_x has {x.shape[0]} rows but {split}_y has {y.shape[0]}"
+                )
+        if self.train_x.shape[1] != self.test_x.shape[1]:
+            raise ValueError(
+                f"Dataset.train_x has {self.train_x.shape[1]} features but test_x has "
+                f"{self.test_x.shape[1]}"
+            )
+        if task == "regression" and self.train_y.shape[1] != self.test_y.shape[1]:
+            raise ValueError(
+                f"Dataset.train_y has {self.train_y.shape[1]} outputs but test_y has "
+                f"{self.test_y.shape[1]}"
+            )
+        if task == "classification":
+            labels = torch.cat([self.train_y, self.test_y])
+            n_classes = self.meta.get("n_classes")
+            if n_classes is None:
+                n_classes = int(labels.max()) + 1 if labels.numel() else 0
+                self.meta["n_classes"] = n_classes
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+                raise ValueError(
+                    f"Dataset labels must lie in [0, {n_classes}) (meta['n_classes']), got "
+                    f"range [{int(labels.min())}, {int(labels.max())}]"
+                )
+
+    @property
+    def n_features(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def n_outputs(self) -> int:
+        """Output width of a model for this data: out dims (regression) or n_classes."""
+        if self.task == "classification":
+            return int(self.meta["n_classes"])
+        return int(self.train_y.shape[1])
+
+    @property
+    def task(self) -> str:
+        return str(self.meta["task"])
+
+    def to(
+        self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ) -> Dataset:
+        """A copy with x (and regression y) converted; class labels stay int64."""
+        if dtype is not None:
+            check_dtype(dtype)
+
+        def cx(t: Tensor) -> Tensor:
+            return t.to(device=device, dtype=dtype)
+
+        def cy(t: Tensor) -> Tensor:
+            return cx(t) if self.task == "regression" else t.to(device=device)
+
+        return Dataset(
+            cx(self.train_x), cy(self.train_y), cx(self.test_x), cy(self.test_y),
+            name=self.name, meta=dict(self.meta),
+        )  # fmt: skip
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset(name={self.name!r}, task={self.task!r}, n_train={self.train_x.shape[0]}, "
+            f"n_test={self.test_x.shape[0]}, n_features={self.n_features}, "
+            f"n_outputs={self.n_outputs}, dtype={self.train_x.dtype})"
+        )
+
+
+def check_dtype(dtype: object) -> torch.dtype:
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype (e.g. torch.float32), got {dtype!r}")
+    return dtype
+
+
+def check_finite_field(name: str, t: Tensor) -> None:
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        n_nan = int(torch.isnan(t).sum())
+        n_inf = int(bad.sum()) - n_nan
+        rows = int(bad.reshape(t.shape[0], -1).any(dim=1).sum()) if t.dim() else 1
+        raise ValueError(
+            f"{name} contains non-finite values: {n_nan} NaN and {n_inf} Inf "
+            f"(in {rows} of {t.shape[0] if t.dim() else 1} rows)"
+        )
