@@ -140,11 +140,15 @@ class KANLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(..., in) -> (..., out)``."""
         x2 = self._flat_input(x)  # (batch, in)
-        y = kernels.spline_product(
-            x2, self.knots, self.spline_weight(), self.spline_order, uniform=self._uniform
-        )  # (batch, out)
-        if self.base_activation != "zero":
-            y = y + ACTIVATIONS[self.base_activation](x2) @ (self.scale_base * self._numeric_mask())
+        if self._all_symbolic:  # no numeric edge left: skip the spline and base branches
+            y = x2.new_zeros(x2.shape[0], self.out_features)
+        else:
+            y = kernels.spline_product(
+                x2, self.knots, self.spline_weight(), self.spline_order, uniform=self._uniform
+            )  # (batch, out)
+            if self.base_activation != "zero":
+                w_b = self.scale_base * self._numeric_mask()
+                y = y + ACTIVATIONS[self.base_activation](x2) @ w_b
         if self._has_symbolic:
             y = y.index_add(1, self._sym_out, self._symbolic_values(x2))
         return y.reshape(*x.shape[:-1], self.out_features)
@@ -290,6 +294,7 @@ class KANLinear(nn.Module):
         self.register_buffer("_sym_out", None, persistent=False)
         self._sym_groups: list[tuple[str, int, int]] = []
         self._has_symbolic = False  # host flag: any symbolic edge (forward's only extra cost)
+        self._all_symbolic = False  # host flag: every edge symbolic (numeric branch skipped)
 
     def _numeric_mask(self) -> Tensor:
         """The mask of the numeric (spline + base) branch: ``mask * (1 - symbolic_mask)``."""
@@ -375,7 +380,7 @@ class KANLinear(nn.Module):
     def _rebuild_symbolic(self) -> None:
         """Sort the symbolic edges by function into the index buffers used by forward."""
         if self.symbolic_mask is None:
-            self._has_symbolic = False
+            self._has_symbolic = self._all_symbolic = False
             return
         names = self.symbolic_function_names()
         live = self.symbolic_mask > 0
@@ -395,6 +400,7 @@ class KANLinear(nn.Module):
         self._sym_out = torch.cat(outs) if outs else empty
         self._sym_groups = groups
         self._has_symbolic = start > 0
+        self._all_symbolic = bool((self.symbolic_mask > 0).all())
 
     def _symbolic_values(self, x2: Tensor) -> Tensor:
         """Outputs of the symbolic edges, ``(batch, in) -> (batch, E)`` in ``_sym_in`` order."""

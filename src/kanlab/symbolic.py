@@ -121,7 +121,10 @@ def fit_params(
     Args:
         x, y: samples, any shape with the same number of elements (flattened; float64 inside).
         fn: a library name (e.g. ``"sin"``) or a :class:`SymbolicFunction`.
-        a_range, b_range: the initial search box for ``a`` and ``b``.
+        a_range, b_range: the initial search box for ``a`` and ``b`` of ``f(a*u + b)`` where
+            ``u`` is ``x`` rescaled to [-1, 1] (so the box fits any scale of ``x``; for data on
+            [-1, 1] it is the box for ``a`` and ``b`` themselves). The returned parameters are
+            in the units of ``x``.
         grid_number: grid points per axis (the search evaluates grid_number^2 candidates at once).
         iterations: coarse-to-fine rounds; each round shrinks the box to the best point's
             neighbouring grid cells, so the final resolution is about
@@ -161,11 +164,15 @@ def fit_params(
     if float(var_y) <= 1e-30 * (1 + float(y_mean) ** 2):
         return FitResult(f.name, (1.0, 0.0, 0.0, float(y_mean)), 1.0, f.complexity)
 
+    # The search runs on u = x rescaled to [-1, 1], so the boxes do not depend on the scale of x
+    # (a hidden node may vary over 0.05 or over 50); the result is mapped back at the end.
+    mid, half = float(xv.max() + xv.min()) / 2, float(xv.max() - xv.min()) / 2
+    u = (xv - mid) / half
     # The search subsample: evenly spaced in the x-sorted order, so it spans the whole x range.
-    order = torch.argsort(xv)
-    if xv.numel() > max_points:
-        order = order[torch.linspace(0, xv.numel() - 1, max_points).round().long()]
-    xs, ys = xv[order], yv[order]
+    order = torch.argsort(u)
+    if u.numel() > max_points:
+        order = order[torch.linspace(0, u.numel() - 1, max_points).round().long()]
+    xs, ys = u[order], yv[order]
     ysc = ys - ys.mean()
     var_ys = (ysc * ysc).mean()
 
@@ -183,10 +190,11 @@ def fit_params(
         b_lo, b_hi = float(b[max(ib - 1, 0)]), float(b[min(ib + 1, n - 1)])
 
     with torch.no_grad():
-        c, d, r2 = _affine_fit(f.torch_fn(a_best * xv + b_best), yv)
+        c, d, r2 = _affine_fit(f.torch_fn(a_best * u + b_best), yv)
+    a_x, b_x = a_best / half, b_best - a_best * mid / half  # a*u + b = a_x * x + b_x
     if r2 < 0:  # the best candidate is constant or undefined on the full data
-        return FitResult(f.name, (a_best, b_best, 0.0, float(y_mean)), 0.0, f.complexity)
-    return FitResult(f.name, (a_best, b_best, c, d), r2, f.complexity)
+        return FitResult(f.name, (a_x, b_x, 0.0, float(y_mean)), 0.0, f.complexity)
+    return FitResult(f.name, (a_x, b_x, c, d), r2, f.complexity)
 
 
 # ---------------------------------------------------------------------- edges of a model
