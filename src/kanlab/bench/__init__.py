@@ -1,0 +1,54 @@
+"""The KAN-vs-MLP comparison suite: tasks, fair sweeps, a resumable results store, runner, reports.
+
+    from kanlab import bench
+    sweep = bench.load_sweep("quick")                      # or a .toml/.yaml file
+    summary, db = bench.run_sweep(sweep, "kanlab-runs/quick", executor="local")
+    bench.write_report("kanlab-runs/quick")                # report.md, report.html, plots/
+
+Modules: :mod:`~kanlab.bench.tasks` (what to learn), :mod:`~kanlab.bench.sweep` (which models, size
+matched), :mod:`~kanlab.bench.runner` (where to run), :mod:`~kanlab.bench.store` (SQLite results),
+:mod:`~kanlab.bench.report` (tables and plots). ``kanlab compare`` drives them from the command line.
+"""
+
+from __future__ import annotations
+
+from kanlab.bench.report import summary_table, write_report
+from kanlab.bench.runner import RunSummary, make_executor, run_sweep, run_trial, run_trials
+from kanlab.bench.store import ResultStore, StoreError, config_key
+from kanlab.bench.sweep import (
+    Sweep,
+    SweepError,
+    Trial,
+    builtin_suites,
+    expand,
+    load_sweep,
+    match_mlp,
+    parse_sweep,
+)
+from kanlab.bench.tasks import Task, csv_task, get_task, resolve_tasks, task_names
+
+__all__ = [
+    "ResultStore",
+    "RunSummary",
+    "StoreError",
+    "Sweep",
+    "SweepError",
+    "Task",
+    "Trial",
+    "builtin_suites",
+    "config_key",
+    "csv_task",
+    "expand",
+    "get_task",
+    "load_sweep",
+    "make_executor",
+    "match_mlp",
+    "parse_sweep",
+    "resolve_tasks",
+    "run_sweep",
+    "run_trial",
+    "run_trials",
+    "summary_table",
+    "task_names",
+    "write_report",
+]

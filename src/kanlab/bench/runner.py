@@ -1,0 +1,289 @@
+"""Run trials on any ``concurrent.futures.Executor`` and record each result as it completes.
+
+    with make_executor("local") as ex, ResultStore("run/results.sqlite") as store:
+        summary = run_trials(trials, store, ex)
+
+Workers only compute (:func:`run_trial` returns a plain dict); the parent process writes every result
+to the store the moment its future completes, one durable commit per trial. A trial that raises is
+recorded as ``failed`` with its error text, one whose loss turns NaN/Inf as ``diverged``; neither stops
+the sweep. Trials already finished in the store are skipped, so re-running resumes a killed sweep.
+
+Executors (:func:`make_executor`):
+
+- ``"local"`` (default): a ``ProcessPoolExecutor`` with one worker per core, started with the
+  ``spawn`` method (safe with torch's threads) and each worker limited to one torch thread, so workers
+  do not oversubscribe the cores.
+- ``"dask://HOST:PORT"``: an existing Dask cluster, via ``distributed.Client(addr).get_executor()``.
+- ``"dask-local"``: a Dask ``LocalCluster`` started here (threads in this process by default).
+- ``"serial"``: in this process, one trial at a time (debugging).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kanlab.bench.store import FINISHED_STATUSES, ResultStore
+from kanlab.bench.sweep import Sweep, Trial, expand
+from kanlab.bench.tasks import Task, error_from_metric, load
+
+__all__ = [
+    "EXECUTORS",
+    "RunSummary",
+    "SerialExecutor",
+    "make_executor",
+    "run_sweep",
+    "run_trial",
+    "run_trials",
+]
+
+EXECUTORS = ("local", "serial", "dask-local", "dask://HOST:PORT")
+
+
+# ------------------------------------------------------------------------------------ one trial
+def _build_model(trial: Trial) -> Any:
+    import kanlab as kl
+
+    if trial.family == "kan":
+        grid = trial.grid_schedule[0]
+        return kl.KAN(
+            list(trial.widths), grid_size=grid, spline_order=trial.spline_order, seed=trial.seed
+        )
+    return kl.MLP(list(trial.widths), activation=trial.activation, seed=trial.seed)
+
+
+def run_trial(trial: Trial) -> dict[str, Any]:
+    """Train ``trial``'s model on its task and return the store row (never raises for a training
+    failure: the error is returned as ``status="failed"`` or ``"diverged"``)."""
+    import kanlab as kl
+    from kanlab import train
+
+    start = time.perf_counter()
+    row: dict[str, Any] = {"status": "ok", "error": None}
+    try:
+        data = load(trial.task, n_train=trial.data.n_train, n_test=trial.data.n_test,
+                    seed=trial.data.seed)  # fmt: skip
+        row["metric"] = "accuracy" if data.task == "classification" else "rmse"
+        model = _build_model(trial)
+        row["params"] = kl.count_params(model)  # at the first grid; replaced after training
+        t = trial.train
+        kan = trial.family == "kan"
+        hist = train.fit(
+            model, data, optimizer=t.optimizer, steps=trial.steps_per_stage if kan else trial.steps,
+            lr=t.lr, batch_size=t.batch_size, lamb=t.lamb if kan else 0.0,
+            grid_update_every=t.grid_update_every, stop_grid_update_step=t.stop_grid_update_step,
+            grid_schedule=list(trial.grid_schedule) if kan else None, seed=trial.seed,
+            progress=False, log_every=trial.steps_per_stage if kan else trial.steps,
+        )  # fmt: skip
+        row.update(
+            params=kl.count_params(model),
+            flops=kl.count_flops(model, mode="sparse"),
+            flops_dense=kl.count_flops(model, mode="dense"),
+            train_metric=hist.train_metric[-1],
+            test_metric=hist.final_test_metric,
+            steps=hist.step[-1] + 1,
+            time_per_step=hist.time_per_step,
+        )
+        row["test_error"] = error_from_metric(row["test_metric"], data.task)
+        # One logged row per grid stage: the KAN's error at each grid size (a free scaling curve).
+        row["extra"] = {
+            "stages": [
+                {"grid": g, "test_metric": m, "train_metric": tm}
+                for g, m, tm in zip(
+                    hist.grid_size, hist.test_metric, hist.train_metric, strict=True
+                )
+            ]
+        }
+        if not math.isfinite(row["test_metric"]):
+            row.update(status="diverged", error="non-finite test metric after training")
+    except train.NonFiniteLossError as err:
+        row.update(status="diverged", error=str(err))
+    except Exception as err:  # a failed trial is recorded, never stops the sweep
+        tb = traceback.format_exception(type(err), err, err.__traceback__, limit=-3)
+        row.update(status="failed", error="".join(tb).strip()[-2000:])
+    row["wall_time"] = time.perf_counter() - start
+    return row
+
+
+# ------------------------------------------------------------------------------------ executors
+class SerialExecutor(Executor):
+    """Runs each submitted call at once, in this process (for debugging and tiny sweeps)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as err:
+            fut.set_exception(err)
+        return fut
+
+
+def _init_worker() -> None:
+    # One torch thread per worker process: n workers on n cores, not n x n threads.
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def make_executor(spec: str | None = "local", *, workers: int | None = None) -> Iterator[Executor]:
+    """An executor for ``spec`` (see the module docstring), shut down on exit.
+
+    ``workers``: local processes or dask-local workers (default: one per core)."""
+    spec = spec or "local"
+    n = workers or os.cpu_count() or 1
+    if spec == "local":
+        import multiprocessing
+
+        ex = ProcessPoolExecutor(
+            max_workers=n, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+        )  # fmt: skip
+        try:
+            yield ex
+        finally:
+            ex.shutdown(wait=True, cancel_futures=True)
+    elif spec == "serial":
+        yield SerialExecutor()
+    elif spec == "dask-local" or spec.startswith("dask://"):
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise ValueError(
+                f"executor {spec!r} needs dask.distributed: pip install 'kanlab[dask]'"
+            ) from None
+        # Dask logs cluster life-cycle chatter at INFO/WARNING; keep the CLI output clean.
+        for name in ("distributed", "distributed.worker", "distributed.scheduler"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        if spec == "dask-local":
+            cluster = LocalCluster(
+                n_workers=1, threads_per_worker=n, processes=False, dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )  # fmt: skip
+            client = Client(cluster)
+        else:
+            cluster = None
+            address = "tcp://" + spec[len("dask://") :]
+            try:
+                client = Client(address, timeout=10)
+            except OSError as err:
+                raise ValueError(f"cannot reach the Dask scheduler at {address}: {err}") from None
+        try:
+            yield client.get_executor(pure=False)
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    else:
+        raise ValueError(f"unknown executor {spec!r}; valid: {', '.join(EXECUTORS)}")
+
+
+# ------------------------------------------------------------------------------------ the sweep
+@dataclass(frozen=True)
+class RunSummary:
+    total: int  # trials in the sweep
+    skipped: int  # already finished in the store
+    ok: int
+    failed: int
+    diverged: int
+    wall_time: float  # seconds for this run
+
+
+def _store_row(trial: Trial, result: dict[str, Any]) -> dict[str, Any]:
+    import kanlab
+
+    return {
+        "task": trial.task.name, "family": trial.family, "label": trial.label,
+        "group_id": trial.group, "seed": trial.seed, "config": trial.config(),
+        "kanlab_version": kanlab.__version__, **result,
+    }  # fmt: skip
+
+
+def run_trials(
+    trials: Sequence[Trial],
+    store: ResultStore,
+    executor: Executor,
+    *,
+    progress: bool = False,
+    on_result: Callable[[Trial, dict[str, Any]], None] | None = None,
+    trial_fn: Callable[[Trial], dict[str, Any]] = run_trial,
+) -> RunSummary:
+    """Run the trials not yet finished in ``store`` on ``executor``; record each as it completes.
+
+    ``progress`` shows a tqdm bar over trials; ``on_result`` is called in this process after each
+    result is committed. An exception raised by the executor itself (e.g. a worker process that
+    died) is recorded as a ``failed`` trial as well."""
+    start = time.perf_counter()
+    done = store.finished_keys(FINISHED_STATUSES)
+    pending = [t for t in trials if t.key not in done]
+    counts = {"ok": 0, "failed": 0, "diverged": 0}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(trials), initial=len(trials) - len(pending), unit="trial",
+                   desc="trials", dynamic_ncols=True)  # fmt: skip
+    futures: dict[Future, Trial] = {}
+    try:
+        for t in pending:
+            futures[executor.submit(trial_fn, t)] = t
+        for fut in as_completed(futures):
+            trial = futures.pop(fut)
+            try:
+                result = fut.result()
+            except Exception as err:  # the worker died or the executor failed: record and go on
+                result = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+            store.put(trial.key, _store_row(trial, result))
+            counts[result["status"]] += 1
+            if on_result is not None:
+                on_result(trial, result)
+            if bar is not None:
+                bar.set_postfix(ok=counts["ok"], failed=counts["failed"],
+                                diverged=counts["diverged"], refresh=False)  # fmt: skip
+                bar.update(1)
+    finally:
+        for fut in futures:
+            fut.cancel()
+        if bar is not None:
+            bar.close()
+    return RunSummary(
+        total=len(trials), skipped=len(trials) - len(pending), wall_time=time.perf_counter() - start,
+        **counts,
+    )  # fmt: skip
+
+
+def run_sweep(
+    sweep: Sweep,
+    run_dir: str | Path,
+    *,
+    tasks: Sequence[Task] | None = None,
+    executor: str | None = "local",
+    workers: int | None = None,
+    progress: bool = False,
+) -> tuple[RunSummary, Path]:
+    """Expand ``sweep`` (optionally on ``tasks``), run it into ``run_dir/results.sqlite`` and return
+    the summary and the store's path. ``run_dir/sweep.json`` records the sweep as run."""
+    import dataclasses
+    import json
+
+    run_dir = Path(run_dir)
+    trials = expand(sweep, tasks)  # validates tasks and sizes before anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
+    db = run_dir / "results.sqlite"
+    with ResultStore(db) as store:
+        spec = dataclasses.asdict(sweep)
+        if tasks is not None:
+            spec["tasks"] = [t.spec() for t in tasks]
+        (run_dir / "sweep.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+        with make_executor(executor, workers=workers) as ex:
+            summary = run_trials(trials, store, ex, progress=progress)
+    return summary, db

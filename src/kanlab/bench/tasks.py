@@ -1,0 +1,149 @@
+"""The task registry: a task is a data set, its metric, and the default KAN shapes to compare.
+
+Registered tasks are the data sets of :mod:`kanlab.datasets` (``paper/...``, ``special/...``,
+``feynman/...``, ``sklearn/...``); :func:`csv_task` makes a task from any CSV file. A task is a small
+frozen record that pickles cheaply to workers; :func:`load` builds its data (in the worker).
+
+The metric follows the data: RMSE for regression, accuracy for classification. Reports compare models by
+the *test error*: the RMSE, or 1 - accuracy, so that lower is better everywhere.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kanlab.datasets import Dataset
+
+__all__ = [
+    "Task",
+    "csv_task",
+    "error_from_metric",
+    "get_task",
+    "load",
+    "resolve_tasks",
+    "task_names",
+]
+
+# Hidden widths of the KAN the paper uses for its toy functions (Table/Figure 3 of Liu et al. 2024);
+# other tasks default to one hidden layer of 5 (regression) or 8 (classification).
+_PAPER_HIDDEN: dict[str, tuple[int, ...]] = {
+    "paper/bessel_j0": (),
+    "paper/exp_sin_sq": (1,),
+    "paper/xy": (2,),
+    "paper/exp_sin_100d": (1,),
+    "paper/exp_sin_4d": (4, 2),
+    "paper/exp_sin_4d_nopi": (4, 2),
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    """One comparison problem.
+
+    ``name`` is the registry name (e.g. ``"paper/xy"``) or ``"csv:<file>:<target>"``.
+    ``hidden`` are the default KAN hidden widths (``()`` = no hidden layer: a KAN ``[in, out]``).
+    ``csv_path``/``target`` are set for CSV tasks only.
+    """
+
+    name: str
+    hidden: tuple[int, ...] = (5,)
+    csv_path: str | None = None
+    target: str | None = None
+
+    @property
+    def is_csv(self) -> bool:
+        return self.csv_path is not None
+
+    def spec(self) -> dict[str, object]:
+        """The JSON-able identity of the task (part of every trial's key)."""
+        if self.is_csv:
+            return {"name": self.name, "csv": self.csv_path, "target": self.target}
+        return {"name": self.name}
+
+
+@functools.lru_cache(maxsize=1)
+def task_names() -> tuple[str, ...]:
+    """Names of all registered tasks (the data sets of :mod:`kanlab.datasets`)."""
+    from kanlab import datasets
+
+    return tuple(datasets.names())
+
+
+def _default_hidden(name: str) -> tuple[int, ...]:
+    if name in _PAPER_HIDDEN:
+        return _PAPER_HIDDEN[name]
+    if name.startswith("sklearn/") and name != "sklearn/diabetes":
+        return (8,)
+    return (5,)
+
+
+def get_task(name: str) -> Task:
+    """The registered task ``name``; an unknown name lists close matches and the valid prefixes."""
+    if not isinstance(name, str):
+        raise TypeError(f"task name must be a str, got {type(name).__name__}")
+    names = task_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+        prefixes = sorted({n.split("/", 1)[0] + "/" for n in names})
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown task {name!r}{hint} Valid tasks are {len(names)} names under "
+            f"{', '.join(prefixes)} (e.g. {', '.join(names[:4])}); `kanlab tasks` lists them all"
+        )
+    return Task(name=name, hidden=_default_hidden(name))
+
+
+def resolve_tasks(patterns: list[str]) -> list[Task]:
+    """Tasks named by ``patterns``: exact names, or ``prefix/`` / ``prefix/*`` for a whole group
+    (e.g. ``"feynman/*"``). Order is kept, duplicates dropped."""
+    names = task_names()
+    out: list[Task] = []
+    for pattern in patterns:
+        if pattern.endswith("/*") or pattern.endswith("/"):
+            prefix = pattern.rstrip("*")
+            group = [n for n in names if n.startswith(prefix)]
+            if not group:
+                prefixes = sorted({n.split("/", 1)[0] + "/*" for n in names})
+                raise ValueError(f"no tasks match {pattern!r}; groups are {', '.join(prefixes)}")
+            out.extend(get_task(n) for n in group)
+        else:
+            out.append(get_task(pattern))
+    seen: set[str] = set()
+    return [t for t in out if not (t.name in seen or seen.add(t.name))]
+
+
+def csv_task(path: str | Path, target: str, *, hidden: tuple[int, ...] = (5,)) -> Task:
+    """A task on a CSV file; the file is validated now (a bad file fails before any trial runs)."""
+    from kanlab import datasets
+
+    path = Path(path).resolve()
+    datasets.from_csv(path, target)  # raises a clear error on missing/non-numeric/constant data
+    return Task(name=f"csv:{path.name}:{target}", hidden=hidden, csv_path=str(path), target=target)
+
+
+def load(task: Task, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0):
+    """The task's data set (``n_train``/``n_test`` apply to synthetic data; ``seed`` fixes the draw
+    or the split)."""
+    return _load_cached(task.name, task.csv_path, task.target, n_train, n_test, seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(
+    name: str, csv_path: str | None, target: str | None, n_train, n_test, seed: int
+) -> Dataset:
+    # Cached per process: a worker runs many trials of the same task on the same data.
+    from kanlab import datasets
+
+    if csv_path is not None:
+        return datasets.from_csv(csv_path, target, seed=seed)
+    return datasets.get(name, n_train=n_train, n_test=n_test, seed=seed)
+
+
+def error_from_metric(metric_value: float, task_kind: str) -> float:
+    """Lower-is-better error from a metric value: RMSE as is, 1 - accuracy for classification."""
+    return 1.0 - metric_value if task_kind == "classification" else metric_value

@@ -1,0 +1,111 @@
+"""The runner: one trial end to end, failure/divergence recording, resume, executors (incl. Dask)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import kanlab as kl
+from kanlab import train
+from kanlab.bench.runner import SerialExecutor, make_executor, run_trial, run_trials
+from kanlab.bench.store import ResultStore
+from kanlab.bench.sweep import expand, parse_sweep
+
+
+def _trials(**over):
+    spec = {
+        "name": "tiny", "tasks": ["paper/xy"], "seeds": 2,
+        "data": {"n_train": 48, "n_test": 48}, "train": {"steps": 2},
+        "kan": {"hidden": [[2]], "grids": [[3]]}, "mlp": {"depths": [1]},
+    }  # fmt: skip
+    spec.update(over)
+    return expand(parse_sweep(spec))
+
+
+def test_run_trial_trains_and_measures():
+    trials = _trials(kan={"hidden": [[2]], "grids": [[3, 4]]}, seeds=1, train={"steps": 4})
+    for trial in trials:
+        row = run_trial(trial)
+        assert row["status"] == "ok", row["error"]
+        model = kl.KAN([2, 2, 1], grid_size=4) if trial.family == "kan" else kl.MLP(trial.widths)
+        assert row["params"] == kl.count_params(model)  # counted after grid extension
+        assert row["flops_dense"] == kl.count_flops(model, mode="dense")
+        assert row["metric"] == "rmse" and row["test_error"] == row["test_metric"] > 0
+        assert math.isfinite(row["time_per_step"]) and row["wall_time"] >= row["time_per_step"]
+        assert row["steps"] == 4
+        if trial.family == "kan":  # one record per grid stage
+            assert [s["grid"] for s in row["extra"]["stages"]] == [3, 4]
+
+
+def test_divergence_and_errors_are_recorded_not_raised(monkeypatch):
+    trial = _trials(seeds=1)[0]
+
+    def nan_fit(*args, **kwargs):
+        raise train.NonFiniteLossError("non-finite training loss (nan) at step 7")
+
+    monkeypatch.setattr(train, "fit", nan_fit)
+    row = run_trial(trial)
+    assert row["status"] == "diverged" and "step 7" in row["error"]
+
+    def broken_fit(*args, **kwargs):
+        raise RuntimeError("out of cheese")
+
+    monkeypatch.setattr(train, "fit", broken_fit)
+    row = run_trial(trial)
+    assert row["status"] == "failed" and "out of cheese" in row["error"]
+
+
+def _fake(trial):
+    if trial.family == "mlp" and trial.seed == 1:
+        raise OSError("worker lost")  # as if the executor failed, not the trial
+    return {"status": "ok", "test_error": 0.1 + trial.seed, "params": 10, "metric": "rmse"}
+
+
+def test_run_trials_records_everything_and_resumes(tmp_path):
+    trials = _trials()
+    assert len(trials) == 4
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        summary = run_trials(trials, store, SerialExecutor(), trial_fn=_fake)
+        assert (summary.ok, summary.failed, summary.skipped) == (3, 1, 0)
+        rows = {r["key"]: r for r in store.rows()}
+        assert set(rows) == {t.key for t in trials}
+        failed = [r for r in rows.values() if r["status"] == "failed"]
+        assert len(failed) == 1 and "OSError: worker lost" in failed[0]["error"]
+
+        calls = []
+
+        def counting(trial):
+            calls.append(trial.key)
+            return {"status": "ok", "test_error": 0.5}
+
+        summary = run_trials(trials, store, SerialExecutor(), trial_fn=counting)
+        assert summary.skipped == 3 and len(calls) == 1  # only the failed trial is re-run
+        assert len(store) == 4 and all(r["status"] == "ok" for r in store.rows())
+
+
+def test_unknown_executor_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown executor 'gpu-farm'; valid: local, serial"):
+        with make_executor("gpu-farm"):
+            pass
+
+
+@pytest.mark.slow
+def test_dask_local_cluster(tmp_path):
+    pytest.importorskip("distributed")
+    trials = _trials()
+    with make_executor("dask-local", workers=2) as ex, ResultStore(tmp_path / "r.sqlite") as store:
+        summary = run_trials(trials, store, ex)
+        assert summary.ok == len(trials), [r["error"] for r in store.rows()]
+        # the results equal a serial run's: same data, same seeds, deterministic CPU training
+        serial = {t.key: run_trial(t)["test_error"] for t in trials}
+        for row in store.rows():
+            assert row["test_error"] == pytest.approx(serial[row["key"]], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_local_process_pool(tmp_path):
+    trials = _trials(seeds=1)
+    with make_executor("local", workers=2) as ex, ResultStore(tmp_path / "r.sqlite") as store:
+        summary = run_trials(trials, store, ex)
+        assert summary.ok == len(trials) == 2
