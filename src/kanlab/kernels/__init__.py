@@ -13,12 +13,14 @@ that supports the device and dtype of the call, falling back to the reference.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
-from kanlab.kernels import reference
+from kanlab.kernels import reference, sparse
 
 __all__ = [
     "Backend",
@@ -54,6 +56,14 @@ def register_backend(backend: Backend) -> None:
     _BACKENDS[backend.name] = backend
 
 
+# ---------------------------------------------------------------------------- backend registration
+# reference: pure PyTorch, any device and dtype (the oracle and the fallback).
+# numba: CPU float32/float64, compiled sparse kernels (optional dependency, kanlab[jit]).
+# triton: CUDA float32/float64, Triton sparse kernels (needs triton and a GPU).
+# The two fast backends are the same custom op (kanlab.kernels.sparse), whose kernel is chosen by
+# the tensors' device. Availability is decided without importing the JIT (find_spec), so
+# ``import kanlab`` stays light and torch.compile sees plain constants.
+
 register_backend(
     Backend(
         name="reference",
@@ -61,6 +71,77 @@ register_backend(
         available=lambda: True,
         supports=lambda x: True,
         priority=0,
+    )
+)
+
+_FAST_DTYPES = (torch.float32, torch.float64)
+_HAS_NUMBA = importlib.util.find_spec("numba") is not None
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+_cuda_ok: bool | None = None
+# Below this many (sample, input) pairs the reference path is as fast as the compiled one on CPU
+# (fixed per-call costs dominate); measured with benchmarks/layer_speed.py-style timings.
+NUMBA_MIN_PAIRS = 0
+
+
+def _triton_available() -> bool:
+    global _cuda_ok
+    if _cuda_ok is None:
+        _cuda_ok = _HAS_TRITON and torch.cuda.is_available()
+    return _cuda_ok
+
+
+def _fast_ok(x: Tensor, knots: Tensor, weight: Tensor, device_type: str) -> bool:
+    """Whether the sparse op can take this call (else the reference path runs)."""
+    return (
+        x.device.type == device_type
+        and x.dim() == 2
+        and weight.dim() == 3
+        and x.dtype in _FAST_DTYPES
+        and knots.dtype == x.dtype
+        and weight.dtype == x.dtype
+        and knots.device == x.device
+        and weight.device == x.device
+        and not knots.requires_grad
+    )
+
+
+def _numba_product(
+    x: Tensor, knots: Tensor, weight: Tensor, spline_order: int, uniform: bool
+) -> Tensor:
+    if not _fast_ok(x, knots, weight, "cpu"):
+        return reference.spline_product(x, knots, weight, spline_order, uniform)
+    return sparse.spline_product(x, knots, weight, spline_order, uniform)
+
+
+def _triton_product(
+    x: Tensor, knots: Tensor, weight: Tensor, spline_order: int, uniform: bool
+) -> Tensor:
+    if not _fast_ok(x, knots, weight, "cuda"):
+        return reference.spline_product(x, knots, weight, spline_order, uniform)
+    return sparse.spline_product(x, knots, weight, spline_order, uniform)
+
+
+register_backend(
+    Backend(
+        name="numba",
+        fn=_numba_product,
+        available=lambda: _HAS_NUMBA,
+        supports=lambda x: (
+            x.device.type == "cpu"
+            and x.dtype in _FAST_DTYPES
+            and x.dim() == 2
+            and x.shape[0] * x.shape[1] >= NUMBA_MIN_PAIRS
+        ),
+        priority=10,
+    )
+)
+register_backend(
+    Backend(
+        name="triton",
+        fn=_triton_product,
+        available=_triton_available,
+        supports=lambda x: x.device.type == "cuda" and x.dtype in _FAST_DTYPES,
+        priority=20,
     )
 )
 

@@ -1,0 +1,189 @@
+"""The fast spline product as one PyTorch custom operator with a hand-written backward.
+
+``torch.ops.kanlab.spline_product(x, knots, weight, k, uniform)`` computes
+``y[b, o] = sum_i sum_g B_g(x[b, i]) * weight[i, g, o]`` touching only the k+1 non-zero basis
+functions per (sample, input). It is a ``torch.library.custom_op`` with
+
+- a kernel chosen by device: the Numba kernels (:mod:`kanlab.kernels.numba_cpu`) for CPU, the Triton
+  kernels (:mod:`kanlab.kernels.triton_gpu`) for CUDA, imported lazily on first use; any other device
+  (or a missing JIT) computes through the reference maths;
+- a fake (meta) implementation, so ``torch.compile`` traces a model through the op without a graph
+  break (the op stays opaque in the graph and runs the compiled kernels at run time);
+- a registered autograd formula whose backward is a second custom op,
+  ``kanlab::spline_product_backward``, returning the gradients w.r.t. x and weight. Gradients w.r.t.
+  the knots are not computed (knots are buffers); calls with knots that require grad are routed to
+  the reference path by the dispatcher. Double backward is not supported.
+
+Saved for backward: x ``(batch, in)``, knots and weight (parameter-sized) only. The basis (and its
+derivative) is recomputed in the backward kernels, so nothing of size batch * in * out or
+batch * in * (G + k) is kept between forward and backward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from kanlab.kernels import reference
+from kanlab.splines import sparse_basis
+
+__all__ = ["basis_with_derivative", "jit_failures", "spline_product"]
+
+# Device types whose JIT could not be imported (then the reference maths runs inside the op).
+_BROKEN: set[str] = set()
+
+
+def jit_failures() -> set[str]:
+    """Device types (``"cpu"``, ``"cuda"``) whose compiled kernels failed to import."""
+    return set(_BROKEN)
+
+
+def _kernels(device: torch.device):  # -> module with forward/backward, or None
+    kind = device.type
+    if kind in _BROKEN:
+        return None
+    try:
+        if kind == "cpu":
+            from kanlab.kernels import numba_cpu as module
+        elif kind == "cuda":
+            from kanlab.kernels import triton_gpu as module
+        else:
+            return None
+    except ImportError:
+        _BROKEN.add(kind)
+        return None
+    return module
+
+
+def _safe_div(num: Tensor, den: Tensor) -> Tensor:
+    ok = den > 0
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
+
+
+def basis_with_derivative(
+    x: Tensor, knots: Tensor, spline_order: int, uniform: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Sparse basis and its derivative w.r.t. x, in PyTorch without autograd (used on GPU).
+
+    Returns ``start`` ``(batch, in)`` int64, ``values`` and ``dvalues`` ``(batch, in, k + 1)``, as
+    :func:`kanlab.splines.sparse_basis`, with ``dvalues[b, i, r]`` the derivative of
+    ``values[b, i, r] = B_{start + r, k}(x[b, i])``, from the order-(k-1) basis on the same knots:
+    ``B'_{a,k} = k B_{a,k-1} / (t_{a+k} - t_a) - k B_{a+1,k-1} / (t_{a+k+1} - t_{a+1})`` (0/0 := 0).
+    No autograd is involved, so it also runs inside the backward custom op.
+    """
+    k = spline_order
+    x = x.detach()
+    start, values = sparse_basis(x, knots, k, uniform=uniform)
+    if k == 0:
+        return start, values, torch.zeros_like(values)
+    low_start, low_values = sparse_basis(x, knots, k - 1, uniform=uniform)  # (batch, in, k)
+    # lower[..., m] = B_{start + m, k-1}(x) for m = 0..k+1, read from the sparse order-(k-1) form.
+    m = torch.arange(k + 2, device=x.device)
+    pos = (start - low_start).unsqueeze(-1) + m  # index into low_values
+    inside = (pos >= 0) & (pos <= k - 1)
+    lower = low_values.gather(-1, pos.clamp(0, k - 1))
+    lower = torch.where(inside, lower, torch.zeros_like(lower))  # (batch, in, k+2)
+    # Knots t_{start + m} for m = 0..2k+1 (all exist: start <= G - 1).
+    n = knots.shape[1]
+    idx = (start.unsqueeze(-1) + torch.arange(2 * k + 2, device=x.device)).clamp(max=n - 1)
+    t = knots.detach().unsqueeze(0).expand(x.shape[0], -1, -1).gather(-1, idx)  # (batch, in, 2k+2)
+    r = slice(0, k + 1)
+    left = _safe_div(lower[..., r], t[..., k : 2 * k + 1] - t[..., r])
+    right = _safe_div(lower[..., 1 : k + 2], t[..., k + 1 : 2 * k + 2] - t[..., 1 : k + 2])
+    dvalues = k * (left - right)
+    return start, values, dvalues
+
+
+def _reference_backward(
+    grad_y: Tensor, x: Tensor, knots: Tensor, weight: Tensor, k: int, uniform: bool
+) -> tuple[Tensor, Tensor]:
+    with torch.enable_grad():
+        xr = x.detach().requires_grad_(True)
+        wr = weight.detach().requires_grad_(True)
+        y = reference.spline_product(xr, knots.detach(), wr, k, uniform)
+        gx, gw = torch.autograd.grad(y, (xr, wr), grad_y, allow_unused=True)
+    return (torch.zeros_like(x) if gx is None else gx), gw
+
+
+@torch.library.custom_op("kanlab::spline_product", mutates_args=())
+def _spline_product_op(
+    x: Tensor, knots: Tensor, weight: Tensor, spline_order: int, uniform: bool
+) -> Tensor:
+    module = _kernels(x.device)
+    if module is None:
+        with torch.no_grad():
+            return reference.spline_product(x, knots, weight, spline_order, uniform)
+    return module.forward(x, knots, weight, spline_order, uniform)
+
+
+@_spline_product_op.register_fake
+def _(x: Tensor, knots: Tensor, weight: Tensor, spline_order: int, uniform: bool) -> Tensor:
+    return x.new_empty(x.shape[0], weight.shape[2])
+
+
+@torch.library.custom_op("kanlab::spline_product_backward", mutates_args=())
+def _spline_product_backward_op(
+    grad_y: Tensor,
+    x: Tensor,
+    knots: Tensor,
+    weight: Tensor,
+    spline_order: int,
+    uniform: bool,
+    need_x: bool,
+    need_weight: bool,
+) -> tuple[Tensor, Tensor]:
+    module = _kernels(x.device)
+    if module is None:  # the autograd formula sends these calls to the reference path
+        raise RuntimeError(f"kanlab::spline_product_backward: no compiled kernel for {x.device}")
+    gx, gw = module.backward(grad_y, x, knots, weight, spline_order, uniform, need_x, need_weight)
+    # A custom op returns tensors only: an unneeded gradient comes back as an empty tensor.
+    gx = gx if need_x and gx is not None else x.new_empty(0)
+    gw = gw if need_weight and gw is not None else weight.new_empty(0)
+    return gx, gw
+
+
+@_spline_product_backward_op.register_fake
+def _(
+    grad_y: Tensor,
+    x: Tensor,
+    knots: Tensor,
+    weight: Tensor,
+    spline_order: int,
+    uniform: bool,
+    need_x: bool,
+    need_weight: bool,
+) -> tuple[Tensor, Tensor]:
+    gx = x.new_empty(x.shape) if need_x else x.new_empty(0)
+    gw = weight.new_empty(weight.shape) if need_weight else weight.new_empty(0)
+    return gx, gw
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, knots, weight, spline_order, uniform = inputs
+    ctx.save_for_backward(x, knots, weight)  # (batch, in), (in, G+2k+1), (in, G+k, out)
+    ctx.spline_order = spline_order
+    ctx.uniform = uniform
+
+
+def _backward(ctx, grad_y: Tensor):
+    x, knots, weight = ctx.saved_tensors
+    need_x, _, need_weight = ctx.needs_input_grad[:3]
+    if not (need_x or need_weight):
+        return None, None, None, None, None
+    if _kernels(x.device) is None:  # no JIT for this device: autograd of the reference maths
+        gx, gw = _reference_backward(grad_y, x, knots, weight, ctx.spline_order, ctx.uniform)
+        return (gx if need_x else None), None, (gw if need_weight else None), None, None
+    gx, gw = torch.ops.kanlab.spline_product_backward(
+        grad_y, x, knots, weight, ctx.spline_order, ctx.uniform, need_x, need_weight
+    )
+    return (gx if need_x else None), None, (gw if need_weight else None), None, None
+
+
+_spline_product_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def spline_product(
+    x: Tensor, knots: Tensor, weight: Tensor, spline_order: int, uniform: bool
+) -> Tensor:
+    """x ``(batch, in)``, knots ``(in, G+2k+1)``, weight ``(in, G+k, out)`` -> ``(batch, out)``."""
+    return torch.ops.kanlab.spline_product(x, knots, weight, spline_order, uniform)

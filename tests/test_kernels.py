@@ -1,0 +1,369 @@
+"""The spline-product backends: every fast backend equals the reference path (values and gradients).
+
+Oracles: :mod:`kanlab.kernels.reference` (dense basis + matmul, autograd for gradients), float64
+gradcheck, finite differences for the basis derivative. The numba tests need the optional JIT
+(``pytest.importorskip``); the triton ones need a CUDA device (or, for the interpreter check, the
+triton package).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import kanlab as kl
+from kanlab import kernels
+from kanlab.kernels import reference, sparse
+from kanlab.splines import knots_from_data, sparse_basis, uniform_knots
+
+K_VALUES = [0, 1, 2, 3, 5]
+
+
+@pytest.fixture(autouse=True)
+def _auto_backend():
+    yield
+    kernels.set_backend("auto")
+
+
+def _device_for(backend: str) -> str:
+    if backend == "numba":
+        pytest.importorskip("numba")
+        return "cpu"
+    if not torch.cuda.is_available():
+        pytest.skip("the triton backend needs a CUDA device")
+    pytest.importorskip("triton")
+    return "cuda"
+
+
+@pytest.fixture(params=["numba", "triton"])
+def fast(request) -> tuple[str, str]:
+    """(backend name, device) of each fast backend usable here."""
+    return request.param, _device_for(request.param)
+
+
+def _problem(k: int, uniform: bool, dtype: torch.dtype, device: str, *, seed: int = 0):
+    """Inputs spanning the grid, its extension zone and far outside; a random coefficient table."""
+    g = torch.Generator().manual_seed(seed)
+    n_in, n_out, grid, batch = 4, 6, 7, 60
+    if uniform:
+        knots = uniform_knots(n_in, grid, k, (-1.0, 1.0), dtype=dtype)
+    else:
+        data = torch.randn(300, n_in, generator=g, dtype=dtype) * 0.6
+        knots = knots_from_data(data, grid, k, 0.02)
+    x = torch.randn(batch, n_in, generator=g, dtype=dtype) * 1.3
+    x[:4] = torch.tensor([50.0, -50.0, 1e3, -1e3], dtype=dtype).unsqueeze(1)  # far outside the span
+    x[4] = knots[:, 0] - 0.01  # just below the first knot
+    x[5] = knots[:, -1]  # the last knot itself (outside: intervals are half-open)
+    weight = torch.randn(n_in, grid + k, n_out, generator=g, dtype=dtype)
+    return x.to(device), knots.to(device), weight.to(device)
+
+
+def _run(x, knots, weight, k, uniform):
+    """Value and gradients (x, weight) of sum(y * gy) through kernels.spline_product."""
+    x = x.clone().requires_grad_(True)
+    weight = weight.clone().requires_grad_(True)
+    y = kernels.spline_product(x, knots, weight, k, uniform=uniform)
+    gy = torch.linspace(-1.0, 1.5, y.numel(), dtype=y.dtype, device=y.device).reshape(y.shape)
+    gx, gw = torch.autograd.grad(y, (x, weight), gy, allow_unused=True)
+    return y, (torch.zeros_like(x) if gx is None else gx), gw
+
+
+def _close(actual, expected, dtype):
+    rtol = 1e-5 if dtype == torch.float32 else 1e-11
+    actual, expected = actual.detach(), expected.detach()
+    scale = float(expected.abs().max().clamp_min(1.0)) if expected.numel() else 1.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "adapted"])
+@pytest.mark.parametrize("k", K_VALUES)
+def test_backend_matches_reference(fast, k, uniform, dtype):
+    name, device = fast
+    x, knots, weight = _problem(k, uniform, dtype, device)
+    kernels.set_backend("reference")
+    want = _run(x, knots, weight, k, uniform)
+    kernels.set_backend(name)
+    assert kernels.select_backend(x).name == name
+    got = _run(x, knots, weight, k, uniform)
+    for a, b in zip(got, want, strict=True):
+        _close(a, b, dtype)
+    # Far-outside inputs: no spline part and no input gradient.
+    assert torch.all(got[0][:4] == 0)
+    assert torch.all(got[1][:4] == 0)
+    if k == 0:
+        assert torch.all(got[1] == 0)
+
+
+@pytest.mark.parametrize("k", K_VALUES)
+def test_layer_with_adapted_grid_matches_reference(fast, k):
+    name, device = fast
+    layer = kl.KANLinear(
+        3, 5, grid_size=6, spline_order=k, generator=torch.Generator().manual_seed(1)
+    )
+    layer = layer.to(device=device, dtype=torch.float64)
+    data = (torch.randn(200, 3, dtype=torch.float64) * 0.7).to(device)
+    layer.update_grid(data)
+    assert not layer._uniform
+    x = (torch.randn(40, 3, dtype=torch.float64) * 1.5).to(device)
+
+    def step(backend: str):
+        kernels.set_backend(backend)
+        layer.zero_grad()
+        xx = x.clone().requires_grad_(True)
+        y = layer(xx)
+        y.pow(2).mean().backward()
+        grads = [p.grad.clone() for p in layer.parameters()]
+        return [y.detach(), xx.grad, *grads]
+
+    want, got = step("reference"), step(name)
+    for a, b in zip(got, want, strict=True):
+        _close(a, b, torch.float64)
+
+
+@pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "adapted"])
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_gradcheck_float64(k, uniform):
+    pytest.importorskip("numba")
+    kernels.set_backend("numba")
+    x, knots, weight = _problem(k, uniform, torch.float64, "cpu", seed=3)
+    x, weight = x[6:16].clone(), weight[:, :, :3].clone()  # inside the span: smooth there
+    x.requires_grad_(True)
+    weight.requires_grad_(True)
+
+    def fn(x, w):
+        return kernels.spline_product(x, knots, w, k, uniform=uniform)
+
+    assert torch.autograd.gradcheck(fn, (x, weight), eps=1e-6, atol=1e-7)
+
+
+def test_kan_forward_backward_matches_reference(fast):
+    name, device = fast
+    model = kl.KAN([5, 7, 3], grid_size=8, seed=2).to(device)
+    x = (torch.rand(128, 5) * 2.4 - 1.2).to(device)
+
+    def step(backend: str):
+        kernels.set_backend(backend)
+        model.zero_grad()
+        y = model(x)
+        y.pow(2).mean().backward()
+        return [y.detach()] + [p.grad.clone() for p in model.parameters()]
+
+    want, got = step("reference"), step(name)
+    for a, b in zip(got, want, strict=True):
+        _close(a, b, torch.float32)
+
+
+def test_nan_propagates_and_outside_is_zero():
+    backends = ["reference"] + (["numba"] if "numba" in kernels.available_backends() else [])
+    for name in backends:
+        kernels.set_backend(name)
+        for uniform in (True, False):
+            x, knots, weight = _problem(3, uniform, torch.float32, "cpu")
+            x[10, 2] = float("nan")
+            y = kernels.spline_product(x, knots, weight, 3, uniform=uniform)
+            assert torch.isnan(y[10]).all(), name
+            assert not torch.isnan(y[11:]).any(), name
+            assert torch.all(y[:4] == 0), name
+
+
+def test_empty_batch():
+    for name in kernels.available_backends():
+        if name == "triton":
+            continue
+        kernels.set_backend(name)
+        x, knots, weight = _problem(3, True, torch.float64, "cpu")
+        x0 = x[:0].clone().requires_grad_(True)
+        w = weight.clone().requires_grad_(True)
+        y = kernels.spline_product(x0, knots, w, 3, uniform=True)
+        assert y.shape == (0, weight.shape[2])
+        y.sum().backward()
+        assert torch.all(w.grad == 0)
+
+
+def test_memory_saved_tensors_do_not_scale_with_out_or_grid():
+    """Nothing of size batch*in*out or batch*in*(G+k) is kept for backward by the sparse op."""
+    pytest.importorskip("numba")
+    batch, n_in, n_out, grid, k = 64, 5, 7, 10, 3
+    layer = kl.KANLinear(n_in, n_out, grid_size=grid, spline_order=k)
+    x = torch.rand(batch, n_in) * 2 - 1
+    limit = batch * n_in * min(n_out, grid + k)
+
+    def saved_sizes(backend: str) -> list[int]:
+        kernels.set_backend(backend)
+        sizes: list[int] = []
+
+        def pack(t):
+            sizes.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            layer(x).sum().backward()
+        return sizes
+
+    assert max(saved_sizes("reference")) >= limit  # the oracle does keep the dense basis
+    sizes = saved_sizes("numba")
+    assert sizes and max(sizes) < limit
+    assert max(sizes) <= max(batch * n_in, layer.coef.numel())
+
+
+def test_compile_fullgraph_matches_eager():
+    """torch.compile traces a KAN through the custom op with no graph break (fullgraph=True)."""
+    pytest.importorskip("numba")
+    torch._dynamo.reset()
+    model = kl.KAN([4, 8, 3], seed=0)
+    x = torch.rand(64, 4) * 2 - 1
+    eager = model(x)
+    eager.pow(2).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    y = compiled(x)
+    y.pow(2).sum().backward()
+    _close(y, eager, torch.float32)
+    for p, g in zip(model.parameters(), grads, strict=True):
+        _close(p.grad, g, torch.float32)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch-internal, raised by inductor
+def test_compile_inductor_matches_eager():
+    torch._dynamo.reset()
+    model = kl.KAN([4, 8, 3], seed=0)
+    x = torch.rand(64, 4) * 2 - 1
+    with torch.no_grad():
+        eager = model(x)
+        compiled = torch.compile(model, fullgraph=True)(x)
+    _close(compiled, eager, torch.float32)
+
+
+def test_set_backend_validates_names():
+    with pytest.raises(ValueError, match="known:.*reference"):
+        kernels.set_backend("cuda-magic")
+    kernels.set_backend("reference")
+    assert kernels.get_backend() == "reference"
+    kernels.set_backend("auto")
+    assert kernels.get_backend() == "auto"
+
+
+def test_auto_dispatch_by_device_dtype_and_availability(monkeypatch):
+    x32 = torch.rand(256, 64)
+    if "numba" in kernels.available_backends():
+        assert kernels.select_backend(x32).name == "numba"
+        assert kernels.select_backend(x32.double()).name == "numba"
+    assert kernels.select_backend(x32.half()).name == "reference"
+    # Without the JIT the numba backend is unavailable, cannot be forced, and auto falls back.
+    monkeypatch.setattr(kernels, "_HAS_NUMBA", False)
+    assert "numba" not in kernels.available_backends()
+    assert kernels.select_backend(x32).name == "reference"
+    with pytest.raises(ValueError, match="not available"):
+        kernels.set_backend("numba")
+
+
+def test_op_falls_back_to_reference_maths_without_jit(monkeypatch):
+    """A missing or broken JIT inside the op: reference maths, same values and gradients."""
+    # `from kanlab.kernels import numba_cpu` now raises ImportError, as with numba missing.
+    monkeypatch.setitem(sys.modules, "kanlab.kernels.numba_cpu", None)
+    monkeypatch.delattr(kernels, "numba_cpu", raising=False)
+    monkeypatch.setattr(sparse, "_BROKEN", set())
+    x, knots, weight = _problem(2, False, torch.float64, "cpu")
+    kernels.set_backend("reference")
+    want = _run(x, knots, weight, 2, False)
+    xx = x.clone().requires_grad_(True)
+    ww = weight.clone().requires_grad_(True)
+    y = sparse.spline_product(xx, knots, ww, 2, False)
+    gy = torch.linspace(-1.0, 1.5, y.numel(), dtype=y.dtype).reshape(y.shape)
+    got = (y, *torch.autograd.grad(y, (xx, ww), gy))
+    assert sparse.jit_failures() == {"cpu"}
+    for a, b in zip(got, want, strict=True):
+        _close(a, b, torch.float64)
+
+
+def test_import_without_numba_in_fresh_interpreter():
+    """`import kanlab` and a training step work when numba cannot be imported."""
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["numba"] = None
+        import torch, kanlab as kl
+        from kanlab import kernels
+        assert "numba" not in sys.modules or sys.modules["numba"] is None
+        m = kl.KAN([3, 4, 2], seed=0)
+        y = m(torch.rand(16, 3))
+        y.sum().backward()
+        print("ok", kernels.select_backend(torch.rand(16, 3)).name)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok")
+
+
+@pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "adapted"])
+@pytest.mark.parametrize("k", K_VALUES)
+def test_basis_derivative_matches_finite_differences(k, uniform):
+    x, knots, _ = _problem(k, uniform, torch.float64, "cpu", seed=5)
+    start, values, dvalues = sparse.basis_with_derivative(x, knots, k, uniform)
+    s2, v2 = sparse_basis(x, knots, k, uniform=uniform)
+    assert torch.equal(start, s2) and torch.equal(values, v2)
+    eps = 1e-6
+    _, vp = sparse_basis(x + eps, knots, k, uniform=uniform)
+    _, vm = sparse_basis(x - eps, knots, k, uniform=uniform)
+    fd = (vp - vm) / (2 * eps)
+    # Row 5 sits on the last knot, where the derivative of a k <= 1 spline jumps: skip it there.
+    rows = [b for b in range(x.shape[0]) if b != 5]
+    torch.testing.assert_close(dvalues[rows], fd[rows], rtol=1e-5, atol=1e-5)
+    if k > 0:
+        assert dvalues.abs().max() > 0.1  # not trivially zero
+
+
+def test_triton_kernels_in_interpreter():
+    """The Triton kernels, run by Triton's CPU interpreter, equal the reference (needs triton)."""
+    pytest.importorskip("triton")
+    code = textwrap.dedent(
+        """
+        import torch
+        from kanlab.kernels import reference, triton_gpu
+        from kanlab.splines import knots_from_data, uniform_knots
+        g = torch.Generator().manual_seed(0)
+        for k, uniform in [(0, True), (3, True), (2, False)]:
+            if uniform:
+                knots = uniform_knots(3, 5, k, dtype=torch.float64)
+            else:
+                knots = knots_from_data(torch.randn(100, 3, generator=g, dtype=torch.float64),
+                                        5, k, 0.02)
+            x = torch.randn(20, 3, generator=g, dtype=torch.float64) * 1.5
+            w = torch.randn(3, 5 + k, 4, generator=g, dtype=torch.float64)
+            gy = torch.randn(20, 4, generator=g, dtype=torch.float64)
+            y = triton_gpu.forward(x, knots, w, k, uniform)
+            gx, gw = triton_gpu.backward(gy, x, knots, w, k, uniform, True, True)
+            xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+            yr = reference.spline_product(xr, knots, wr, k, uniform)
+            yr.backward(gy)
+            gxr = torch.zeros_like(x) if xr.grad is None else xr.grad
+            for a, b in [(y, yr), (gx, gxr), (gw, wr.grad)]:
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        print("ok")
+        """
+    )
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_reference_is_registered_first_class():
+    # The reference backend is always there and always usable: the fallback of every dispatch.
+    assert "reference" in kernels.available_backends()
+    x, knots, weight = _problem(3, True, torch.float32, "cpu")
+    kernels.set_backend("reference")
+    y = kernels.spline_product(x, knots, weight, 3, uniform=True)
+    torch.testing.assert_close(y, reference.spline_product(x, knots, weight, 3, True))
