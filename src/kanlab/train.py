@@ -430,7 +430,7 @@ def fit(
                 last_good = before
                 if (step + 1) % log_every == 0 or s == steps - 1:
                     row = _evaluate(model, data, task)
-                    if not all(math.isfinite(v) for v in row[:1]):
+                    if not math.isfinite(row[0]):
                         model.load_state_dict(last_good)
                         raise NonFiniteLossError(
                             f"non-finite training loss ({row[0]}) after step {step}; the model "
@@ -441,7 +441,8 @@ def fit(
                         bar.set_postfix(loss=f"{row[0]:.3g}", test=f"{row[1]:.3g}",
                                         grid=_grid_size(model), refresh=False)  # fmt: skip
                     state = StepState(step, model, history, obj, reg, stage, _grid_size(model))
-                    if any(bool(cb(state)) for cb in callbacks):
+                    stop = [bool(cb(state)) for cb in callbacks]  # every callback sees each row
+                    if any(stop):
                         return history
                 if bar is not None:
                     bar.update(1)
