@@ -326,3 +326,44 @@ def test_save_load_keeps_symbolic_edges(tmp_path):
     # the affine constants stay trainable after loading
     loaded(x).sum().backward()
     assert loaded.layers[0].symbolic_affine.grad is not None
+
+
+# ---------------------------------------------------------------------- the whole story
+def _load_example(name):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_story_recovers_exp_sin_formula(tmp_path):
+    sympy = pytest.importorskip("sympy")
+    pytest.importorskip("matplotlib")
+    from kanlab.symbolic import _round_floats
+
+    story = _load_example("symbolic_story")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the example's main(): tiny tensors, threads only add overhead
+    try:
+        res = story.run(docs=tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert res.pruned_widths == [2, 1, 1]
+    assert res.test_rmse <= 1e-6, res.stages
+    x1, x2 = res.formula.variables
+    want = sympy.exp(x2**2 + sympy.sin(sympy.Float(math.pi) * x1))
+    # structure: equal once every constant (pi included) is rounded to 2 places
+    got2 = _round_floats(res.formula[0], 2)
+    want2 = _round_floats(want, 2)
+    assert sympy.srepr(got2) == sympy.srepr(want2), (res.formula[0], want)
+    # the rounded formula is still close to the data, and the plots were written
+    assert res.rounded_rmse < 1e-4
+    for name in ("story_before_prune.png", "story_after_prune.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"

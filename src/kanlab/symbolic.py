@@ -114,7 +114,7 @@ def fit_params(
     b_range: Sequence[float] = (-10.0, 10.0),
     grid_number: int = 101,
     iterations: int = 3,
-    max_points: int = 128,
+    max_points: int = 64,
 ) -> FitResult:
     """Fit ``y ~ c * f(a*x + b) + d`` for the library function ``fn``.
 
