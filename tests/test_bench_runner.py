@@ -106,6 +106,9 @@ def test_dask_local_cluster(tmp_path):
 @pytest.mark.slow
 def test_local_process_pool(tmp_path):
     trials = _trials(seeds=1)
-    with make_executor("local", workers=2) as ex, ResultStore(tmp_path / "r.sqlite") as store:
+    with make_executor("local", workers=1) as ex, ResultStore(tmp_path / "r.sqlite") as store:
         summary = run_trials(trials, store, ex)
-        assert summary.ok == len(trials) == 2
+        assert summary.ok == len(trials) == 2, [r["error"] for r in store.rows()]
+        serial = {t.key: run_trial(t)["test_error"] for t in trials}  # same result in-process
+        for row in store.rows():
+            assert row["test_error"] == pytest.approx(serial[row["key"]], rel=1e-5)

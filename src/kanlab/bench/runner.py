@@ -14,8 +14,11 @@ Executors (:func:`make_executor`):
   ``spawn`` method (safe with torch's threads) and each worker limited to one torch thread, so workers
   do not oversubscribe the cores.
 - ``"dask://HOST:PORT"``: an existing Dask cluster, via ``distributed.Client(addr).get_executor()``.
-- ``"dask-local"``: a Dask ``LocalCluster`` started here (threads in this process by default).
+- ``"dask-local"``: a Dask ``LocalCluster`` started here (``workers`` threads in this process).
 - ``"serial"``: in this process, one trial at a time (debugging).
+
+Every trial runs with one torch thread (workers, remote Dask workers, and this process while a
+serial or dask-local executor is open); parallelism comes from running trials side by side.
 """
 
 from __future__ import annotations
@@ -135,6 +138,20 @@ def _init_worker() -> None:
 
 
 @contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    # Trials running in this process: one torch thread each (several intra-op threads per tiny
+    # model only contend, and under load OpenMP barriers make training many times slower).
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def make_executor(spec: str | None = "local", *, workers: int | None = None) -> Iterator[Executor]:
     """An executor for ``spec`` (see the module docstring), shut down on exit.
 
@@ -153,7 +170,8 @@ def make_executor(spec: str | None = "local", *, workers: int | None = None) -> 
         finally:
             ex.shutdown(wait=True, cancel_futures=True)
     elif spec == "serial":
-        yield SerialExecutor()
+        with _one_torch_thread():
+            yield SerialExecutor()
     elif spec == "dask-local" or spec.startswith("dask://"):
         try:
             from distributed import Client, LocalCluster
@@ -178,7 +196,12 @@ def make_executor(spec: str | None = "local", *, workers: int | None = None) -> 
             except OSError as err:
                 raise ValueError(f"cannot reach the Dask scheduler at {address}: {err}") from None
         try:
-            yield client.get_executor(pure=False)
+            if cluster is None:
+                client.run(_init_worker)  # worker processes of a remote cluster
+                yield client.get_executor(pure=False)
+            else:
+                with _one_torch_thread():  # the local cluster's workers are threads of this process
+                    yield client.get_executor(pure=False)
         finally:
             client.close()
             if cluster is not None:
@@ -188,6 +211,35 @@ def make_executor(spec: str | None = "local", *, workers: int | None = None) -> 
 
 
 # ------------------------------------------------------------------------------------ the sweep
+def _failed(err: BaseException) -> dict[str, Any]:
+    return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+
+
+def _completed(
+    executor: Executor, trials: Sequence[Trial], trial_fn: Callable[[Trial], dict[str, Any]]
+) -> Iterator[tuple[Trial, dict[str, Any]]]:
+    """(trial, result) pairs in order of completion. An exception from the executor itself (a
+    worker process that died, a lost Dask worker) becomes a ``failed`` result."""
+    if isinstance(executor, SerialExecutor):  # one at a time, so each is stored before the next
+        for trial in trials:
+            try:
+                yield trial, trial_fn(trial)
+            except Exception as err:
+                yield trial, _failed(err)
+        return
+    futures: dict[Future, Trial] = {executor.submit(trial_fn, t): t for t in trials}
+    try:
+        for fut in as_completed(futures):
+            trial = futures.pop(fut)
+            try:
+                yield trial, fut.result()
+            except Exception as err:
+                yield trial, _failed(err)
+    finally:
+        for fut in futures:
+            fut.cancel()
+
+
 @dataclass(frozen=True)
 class RunSummary:
     total: int  # trials in the sweep
@@ -232,16 +284,9 @@ def run_trials(
 
         bar = tqdm(total=len(trials), initial=len(trials) - len(pending), unit="trial",
                    desc="trials", dynamic_ncols=True)  # fmt: skip
-    futures: dict[Future, Trial] = {}
+    completed = _completed(executor, pending, trial_fn)
     try:
-        for t in pending:
-            futures[executor.submit(trial_fn, t)] = t
-        for fut in as_completed(futures):
-            trial = futures.pop(fut)
-            try:
-                result = fut.result()
-            except Exception as err:  # the worker died or the executor failed: record and go on
-                result = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+        for trial, result in completed:
             store.put(trial.key, _store_row(trial, result))
             counts[result["status"]] += 1
             if on_result is not None:
@@ -251,8 +296,7 @@ def run_trials(
                                 diverged=counts["diverged"], refresh=False)  # fmt: skip
                 bar.update(1)
     finally:
-        for fut in futures:
-            fut.cancel()
+        completed.close()  # cancels the futures not started yet
         if bar is not None:
             bar.close()
     return RunSummary(

@@ -1,0 +1,190 @@
+"""The ``kanlab`` command line (typer). Each command parses its options and calls the library.
+
+    kanlab compare                       # the quick suite into ./kanlab-runs/quick, then its report
+    kanlab compare --suite paper --executor dask://HOST:8786
+    kanlab compare --csv data.csv --target y
+    kanlab report kanlab-runs/quick
+    kanlab tasks feynman/
+
+To add a command, write a function decorated with ``@app.command()`` that validates its options and
+calls into the library; raise :class:`CLIError` (or let a ``ValueError`` from the library through) for
+bad input: :func:`main` prints it as one line, without a traceback, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["CLIError", "app", "main"]
+
+app = typer.Typer(
+    name="kanlab",
+    help="Kolmogorov-Arnold Networks: fair KAN-vs-MLP comparisons, training and interpretation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class CLIError(Exception):
+    """Bad input for a command: printed as ``Error: <message>``, exit status 2."""
+
+
+def _split(values: list[str] | None) -> list[str]:
+    """Repeated and/or comma-separated option values -> a flat list."""
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def _check_executor(value: str) -> str:
+    from kanlab.bench.runner import EXECUTORS
+
+    if value in ("local", "serial", "dask-local") or (
+        value.startswith("dask://") and len(value) > len("dask://")
+    ):
+        return value
+    raise typer.BadParameter(f"unknown executor {value!r}; valid: {', '.join(EXECUTORS)}")
+
+
+@app.command()
+def compare(
+    suite: Annotated[
+        str, typer.Option(help="Built-in suite (quick, paper) or a sweep .toml/.yaml file.")
+    ] = "quick",
+    tasks: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Tasks to run instead of the suite's (comma-separated or repeated; "
+            "groups like 'feynman/*')."
+        ),
+    ] = None,
+    seeds: Annotated[int | None, typer.Option(min=1, help="Number of seeds (0..N-1).")] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Optimiser steps per trial (overrides the suite).")
+    ] = None,
+    executor: Annotated[
+        str,
+        typer.Option(
+            callback=_check_executor,
+            help="local (process pool), serial, dask-local, or dask://HOST:PORT.",
+        ),
+    ] = "local",
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Local worker processes (default: one per core).")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="Output folder; the run goes to OUT/<suite name>.")
+    ] = Path("kanlab-runs"),
+    csv: Annotated[
+        Path | None, typer.Option(help="Compare on a CSV file instead (needs --target).")
+    ] = None,
+    target: Annotated[str | None, typer.Option(help="The CSV's target column.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar over trials.")] = True,
+) -> None:
+    """Run a KAN-vs-MLP sweep (resuming a previous run in the same folder), then write its report."""
+    from kanlab import bench
+
+    sweep = bench.load_sweep(suite)
+    task_list = None
+    if csv is not None or target is not None:
+        if csv is None or target is None:
+            raise CLIError("--csv and --target go together (the CSV file and its target column)")
+        if tasks:
+            raise CLIError("use either --csv/--target or --tasks, not both")
+        task = bench.csv_task(csv, target)
+        task_list = [task]
+        sweep = sweep.replace(name=f"{sweep.name}-{csv.stem}", tasks=(task.name,))
+    elif tasks:
+        task_list = bench.resolve_tasks(_split(tasks))
+        sweep = sweep.replace(tasks=tuple(t.name for t in task_list))
+    if seeds is not None:
+        sweep = sweep.replace(seeds=tuple(range(seeds)))
+    if steps is not None:
+        import dataclasses
+
+        sweep = sweep.replace(train=dataclasses.replace(sweep.train, steps=steps))
+    run_dir = out / sweep.name
+    typer.echo(f"kanlab compare: suite {sweep.name!r} -> {run_dir}", err=True)
+    summary, db = bench.run_sweep(
+        sweep, run_dir, tasks=task_list, executor=executor, workers=workers, progress=progress
+    )
+    typer.echo(
+        f"{summary.total} trials: {summary.skipped} already done, {summary.ok} ok, "
+        f"{summary.diverged} diverged, {summary.failed} failed in {summary.wall_time:.1f} s",
+        err=True,
+    )
+    _print_report(db, run_dir)
+
+
+def _print_report(db: Path, run_dir: Path, out: Path | None = None) -> None:
+    from kanlab import bench
+
+    with bench.ResultStore(db, create=False) as store:
+        typer.echo(bench.summary_table(store.rows()))
+        files = bench.write_report(store, out or run_dir)
+    typer.echo(f"report: {files.markdown} and {files.html}", err=True)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run folder (with results.sqlite) or a .sqlite file.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write the report (default: the run folder).")
+    ] = None,
+    csv: Annotated[Path | None, typer.Option(help="Also export every trial to this CSV.")] = None,
+) -> None:
+    """Print the KAN-vs-MLP table of a finished (or partial) run and write report.md/.html."""
+    from kanlab import bench
+
+    db = run_dir / "results.sqlite" if run_dir.is_dir() else run_dir
+    if not db.exists():
+        raise CLIError(f"no results store at {db} (run `kanlab compare --out ...` first)")
+    if csv is not None:
+        with bench.ResultStore(db, create=False) as store:
+            store.to_csv(csv)
+        typer.echo(f"trials exported to {csv}", err=True)
+    _print_report(db, db.parent, out)
+
+
+@app.command()
+def tasks(
+    prefix: Annotated[
+        str | None, typer.Argument(help="Only names starting with this, e.g. 'paper/'.")
+    ] = None,
+) -> None:
+    """List the registered tasks (data sets) with a one-line description."""
+    from kanlab import datasets
+    from kanlab.bench import task_names
+
+    names = [n for n in task_names() if prefix is None or n.startswith(prefix)]
+    if not names:
+        groups = sorted({n.split("/", 1)[0] + "/" for n in task_names()})
+        raise CLIError(f"no task starts with {prefix!r}; groups: {', '.join(groups)}")
+    width = max(len(n) for n in names)
+    for name in names:
+        first = datasets.describe(name).splitlines()[0]
+        summary = first.split(": ", 1)[1] if ": " in first else first
+        typer.echo(f"{name:<{width}}  {summary}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``kanlab`` script and ``python -m kanlab``."""
+    import warnings
+
+    from kanlab.bench.store import StoreError
+
+    # library warnings (e.g. an MLP size that cannot be matched) as one plain line each
+    warnings.formatwarning = lambda message, category, *args, **kwargs: (
+        f"warning: {message} ({category.__name__})\n"
+    )
+    try:
+        # standalone mode: typer/click print usage errors (unknown options, bad values) themselves
+        app(args=argv, prog_name="kanlab")
+    except (CLIError, StoreError, ValueError, FileNotFoundError) as err:
+        typer.secho(f"Error: {err}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
