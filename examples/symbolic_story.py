@@ -10,7 +10,7 @@ On ``paper/exp_sin_sq`` (f = exp(sin(pi x_1) + x_2^2) on [-1, 1]^2) it
 6. prints the formula and its test RMSE.
 
 Run ``python examples/symbolic_story.py`` (add ``--docs docs`` to also write the network plots
-before and after pruning as PNG files there).
+before and after pruning, and of the symbolic model, as PNG files there).
 """
 
 from __future__ import annotations
@@ -101,6 +101,8 @@ def run(cfg: StoryConfig = StoryConfig(), *, docs: Path | None = None) -> StoryR
         done("symbolic", float(((model(ds.test_x) - ds.test_y) ** 2).mean().sqrt()))
     hist = kl.fit(model, ds, steps=cfg.affine_steps, grid_update_every=0, progress=False)
     done("affine", hist.test_loss[-1])
+    if docs is not None:
+        kl.plot(model, x, title="symbolic", path=docs / "story_symbolic.png")
 
     formula = kl.symbolic_formula(model, precision=cfg.precision)
     exact = kl.symbolic_formula(model, precision=None)
