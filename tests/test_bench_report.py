@@ -12,6 +12,7 @@ import pytest
 from kanlab.bench.report import (
     aggregate,
     comparisons,
+    kan_params,
     pareto_front,
     scaling_exponent,
     summary_table,
@@ -128,3 +129,30 @@ def test_missing_store_is_reported(tmp_path):
     with pytest.raises(StoreError, match="no results store"):
         write_report(tmp_path)
     assert not (tmp_path / "results.sqlite").exists()
+
+
+@pytest.mark.parametrize(("widths", "grid", "k"), [([2, 5, 1], 3, 3), ([4, 4, 2, 1], 20, 2)])
+def test_kan_params_formula_matches_the_model(widths, grid, k):
+    import kanlab as kl
+
+    model = kl.KAN(widths, grid_size=grid, spline_order=k)
+    assert kan_params(widths, grid, k) == kl.count_params(model)
+
+
+def test_grid_extension_curve_gives_alpha(tmp_path):
+    widths, grids = [2, 1, 1], [5, 10, 20]
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        for seed, scale in enumerate((1.0, 3.0)):
+            # error ~ N^-2 along the schedule; seeds differ by a factor, so the mean keeps the slope
+            stages = [{"grid": g, "test_metric": scale * kan_params(widths, g, 3) ** -2.0}
+                      for g in grids]  # fmt: skip
+            store.put(f"k{seed}", {
+                "task": "T", "family": "kan", "label": "kan[2,1,1] G=5>10>20", "seed": seed,
+                "params": kan_params(widths, 20, 3), "test_error": stages[-1]["test_metric"],
+                "metric": "rmse", "status": "ok", "extra": {"stages": stages},
+                "config": {"model": {"family": "kan", "widths": widths, "spline_order": 3},
+                           "seed": seed},
+            })  # fmt: skip
+        files = write_report(store)
+    md = files.markdown.read_text()
+    assert "KAN grid extension (kan[2,1,1], grids 5>10>20; " in md and "alpha = 2.00" in md

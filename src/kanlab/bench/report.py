@@ -6,7 +6,9 @@ Per task: every model configuration aggregated over seeds (test error mean +- st
 time per training step); the best KAN against the best MLP that was size-matched to it; the Pareto
 front of test error vs parameters for each family (log-log PNG); and the scaling exponent alpha of
 ``error ~ N^-alpha``, a least-squares line in log-log space through the front's points (reported
-only with at least three distinct sizes). The test error is the RMSE for regression and 1 - accuracy
+only with at least three distinct sizes); for KANs trained with grid extension, also alpha along
+the grid-extension curve (the error after each grid stage, as in the KAN paper's scaling plots).
+The test error is the RMSE for regression and 1 - accuracy
 for classification. The HTML page embeds its plots (base64), so it is one self-contained file.
 
 The pure parts (:func:`aggregate`, :func:`pareto_front`, :func:`scaling_exponent`,
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import json
 import math
 import re
@@ -33,6 +36,7 @@ __all__ = [
     "TaskComparison",
     "aggregate",
     "comparisons",
+    "kan_params",
     "pareto_front",
     "scaling_exponent",
     "summary_table",
@@ -60,6 +64,8 @@ class ConfigStats:
     err_mean: float  # test error over the "ok" seeds (NaN if none)
     err_std: float  # sample standard deviation (0 for one seed)
     time_per_step: float  # seconds, mean over ok seeds
+    # KAN with a grid schedule: (parameters at grid G, mean test error) after each grid stage
+    stages: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,11 +135,36 @@ def aggregate(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[ConfigStats]]
                 err_mean=mean,
                 err_std=std,
                 time_per_step=_mean_std(tps)[0],
+                stages=_stage_curve(ok),
             )
         )
     for stats in out.values():
         stats.sort(key=lambda s: (s.family, s.params or 0, s.label))
     return out
+
+
+def kan_params(widths: Sequence[int], grid: int, spline_order: int) -> int:
+    """Parameters of a KAN: per edge G+k spline coefficients and two scales."""
+    return sum(a * b * (grid + spline_order + 2) for a, b in itertools.pairwise(widths))
+
+
+def _stage_curve(ok: Sequence[Mapping[str, Any]]) -> tuple[tuple[int, float], ...]:
+    """Mean test error after each grid stage, over the seeds, with the parameters at that grid."""
+    if not ok:
+        return ()
+    model = (ok[0].get("config") or {}).get("model") or {}
+    stages = [(t.get("extra") or {}).get("stages") or [] for t in ok]
+    if model.get("family") != "kan" or not stages[0] or len({len(s) for s in stages}) != 1:
+        return ()
+    classification = ok[0].get("metric") == "accuracy"
+    curve = []
+    for i, rec in enumerate(stages[0]):
+        errs = [s[i]["test_metric"] for s in stages]
+        errs = [1.0 - e if classification else e for e in errs if _finite(e)]
+        if len(errs) == len(stages) and rec.get("grid"):
+            n = kan_params(model["widths"], rec["grid"], model.get("spline_order", 3))
+            curve.append((n, _mean_std(errs)[0]))
+    return tuple(curve)
 
 
 def _finite(v: object) -> bool:
@@ -263,6 +294,15 @@ def _slug(task: str) -> str:
 
 
 # ------------------------------------------------------------------------------------- plotting
+def _best_stage_curve(configs: Sequence[ConfigStats]) -> ConfigStats | None:
+    """The KAN with the longest grid-extension curve (lowest final error among equals)."""
+    kans = [c for c in configs if c.family == "kan" and len(c.stages) >= 2
+            and all(e > 0 for _, e in c.stages)]  # fmt: skip
+    if not kans:
+        return None
+    return min(kans, key=lambda c: (-len(c.stages), c.stages[-1][1]))
+
+
 def _plot_pareto(task: str, configs: Sequence[ConfigStats], path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -280,6 +320,11 @@ def _plot_pareto(task: str, configs: Sequence[ConfigStats], path: Path) -> None:
         alpha = scaling_exponent(front)
         name = family.upper() + (f" (α={alpha:.2f})" if alpha is not None else "")
         ax.plot(*zip(*front, strict=True), "o-", color=color, label=name)
+    best = _best_stage_curve(configs)
+    if best is not None:
+        alpha = scaling_exponent(best.stages)
+        name = "KAN grid extension" + (f" (α={alpha:.2f})" if alpha is not None else "")
+        ax.plot(*zip(*best.stages, strict=True), "s--", color="tab:green", label=name, ms=4)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("parameters")
@@ -357,6 +402,16 @@ def write_report(
                     f"alpha: too few points ({len(front)} on the Pareto front, need "
                     f"{MIN_SCALING_POINTS})")  # fmt: skip
             lines.append(f"{family.upper()}: {text}")
+        best = _best_stage_curve(configs)
+        if best is not None:
+            alpha = scaling_exponent(best.stages)
+            shape, grids = best.label.split(" G=")
+            lines.append(
+                f"KAN grid extension ({shape}, grids {grids}; the error after each stage, mean "
+                "over seeds): "
+                + (f"alpha = {alpha:.2f}" if alpha is not None else
+                   f"alpha: too few points ({len(best.stages)} grids, need {MIN_SCALING_POINTS})")
+            )  # fmt: skip
         for line in lines:
             md.append(f"- {line}")
         md.append("")
