@@ -78,8 +78,9 @@ _FAST_DTYPES = (torch.float32, torch.float64)
 _HAS_NUMBA = importlib.util.find_spec("numba") is not None
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 _cuda_ok: bool | None = None
-# Below this many (sample, input) pairs the reference path is as fast as the compiled one on CPU
-# (fixed per-call costs dominate); measured with benchmarks/layer_speed.py-style timings.
+# Below this many (sample, input) pairs automatic choice keeps the reference path on CPU. Measured
+# (KANLinear forward + backward, 2 threads): the compiled path already wins at batch 1 x 2 inputs
+# (fixed costs ~0.7 ms vs ~0.9 ms for the ~30 small torch ops of the reference), so it is 0.
 NUMBA_MIN_PAIRS = 0
 
 
