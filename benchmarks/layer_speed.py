@@ -24,6 +24,7 @@ Prints a Markdown table and writes JSON (default ``benchmarks/results/layer_spee
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -82,7 +83,7 @@ class DenseKANLayer(nn.Module):
 def dense_kan(widths: list[int], grid_size: int) -> nn.Module:
     gen = torch.Generator().manual_seed(0)
     return nn.Sequential(
-        *[DenseKANLayer(a, b, grid_size, ORDER, gen) for a, b in zip(widths, widths[1:])]
+        *[DenseKANLayer(a, b, grid_size, ORDER, gen) for a, b in itertools.pairwise(widths)]
     )
 
 
