@@ -34,6 +34,7 @@ from kanlab._checks import (
     check_int,
     check_range,
 )
+from kanlab.functions import get_function
 from kanlab.splines import coef_to_curve, curve_to_coef, knots_from_data, uniform_knots
 
 __all__ = ["ACTIVATIONS", "KANLinear"]
@@ -140,9 +141,7 @@ class KANLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(..., in) -> (..., out)``."""
         x2 = self._flat_input(x)  # (batch, in)
-        if self._all_symbolic:  # no numeric edge left: skip the spline and base branches
-            y = x2.new_zeros(x2.shape[0], self.out_features)
-        else:
+        if not self._all_symbolic:  # with every edge symbolic the numeric branch is skipped
             y = kernels.spline_product(
                 x2, self.knots, self.spline_weight(), self.spline_order, uniform=self._uniform
             )  # (batch, out)
@@ -150,7 +149,9 @@ class KANLinear(nn.Module):
                 w_b = self.scale_base * self._numeric_mask()
                 y = y + ACTIVATIONS[self.base_activation](x2) @ w_b
         if self._has_symbolic:
-            y = y.index_add(1, self._sym_out, self._symbolic_values(x2))
+            sym = x2.new_zeros(self.out_features, x2.shape[0])  # (out, batch)
+            sym = sym.index_add(0, self._sym_out, self._symbolic_values(x2)).T  # (batch, out)
+            y = sym if self._all_symbolic else y + sym
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def activations(self, x: Tensor) -> Tensor:
@@ -165,8 +166,9 @@ class KANLinear(nn.Module):
             phi = phi + base.unsqueeze(1) * (self.scale_base * self._numeric_mask()).T
         if self._has_symbolic:
             flat = self._sym_out * self.in_features + self._sym_in  # (E,) into (out*in)
-            phi = phi.reshape(x2.shape[0], -1).index_add(1, flat, self._symbolic_values(x2))
-            phi = phi.reshape(x2.shape[0], self.out_features, self.in_features)
+            sym = phi.new_zeros(self.out_features * self.in_features, x2.shape[0])
+            sym = sym.index_add(0, flat, self._symbolic_values(x2))  # (out*in, batch)
+            phi = phi + sym.T.reshape(x2.shape[0], self.out_features, self.in_features)
         return phi.reshape(*x.shape[:-1], self.out_features, self.in_features)
 
     # ------------------------------------------------------------------ grids
@@ -292,6 +294,9 @@ class KANLinear(nn.Module):
         self.register_parameter("symbolic_affine", None)
         self.register_buffer("_sym_in", None, persistent=False)
         self.register_buffer("_sym_out", None, persistent=False)
+        self.register_buffer("_sym_flat", None, persistent=False)
+        self.register_buffer("_numeric_keep", None, persistent=False)
+        self._sym_sizes: list[int] = []
         self._sym_groups: list[tuple[str, int, int]] = []
         self._has_symbolic = False  # host flag: any symbolic edge (forward's only extra cost)
         self._all_symbolic = False  # host flag: every edge symbolic (numeric branch skipped)
@@ -300,7 +305,7 @@ class KANLinear(nn.Module):
         """The mask of the numeric (spline + base) branch: ``mask * (1 - symbolic_mask)``."""
         if not self._has_symbolic:
             return self.mask
-        return self.mask * (1 - self.symbolic_mask)
+        return self.mask * self._numeric_keep
 
     def _alloc_symbolic(self, n_bytes: int = 0) -> None:
         n_in, n_out = self.in_features, self.out_features
@@ -337,8 +342,6 @@ class KANLinear(nn.Module):
         """Replace edge ``i -> o`` by ``c * f(a*x + b) + d`` with ``f`` the library function
         ``name`` and ``affine = (a, b, c, d)``; the edge's numeric part is switched off (kept, and
         restored by :meth:`unset_symbolic`)."""
-        from kanlab.functions import get_function  # low module; imported here to keep it optional
-
         self._check_edge(i, o)
         fn = get_function(name)
         vals = [check_float(f"affine[{j}]", v) for j, v in enumerate(affine)]
@@ -381,6 +384,7 @@ class KANLinear(nn.Module):
         """Sort the symbolic edges by function into the index buffers used by forward."""
         if self.symbolic_mask is None:
             self._has_symbolic = self._all_symbolic = False
+            self._numeric_keep = None
             return
         names = self.symbolic_function_names()
         live = self.symbolic_mask > 0
@@ -399,19 +403,28 @@ class KANLinear(nn.Module):
         self._sym_in = torch.cat(ins) if ins else empty
         self._sym_out = torch.cat(outs) if outs else empty
         self._sym_groups = groups
+        self._sym_sizes = [e - s for _, s, e in groups]
+        self._sym_flat = self._sym_in * self.out_features + self._sym_out
+        self._numeric_keep = 1 - self.symbolic_mask  # (in, out) folded into the numeric mask
         self._has_symbolic = start > 0
         self._all_symbolic = bool((self.symbolic_mask > 0).all())
 
     def _symbolic_values(self, x2: Tensor) -> Tensor:
-        """Outputs of the symbolic edges, ``(batch, in) -> (batch, E)`` in ``_sym_in`` order."""
-        from kanlab.functions import get_function
-
-        idx_in, idx_out = self._sym_in, self._sym_out
-        p = self.symbolic_affine[idx_in, idx_out]  # (E, 4)
-        z = x2.index_select(1, idx_in) * p[:, 0] + p[:, 1]  # (batch, E)
-        parts = [get_function(name).forward_fn(z[:, s:e]) for name, s, e in self._sym_groups]
-        f = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        return (f * p[:, 2] + p[:, 3]) * self.mask[idx_in, idx_out]
+        """Outputs of the symbolic edges, transposed: ``(batch, in) -> (E, batch)`` in ``_sym_in``
+        order. Edge-major layout: gathers copy whole rows and per-edge constants broadcast along
+        rows, about twice as fast on CPU as the (batch, E) layout."""
+        flat = self._sym_flat  # (E,) index into the flattened (in, out)
+        p = self.symbolic_affine.reshape(-1, 4).index_select(0, flat)  # (E, 4)
+        m = self.mask.reshape(-1).index_select(0, flat).unsqueeze(1)  # (E, 1) pruning mask
+        xt = x2.T.contiguous().index_select(0, self._sym_in)  # (E, batch)
+        z = xt * p[:, 0:1] + p[:, 1:2]  # a*x + b (mul + add: faster backward than addcmul)
+        # split (not slicing): its backward is one cat, where slices would each fill a zero tensor
+        parts = [
+            get_function(name).forward_fn(zg)
+            for (name, _, _), zg in zip(self._sym_groups, z.split(self._sym_sizes, 0), strict=True)
+        ]
+        f = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)  # (E, batch)
+        return f * (p[:, 2:3] * m) + p[:, 3:4] * m  # c*f + d, masked
 
     def _prepare_symbolic_load(self, state_dict: dict, prefix: str) -> None:
         """Create (or resize) the symbolic slots a checkpoint holds before its tensors are copied."""
