@@ -367,3 +367,27 @@ def test_reference_is_registered_first_class():
     kernels.set_backend("reference")
     y = kernels.spline_product(x, knots, weight, 3, uniform=True)
     torch.testing.assert_close(y, reference.spline_product(x, knots, weight, 3, True))
+
+
+def test_numba_backend_works_in_forked_child():
+    """The kernels' thread pool survives a fork (process pools of the benchmark runner)."""
+    pytest.importorskip("numba")
+    import multiprocessing as mp
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # two shares: the pool has a worker thread
+    try:
+        x, knots, weight = _problem(3, True, torch.float32, "cpu")
+        kernels.set_backend("numba")
+        want = kernels.spline_product(x, knots, weight, 3, uniform=True)  # starts the pool here
+        ctx = mp.get_context("fork")
+        with ctx.Pool(1) as pool:
+            got = pool.apply_async(_child_product, (x, knots, weight)).get(timeout=60)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(got, want)
+
+
+def _child_product(x, knots, weight):
+    kernels.set_backend("numba")
+    return kernels.spline_product(x, knots, weight, 3, uniform=True)

@@ -330,6 +330,17 @@ _POOL_SIZE = 0
 _POOL_LOCK = threading.Lock()
 
 
+def _forget_pool_after_fork() -> None:
+    # A forked child (process pools, data loaders) inherits the pool object but not its threads:
+    # submitting to it would hang. Start afresh instead.
+    global _POOL, _POOL_SIZE, _POOL_LOCK
+    _POOL, _POOL_SIZE, _POOL_LOCK = None, 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 def _n_threads() -> int:
     # One knob for the user: the kernels use as many threads as torch is allowed to.
     return max(1, torch.get_num_threads())
