@@ -127,16 +127,18 @@ def saved_bytes(model: nn.Module, x: Tensor, backend: str | None) -> int:
     return total
 
 
-def time_interleaved(steps: dict[str, Callable[[], None]], rounds: int, warmup: int) -> dict:
+def time_interleaved(
+    steps: dict[str, Callable[[], None]], rounds: int, warmup: int, clock: Callable[[], float]
+) -> dict:
     for step in steps.values():
         for _ in range(warmup):
             step()
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             step()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
 
 
@@ -179,6 +181,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 9)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense-basis reference")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: elapsed time (default); cpu: process CPU time, a proxy for compute on a busy "
+        "machine (use with --threads 1: with more threads it also counts spinning workers)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     grids = [5, 500] if args.quick else GRIDS
@@ -193,7 +202,10 @@ def main() -> None:
 
     results = []
     header = "| shape | G | implementation | ms / step | x mlp-params | saved MiB |"
-    print(f"torch {torch.__version__}, {args.threads} threads, float32, k={ORDER}; {pykan_note}")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, float32, k={ORDER}, "
+        f"{args.clock} clock; {pykan_note}"
+    )
     print(f"load average at start: {os.getloadavg()}")
     print(header)
     print("|---|---|---|---|---|---|")
@@ -201,7 +213,8 @@ def main() -> None:
         for grid_size in grids:
             models, x, info = build(shape, grid_size, with_dense=not args.no_dense)
             steps = {name: training_step(m, x, b) for name, (m, b) in models.items()}
-            medians = time_interleaved(steps, rounds, warmup)
+            clock = time.perf_counter if args.clock == "wall" else time.process_time
+            medians = time_interleaved(steps, rounds, warmup, clock)
             base = medians["mlp-params"]
             for name, (m, b) in models.items():
                 row = {
@@ -228,6 +241,7 @@ def main() -> None:
     meta = {
         "torch": torch.__version__,
         "threads": args.threads,
+        "clock": args.clock,
         "rounds": rounds,
         "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
