@@ -112,3 +112,35 @@ def test_local_process_pool(tmp_path):
         serial = {t.key: run_trial(t)["test_error"] for t in trials}  # same result in-process
         for row in store.rows():
             assert row["test_error"] == pytest.approx(serial[row["key"]], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_dask_scheduler_address(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    import logging
+
+    import torch
+
+    threads = torch.get_num_threads()
+    cluster = distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, protocol="tcp",
+        dashboard_address=None, silence_logs=logging.ERROR,
+    )  # fmt: skip
+    try:
+        address = cluster.scheduler_address
+        assert address.startswith("tcp://")
+        trials = _trials(seeds=1)
+        spec = "dask://" + address[len("tcp://") :]
+        with make_executor(spec) as ex, ResultStore(tmp_path / "r.sqlite") as store:
+            summary = run_trials(trials, store, ex)
+            assert summary.ok == len(trials) == 2, [r["error"] for r in store.rows()]
+    finally:
+        cluster.close()
+        torch.set_num_threads(threads)  # its worker threads live in this process
+
+
+def test_unreachable_dask_scheduler_is_reported():
+    pytest.importorskip("distributed")
+    with pytest.raises(ValueError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        with make_executor("dask://127.0.0.1:9", connect_timeout=1):
+            pass

@@ -152,10 +152,13 @@ def _one_torch_thread() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def make_executor(spec: str | None = "local", *, workers: int | None = None) -> Iterator[Executor]:
+def make_executor(
+    spec: str | None = "local", *, workers: int | None = None, connect_timeout: float = 10.0
+) -> Iterator[Executor]:
     """An executor for ``spec`` (see the module docstring), shut down on exit.
 
-    ``workers``: local processes or dask-local workers (default: one per core)."""
+    ``workers``: local processes or dask-local worker threads (default: one per core).
+    ``connect_timeout``: seconds to wait for a ``dask://`` scheduler."""
     spec = spec or "local"
     n = workers or os.cpu_count() or 1
     if spec == "local":
@@ -192,7 +195,7 @@ def make_executor(spec: str | None = "local", *, workers: int | None = None) -> 
             cluster = None
             address = "tcp://" + spec[len("dask://") :]
             try:
-                client = Client(address, timeout=10)
+                client = Client(address, timeout=connect_timeout)
             except OSError as err:
                 raise ValueError(f"cannot reach the Dask scheduler at {address}: {err}") from None
         try:
