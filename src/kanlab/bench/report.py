@@ -237,7 +237,7 @@ def _error_name(metric: str) -> str:
 
 def _summary_rows(comps: Sequence[TaskComparison]) -> tuple[list[str], list[list[str]]]:
     headers = ["task", "error", "best KAN", "params", "KAN error", "best matched MLP", "params",
-               "MLP error", "winner"]  # fmt: skip
+               "MLP error", "winner (error ratio)"]  # fmt: skip
     rows = []
     for c in comps:
         ratio = ""

@@ -126,7 +126,9 @@ def csv_task(path: str | Path, target: str, *, hidden: tuple[int, ...] = (5,)) -
     return Task(name=f"csv:{path.name}:{target}", hidden=hidden, csv_path=str(path), target=target)
 
 
-def load(task: Task, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0):
+def load(
+    task: Task, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0
+) -> Dataset:
     """The task's data set (``n_train``/``n_test`` apply to synthetic data; ``seed`` fixes the draw
     or the split)."""
     return _load_cached(task.name, task.csv_path, task.target, n_train, n_test, seed)
@@ -134,7 +136,12 @@ def load(task: Task, *, n_train: int | None = None, n_test: int | None = None, s
 
 @functools.lru_cache(maxsize=8)
 def _load_cached(
-    name: str, csv_path: str | None, target: str | None, n_train, n_test, seed: int
+    name: str,
+    csv_path: str | None,
+    target: str | None,
+    n_train: int | None,
+    n_test: int | None,
+    seed: int,
 ) -> Dataset:
     # Cached per process: a worker runs many trials of the same task on the same data.
     from kanlab import datasets
