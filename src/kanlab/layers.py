@@ -151,7 +151,7 @@ class KANLinear(nn.Module):
         if self._has_symbolic:
             sym = x2.new_zeros(self.out_features, x2.shape[0])  # (out, batch)
             sym = sym.index_add(0, self._sym_out, self._symbolic_values(x2)).T  # (batch, out)
-            y = sym if self._all_symbolic else y + sym
+            y = sym.contiguous() if self._all_symbolic else y + sym
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def activations(self, x: Tensor) -> Tensor:

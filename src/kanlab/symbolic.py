@@ -442,7 +442,7 @@ def _edge_expr(fn: SymbolicFunction, z: Any, p: list[float]) -> Any:
 
 
 def symbolic_formula(
-    model: Any, var_names: Sequence[str] | None = None, *, precision: int | None = 4
+    model: Any, var_names: Sequence[str] | None = None, precision: int | None = 4
 ) -> Formula:
     """Compose the symbolic edges into one sympy expression per output.
 
