@@ -267,3 +267,22 @@ def test_forward_has_no_side_effects() -> None:
     layer.activations(x)
     for k, v in layer.state_dict().items():
         assert torch.equal(v, state[k]), k
+
+
+def test_extend_grid_with_constant_input_and_contiguous_coef() -> None:
+    layer = make_layer(n_in=2, n_out=3)
+    x = data(n=60, n_in=2)
+    x[:, 1] = -0.4
+    grid = torch.linspace(-1, 1, 50, dtype=torch.float64).unsqueeze(1).expand(-1, 2)
+    before = layer(grid)
+    layer.extend_grid(10, x)
+    assert layer.grid_size == 10 and layer.coef.is_contiguous()
+    assert torch.isfinite(layer.coef).all()
+    # the constant input got a uniform grid of the new size on its old range, refit over that range
+    torch.testing.assert_close(layer.knots[1, 3], torch.tensor(-1.0, dtype=torch.float64))
+    torch.testing.assert_close(layer.knots[1, -4], torch.tensor(1.0, dtype=torch.float64))
+    only_second = layer.activations(grid)[:, :, 1]
+    layer2 = make_layer(n_in=2, n_out=3)
+    ref = layer2.activations(grid)[:, :, 1]
+    assert (only_second - ref).abs().max() < 0.05 * ref.abs().max()
+    assert before.shape == (50, 3)

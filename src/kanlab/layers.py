@@ -176,10 +176,9 @@ class KANLinear(nn.Module):
         """Install new knots and coefficients (grid size may change)."""
         if coef.shape == self.coef.shape:
             self.coef.data.copy_(coef)
-        else:
-            self.coef = nn.Parameter(
-                coef.to(self.coef.dtype), requires_grad=self.coef.requires_grad
-            )
+        else:  # contiguous: optimisers such as LBFGS flatten gradients with view()
+            coef = coef.to(self.coef.dtype).contiguous()
+            self.coef = nn.Parameter(coef, requires_grad=self.coef.requires_grad)
         self.knots = knots.to(self.knots.dtype).contiguous()
         self.grid_uniform.fill_(uniform)
         self._uniform = uniform
@@ -237,12 +236,24 @@ class KANLinear(nn.Module):
 
     def _refit(self, x: Tensor, new_knots: Tensor, *, uniform: bool) -> None:
         """Fit coefficients on ``new_knots`` to the current splines sampled at ``x`` (batch, in)."""
-        # Inputs whose data have no spread keep their old knots (a zero-width grid is meaningless).
+        # Inputs whose data have no spread keep their grid (a zero-width grid is meaningless): the old
+        # knots, or a uniform grid of the new size on the old grid range, refit on samples spread
+        # over that range (the data would pin the function at one point only).
         width = new_knots[:, -1] - new_knots[:, 0]
-        degenerate = ~(width > 0)
+        degenerate = ~(width > 0)  # (in,)
         if bool(degenerate.any()):
-            new_knots = torch.where(degenerate.unsqueeze(1), self.knots, new_knots)
-            uniform = uniform and self._uniform
+            k = self.spline_order
+            lo, hi = self.knots[:, k], self.knots[:, -k - 1]  # (in,)
+            if new_knots.shape == self.knots.shape:
+                keep = self.knots
+                uniform = uniform and self._uniform
+            else:  # uniform rows: the layer stays uniform if the other rows are
+                g = new_knots.shape[1] - 2 * k - 1
+                keep = uniform_knots(self.in_features, g, k, torch.stack([lo, hi], dim=1))
+            new_knots = torch.where(degenerate.unsqueeze(1), keep.to(new_knots), new_knots)
+            frac = torch.linspace(0, 1, x.shape[0], dtype=x.dtype, device=x.device).unsqueeze(1)
+            spread = lo + (hi - lo) * frac  # (batch, in)
+            x = torch.where(degenerate, spread, x)
         y = coef_to_curve(x, self.knots, self.coef, self.spline_order, uniform=self._uniform)
         coef = curve_to_coef(x, y, new_knots, self.spline_order)
         self._set_grid(new_knots, coef, uniform=uniform)
