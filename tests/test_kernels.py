@@ -391,3 +391,26 @@ def test_numba_backend_works_in_forked_child():
 def _child_product(x, knots, weight):
     kernels.set_backend("numba")
     return kernels.spline_product(x, knots, weight, 3, uniform=True)
+
+
+def test_cpu_thread_paths_agree_bitwise(monkeypatch):
+    """Serial, torch's OpenMP team and the fallback thread pool: each output has one owner."""
+    pytest.importorskip("numba")
+    from kanlab.kernels import numba_cpu
+
+    x, knots, weight = _problem(3, False, torch.float32, "cpu")
+    gy = torch.randn(x.shape[0], weight.shape[2], generator=torch.Generator().manual_seed(0))
+
+    def run(threads: int):
+        monkeypatch.setattr(numba_cpu, "_n_threads", lambda: threads)
+        y = numba_cpu.forward(x, knots, weight, 3, False)
+        gx, gw = numba_cpu.backward(gy, x, knots, weight, 3, False, True, True)
+        return y, gx, gw
+
+    serial = run(1)
+    paths = [run(3)]  # the team when torch's libgomp was found, else the pool
+    monkeypatch.setattr(numba_cpu, "_GOMP", None)
+    paths.append(run(3))  # the pool
+    for got in paths:
+        for a, b in zip(got, serial, strict=True):
+            assert torch.equal(a, b)

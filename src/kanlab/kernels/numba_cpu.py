@@ -1,27 +1,35 @@
-"""CPU backend: the sparse spline product as three parallel Numba kernels.
+"""CPU backend: the sparse spline product as three Numba kernels run in parallel threads.
 
 Why Numba: the work is three short loop nests (forward, coefficient gradient, input gradient) whose
 inner loop is a contiguous ``out``-long multiply-add over k+1 coefficient rows picked per
 (sample, input). PyTorch has no fused gather-multiply-accumulate for this, so a compiled loop is
 needed. Numba is a well-kept, pip-installable LLVM JIT that compiles exactly such loops to vectorised
-machine code, parallelises them with ``prange`` on the threading layer torch also uses (OpenMP), keeps
-its compiled code in an on-disk cache, and needs no C++ tool chain at install time (unlike a torch C++
-extension) and no GPU (unlike Triton). It stays an optional dependency (``kanlab[jit]``): without it
-the dispatcher falls back to the reference path.
+machine code (AVX2 FMA here), keeps its compiled code in an on-disk cache, releases the GIL inside
+compiled code, and needs no C++ tool chain at install time (unlike a torch C++ extension) and no GPU
+(unlike Triton). It stays an optional dependency (``kanlab[jit]``): without it the dispatcher falls
+back to the reference path.
 
-Kernels (each thread owns its outputs, so there are no write conflicts and no atomics):
+Parallelism: the kernels are serial ``@njit(nogil=True)`` loops over a range of their parallel
+dimension; :func:`_parallel` splits the range into one contiguous share per thread (as many threads
+as ``torch.get_num_threads()``) and runs the shares on a small thread pool, the calling thread taking
+the first. We measured ``@njit(parallel=True)`` + ``prange`` first: its parfor lowering made a cold
+compile of the six specialisations take ~50 s (vs ~20 s), which the test suite pays on every fresh
+checkout, and its OpenMP threads contend with torch's own OpenMP pool. Each share writes its own
+part of the output, so there are no write conflicts and no atomics:
 
-- forward: parallel over blocks of samples; inside a block the loop runs input by input so that one
-  input's coefficient table stays in cache while the block's samples read from it. The k+1 basis
-  values of a (sample, input) are computed once, kept in a small scratch array, and applied to the
-  k+1 contiguous coefficient rows in one pass over ``out``.
-- coefficient gradient: parallel over inputs (a thread owns its inputs' rows of the table).
-- input gradient: parallel over blocks of samples; needs the derivative of the k+1 basis values.
+- forward: shares of samples; inside a share, blocks of samples and, per block, input by input so
+  that one input's k+1-row slices of the coefficient table are reused by the whole block. The
+  basis of (block, input) is computed once into small scratch arrays (branch-free and vectorised
+  across samples for the uniform cubic case), then applied to the k+1 contiguous coefficient rows
+  in one pass over ``out``.
+- coefficient gradient: shares of inputs (a thread owns its inputs' rows of the table).
+- input gradient: shares of samples; needs the derivative of the k+1 basis values.
 
-The basis is recomputed from x in every kernel (O(k^2) per (sample, input), negligible next to the
+The basis is recomputed from x in every kernel (O(k^2) per (sample, input), small next to the
 O(k * out) product), so backward needs only x, the knots and the weight: nothing of size
 batch * in * out or batch * in * (G + k) is ever allocated. Costs are O(batch * in * (k + 1) * out),
-plus O(parameters) to zero the coefficient gradient, independent of G otherwise.
+plus O(parameters) to zero the coefficient gradient, independent of G otherwise (a large G only
+makes the coefficient rows of one input spread over more memory).
 
 Numerics follow :func:`kanlab.splines.sparse_basis` exactly in the choice of interval (same formula
 for the uniform position, same half-open search for adapted grids), so values agree with the
@@ -38,13 +46,16 @@ compiled (two specialisations per kernel); k and the grid kind are run-time argu
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from numba import njit
+from llvmlite import ir
+from numba import carray, cfunc, njit, types
+from numba.extending import intrinsic
 from torch import Tensor
 
 __all__ = ["backward", "forward"]
@@ -374,6 +385,124 @@ def _parallel(kernel, args: tuple, n: int, n_threads: int) -> None:
         f.result()
 
 
+# ------------------------------------------------------------------- OpenMP bridge (torch's team)
+# torch runs its own ops on an OpenMP team whose idle workers spin for a while after every parallel
+# region. Threads of any other pool (ours, or Numba's own threading layers) then fight those
+# spinning workers for the cores: measured on 2 cores, a KAN training step took ~13x longer with 2
+# threads than with 1. So when torch's OpenMP runtime (libgomp) is found in the process, the kernels
+# run *on torch's team*: ``GOMP_parallel`` calls a Numba ``cfunc`` on every team thread, and the
+# threads take chunks of the range from a shared atomic counter. Elsewhere (no libgomp: macOS,
+# Windows, other builds) the thread pool above is used.
+
+_SLOTS = 40  # int64 parameter block: see _pack
+
+
+@intrinsic
+def _as_pointer(typingctx, address):  # pragma: no cover - compiled
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(types.voidptr))
+
+    return types.voidptr(types.int64), codegen
+
+
+@intrinsic
+def _fetch_add(typingctx, address, value):  # pragma: no cover - compiled
+    def codegen(context, builder, signature, args):
+        pointer = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        return builder.atomic_rmw("add", pointer, args[1], "monotonic")
+
+    return types.int64(types.int64, types.int64), codegen
+
+
+@njit(cache=_CACHE)
+def _arr1(p, m, dt):  # pragma: no cover - compiled
+    return carray(_as_pointer(p[8 + 4 * m]), (p[9 + 4 * m],), dt)
+
+
+@njit(cache=_CACHE)
+def _arr2(p, m, dt):  # pragma: no cover - compiled
+    return carray(_as_pointer(p[8 + 4 * m]), (p[9 + 4 * m], p[10 + 4 * m]), dt)
+
+
+@njit(cache=_CACHE)
+def _arr3(p, m, dt):  # pragma: no cover - compiled
+    q = 8 + 4 * m
+    return carray(_as_pointer(p[q]), (p[q + 1], p[q + 2], p[q + 3]), dt)
+
+
+@njit(cache=_CACHE)
+def _run(p, dt):  # pragma: no cover - compiled
+    """One team thread: take chunks [lo, lo + chunk) of range(n) until none is left."""
+    kind = p[6]
+    xt, t0, h, knots = _arr2(p, 0, dt), _arr1(p, 1, dt), _arr1(p, 2, dt), _arr2(p, 3, dt)
+    k, uniform = p[3], p[4] != 0
+    n, chunk = p[1], p[2]
+    while True:
+        lo = _fetch_add(p[5], chunk)
+        if lo >= n:
+            return
+        hi = min(lo + chunk, n)
+        if kind == 0:
+            _forward(xt, t0, h, knots, _arr3(p, 4, dt), k, uniform, lo, hi, _arr2(p, 5, dt))
+        elif kind == 1:
+            _grad_weight(xt, t0, h, knots, _arr2(p, 4, dt), k, uniform, lo, hi, _arr3(p, 5, dt))
+        else:
+            w, gy, gx = _arr3(p, 4, dt), _arr2(p, 5, dt), _arr2(p, 6, dt)
+            _grad_x(xt, t0, h, knots, w, gy, k, uniform, lo, hi, gx)
+
+
+@cfunc(types.void(types.voidptr), cache=_CACHE)
+def _team_entry(data):  # pragma: no cover - compiled
+    p = carray(data, (_SLOTS,), np.int64)
+    if p[7] == 4:
+        _run(p, np.float32)
+    else:
+        _run(p, np.float64)
+
+
+def _find_gomp():  # -> ctypes function GOMP_parallel of torch's OpenMP runtime, or None
+    if os.environ.get("KANLAB_CPU_THREADS") == "pool":
+        return None
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "libgomp" in line and "/" in line}
+    except OSError:
+        return None
+    torch_dir = os.path.dirname(torch.__file__)
+    for path in sorted(paths, key=lambda q: not q.startswith(torch_dir)):  # torch's first
+        try:
+            function = ctypes.CDLL(path).GOMP_parallel
+        except (OSError, AttributeError):
+            continue
+        function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+        function.restype = None
+        return function
+    return None
+
+
+_GOMP = _find_gomp()
+_GOMP_PID = os.getpid()  # libgomp's team does not survive fork: children use the thread pool
+_KIND = {_forward: 0, _grad_weight: 1, _grad_x: 2}
+
+
+def _team(kernel, args: tuple, n: int, n_threads: int) -> None:
+    """Run ``kernel`` over range(n) on torch's OpenMP team (see the section comment)."""
+    *arrays, out = (a for a in args if isinstance(a, np.ndarray))
+    k, uniform = (a for a in args if not isinstance(a, np.ndarray))
+    arrays.append(out)
+    p = np.zeros(_SLOTS, dtype=np.int64)
+    chunk = max(1, -(-n // (2 * n_threads)))
+    p[1:5] = (n, chunk, k, int(uniform))
+    p[5] = p.ctypes.data  # address of the atomic counter p[0]
+    p[6] = _KIND[kernel]
+    p[7] = out.dtype.itemsize
+    for m, a in enumerate(arrays):
+        assert a.flags.c_contiguous and a.dtype == out.dtype
+        p[8 + 4 * m] = a.ctypes.data
+        p[9 + 4 * m : 9 + 4 * m + a.ndim] = a.shape
+    _GOMP(_team_entry.address, p.ctypes.data, n_threads, 0)
+
+
 def _grid(x: Tensor, knots: Tensor) -> tuple[np.ndarray, ...]:
     """Arrays shared by the kernels: xt (in, batch), t0 (in,), h (in,), knots (in, G+2k+1)."""
     n = knots.shape[1]
@@ -384,6 +513,16 @@ def _grid(x: Tensor, knots: Tensor) -> tuple[np.ndarray, ...]:
     return xt.numpy(), t0.numpy(), h.numpy(), knots.numpy()
 
 
+def _dispatch(kernel, args: tuple, n: int, n_threads: int) -> None:
+    if n_threads <= 1:
+        *inputs, out = args
+        kernel(*inputs, 0, n, out)
+    elif _GOMP is not None and os.getpid() == _GOMP_PID:
+        _team(kernel, args, n, n_threads)
+    else:
+        _parallel(kernel, args, n, n_threads)
+
+
 def forward(x: Tensor, knots: Tensor, weight: Tensor, spline_order: int, uniform: bool) -> Tensor:
     """x (batch, in), knots (in, G+2k+1), weight (in, G+k, out) -> y (batch, out)."""
     xt, t0, h, kn = _grid(x, knots)
@@ -391,7 +530,7 @@ def forward(x: Tensor, knots: Tensor, weight: Tensor, spline_order: int, uniform
     y = torch.zeros(x.shape[0], w.shape[2], dtype=x.dtype)
     if x.shape[0] > 0:
         args = (xt, t0, h, kn, w.numpy(), spline_order, uniform, y.numpy())
-        _parallel(_forward, args, x.shape[0], _n_threads())
+        _dispatch(_forward, args, x.shape[0], _n_threads())
     return y
 
 
@@ -414,11 +553,11 @@ def backward(
         gw = torch.zeros(weight.shape, dtype=weight.dtype)
         if x.shape[0] > 0:
             args = (xt, t0, h, kn, gy, spline_order, uniform, gw.numpy())
-            _parallel(_grad_weight, args, x.shape[1], n_threads)
+            _dispatch(_grad_weight, args, x.shape[1], n_threads)
     if need_x:
         gx = torch.zeros(x.shape, dtype=x.dtype)
         if x.shape[0] > 0:
             w = weight.detach().contiguous().numpy()
             args = (xt, t0, h, kn, w, gy, spline_order, uniform, gx.numpy())
-            _parallel(_grad_x, args, x.shape[0], n_threads)
+            _dispatch(_grad_x, args, x.shape[0], n_threads)
     return gx, gw
