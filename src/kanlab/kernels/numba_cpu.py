@@ -10,12 +10,15 @@ compiled code, and needs no C++ tool chain at install time (unlike a torch C++ e
 back to the reference path.
 
 Parallelism: the kernels are serial ``@njit(nogil=True)`` loops over a range of their parallel
-dimension; :func:`_parallel` splits the range into one contiguous share per thread (as many threads
-as ``torch.get_num_threads()``) and runs the shares on a small thread pool, the calling thread taking
-the first. We measured ``@njit(parallel=True)`` + ``prange`` first: its parfor lowering made a cold
-compile of the six specialisations take ~50 s (vs ~20 s), which the test suite pays on every fresh
-checkout, and its OpenMP threads contend with torch's own OpenMP pool. Each share writes its own
-part of the output, so there are no write conflicts and no atomics:
+dimension, run in parallel chunks on *torch's own OpenMP team* when torch's libgomp is loaded
+(``GOMP_parallel`` calls a Numba ``cfunc`` on each team thread; threads take chunks from an atomic
+counter), else on a small thread pool; as many threads as ``torch.get_num_threads()``. Why not a
+separate pool or ``@njit(parallel=True)``: torch's idle OpenMP workers spin after every torch op,
+and threads of any other pool then fight them for the cores (a KAN step with a separate pool ran
+~10x slower on 2 threads than on 1 until ``OMP_WAIT_POLICY=PASSIVE``); and ``parallel=True``'s
+parfor lowering made a cold compile of the six specialisations take ~50 s instead of ~20 s, paid
+by the test suite on every fresh checkout. Each chunk writes its own part of the output, so there
+are no write conflicts and no atomics on data:
 
 - forward: shares of samples; inside a share, blocks of samples and, per block, input by input so
   that one input's k+1-row slices of the coefficient table are reused by the whole block. The
