@@ -176,9 +176,10 @@ class KANLinear(nn.Module):
         """Install new knots and coefficients (grid size may change)."""
         if coef.shape == self.coef.shape:
             self.coef.data.copy_(coef)
-        else:  # contiguous: optimisers such as LBFGS flatten gradients with view()
-            coef = coef.to(self.coef.dtype).contiguous()
-            self.coef = nn.Parameter(coef, requires_grad=self.coef.requires_grad)
+        else:  # fresh standard strides: LBFGS flattens gradients with view(), DDP wants matching
+            # gradient strides (a solver's output can be column-major, or odd on size-1 dims)
+            fresh = torch.empty(coef.shape, dtype=self.coef.dtype, device=self.coef.device)
+            self.coef = nn.Parameter(fresh.copy_(coef), requires_grad=self.coef.requires_grad)
         self.knots = knots.to(self.knots.dtype).contiguous()
         self.grid_uniform.fill_(uniform)
         self._uniform = uniform
