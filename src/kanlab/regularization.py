@@ -22,7 +22,13 @@ from torch import Tensor
 
 from kanlab._checks import check_float
 
-__all__ = ["edge_l1", "layer_entropy", "layer_l1", "sparsity_regularizer"]
+__all__ = [
+    "edge_l1",
+    "layer_entropy",
+    "layer_l1",
+    "regularizer_from_norms",
+    "sparsity_regularizer",
+]
 
 EPS = 1e-12  # in the normalisation and the logarithm; far below any meaningful edge norm
 
@@ -41,9 +47,30 @@ def layer_l1(acts: Tensor) -> Tensor:
 
 def layer_entropy(acts: Tensor, *, eps: float = EPS) -> Tensor:
     """Entropy of the normalised edge norms of one layer (a 0-dim tensor, >= 0)."""
-    norms = edge_l1(acts)
-    p = norms / (norms.sum() + eps)
-    return -(p * torch.log(p + eps)).sum()
+    return regularizer_from_norms([edge_l1(acts)], lamb_l1=0.0, lamb_entropy=1.0, eps=eps)
+
+
+def regularizer_from_norms(
+    norms: Sequence[Tensor],
+    *,
+    lamb_l1: float = 1.0,
+    lamb_entropy: float = 2.0,
+    eps: float = EPS,
+) -> Tensor:
+    """The regulariser from each layer's edge norms ``(out, in)`` (see :func:`edge_l1`).
+
+    The split lets data-parallel training all-reduce the norms (means over the *global* batch)
+    before the non-linear entropy is taken.
+    """
+    lamb_l1 = check_float("lamb_l1", lamb_l1, minimum=0.0)
+    lamb_entropy = check_float("lamb_entropy", lamb_entropy, minimum=0.0)
+    if len(norms) == 0:
+        raise ValueError("need at least one layer's activations")
+    total = norms[0].new_zeros(())
+    for n in norms:
+        p = n / (n.sum() + eps)
+        total = total + lamb_l1 * n.sum() - lamb_entropy * (p * torch.log(p + eps)).sum()
+    return total
 
 
 def sparsity_regularizer(
@@ -58,11 +85,5 @@ def sparsity_regularizer(
     acts: one ``(batch, out, in)`` tensor per layer, as returned by ``KAN.activations(x)``.
     Returns a 0-dim tensor (differentiable with respect to the activations).
     """
-    lamb_l1 = check_float("lamb_l1", lamb_l1, minimum=0.0)
-    lamb_entropy = check_float("lamb_entropy", lamb_entropy, minimum=0.0)
-    if len(acts) == 0:
-        raise ValueError("acts must hold at least one layer's activations")
-    total = acts[0].new_zeros(())
-    for a in acts:
-        total = total + lamb_l1 * layer_l1(a) + lamb_entropy * layer_entropy(a, eps=eps)
-    return total
+    norms = [edge_l1(a) for a in acts]
+    return regularizer_from_norms(norms, lamb_l1=lamb_l1, lamb_entropy=lamb_entropy, eps=eps)
