@@ -38,21 +38,22 @@ def primitives(rank: int, world: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def fit_run(rank: int, world: int, init_file: str, out_dir: str, options: dict) -> None:
+def fit_run(rank: int, world: int, init_file: str, out_dir: str, runs: list[dict]) -> None:
+    """Run each option set of ``runs`` with the same fit call as a single process would."""
     import kanlab as kl
 
     init(rank, world, init_file)
     try:
-        if options.get("fail_rank") == rank:
-            raise RuntimeError(f"rank {rank} failed on purpose")
-        model, history = run_fit(options)
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        torch.save(
-            {"state": state, "history": history.to_dict(), "grid": model.grid_size},
-            os.path.join(out_dir, f"rank{rank}.pt"),
-        )
-        if rank == 0:
-            kl.save(model, os.path.join(out_dir, "model.safetensors"))
+        results = []
+        for options in runs:
+            if options.get("fail_rank") == rank:
+                raise RuntimeError(f"rank {rank} failed on purpose")
+            model, history = run_fit(options)
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            results.append({"state": state, "history": history.to_dict()})
+            if rank == 0:
+                kl.save(model, os.path.join(out_dir, f"model{len(results)}.safetensors"))
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -61,9 +62,7 @@ def run_fit(options: dict):
     """The same fit call for single-process and distributed runs."""
     import kanlab as kl
 
-    data = kl.datasets.get(
-        "paper/exp_sin_sq", n_train=options.get("n_train", 101), n_test=50, dtype=torch.float64
-    )
+    data = kl.datasets.get("paper/exp_sin_sq", n_train=101, n_test=51, dtype=torch.float64)
     model = kl.KAN([2, 3, 1], grid_size=3, seed=0, dtype=torch.float64)
     history = kl.fit(
         model,

@@ -30,6 +30,7 @@ takes the same step. Backend: ``gloo`` for CPU, ``nccl`` for CUDA, chosen by :fu
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 
 import torch
@@ -38,6 +39,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "all_reduce_sum",
+    "all_reduce_sum_autograd",
     "broadcast_module",
     "default_backend",
     "gather_rows",
@@ -149,6 +151,30 @@ def all_reduce_sum(values: Tensor) -> Tensor:
     return out
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; the gradient of every rank's input is the sum of all ranks' output gradients."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor) -> Tensor:  # type: ignore[override]
+        out = values.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        out = grad.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+
+def all_reduce_sum_autograd(values: Tensor) -> Tensor:
+    """Sum over ranks with a gradient: the backward sums the incoming gradients over ranks too.
+    The identity without a process group."""
+    if not is_distributed():
+        return values
+    return _AllReduceSum.apply(values)
+
+
 @torch.no_grad()
 def broadcast_module(model: nn.Module, *, src: int = 0) -> None:
     """Copy rank ``src``'s parameters and buffers to every rank, in place (shapes must agree)."""
@@ -170,6 +196,16 @@ def wrap(model: nn.Module) -> nn.Module:
     p = next(model.parameters())
     if p.is_cuda:
         device_ids = [p.device.index]
-    return nn.parallel.DistributedDataParallel(
-        model, device_ids=device_ids, broadcast_buffers=False
+    # find_unused_parameters (an extra graph traversal per step) only where parameters may be left
+    # out of the graph: a "zero" base function, or symbolic edges (an all-symbolic layer skips its
+    # spline branch). Buffers (knots) are kept equal by the collective grid updates, so DDP need not sync
+    # them every forward (syncing them at construction is harmless: they are equal).
+    ddp = nn.parallel.DistributedDataParallel
+    params = inspect.signature(ddp).parameters
+    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {}
+    no_sync = no_sync or {"broadcast_buffers": False}  # torch before 2.13
+    unused = any(
+        getattr(m, "base_activation", None) == "zero" or getattr(m, "_has_symbolic", False)
+        for m in model.modules()
     )
+    return ddp(model, device_ids=device_ids, find_unused_parameters=unused, **no_sync)

@@ -5,10 +5,13 @@ update on one mini-batch (batches come from shuffled epochs; ``batch_size=None``
 After every ``log_every``-th step (and the last) the model is evaluated on the full training and test
 sets and a row is appended to :class:`History`; callbacks run after each logged row.
 
-Three seams exist for ``kanlab.distributed`` (kept trivial here, one rank): :func:`_local_data` (the
-shard of the data a rank trains on), :func:`_grid_inputs` (the inputs a grid update sees; every rank
-must see the same so the grids agree) and :func:`_reduce_sums` (metric sums all-reduced before
-dividing). Metrics are therefore computed from sums and counts, never from local means.
+Under ``torch.distributed`` (e.g. ``torchrun``) the same call trains data-parallel; see
+:mod:`kanlab.distributed` for the method. Three seams route through it: :func:`_local_rows` (the
+contiguous block of a batch's rows a rank trains on), :func:`_grid_inputs` (the inputs a grid update
+sees: all ranks' rows, so the grids agree) and :func:`_reduce_sums` (metric sums all-reduced before
+dividing). Losses are therefore sums over a rank's rows divided by the *global* row count, and
+metrics are computed from global sums and counts, never from local means. Without a process group
+every seam is the identity.
 
 Options for KANs only (the sparsity regulariser ``lamb > 0`` and ``grid_schedule``) raise a
 ``ValueError`` for any other model; the grid-update options (``grid_update_every``,
@@ -28,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kanlab import distributed as D
 from kanlab._checks import check_choice, check_finite, check_float, check_int
 from kanlab.models import KAN
-from kanlab.regularization import sparsity_regularizer
+from kanlab.regularization import regularizer_from_norms
 
 __all__ = ["OPTIMIZERS", "History", "NonFiniteLossError", "StepState", "fit"]
 
@@ -107,20 +111,54 @@ class StepState:
 Callback = Callable[[StepState], bool | None]
 
 
-# --------------------------------------------------------------------------- seams (one rank)
-def _local_data(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """The part of the training set this process trains on (all of it on one rank)."""
-    return x, y
+# --------------------------------------------------------------------------- seams (distributed)
+def _local_rows(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """This rank's contiguous block of rows (all of them on one rank)."""
+    return D.shard(*tensors)
 
 
 def _grid_inputs(train_x: Tensor) -> Tensor:
-    """The inputs a grid update sees: the full training inputs (identical on every rank)."""
-    return train_x
+    """The inputs a grid update sees: every rank's training rows, in rank order (so identical on
+    every rank and equal to the single-process training inputs)."""
+    return D.gather_rows(_local_rows(train_x)[0])
 
 
-def _reduce_sums(sums: dict[str, float]) -> dict[str, float]:
+def _reduce_sums(sums: dict[str, float], device: torch.device) -> dict[str, float]:
     """All-reduce (sum) metric accumulators across ranks; the identity on one rank."""
-    return sums
+    if not D.is_distributed():
+        return sums
+    keys = sorted(sums)
+    total = D.all_reduce_sum(
+        torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=device)
+    )
+    return dict(zip(keys, total.tolist(), strict=True))
+
+
+def _update_grid(model: nn.Module, train_x: Tensor, grid_eps: float, new_size: int | None) -> None:
+    """A collective grid update (``new_size`` None) or extension; rank 0's result is broadcast so
+    every rank holds bit-identical knots and coefficients."""
+    x = _grid_inputs(train_x)
+    if new_size is None:
+        model.update_grid(x, grid_eps=grid_eps)
+    else:
+        model.extend_grid(new_size, x, grid_eps=grid_eps)
+    D.broadcast_module(model)
+
+
+class _Objective(nn.Module):
+    """The differentiated forward of a training step, as a module so that ``DistributedDataParallel``
+    can wrap it: the prediction and, for the sparsity regulariser, each layer's sums of edge
+    magnitudes over the batch ``(out, in)`` (means need the global row count)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, with_norms: bool) -> tuple[Tensor, list[Tensor]]:
+        if not with_norms:
+            return self.model(x), []
+        acts = self.model.activations(x)  # list of (batch, out, in)
+        return acts[-1].sum(-1), [a.abs().sum(dim=0) for a in acts]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -171,17 +209,6 @@ def _snapshot(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@torch.no_grad()
-def _contiguous_params(model: nn.Module) -> list[nn.Parameter]:
-    """The trainable parameters, made contiguous in place: a grid refit can leave a coefficient table
-    strided, its gradient then is too, and LBFGS flattens gradients with ``view``."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        if not p.is_contiguous():
-            p.data = p.data.contiguous()
-    return params
-
-
 def _make_optimizer(
     name: str, params: list[nn.Parameter], lr: float, weight_decay: float
 ) -> torch.optim.Optimizer:
@@ -202,7 +229,7 @@ def _make_optimizer(
 
 
 @torch.no_grad()
-def _loss_scale(model: nn.Module, x: Tensor, y: Tensor, task: str) -> float:
+def _loss_scale(model: nn.Module, x: Tensor, y: Tensor, task: str, n_global: int) -> float:
     """A constant factor for the LBFGS objective of one stage: 1 / (data loss at the stage start).
 
     torch's LBFGS skips its curvature update when ``y.s <= 1e-10`` (a fixed threshold); near the
@@ -210,7 +237,7 @@ def _loss_scale(model: nn.Module, x: Tensor, y: Tensor, task: str) -> float:
     stall training. A constant factor changes neither the minimiser nor the strong-Wolfe steps.
     Only ever scales up (never below 1), at most by 1e12.
     """
-    base = float(_data_loss(model(x), y, task))
+    base = float(D.all_reduce_sum(_data_loss_sum(model(x), y, task)) / n_global)
     if not math.isfinite(base) or base <= 0.0 or base >= 1.0:
         return 1.0
     return min(1.0 / base, 1e12)
@@ -226,20 +253,11 @@ def _batches(n: int, batch_size: int | None, gen: torch.Generator) -> Iterator[T
         yield from perm.split(batch_size)
 
 
-def _predict_and_reg(
-    model: nn.Module, x: Tensor, lamb: float, lamb_l1: float, lamb_entropy: float
-) -> tuple[Tensor, Tensor | None]:
-    if lamb > 0:  # one pass gives both the edge activations and the prediction
-        acts = model.activations(x)  # list of (batch, out, in)
-        reg = sparsity_regularizer(acts, lamb_l1=lamb_l1, lamb_entropy=lamb_entropy)
-        return acts[-1].sum(-1), reg
-    return model(x), None
-
-
-def _data_loss(pred: Tensor, y: Tensor, task: str) -> Tensor:
+def _data_loss_sum(pred: Tensor, y: Tensor, task: str) -> Tensor:
+    """The loss summed over rows (MSE: averaged over outputs); divide by the row count for the mean."""
     if task == "classification":
-        return F.cross_entropy(pred, y)
-    return (pred - y).pow(2).mean()
+        return F.cross_entropy(pred, y, reduction="sum")
+    return (pred - y).pow(2).sum() / y.shape[-1]
 
 
 @torch.no_grad()
@@ -248,8 +266,8 @@ def _evaluate(model: nn.Module, data: Any, task: str) -> tuple[float, float, flo
     sums: dict[str, float] = {}
     for split in ("train", "test"):
         x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
-        if split == "train":
-            x, y = _local_data(x, y)
+        if x.shape[0] >= D.world_size():  # (else every rank counts all rows: the ratio holds)
+            x, y = _local_rows(x, y)
         pred = model(x) if x.shape[0] else None
         sums[f"{split}_n"] = float(x.shape[0])
         if pred is None:
@@ -260,7 +278,7 @@ def _evaluate(model: nn.Module, data: Any, task: str) -> tuple[float, float, flo
         else:
             sums[f"{split}_a"] = float((pred - y).pow(2).sum() / y.shape[-1])
             sums[f"{split}_b"] = 0.0
-    sums = _reduce_sums(sums)
+    sums = _reduce_sums(sums, data.train_x.device)
     out = []
     for split in ("train", "test"):
         n = sums[f"{split}_n"]
@@ -397,28 +415,34 @@ def fit(
     is_kan = isinstance(model, KAN)
     every = grid_update_every if is_kan else 0
     stop_at = math.inf if stop_grid_update_step is None else stop_grid_update_step
-    train_x, train_y = _local_data(data.train_x, data.train_y)
-    gen = torch.Generator().manual_seed(seed)
-    batches = _batches(train_x.shape[0], batch_size, gen)
+    n_train = data.train_x.shape[0]
+    if n_train < D.world_size():
+        raise ValueError(f"{n_train} training rows cannot give each of {D.world_size()} ranks one")
+    train_x, train_y = _local_rows(data.train_x, data.train_y)
+    gen = torch.Generator().manual_seed(seed)  # the same on every rank: one global batch order
+    batches = _batches(n_train, batch_size, gen)
     stages: list[int | None] = list(grid_schedule) if grid_schedule is not None else [None]
     history = History(task=task)
-    bar = _progress(steps * len(stages), progress)
+    bar = _progress(steps * len(stages), progress and D.is_main())
     start = time.perf_counter()
     step = 0
     try:
         for stage, g in enumerate(stages):
             if g is not None and g != _grid_size(model):
-                model.extend_grid(g, _grid_inputs(data.train_x), grid_eps=grid_eps)
-            params = _contiguous_params(model)
+                _update_grid(model, data.train_x, grid_eps, g)
+            params = [p for p in model.parameters() if p.requires_grad]
+            net = D.wrap(_Objective(model))  # rebuilt per stage: a grid extension swaps parameters
             opt = _make_optimizer(opt_name, params, lr, weight_decay)
-            scale = _loss_scale(model, train_x, train_y, task) if opt_name == "lbfgs" else 1.0
+            scale = 1.0
+            if opt_name == "lbfgs":
+                scale = _loss_scale(model, train_x, train_y, task, n_train)
             last_good = _snapshot(model)
             for s in range(steps):
                 if every and s % every == 0 and s < stop_at:
-                    model.update_grid(_grid_inputs(data.train_x), grid_eps=grid_eps)
+                    _update_grid(model, data.train_x, grid_eps, None)
                 before = _snapshot(model)
                 obj, reg = _one_step(
-                    model, opt, opt_name, train_x, train_y, next(batches), task,
+                    net, opt, opt_name, data, train_x, train_y, next(batches), task,
                     lamb, lamb_l1, lamb_entropy, weight_decay, params, scale,
                 )  # fmt: skip
                 if not math.isfinite(obj):
@@ -467,30 +491,46 @@ def _record(
 
 
 def _one_step(
-    model: nn.Module, opt: torch.optim.Optimizer, opt_name: str, x: Tensor, y: Tensor,
+    net: nn.Module, opt: torch.optim.Optimizer, opt_name: str, data: Any, x: Tensor, y: Tensor,
     idx: Tensor | None, task: str, lamb: float, lamb_l1: float, lamb_entropy: float,
     weight_decay: float, params: list[nn.Parameter], scale: float,
 ) -> tuple[float, float]:  # fmt: skip
     """One optimiser step; returns (objective, reg) at the parameters before the step. The
-    optimiser minimises ``scale * objective`` (see :func:`_loss_scale`)."""
-    xb, yb = (x, y) if idx is None else (x[idx], y[idx])
+    optimiser minimises ``scale * objective`` (see :func:`_loss_scale`).
+
+    ``x, y`` are this rank's rows of the full training set (used when ``idx`` is None); ``idx`` is a
+    global mini-batch, of which this rank takes its contiguous block. The data term is this rank's
+    loss sum over the *global* batch size, times the world size because DDP averages gradients; the
+    regulariser sees edge norms all-reduced with autograd (its backward sums over ranks, which DDP's
+    average undoes); the value LBFGS sees is the global objective, the same on every rank.
+    """
+    if idx is None:
+        xb, yb, n_batch = x, y, data.train_x.shape[0]
+    else:
+        lo, hi = D.shard_bounds(idx.shape[0])  # may be empty for a short last batch
+        local = idx[lo:hi]
+        xb, yb, n_batch = data.train_x[local], data.train_y[local], idx.shape[0]
+    world = D.world_size()
     first: list[tuple[float, float]] = []
 
     def closure() -> Tensor:
         opt.zero_grad(set_to_none=True)
-        pred, reg = _predict_and_reg(model, xb, lamb, lamb_l1, lamb_entropy)
-        obj = _data_loss(pred, yb, task)
-        if reg is not None:
-            obj = obj + lamb * reg
+        pred, norm_sums = net(xb, with_norms=lamb > 0)
+        data_term = _data_loss_sum(pred, yb, task) / n_batch  # this rank's share of the mean
+        extra = data_term.new_zeros(())
+        reg = None
+        if lamb > 0:
+            norms = [D.all_reduce_sum_autograd(n) / n_batch for n in norm_sums]
+            reg = regularizer_from_norms(norms, lamb_l1=lamb_l1, lamb_entropy=lamb_entropy)
+            extra = extra + lamb * reg
         if opt_name == "lbfgs" and weight_decay > 0:
-            obj = obj + 0.5 * weight_decay * sum(p.pow(2).sum() for p in params)
+            extra = extra + 0.5 * weight_decay * sum(p.pow(2).sum() for p in params)
+        value = D.all_reduce_sum(data_term.detach()) + extra.detach()  # the global objective
         if not first:
-            first.append((float(obj.detach()), float(reg.detach()) if reg is not None else 0.0))
-        if scale != 1.0:
-            obj = obj * scale
-        if torch.isfinite(obj):
-            obj.backward()
-        return obj
+            first.append((float(value), float(reg.detach()) if reg is not None else 0.0))
+        if torch.isfinite(value):
+            ((world * data_term + extra) * scale).backward()
+        return value * scale
 
     if opt_name == "lbfgs":
         opt.step(closure)
