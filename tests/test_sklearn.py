@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from sklearn.base import clone
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
@@ -20,12 +19,7 @@ from kanlab.sklearn import KANClassifier, KANRegressor
 FAST = {"steps": 10, "optimizer": "adam", "lr": 0.05, "grid_update_every": 5}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @parametrize_with_checks([KANRegressor(**FAST), KANClassifier(**FAST)])

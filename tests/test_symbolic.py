@@ -343,18 +343,14 @@ def _load_example(name):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")  # as the example's main(): tiny tensors
 def test_story_recovers_exp_sin_formula(tmp_path):
     sympy = pytest.importorskip("sympy")
     pytest.importorskip("matplotlib")
     from kanlab.symbolic import _round_floats
 
     story = _load_example("symbolic_story")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the example's main(): tiny tensors, threads only add overhead
-    try:
-        res = story.run(docs=tmp_path)
-    finally:
-        torch.set_num_threads(threads)
+    res = story.run(docs=tmp_path)
     assert res.pruned_widths == [2, 1, 1]
     assert res.test_rmse <= 1e-6, res.stages
     x1, x2 = res.formula.variables

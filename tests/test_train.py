@@ -14,14 +14,7 @@ from kanlab import datasets
 from kanlab.regularization import layer_entropy, layer_l1, sparsity_regularizer
 from kanlab.train import NonFiniteLossError, StepState
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These models are tiny: one thread avoids oversubscription when other jobs share the CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def exp_sin_sq(x: torch.Tensor) -> torch.Tensor:
