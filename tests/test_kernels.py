@@ -142,6 +142,66 @@ def test_gradcheck_float64(k, uniform):
     assert torch.autograd.gradcheck(fn, (x, weight), eps=1e-6, atol=1e-7)
 
 
+def _run_scaled(x, knots, weight, scale, k, uniform, *, fold: bool):
+    """Value and gradients (x, weight, scale) of sum(y * gy), scale passed or folded by hand."""
+    x = x.clone().requires_grad_(True)
+    weight = weight.clone().requires_grad_(True)
+    scale = scale.clone().requires_grad_(True)
+    if fold:
+        y = kernels.spline_product(x, knots, weight * scale.unsqueeze(1), k, uniform=uniform)
+    else:
+        y = kernels.spline_product(x, knots, weight, k, uniform=uniform, scale=scale)
+    gy = torch.linspace(-1.0, 1.5, y.numel(), dtype=y.dtype, device=y.device).reshape(y.shape)
+    gx, gw, gs = torch.autograd.grad(y, (x, weight, scale), gy, allow_unused=True)
+    return y, (torch.zeros_like(x) if gx is None else gx), gw, gs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "adapted"])
+@pytest.mark.parametrize("k", [0, 2, 3])
+def test_scale_argument_matches_folded_reference(fast, k, uniform, dtype):
+    """``scale=`` equals the reference with ``weight * scale`` folded in: values and the gradients
+    w.r.t. x, weight and scale (with masked-out edges: zeros in the scale)."""
+    name, device = fast
+    x, knots, weight = _problem(k, uniform, dtype, device, seed=7)
+    g = torch.Generator().manual_seed(8)
+    scale = torch.randn(weight.shape[0], weight.shape[2], generator=g, dtype=dtype).to(device)
+    scale[1, 2] = 0.0
+    scale[3, :] = 0.0
+    kernels.set_backend("reference")
+    want = _run_scaled(x, knots, weight, scale, k, uniform, fold=True)
+    assert torch.all(want[2][3] == 0)  # a masked input's coefficients get no gradient
+    for backend in ("reference", name):
+        kernels.set_backend(backend)
+        got = _run_scaled(x, knots, weight, scale, k, uniform, fold=False)
+        for a, b in zip(got, want, strict=True):
+            _close(a, b, dtype)
+
+
+@pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "adapted"])
+def test_gradcheck_float64_with_scale(uniform):
+    pytest.importorskip("numba")
+    kernels.set_backend("numba")
+    x, knots, weight = _problem(3, uniform, torch.float64, "cpu", seed=4)
+    x, weight = x[6:14].clone(), weight[:, :, :3].clone()  # inside the span: smooth there
+    scale = torch.randn(weight.shape[0], 3, generator=torch.Generator().manual_seed(2)).double()
+    inputs = tuple(t.requires_grad_(True) for t in (x, weight, scale))
+
+    def fn(x, w, s):
+        return kernels.spline_product(x, knots, w, 3, uniform=uniform, scale=s)
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7)
+
+
+def test_scale_shape_is_checked():
+    x, knots, weight = _problem(3, True, torch.float32, "cpu")
+    bad = torch.ones(weight.shape[2], weight.shape[0])  # (out, in): transposed
+    for name in kernels.available_backends():
+        kernels.set_backend(name)
+        with pytest.raises(ValueError, match="scale must have shape"):
+            kernels.spline_product(x, knots, weight, 3, uniform=True, scale=bad)
+
+
 def test_kan_forward_backward_matches_reference(fast):
     name, device = fast
     model = kl.KAN([5, 7, 3], grid_size=8, seed=2).to(device)

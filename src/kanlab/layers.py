@@ -143,7 +143,12 @@ class KANLinear(nn.Module):
         x2 = self._flat_input(x)  # (batch, in)
         if not self._all_symbolic:  # with every edge symbolic the numeric branch is skipped
             y = kernels.spline_product(
-                x2, self.knots, self.spline_weight(), self.spline_order, uniform=self._uniform
+                x2,
+                self.knots,
+                self.coef,
+                self.spline_order,
+                uniform=self._uniform,
+                scale=self.scale_spline * self._numeric_mask(),  # = spline_weight(), fused
             )  # (batch, out)
             if self.base_activation != "zero":
                 w_b = self.scale_base * self._numeric_mask()

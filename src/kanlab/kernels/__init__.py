@@ -3,8 +3,12 @@
 A *backend* computes the spline product of a layer,
 ``y[b, o] = sum_i sum_g B_g(x[b, i]) * weight[i, g, o]`` with x ``(batch, in)``, knots
 ``(in, G+2k+1)`` and weight ``(in, G+k, out)`` (the coefficient table with the spline scales and the
-edge mask already folded in). Backends must agree with :mod:`kanlab.kernels.reference` in values and
-gradients (w.r.t. x and weight); the tests check every registered backend against it.
+edge mask already folded in, or, with the optional ``scale`` ``(in, out)``, the raw coefficient
+table, the product then using ``weight[i, g, o] * scale[i, o]``: a backend that takes the scale
+itself (``Backend.takes_scale``) spares the caller that parameter-sized product and its backward;
+for any other backend the dispatcher folds it in). Backends must agree with
+:mod:`kanlab.kernels.reference` in values and gradients (w.r.t. x, weight and scale); the tests
+check every registered backend against it.
 
 ``set_backend(name)`` forces a backend for all later calls (``None`` or ``"auto"`` restores automatic
 choice); automatic choice takes the first available backend, in registration order of preference,
@@ -45,6 +49,7 @@ class Backend:
     available: Callable[[], bool]  # importable and usable on this machine
     supports: Callable[[Tensor], bool]  # can handle this input (device, dtype, size)
     priority: int = 0  # higher wins in automatic choice
+    takes_scale: bool = False  # fn accepts a keyword ``scale`` (in, out) (see the module docstring)
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -71,6 +76,7 @@ register_backend(
         available=lambda: True,
         supports=lambda x: True,
         priority=0,
+        takes_scale=True,
     )
 )
 
@@ -107,11 +113,18 @@ def _fast_ok(x: Tensor, knots: Tensor, weight: Tensor, device_type: str) -> bool
 
 
 def _numba_product(
-    x: Tensor, knots: Tensor, weight: Tensor, spline_order: int, uniform: bool
+    x: Tensor,
+    knots: Tensor,
+    weight: Tensor,
+    spline_order: int,
+    uniform: bool,
+    scale: Tensor | None = None,
 ) -> Tensor:
-    if not _fast_ok(x, knots, weight, "cpu"):
-        return reference.spline_product(x, knots, weight, spline_order, uniform)
-    return sparse.spline_product(x, knots, weight, spline_order, uniform)
+    if not _fast_ok(x, knots, weight, "cpu") or (
+        scale is not None and (scale.dtype != x.dtype or scale.device != x.device)
+    ):
+        return reference.spline_product(x, knots, weight, spline_order, uniform, scale)
+    return sparse.spline_product(x, knots, weight, spline_order, uniform, scale)
 
 
 def _triton_product(
@@ -126,6 +139,7 @@ register_backend(
     Backend(
         name="numba",
         fn=_numba_product,
+        takes_scale=True,
         available=lambda: _HAS_NUMBA,
         supports=lambda x: (
             x.device.type == "cpu"
@@ -186,10 +200,30 @@ def select_backend(x: Tensor) -> Backend:
 
 
 def spline_product(
-    x: Tensor, knots: Tensor, weight: Tensor, spline_order: int, *, uniform: bool
+    x: Tensor,
+    knots: Tensor,
+    weight: Tensor,
+    spline_order: int,
+    *,
+    uniform: bool,
+    scale: Tensor | None = None,
 ) -> Tensor:
-    """Spline part of a layer: x ``(batch, in)`` -> ``(batch, out)``. See the module docstring."""
-    return select_backend(x).fn(x, knots, weight, spline_order, uniform)
+    """Spline part of a layer: x ``(batch, in)`` -> ``(batch, out)``. See the module docstring.
+
+    ``scale`` ``(in, out)`` (optional): per-edge factors of the coefficient table, i.e. the result
+    equals the call with ``weight * scale[:, None, :]`` (values and gradients).
+    """
+    backend = select_backend(x)
+    if scale is None:
+        return backend.fn(x, knots, weight, spline_order, uniform)
+    if scale.dim() != 2 or weight.dim() != 3 or scale.shape != (weight.shape[0], weight.shape[2]):
+        raise ValueError(
+            f"scale must have shape (in, out) = {(weight.shape[0], weight.shape[-1])} of the "
+            f"weight {tuple(weight.shape)}, got {tuple(scale.shape)}"
+        )
+    if backend.takes_scale:
+        return backend.fn(x, knots, weight, spline_order, uniform, scale=scale)
+    return backend.fn(x, knots, weight * scale.unsqueeze(1), spline_order, uniform)
 
 
 def edge_values(

@@ -61,7 +61,7 @@ from numba import carray, cfunc, njit, types
 from numba.extending import intrinsic
 from torch import Tensor
 
-__all__ = ["backward", "forward"]
+__all__ = ["backward", "backward_scaled", "forward"]
 
 
 def _cache_enabled() -> bool:
@@ -211,8 +211,9 @@ _JIT = {"nogil": True, "cache": _CACHE, "fastmath": _FASTMATH}
 
 
 @njit(**_JIT)
-def _forward(xt, t0, h, knots, weight, k, uniform, b_lo, b_hi, y):  # pragma: no cover - compiled
-    """Rows b_lo..b_hi-1 of y (batch, out) = spline product; xt (in, batch), weight (in, G+k, out).
+def _forward(xt, t0, h, knots, weight, scale, k, uniform, b_lo, b_hi, y):  # pragma: no cover
+    """Rows b_lo..b_hi-1 of y (batch, out) = spline product; xt (in, batch), weight (in, G+k, out),
+    scale (in, out): the per-edge factor applied to input i's coefficient columns.
 
     y must be zeroed. Blocks of samples, input by input inside a block: the input's k+1-row slices
     of the coefficient table are reused by the whole block while they are in cache.
@@ -237,7 +238,7 @@ def _forward(xt, t0, h, knots, weight, k, uniform, b_lo, b_hi, y):  # pragma: no
                     v2 = vals[s, 2]
                     v3 = vals[s, 3]
                     for o in range(n_out):
-                        y[b, o] += (
+                        y[b, o] += scale[i, o] * (
                             v0 * weight[i, row0, o]
                             + v1 * weight[i, row0 + 1, o]
                             + v2 * weight[i, row0 + 2, o]
@@ -250,13 +251,22 @@ def _forward(xt, t0, h, knots, weight, k, uniform, b_lo, b_hi, y):  # pragma: no
                     for r in range(lo[s], hi[s] + 1):
                         v = vals[s, r]
                         for o in range(n_out):
-                            y[b, o] += v * weight[i, row0 + r, o]
+                            y[b, o] += v * weight[i, row0 + r, o] * scale[i, o]
 
 
 @njit(**_JIT)
-def _grad_weight(xt, t0, h, knots, gy, k, uniform, i_lo, i_hi, gw):  # pragma: no cover - compiled
-    """Inputs i_lo..i_hi-1 of gw (in, G+k, out) = coefficient gradient; gw must be zeroed."""
+def _grad_weight(
+    xt, t0, h, knots, gy, weight, scale, gs, k, uniform, i_lo, i_hi, gw
+):  # pragma: no cover
+    """Inputs i_lo..i_hi-1 of the coefficient gradient gw (in, G+k, out) and of the scale gradient
+    gs (in, out); neither needs to be zeroed.
+
+    Per input: zero its slab of gw (while it is about to be used: cache-hot), accumulate the
+    unscaled gradient ``U[g, o] = sum_b B_g(x[b, i]) gy[b, o]``, then one pass over the slab gives
+    ``gs[i, o] = sum_g U[g, o] weight[i, g, o]`` and ``gw[i, g, o] = U[g, o] scale[i, o]``.
+    """
     batch = xt.shape[1]
+    n_basis = gw.shape[1]
     n_out = gw.shape[2]
     block = min(_BLOCK, batch)
     rows = np.empty(block, dtype=np.int32)
@@ -264,6 +274,7 @@ def _grad_weight(xt, t0, h, knots, gy, k, uniform, i_lo, i_hi, gw):  # pragma: n
     hi = np.empty(block, dtype=np.int32)
     vals = np.empty((block, k + 1), dtype=gw.dtype)
     for i in range(i_lo, i_hi):
+        gw[i] = 0.0
         for b0 in range(0, batch, block):
             b1 = min(batch, b0 + block)
             _block_basis(xt, t0, h, knots, i, b0, b1, k, uniform, False, rows, lo, hi, vals, vals)
@@ -290,10 +301,16 @@ def _grad_weight(xt, t0, h, knots, gy, k, uniform, i_lo, i_hi, gw):  # pragma: n
                         v = vals[s, r]
                         for o in range(n_out):
                             gw[i, row0 + r, o] += v * gy[b, o]
+        gs[i] = 0.0
+        for g in range(n_basis):
+            for o in range(n_out):
+                u = gw[i, g, o]
+                gs[i, o] += u * weight[i, g, o]
+                gw[i, g, o] = u * scale[i, o]
 
 
 @njit(**_JIT)
-def _grad_x(xt, t0, h, knots, weight, gy, k, uniform, b_lo, b_hi, gx):  # pragma: no cover
+def _grad_x(xt, t0, h, knots, weight, scale, gy, k, uniform, b_lo, b_hi, gx):  # pragma: no cover
     """Rows b_lo..b_hi-1 of gx (batch, in) = input gradient."""
     n_in = xt.shape[0]
     n_out = weight.shape[2]
@@ -322,7 +339,7 @@ def _grad_x(xt, t0, h, knots, weight, gy, k, uniform, b_lo, b_hi, gx):  # pragma
                     d2 = dvals[s, 2]
                     d3 = dvals[s, 3]
                     for o in range(n_out):
-                        acc += gy[b, o] * (
+                        acc += (gy[b, o] * scale[i, o]) * (
                             d0 * weight[i, row0, o]
                             + d1 * weight[i, row0 + 1, o]
                             + d2 * weight[i, row0 + 2, o]
@@ -333,7 +350,7 @@ def _grad_x(xt, t0, h, knots, weight, gy, k, uniform, b_lo, b_hi, gx):  # pragma
                         d = dvals[s, r]
                         part = zero[0]
                         for o in range(n_out):
-                            part += weight[i, row0 + r, o] * gy[b, o]
+                            part += weight[i, row0 + r, o] * (gy[b, o] * scale[i, o])
                         acc += d * part
                 gx[b, i] = acc
 
@@ -397,7 +414,7 @@ def _parallel(kernel, args: tuple, n: int, n_threads: int) -> None:
 # threads take chunks of the range from a shared atomic counter. Elsewhere (no libgomp: macOS,
 # Windows, other builds) the thread pool above is used.
 
-_SLOTS = 40  # int64 parameter block: see _pack
+_SLOTS = 48  # int64 parameter block: 8 header slots, then 4 per array (address, shape)
 
 
 @intrinsic
@@ -446,12 +463,14 @@ def _run(p, dt):  # pragma: no cover - compiled
             return
         hi = min(lo + chunk, n)
         if kind == 0:
-            _forward(xt, t0, h, knots, _arr3(p, 4, dt), k, uniform, lo, hi, _arr2(p, 5, dt))
+            w, sc, y = _arr3(p, 4, dt), _arr2(p, 5, dt), _arr2(p, 6, dt)
+            _forward(xt, t0, h, knots, w, sc, k, uniform, lo, hi, y)
         elif kind == 1:
-            _grad_weight(xt, t0, h, knots, _arr2(p, 4, dt), k, uniform, lo, hi, _arr3(p, 5, dt))
+            gy, w, sc, gs = _arr2(p, 4, dt), _arr3(p, 5, dt), _arr2(p, 6, dt), _arr2(p, 7, dt)
+            _grad_weight(xt, t0, h, knots, gy, w, sc, gs, k, uniform, lo, hi, _arr3(p, 8, dt))
         else:
-            w, gy, gx = _arr3(p, 4, dt), _arr2(p, 5, dt), _arr2(p, 6, dt)
-            _grad_x(xt, t0, h, knots, w, gy, k, uniform, lo, hi, gx)
+            w, sc, gy, gx = _arr3(p, 4, dt), _arr2(p, 5, dt), _arr2(p, 6, dt), _arr2(p, 7, dt)
+            _grad_x(xt, t0, h, knots, w, sc, gy, k, uniform, lo, hi, gx)
 
 
 @cfunc(types.void(types.voidptr), cache=_CACHE)
@@ -526,15 +545,66 @@ def _dispatch(kernel, args: tuple, n: int, n_threads: int) -> None:
         _parallel(kernel, args, n, n_threads)
 
 
-def forward(x: Tensor, knots: Tensor, weight: Tensor, spline_order: int, uniform: bool) -> Tensor:
-    """x (batch, in), knots (in, G+2k+1), weight (in, G+k, out) -> y (batch, out)."""
+def _scale_array(scale: Tensor | None, weight: Tensor) -> np.ndarray:
+    """The per-edge scale (in, out) as a contiguous array; ones when there is none."""
+    if scale is None:
+        return np.ones((weight.shape[0], weight.shape[2]), dtype=weight.numpy().dtype)
+    return scale.detach().contiguous().numpy()
+
+
+def forward(
+    x: Tensor,
+    knots: Tensor,
+    weight: Tensor,
+    spline_order: int,
+    uniform: bool,
+    scale: Tensor | None = None,
+) -> Tensor:
+    """x (batch, in), knots (in, G+2k+1), weight (in, G+k, out), scale (in, out) or None
+    -> y (batch, out) with the coefficient table ``weight * scale[:, None, :]``."""
     xt, t0, h, kn = _grid(x, knots)
     w = weight.detach().contiguous()
     y = torch.zeros(x.shape[0], w.shape[2], dtype=x.dtype)
     if x.shape[0] > 0:
-        args = (xt, t0, h, kn, w.numpy(), spline_order, uniform, y.numpy())
+        args = (xt, t0, h, kn, w.numpy(), _scale_array(scale, w), spline_order, uniform, y.numpy())
         _dispatch(_forward, args, x.shape[0], _n_threads())
     return y
+
+
+def backward_scaled(
+    grad_y: Tensor,
+    x: Tensor,
+    knots: Tensor,
+    weight: Tensor,
+    scale: Tensor | None,
+    spline_order: int,
+    uniform: bool,
+    need_x: bool,
+    need_weight: bool,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients w.r.t. x (batch, in), weight (in, G+k, out) and scale (in, out) of
+    ``sum(grad_y * y)``; the scale gradient comes with the weight gradient (None without scale)."""
+    xt, t0, h, kn = _grid(x, knots)
+    gy = grad_y.detach().contiguous().numpy()
+    w = weight.detach().contiguous()
+    sc = _scale_array(scale, w)
+    n_threads = _n_threads()
+    gx = gw = gs = None
+    if need_weight:
+        if x.shape[0] > 0:
+            gw = torch.empty(weight.shape, dtype=weight.dtype)  # zeroed by the kernel
+            gs = torch.empty(weight.shape[0], weight.shape[2], dtype=weight.dtype)
+            args = (xt, t0, h, kn, gy, w.numpy(), sc, gs.numpy(), spline_order, uniform)
+            _dispatch(_grad_weight, (*args, gw.numpy()), x.shape[1], n_threads)
+        else:
+            gw = torch.zeros(weight.shape, dtype=weight.dtype)
+            gs = torch.zeros(weight.shape[0], weight.shape[2], dtype=weight.dtype)
+    if need_x:
+        gx = torch.zeros(x.shape, dtype=x.dtype)
+        if x.shape[0] > 0:
+            args = (xt, t0, h, kn, w.numpy(), sc, gy, spline_order, uniform, gx.numpy())
+            _dispatch(_grad_x, args, x.shape[0], n_threads)
+    return gx, gw, (gs if scale is not None else None)
 
 
 def backward(
@@ -548,19 +618,7 @@ def backward(
     need_weight: bool,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Gradients w.r.t. x (batch, in) and weight (in, G+k, out) of ``sum(grad_y * y)``."""
-    xt, t0, h, kn = _grid(x, knots)
-    gy = grad_y.detach().contiguous().numpy()
-    n_threads = _n_threads()
-    gx = gw = None
-    if need_weight:
-        gw = torch.zeros(weight.shape, dtype=weight.dtype)
-        if x.shape[0] > 0:
-            args = (xt, t0, h, kn, gy, spline_order, uniform, gw.numpy())
-            _dispatch(_grad_weight, args, x.shape[1], n_threads)
-    if need_x:
-        gx = torch.zeros(x.shape, dtype=x.dtype)
-        if x.shape[0] > 0:
-            w = weight.detach().contiguous().numpy()
-            args = (xt, t0, h, kn, w, gy, spline_order, uniform, gx.numpy())
-            _dispatch(_grad_x, args, x.shape[0], n_threads)
+    gx, gw, _ = backward_scaled(
+        grad_y, x, knots, weight, None, spline_order, uniform, need_x, need_weight
+    )
     return gx, gw

@@ -14,12 +14,20 @@ from kanlab.splines import dense_from_sparse, sparse_basis
 
 
 def spline_product(
-    x: Tensor, knots: Tensor, weight: Tensor, spline_order: int, uniform: bool
+    x: Tensor,
+    knots: Tensor,
+    weight: Tensor,
+    spline_order: int,
+    uniform: bool,
+    scale: Tensor | None = None,
 ) -> Tensor:
-    """``y[b, o] = sum_i sum_g B_g(x[b, i]) * weight[i, g, o]``.
+    """``y[b, o] = sum_i sum_g B_g(x[b, i]) * weight[i, g, o] * scale[i, o]``.
 
-    x ``(batch, in)``; knots ``(in, G+2k+1)``; weight ``(in, G+k, out)`` -> ``(batch, out)``.
+    x ``(batch, in)``; knots ``(in, G+2k+1)``; weight ``(in, G+k, out)``; scale ``(in, out)`` or
+    None (ones) -> ``(batch, out)``.
     """
+    if scale is not None:
+        weight = weight * scale.unsqueeze(1)  # (in, G+k, out)
     n_in, n_basis, n_out = weight.shape
     start, values = sparse_basis(x, knots, spline_order, uniform=uniform)
     basis = dense_from_sparse(start, values, n_basis)  # (batch, in, G+k)

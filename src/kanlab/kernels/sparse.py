@@ -1,8 +1,10 @@
 """The fast spline product as one PyTorch custom operator with a hand-written backward.
 
-``torch.ops.kanlab.spline_product(x, knots, weight, k, uniform)`` computes
-``y[b, o] = sum_i sum_g B_g(x[b, i]) * weight[i, g, o]`` touching only the k+1 non-zero basis
-functions per (sample, input). It is a ``torch.library.custom_op`` with
+``torch.ops.kanlab.spline_product(x, knots, weight, k, uniform, scale)`` computes
+``y[b, o] = sum_i scale[i, o] * sum_g B_g(x[b, i]) * weight[i, g, o]`` (``scale`` (in, out) is
+optional: None means ones) touching only the k+1 non-zero basis functions per (sample, input).
+Applying the per-edge scale inside the kernels spares a layer the parameter-sized product
+``coef * scale`` (and its backward) on every step. It is a ``torch.library.custom_op`` with
 
 - a kernel chosen by device: the Numba kernels (:mod:`kanlab.kernels.numba_cpu`) for CPU, the Triton
   kernels (:mod:`kanlab.kernels.triton_gpu`) for CUDA, imported lazily on first use; any other device
@@ -10,11 +12,13 @@ functions per (sample, input). It is a ``torch.library.custom_op`` with
 - a fake (meta) implementation, so ``torch.compile`` traces a model through the op without a graph
   break (the op stays opaque in the graph and runs the compiled kernels at run time);
 - a registered autograd formula whose backward is a second custom op,
-  ``kanlab::spline_product_backward``, returning the gradients w.r.t. x and weight. Gradients w.r.t.
+  ``kanlab::spline_product_backward``, returning the gradients w.r.t. x, weight and scale (only
+  the CPU kernels take the scale themselves; on other devices it is folded into the weight before
+  the op, and autograd does the rest). Gradients w.r.t.
   the knots are not computed (knots are buffers); calls with knots that require grad are routed to
   the reference path by the dispatcher. Double backward is not supported.
 
-Saved for backward: x ``(batch, in)``, knots and weight (parameter-sized) only. The basis (and its
+Saved for backward: x ``(batch, in)``, knots, weight and scale (parameter-sized) only. The basis (and its
 derivative) is recomputed in the backward kernels, so nothing of size batch * in * out or
 batch * in * (G + k) is kept between forward and backward.
 """
@@ -105,19 +109,40 @@ def _reference_backward(
     return (torch.zeros_like(x) if gx is None else gx), gw
 
 
+def _takes_scale(module) -> bool:
+    return module is not None and hasattr(module, "backward_scaled")
+
+
 @torch.library.custom_op("kanlab::spline_product", mutates_args=())
 def _spline_product_op(
-    x: Tensor, knots: Tensor, weight: Tensor, spline_order: int, uniform: bool
+    x: Tensor,
+    knots: Tensor,
+    weight: Tensor,
+    spline_order: int,
+    uniform: bool,
+    scale: Tensor | None = None,
 ) -> Tensor:
     module = _kernels(x.device)
+    if scale is not None and not _takes_scale(module):  # the wrapper folds it: not reached
+        weight = weight * scale.unsqueeze(1)
+        scale = None
     if module is None:
         with torch.no_grad():
             return reference.spline_product(x, knots, weight, spline_order, uniform)
-    return module.forward(x, knots, weight, spline_order, uniform)
+    if scale is None:
+        return module.forward(x, knots, weight, spline_order, uniform)
+    return module.forward(x, knots, weight, spline_order, uniform, scale)
 
 
 @_spline_product_op.register_fake
-def _(x: Tensor, knots: Tensor, weight: Tensor, spline_order: int, uniform: bool) -> Tensor:
+def _(
+    x: Tensor,
+    knots: Tensor,
+    weight: Tensor,
+    spline_order: int,
+    uniform: bool,
+    scale: Tensor | None = None,
+) -> Tensor:
     return x.new_empty(x.shape[0], weight.shape[2])
 
 
@@ -131,15 +156,25 @@ def _spline_product_backward_op(
     uniform: bool,
     need_x: bool,
     need_weight: bool,
-) -> tuple[Tensor, Tensor]:
+    scale: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     module = _kernels(x.device)
     if module is None:  # the autograd formula sends these calls to the reference path
         raise RuntimeError(f"kanlab::spline_product_backward: no compiled kernel for {x.device}")
-    gx, gw = module.backward(grad_y, x, knots, weight, spline_order, uniform, need_x, need_weight)
+    gs = None
+    if scale is None:
+        gx, gw = module.backward(
+            grad_y, x, knots, weight, spline_order, uniform, need_x, need_weight
+        )
+    else:
+        gx, gw, gs = module.backward_scaled(
+            grad_y, x, knots, weight, scale, spline_order, uniform, need_x, need_weight
+        )
     # A custom op returns tensors only: an unneeded gradient comes back as an empty tensor.
     gx = gx if need_x and gx is not None else x.new_empty(0)
     gw = gw if need_weight and gw is not None else weight.new_empty(0)
-    return gx, gw
+    gs = gs if need_weight and gs is not None else weight.new_empty(0)
+    return gx, gw, gs
 
 
 @_spline_product_backward_op.register_fake
@@ -152,38 +187,62 @@ def _(
     uniform: bool,
     need_x: bool,
     need_weight: bool,
-) -> tuple[Tensor, Tensor]:
+    scale: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     gx = x.new_empty(x.shape) if need_x else x.new_empty(0)
     gw = weight.new_empty(weight.shape) if need_weight else weight.new_empty(0)
-    return gx, gw
+    with_scale = need_weight and scale is not None
+    gs = scale.new_empty(scale.shape) if with_scale else weight.new_empty(0)
+    return gx, gw, gs
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, knots, weight, spline_order, uniform = inputs
-    ctx.save_for_backward(x, knots, weight)  # (batch, in), (in, G+2k+1), (in, G+k, out)
+    x, knots, weight, spline_order, uniform, scale = inputs
+    # (batch, in), (in, G+2k+1), (in, G+k, out), (in, out) or None
+    ctx.save_for_backward(x, knots, weight, scale)
     ctx.spline_order = spline_order
     ctx.uniform = uniform
 
 
 def _backward(ctx, grad_y: Tensor):
-    x, knots, weight = ctx.saved_tensors
+    x, knots, weight, scale = ctx.saved_tensors
     need_x, _, need_weight = ctx.needs_input_grad[:3]
-    if not (need_x or need_weight):
-        return None, None, None, None, None
+    need_scale = scale is not None and ctx.needs_input_grad[5]
+    if not (need_x or need_weight or need_scale):
+        return None, None, None, None, None, None
     if _kernels(x.device) is None:  # no JIT for this device: autograd of the reference maths
+        # (the wrapper folds the scale into the weight for such devices, so scale is None)
         gx, gw = _reference_backward(grad_y, x, knots, weight, ctx.spline_order, ctx.uniform)
-        return (gx if need_x else None), None, (gw if need_weight else None), None, None
-    gx, gw = torch.ops.kanlab.spline_product_backward(
-        grad_y, x, knots, weight, ctx.spline_order, ctx.uniform, need_x, need_weight
+        return (gx if need_x else None), None, (gw if need_weight else None), None, None, None
+    # The scale gradient comes out of the coefficient-gradient kernel.
+    need_table = need_weight or need_scale
+    gx, gw, gs = torch.ops.kanlab.spline_product_backward(
+        grad_y, x, knots, weight, ctx.spline_order, ctx.uniform, need_x, need_table, scale
     )
-    return (gx if need_x else None), None, (gw if need_weight else None), None, None
+    return (
+        gx if need_x else None,
+        None,
+        gw if need_weight else None,
+        None,
+        None,
+        gs if need_scale else None,
+    )
 
 
 _spline_product_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def spline_product(
-    x: Tensor, knots: Tensor, weight: Tensor, spline_order: int, uniform: bool
+    x: Tensor,
+    knots: Tensor,
+    weight: Tensor,
+    spline_order: int,
+    uniform: bool,
+    scale: Tensor | None = None,
 ) -> Tensor:
-    """x ``(batch, in)``, knots ``(in, G+2k+1)``, weight ``(in, G+k, out)`` -> ``(batch, out)``."""
-    return torch.ops.kanlab.spline_product(x, knots, weight, spline_order, uniform)
+    """x ``(batch, in)``, knots ``(in, G+2k+1)``, weight ``(in, G+k, out)``, scale ``(in, out)``
+    or None -> ``(batch, out)`` (the table is ``weight * scale[:, None, :]``)."""
+    if scale is not None and not _takes_scale(_kernels(x.device)):
+        weight = weight * scale.unsqueeze(1)  # (in, G+k, out); autograd carries the scale
+        scale = None
+    return torch.ops.kanlab.spline_product(x, knots, weight, spline_order, uniform, scale)
