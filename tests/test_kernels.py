@@ -232,6 +232,23 @@ def test_nan_propagates_and_outside_is_zero():
             assert torch.all(y[:4] == 0), name
 
 
+def test_infinite_inputs_have_no_spline_part(fast):
+    """+-inf lies outside the knot span: zero spline part (as the reference) and zero gradients."""
+    name, device = fast
+    for k, uniform in [(3, True), (2, True), (3, False)]:
+        x, knots, weight = _problem(k, uniform, torch.float32, device)
+        x[10, 1] = float("inf")
+        x[11, 0] = float("-inf")
+        kernels.set_backend("reference")
+        want = _run(x, knots, weight, k, uniform)
+        kernels.set_backend(name)
+        got = _run(x, knots, weight, k, uniform)
+        _close(got[0], want[0], torch.float32)  # (the reference's gradients are NaN there)
+        for a in got:
+            assert torch.isfinite(a).all()
+        assert got[1][10, 1] == 0 and got[1][11, 0] == 0
+
+
 def test_empty_batch():
     for name in kernels.available_backends():
         if name == "triton":

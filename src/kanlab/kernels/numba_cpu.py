@@ -81,12 +81,12 @@ _BLOCK = 512
 
 
 @njit(cache=_CACHE, fastmath=_FASTMATH)
-def _block_basis(xt, t0, h, knots, i, b0, b1, k, uniform, deriv, rows, lo, hi, vals, dvals):
+def _block_basis(xt, t0, h, knots, i, b0, b1, k, uniform, deriv, rows, lo, hi, uu, vals, dvals):
     """Sparse basis of samples b0..b1-1 of input i into scratch arrays (slot s = b - b0).
 
-    ``rows[s] = j - k`` is the coefficient row of ``vals[s, 0]`` (j: the interval of x); only
+    ``rows[s] = j - k`` is the coefficient row of ``vals[0, s]`` (j: the interval of x); only
     ``lo[s] <= r <= hi[s]`` are existing basis functions (``lo > hi``: no spline part; ``lo = -1``:
-    NaN input). With ``deriv``, ``dvals[s, r]`` is the derivative w.r.t. x.
+    NaN input). With ``deriv``, ``dvals[r, s]`` is the derivative w.r.t. x.
 
     One call per (input, block of samples): helper calls per sample would cost reference-count
     updates on every array argument, which dominate at these sizes. The interval follows
@@ -99,31 +99,49 @@ def _block_basis(xt, t0, h, knots, i, b0, b1, k, uniform, deriv, rows, lo, hi, v
     n_basis = n - 1 - k
     inv_h = 1.0 / h[i]
     if uniform and k == 3:
-        # The default layer, branch-free so that the loop vectorises across samples.
+        # The default layer, in four simple loops over the block that LLVM vectorises (one fused
+        # loop with the NaN/outside branches stayed scalar: ~4x slower). uu: local coordinates.
         t0i = t0[i]
         hh = h[i]
-        for b in range(b0, b1):
-            s = b - b0
-            xv = xt[i, b]
-            pos = (xv - t0i) / hh
+        one = hh - hh + 1  # 1 in the array dtype (float32 maths stays float32); hh is finite
+        top = n - 2  # last interval
+        m = b1 - b0
+        xs = xt[i, b0:b1]
+        for s in range(m):
+            pos = (xs[s] - t0i) / hh  # same formula as splines.sparse_basis
             fl = np.floor(pos)
-            inside = (fl >= 0) & (fl <= n - 2)
-            j = np.int32(fl if inside else 0.0)
+            uu[s] = pos - fl
+            rows[s] = np.int32(min(max(fl, -1.0), top + 1.0))  # interval, clamped to [-1, n - 1]
+        for s in range(m):
+            j = rows[s]
+            inside = (j >= 0) & (j <= top)
+            lo[s] = max(0, 3 - j) if inside else 1
+            hi[s] = min(3, n_basis + 2 - j) if inside else 0
             rows[s] = j - 3
-            lo[s] = max(0, 3 - j) if inside else (-1 if xv != xv else 1)
-            hi[s] = min(3, n_basis + 2 - j) if inside else (-2 if xv != xv else 0)
-            u = pos - fl
-            w = 1.0 - u
+        for s in range(m):
+            if xs[s] != xs[s]:  # NaN input
+                lo[s] = -1
+                hi[s] = -2
+        sixth = one / 6
+        for s in range(m):
+            u = uu[s]
+            w = one - u
             u2 = u * u
-            vals[s, 0] = w * w * w / 6.0
-            vals[s, 1] = (3.0 * u2 * u - 6.0 * u2 + 4.0) / 6.0
-            vals[s, 2] = (-3.0 * u2 * u + 3.0 * u2 + 3.0 * u + 1.0) / 6.0
-            vals[s, 3] = u2 * u / 6.0
-            if deriv:
-                dvals[s, 0] = -0.5 * w * w * inv_h
-                dvals[s, 1] = (1.5 * u2 - 2.0 * u) * inv_h
-                dvals[s, 2] = (-1.5 * u2 + u + 0.5) * inv_h
-                dvals[s, 3] = 0.5 * u2 * inv_h
+            vals[0, s] = w * w * w * sixth
+            vals[1, s] = (3 * u2 * u - 6 * u2 + 4) * sixth
+            vals[2, s] = (-3 * u2 * u + 3 * u2 + 3 * u + 1) * sixth
+            vals[3, s] = u2 * u * sixth
+        if deriv:
+            half = one / 2
+            inv_hh = one / hh
+            for s in range(m):
+                u = uu[s]
+                w = one - u
+                u2 = u * u
+                dvals[0, s] = -half * w * w * inv_hh
+                dvals[1, s] = (3 * half * u2 - 2 * u) * inv_hh
+                dvals[2, s] = (-3 * half * u2 + u + half) * inv_hh
+                dvals[3, s] = half * u2 * inv_hh
         return
     for b in range(b0, b1):
         s = b - b0
@@ -158,32 +176,32 @@ def _block_basis(xt, t0, h, knots, i, b0, b1, k, uniform, deriv, rows, lo, hi, v
         rows[s] = j - k
         lo[s] = max(0, k - j)
         hi[s] = min(k, n_basis - 1 - j + k)
-        # ---- the k+1 values (and derivatives); vals[s, r] belongs to B_{j-k+r}
+        # ---- the k+1 values (and derivatives); vals[r, s] belongs to B_{j-k+r}
         if uniform and k == 3:
             w = 1.0 - u
             u2 = u * u
-            vals[s, 0] = w * w * w / 6.0
-            vals[s, 1] = (3.0 * u2 * u - 6.0 * u2 + 4.0) / 6.0
-            vals[s, 2] = (-3.0 * u2 * u + 3.0 * u2 + 3.0 * u + 1.0) / 6.0
-            vals[s, 3] = u2 * u / 6.0
+            vals[0, s] = w * w * w / 6.0
+            vals[1, s] = (3.0 * u2 * u - 6.0 * u2 + 4.0) / 6.0
+            vals[2, s] = (-3.0 * u2 * u + 3.0 * u2 + 3.0 * u + 1.0) / 6.0
+            vals[3, s] = u2 * u / 6.0
             if deriv:
-                dvals[s, 0] = -0.5 * w * w * inv_h
-                dvals[s, 1] = (1.5 * u2 - 2.0 * u) * inv_h
-                dvals[s, 2] = (-1.5 * u2 + u + 0.5) * inv_h
-                dvals[s, 3] = 0.5 * u2 * inv_h
+                dvals[0, s] = -0.5 * w * w * inv_h
+                dvals[1, s] = (1.5 * u2 - 2.0 * u) * inv_h
+                dvals[2, s] = (-1.5 * u2 + u + 0.5) * inv_h
+                dvals[3, s] = 0.5 * u2 * inv_h
             continue
-        vals[s, 0] = 1.0
+        vals[0, s] = 1.0
         if deriv:
-            dvals[s, 0] = 0.0
+            dvals[0, s] = 0.0
         for p in range(1, k + 1):
             last = deriv and p == k
             for r in range(p, -1, -1):
-                lower = vals[s, r - 1] if r >= 1 else 0.0  # B_{a, p-1}
-                upper = vals[s, r] if r <= p - 1 else 0.0  # B_{a+1, p-1}
+                lower = vals[r - 1, s] if r >= 1 else 0.0  # B_{a, p-1}
+                upper = vals[r, s] if r <= p - 1 else 0.0  # B_{a+1, p-1}
                 if uniform:  # cardinal recursion in u
-                    vals[s, r] = ((u + (p - r)) * lower + ((r + 1) - u) * upper) / p
+                    vals[r, s] = ((u + (p - r)) * lower + ((r + 1) - u) * upper) / p
                     if last:
-                        dvals[s, r] = (lower - upper) * inv_h
+                        dvals[r, s] = (lower - upper) * inv_h
                     continue
                 # B_{a,p} = (x - t_a)/(t_{a+p} - t_a) B_{a,p-1} + (t_{a+p+1} - x)/(...) B_{a+1,p-1};
                 # 0/0 := 0 (repeated knots). Knot indices are clamped: out-of-range knots only
@@ -202,9 +220,9 @@ def _block_basis(xt, t0, h, knots, i, b0, b1, k, uniform, deriv, rows, lo, hi, v
                 if r <= p - 1 and tap1 - ta1 > 0:
                     new += (tap1 - xv) / (tap1 - ta1) * upper
                     du = upper / (tap1 - ta1)
-                vals[s, r] = new
+                vals[r, s] = new
                 if last:
-                    dvals[s, r] = p * (dl - du)
+                    dvals[r, s] = p * (dl - du)
 
 
 _JIT = {"nogil": True, "cache": _CACHE, "fastmath": _FASTMATH}
@@ -224,19 +242,22 @@ def _forward(xt, t0, h, knots, weight, scale, k, uniform, b_lo, b_hi, y):  # pra
     rows = np.empty(block, dtype=np.int32)
     lo = np.empty(block, dtype=np.int32)
     hi = np.empty(block, dtype=np.int32)
-    vals = np.empty((block, k + 1), dtype=weight.dtype)
+    uu = np.empty(block, dtype=weight.dtype)
+    vals = np.empty((k + 1, block), dtype=weight.dtype)
     for b0 in range(b_lo, b_hi, block):
         b1 = min(b_hi, b0 + block)
         for i in range(n_in):
-            _block_basis(xt, t0, h, knots, i, b0, b1, k, uniform, False, rows, lo, hi, vals, vals)
+            _block_basis(
+                xt, t0, h, knots, i, b0, b1, k, uniform, False, rows, lo, hi, uu, vals, vals
+            )
             for b in range(b0, b1):
                 s = b - b0
                 row0 = rows[s]
                 if lo[s] == 0 and hi[s] == 3:  # cubic, interior: one pass over out
-                    v0 = vals[s, 0]
-                    v1 = vals[s, 1]
-                    v2 = vals[s, 2]
-                    v3 = vals[s, 3]
+                    v0 = vals[0, s]
+                    v1 = vals[1, s]
+                    v2 = vals[2, s]
+                    v3 = vals[3, s]
                     for o in range(n_out):
                         y[b, o] += scale[i, o] * (
                             v0 * weight[i, row0, o]
@@ -249,7 +270,7 @@ def _forward(xt, t0, h, knots, weight, scale, k, uniform, b_lo, b_hi, y):  # pra
                         y[b, o] = np.nan
                 else:
                     for r in range(lo[s], hi[s] + 1):
-                        v = vals[s, r]
+                        v = vals[r, s]
                         for o in range(n_out):
                             y[b, o] += v * weight[i, row0 + r, o] * scale[i, o]
 
@@ -272,20 +293,23 @@ def _grad_weight(
     rows = np.empty(block, dtype=np.int32)
     lo = np.empty(block, dtype=np.int32)
     hi = np.empty(block, dtype=np.int32)
-    vals = np.empty((block, k + 1), dtype=gw.dtype)
+    uu = np.empty(block, dtype=gw.dtype)
+    vals = np.empty((k + 1, block), dtype=gw.dtype)
     for i in range(i_lo, i_hi):
         gw[i] = 0.0
         for b0 in range(0, batch, block):
             b1 = min(batch, b0 + block)
-            _block_basis(xt, t0, h, knots, i, b0, b1, k, uniform, False, rows, lo, hi, vals, vals)
+            _block_basis(
+                xt, t0, h, knots, i, b0, b1, k, uniform, False, rows, lo, hi, uu, vals, vals
+            )
             for b in range(b0, b1):
                 s = b - b0
                 row0 = rows[s]
                 if lo[s] == 0 and hi[s] == 3:
-                    v0 = vals[s, 0]
-                    v1 = vals[s, 1]
-                    v2 = vals[s, 2]
-                    v3 = vals[s, 3]
+                    v0 = vals[0, s]
+                    v1 = vals[1, s]
+                    v2 = vals[2, s]
+                    v3 = vals[3, s]
                     for o in range(n_out):
                         g = gy[b, o]
                         gw[i, row0, o] += v0 * g
@@ -298,7 +322,7 @@ def _grad_weight(
                             gw[i, r, o] += np.nan
                 else:
                     for r in range(lo[s], hi[s] + 1):
-                        v = vals[s, r]
+                        v = vals[r, s]
                         for o in range(n_out):
                             gw[i, row0 + r, o] += v * gy[b, o]
         gs[i] = 0.0
@@ -318,13 +342,16 @@ def _grad_x(xt, t0, h, knots, weight, scale, gy, k, uniform, b_lo, b_hi, gx):  #
     rows = np.empty(block, dtype=np.int32)
     lo = np.empty(block, dtype=np.int32)
     hi = np.empty(block, dtype=np.int32)
-    vals = np.empty((block, k + 1), dtype=weight.dtype)
-    dvals = np.empty((block, k + 1), dtype=weight.dtype)
+    uu = np.empty(block, dtype=weight.dtype)
+    vals = np.empty((k + 1, block), dtype=weight.dtype)
+    dvals = np.empty((k + 1, block), dtype=weight.dtype)
     zero = np.zeros(1, dtype=weight.dtype)  # a zero of the array dtype (float32 sums stay float32)
     for b0 in range(b_lo, b_hi, block):
         b1 = min(b_hi, b0 + block)
         for i in range(n_in):
-            _block_basis(xt, t0, h, knots, i, b0, b1, k, uniform, True, rows, lo, hi, vals, dvals)
+            _block_basis(
+                xt, t0, h, knots, i, b0, b1, k, uniform, True, rows, lo, hi, uu, vals, dvals
+            )
             for b in range(b0, b1):
                 s = b - b0
                 row0 = rows[s]
@@ -334,10 +361,10 @@ def _grad_x(xt, t0, h, knots, weight, scale, gy, k, uniform, b_lo, b_hi, gx):  #
                 elif k == 0:
                     pass
                 elif lo[s] == 0 and hi[s] == 3:
-                    d0 = dvals[s, 0]
-                    d1 = dvals[s, 1]
-                    d2 = dvals[s, 2]
-                    d3 = dvals[s, 3]
+                    d0 = dvals[0, s]
+                    d1 = dvals[1, s]
+                    d2 = dvals[2, s]
+                    d3 = dvals[3, s]
                     for o in range(n_out):
                         acc += (gy[b, o] * scale[i, o]) * (
                             d0 * weight[i, row0, o]
@@ -347,7 +374,7 @@ def _grad_x(xt, t0, h, knots, weight, scale, gy, k, uniform, b_lo, b_hi, gx):  #
                         )
                 else:
                     for r in range(lo[s], hi[s] + 1):
-                        d = dvals[s, r]
+                        d = dvals[r, s]
                         part = zero[0]
                         for o in range(n_out):
                             part += weight[i, row0 + r, o] * (gy[b, o] * scale[i, o])
