@@ -303,7 +303,8 @@ class KANLinear(nn.Module):
     #   symbolic_affine (in, out, 4) Parameter: (a, b, c, d) per edge.
     # For forward, the symbolic edges are sorted by function into index buffers _sym_in/_sym_out (E,)
     # and a host list of (name, start, end) groups, rebuilt (with host syncs) only when edges change:
-    # forward evaluates each function once on a (batch, n_edges) slice and index_adds the result.
+    # forward evaluates each function once on its group's (n_edges, batch) slab, never edge by edge
+    # (kanlab._symbolic_eval: fused CPU kernels around torch's f, or torch ops on other devices).
     def _init_symbolic(self) -> None:
         self.register_buffer("symbolic_mask", None)
         self.register_buffer("symbolic_fn", None)

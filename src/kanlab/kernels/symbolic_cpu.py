@@ -13,7 +13,7 @@ compiled loops); everything around them is one compiled pass:
 - :func:`backward`: from ``dL/dy``, ``f`` and ``f'``, in one pass: ``dL/dx`` (accumulated per input
   node) and the batch sums giving the a, b, c, d gradients.
 
-Arrays are edge-major: ``x`` as (in, batch), ``y`` as (out, batch), per-edge slabs (E_g, batch).
+Arrays are edge-major: ``x`` as (in, batch), ``y`` as (out, batch), per-edge slabs (E, batch).
 Rounding: ``a*x + b`` is a multiply then an add (no fused multiply-add), as torch computes it; the
 batch sums of :func:`backward` may be reassociated (vectorised), like the spline kernels' sums.
 Serial ``nogil`` loops: one thread per call.
