@@ -231,3 +231,8 @@ def test_save_load_round_trip_with_symbolic_edges_is_bit_identical(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
     assert loaded.layers[0].symbolic_edges() == model.layers[0].symbolic_edges()
+
+
+def test_derivative_field_must_be_callable():
+    with pytest.raises(TypeError, match="derivative"):
+        SymbolicFunction("bad", torch.sin, lambda s: s, 2, derivative="cos")
