@@ -10,7 +10,10 @@ An edge fixed to ``f`` computes ``y = c * f(a * x + b) + d``. Each library entry
 - ``sympy_fn``: builds the sympy expression from a sympy argument (sympy is imported lazily, on call);
 - ``complexity``: a small integer used to prefer simple functions among equally good fits
   (the KAN paper's values: x = 1, x^2 = 2, sin = 2, arcsin = 4, ...);
-- ``domain``: an interval where ``torch_fn`` is finite and well-conditioned (used to sample test data).
+- ``domain``: an interval where ``torch_fn`` is finite and well-conditioned (used to sample test data);
+- ``derivative`` (optional): ``(z, f(z)) -> f'(z)`` of the forward-pass variant, exactly as autograd
+  differentiates it (zero where a safe clamp is active); used by the fused CPU evaluation of edges,
+  which otherwise finds it with autograd.
 
 Users add their own with :func:`register_function`. Names are looked up with :func:`get_function`,
 which lists the valid names when a name is unknown.
@@ -49,6 +52,9 @@ class SymbolicFunction:
     complexity: int  # >= 0; lower is simpler
     safe_fn: Callable[[Tensor], Tensor] | None = None  # forward-pass variant; None: torch_fn
     domain: tuple[float, float] = (-math.inf, math.inf)  # where torch_fn is finite
+    # derivative of forward_fn: (z, f = forward_fn(z)) -> f'(z) as a tensor or a constant; None:
+    # found by autograd when needed (only a speed-up for the fused CPU evaluation of edges)
+    derivative: Callable[[Tensor, Tensor], Tensor | float] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -56,8 +62,9 @@ class SymbolicFunction:
         for field in ("torch_fn", "sympy_fn"):
             if not callable(getattr(self, field)):
                 raise TypeError(f"{field} of function {self.name!r} must be callable")
-        if self.safe_fn is not None and not callable(self.safe_fn):
-            raise TypeError(f"safe_fn of function {self.name!r} must be callable or None")
+        for field in ("safe_fn", "derivative"):
+            if getattr(self, field) is not None and not callable(getattr(self, field)):
+                raise TypeError(f"{field} of function {self.name!r} must be callable or None")
         if isinstance(self.complexity, bool) or not isinstance(self.complexity, int):
             raise TypeError(f"complexity of {self.name!r} must be an int, got {self.complexity!r}")
         if self.complexity < 0:
@@ -166,6 +173,110 @@ def _cosh_safe(x: Tensor) -> Tensor:
     return torch.cosh(x.clamp(-80.0, 80.0))
 
 
+# ---------------------------------------------------------------------- derivatives
+# d forward_fn / dz from (z, f): the values autograd gives forward_fn (a clamp's gradient is zero
+# where the clamp is active, and at NaN), written out so the fused CPU path needs no autograd.
+def _d_one(z: Tensor, f: Tensor) -> float:
+    return 1.0
+
+
+def _d_zero(z: Tensor, f: Tensor) -> float:
+    return 0.0
+
+
+def _d_pow(n: int) -> Callable[[Tensor, Tensor], Tensor]:
+    def d(z: Tensor, f: Tensor) -> Tensor:
+        return z * 2.0 if n == 2 else z ** (n - 1) * float(n)
+
+    d.__name__ = f"d_pow{n}"
+    return d
+
+
+def _d_inv_pow(n: int) -> Callable[[Tensor, Tensor], Tensor]:
+    def d(z: Tensor, f: Tensor) -> Tensor:
+        s = _away_from_zero(z)
+        return torch.where(z.abs() >= _EPS, s ** (-n - 1) * float(-n), 0.0)
+
+    d.__name__ = f"d_inv_pow{n}"
+    return d
+
+
+def _d_sqrt(z: Tensor, f: Tensor) -> Tensor:
+    return torch.where(z >= _EPS, 0.5 / f, 0.0)
+
+
+def _d_pow15(z: Tensor, f: Tensor) -> Tensor:
+    return torch.where(z >= 0, z.clamp_min(0) ** 0.5 * 1.5, 0.0)
+
+
+def _d_rsqrt(z: Tensor, f: Tensor) -> Tensor:
+    return torch.where(z >= _EPS, f**3 * -0.5, 0.0)
+
+
+def _d_exp(z: Tensor, f: Tensor) -> Tensor:
+    return torch.where(z <= 80.0, f, 0.0)
+
+
+def _d_log(z: Tensor, f: Tensor) -> Tensor:
+    return torch.where(z >= _EPS, 1.0 / _positive(z), 0.0)
+
+
+def _d_abs(z: Tensor, f: Tensor) -> Tensor:
+    return torch.sign(z).nan_to_num(0.0)
+
+
+def _d_sin(z: Tensor, f: Tensor) -> Tensor:
+    return torch.cos(z)
+
+
+def _d_cos(z: Tensor, f: Tensor) -> Tensor:
+    return -torch.sin(z)
+
+
+def _d_tan(z: Tensor, f: Tensor) -> Tensor:
+    c = torch.cos(z)
+    w = _away_from_zero(c)
+    return torch.where(c.abs() >= _EPS, (c + torch.sin(z) * f) / w, c / w)
+
+
+def _d_tanh(z: Tensor, f: Tensor) -> Tensor:
+    return 1.0 - f * f
+
+
+def _inside_unit(z: Tensor) -> Tensor:
+    return (z >= -1 + _EPS) & (z <= 1 - _EPS)
+
+
+def _d_arcsin(z: Tensor, f: Tensor) -> Tensor:
+    u = _unit(z)
+    return torch.where(_inside_unit(z), torch.rsqrt(1.0 - u * u), 0.0)
+
+
+def _d_arccos(z: Tensor, f: Tensor) -> Tensor:
+    return -_d_arcsin(z, f)
+
+
+def _d_arctan(z: Tensor, f: Tensor) -> Tensor:
+    return 1.0 / (z * z + 1.0)
+
+
+def _d_arctanh(z: Tensor, f: Tensor) -> Tensor:
+    u = _unit(z)
+    return torch.where(_inside_unit(z), 1.0 / (1.0 - u * u), 0.0)
+
+
+def _d_gaussian(z: Tensor, f: Tensor) -> Tensor:
+    return z * f * -2.0
+
+
+def _d_cosh(z: Tensor, f: Tensor) -> Tensor:
+    return torch.where((z >= -80.0) & (z <= 80.0), torch.sinh(z.clamp(-80.0, 80.0)), 0.0)
+
+
+def _d_sigmoid(z: Tensor, f: Tensor) -> Tensor:
+    return f * (1.0 - f)
+
+
 # ---------------------------------------------------------------------- sympy builders
 def _sx(z: Any) -> Any:
     return z
@@ -200,35 +311,78 @@ def _s_sigmoid(z: Any) -> Any:
 
 _INF = math.inf
 _BUILTIN: tuple[SymbolicFunction, ...] = (
-    SymbolicFunction("0", _zero, _s_zero, 0),
-    SymbolicFunction("x", _x, _sx, 1),
-    SymbolicFunction("x^2", _pow(2), _s_pow(2), 2),
-    SymbolicFunction("x^3", _pow(3), _s_pow(3), 3),
-    SymbolicFunction("x^4", _pow(4), _s_pow(4), 3),
-    SymbolicFunction("x^5", _pow(5), _s_pow(5), 3),
-    SymbolicFunction("1/x", _inv_pow(1, safe=False), _s_pow(-1), 2, _inv_pow(1, safe=True)),
-    SymbolicFunction("1/x^2", _inv_pow(2, safe=False), _s_pow(-2), 2, _inv_pow(2, safe=True)),
-    SymbolicFunction("1/x^3", _inv_pow(3, safe=False), _s_pow(-3), 3, _inv_pow(3, safe=True)),
-    SymbolicFunction("1/x^4", _inv_pow(4, safe=False), _s_pow(-4), 4, _inv_pow(4, safe=True)),
-    SymbolicFunction("1/x^5", _inv_pow(5, safe=False), _s_pow(-5), 5, _inv_pow(5, safe=True)),
-    SymbolicFunction("sqrt", torch.sqrt, _s_call("sqrt"), 2, _sqrt_safe, (0.0, _INF)),
-    SymbolicFunction("x^1.5", _pow15, _s_pow("3/2"), 4, _pow15_safe, (0.0, _INF)),
-    SymbolicFunction("1/sqrt(x)", torch.rsqrt, _s_pow("-1/2"), 2, _rsqrt_safe, (0.0, _INF)),
-    SymbolicFunction("exp", torch.exp, _s_call("exp"), 2, _exp_safe),
-    SymbolicFunction("log", torch.log, _s_call("log"), 2, _log_safe, (0.0, _INF)),
-    SymbolicFunction("abs", torch.abs, _s_call("Abs"), 3),
-    SymbolicFunction("sin", torch.sin, _s_call("sin"), 2),
-    SymbolicFunction("cos", torch.cos, _s_call("cos"), 2),
-    SymbolicFunction("tan", torch.tan, _s_call("tan"), 3, _tan_safe, (-1.5, 1.5)),
-    SymbolicFunction("tanh", torch.tanh, _s_call("tanh"), 3),
-    SymbolicFunction("sgn", torch.sign, _s_call("sign"), 3),
-    SymbolicFunction("arcsin", torch.asin, _s_call("asin"), 4, _arcsin_safe, (-1.0, 1.0)),
-    SymbolicFunction("arccos", torch.acos, _s_call("acos"), 4, _arccos_safe, (-1.0, 1.0)),
-    SymbolicFunction("arctan", torch.atan, _s_call("atan"), 4),
-    SymbolicFunction("arctanh", torch.atanh, _s_call("atanh"), 4, _arctanh_safe, (-1.0, 1.0)),
-    SymbolicFunction("gaussian", _gaussian, _s_gaussian, 3),
-    SymbolicFunction("cosh", torch.cosh, _s_call("cosh"), 3, _cosh_safe),
-    SymbolicFunction("sigmoid", torch.sigmoid, _s_sigmoid, 4),
+    SymbolicFunction("0", _zero, _s_zero, 0, derivative=_d_zero),
+    SymbolicFunction("x", _x, _sx, 1, derivative=_d_one),
+    SymbolicFunction("x^2", _pow(2), _s_pow(2), 2, derivative=_d_pow(2)),
+    SymbolicFunction("x^3", _pow(3), _s_pow(3), 3, derivative=_d_pow(3)),
+    SymbolicFunction("x^4", _pow(4), _s_pow(4), 3, derivative=_d_pow(4)),
+    SymbolicFunction("x^5", _pow(5), _s_pow(5), 3, derivative=_d_pow(5)),
+    SymbolicFunction(
+        "1/x",
+        _inv_pow(1, safe=False),
+        _s_pow(-1),
+        2,
+        _inv_pow(1, safe=True),
+        derivative=_d_inv_pow(1),
+    ),
+    SymbolicFunction(
+        "1/x^2",
+        _inv_pow(2, safe=False),
+        _s_pow(-2),
+        2,
+        _inv_pow(2, safe=True),
+        derivative=_d_inv_pow(2),
+    ),
+    SymbolicFunction(
+        "1/x^3",
+        _inv_pow(3, safe=False),
+        _s_pow(-3),
+        3,
+        _inv_pow(3, safe=True),
+        derivative=_d_inv_pow(3),
+    ),
+    SymbolicFunction(
+        "1/x^4",
+        _inv_pow(4, safe=False),
+        _s_pow(-4),
+        4,
+        _inv_pow(4, safe=True),
+        derivative=_d_inv_pow(4),
+    ),
+    SymbolicFunction(
+        "1/x^5",
+        _inv_pow(5, safe=False),
+        _s_pow(-5),
+        5,
+        _inv_pow(5, safe=True),
+        derivative=_d_inv_pow(5),
+    ),
+    SymbolicFunction("sqrt", torch.sqrt, _s_call("sqrt"), 2, _sqrt_safe, (0.0, _INF), _d_sqrt),
+    SymbolicFunction("x^1.5", _pow15, _s_pow("3/2"), 4, _pow15_safe, (0.0, _INF), _d_pow15),
+    SymbolicFunction(
+        "1/sqrt(x)", torch.rsqrt, _s_pow("-1/2"), 2, _rsqrt_safe, (0.0, _INF), _d_rsqrt
+    ),
+    SymbolicFunction("exp", torch.exp, _s_call("exp"), 2, _exp_safe, derivative=_d_exp),
+    SymbolicFunction("log", torch.log, _s_call("log"), 2, _log_safe, (0.0, _INF), _d_log),
+    SymbolicFunction("abs", torch.abs, _s_call("Abs"), 3, derivative=_d_abs),
+    SymbolicFunction("sin", torch.sin, _s_call("sin"), 2, derivative=_d_sin),
+    SymbolicFunction("cos", torch.cos, _s_call("cos"), 2, derivative=_d_cos),
+    SymbolicFunction("tan", torch.tan, _s_call("tan"), 3, _tan_safe, (-1.5, 1.5), _d_tan),
+    SymbolicFunction("tanh", torch.tanh, _s_call("tanh"), 3, derivative=_d_tanh),
+    SymbolicFunction("sgn", torch.sign, _s_call("sign"), 3, derivative=_d_zero),
+    SymbolicFunction(
+        "arcsin", torch.asin, _s_call("asin"), 4, _arcsin_safe, (-1.0, 1.0), _d_arcsin
+    ),
+    SymbolicFunction(
+        "arccos", torch.acos, _s_call("acos"), 4, _arccos_safe, (-1.0, 1.0), _d_arccos
+    ),
+    SymbolicFunction("arctan", torch.atan, _s_call("atan"), 4, derivative=_d_arctan),
+    SymbolicFunction(
+        "arctanh", torch.atanh, _s_call("atanh"), 4, _arctanh_safe, (-1.0, 1.0), _d_arctanh
+    ),
+    SymbolicFunction("gaussian", _gaussian, _s_gaussian, 3, derivative=_d_gaussian),
+    SymbolicFunction("cosh", torch.cosh, _s_call("cosh"), 3, _cosh_safe, derivative=_d_cosh),
+    SymbolicFunction("sigmoid", torch.sigmoid, _s_sigmoid, 4, derivative=_d_sigmoid),
 )
 
 _LIBRARY: dict[str, SymbolicFunction] = {f.name: f for f in _BUILTIN}

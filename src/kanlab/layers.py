@@ -34,6 +34,7 @@ from kanlab._checks import (
     check_int,
     check_range,
 )
+from kanlab._symbolic_eval import symbolic_sum
 from kanlab.functions import get_function
 from kanlab.splines import coef_to_curve, curve_to_coef, knots_from_data, uniform_knots
 
@@ -154,9 +155,8 @@ class KANLinear(nn.Module):
                 w_b = self.scale_base * self._numeric_mask()
                 y = y + ACTIVATIONS[self.base_activation](x2) @ w_b
         if self._has_symbolic:
-            sym = x2.new_zeros(self.out_features, x2.shape[0])  # (out, batch)
-            sym = sym.index_add(0, self._sym_out, self._symbolic_values(x2)).T  # (batch, out)
-            y = sym.contiguous() if self._all_symbolic else y + sym
+            sym = self._symbolic_sum(x2)  # (batch, out)
+            y = sym if self._all_symbolic else y + sym
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def activations(self, x: Tensor) -> Tensor:
@@ -303,7 +303,8 @@ class KANLinear(nn.Module):
     #   symbolic_affine (in, out, 4) Parameter: (a, b, c, d) per edge.
     # For forward, the symbolic edges are sorted by function into index buffers _sym_in/_sym_out (E,)
     # and a host list of (name, start, end) groups, rebuilt (with host syncs) only when edges change:
-    # forward evaluates each function once on a (batch, n_edges) slice and index_adds the result.
+    # forward evaluates each function once on its group's (n_edges, batch) slab, never edge by edge
+    # (kanlab._symbolic_eval: fused CPU kernels around torch's f, or torch ops on other devices).
     def _init_symbolic(self) -> None:
         self.register_buffer("symbolic_mask", None)
         self.register_buffer("symbolic_fn", None)
@@ -442,6 +443,14 @@ class KANLinear(nn.Module):
         ]
         f = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)  # (E, batch)
         return f * (p[:, 2:3] * m) + p[:, 3:4] * m  # c*f + d, masked
+
+    def _symbolic_sum(self, x2: Tensor) -> Tensor:
+        """Sum of the symbolic edges into each output: ``(batch, in) -> (batch, out)``, evaluated
+        one function group at a time (see :mod:`kanlab._symbolic_eval`)."""
+        return symbolic_sum(
+            x2, self.symbolic_affine, self.mask, self._sym_flat, self._sym_in, self._sym_out,
+            self._sym_groups, self.out_features,
+        )  # fmt: skip
 
     def _prepare_symbolic_load(self, state_dict: dict, prefix: str) -> None:
         """Create (or resize) the symbolic slots a checkpoint holds before its tensors are copied."""

@@ -1,0 +1,238 @@
+"""Evaluation of symbolic edges (kanlab._symbolic_eval, kernels.symbolic_cpu): both paths against a
+naive per-edge loop, gradcheck, the derivative records against autograd, save/load."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import kanlab as kl
+from kanlab import _symbolic_eval, kernels
+from kanlab.functions import SymbolicFunction, get_function, library
+
+F64 = torch.float64
+BUILTIN = [f.name for f in kl.functions._BUILTIN]
+
+
+@pytest.fixture(params=["fused", "torch"])
+def path(request):
+    """Run the test on the fused CPU kernels (needs Numba) and on the torch-op path."""
+    if request.param == "fused":
+        pytest.importorskip("numba")
+        kernels.set_backend("numba")
+    else:
+        kernels.set_backend("reference")
+    yield request.param
+    kernels.set_backend(None)
+
+
+def rand(*shape, seed=0, lo=-1.0, hi=1.0, dtype=F64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(*shape, generator=g, dtype=dtype) * (hi - lo) + lo
+
+
+def mixed_layer(names, n_in=4, n_out=5, seed=0, dtype=F64, numeric_left=0):
+    """A layer whose edges cycle through ``names`` (the last ``numeric_left`` stay splines), with
+    random affine constants and a mask with a pruned and a half-weighted edge."""
+    layer = kl.KANLinear(n_in, n_out, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed + 1)
+    edges = [(i, o) for i in range(n_in) for o in range(n_out)]
+    for k, (i, o) in enumerate(edges[: len(edges) - numeric_left]):
+        a, b, c, d = (torch.rand(4, generator=g) * 1.6 - 0.8).tolist()
+        layer.set_symbolic(i, o, names[k % len(names)], (a + math.copysign(0.5, a), b, c, d))
+    with torch.no_grad():
+        layer.mask[0, 0] = 0.0
+        layer.mask[1, n_out - 1] = 0.5
+    return layer
+
+
+def naive_sum(layer, x):
+    """Symbolic part of ``layer(x)`` edge by edge, autograd through each ``forward_fn``."""
+    y = x.new_zeros(x.shape[0], layer.out_features)
+    cols = [y[:, o] for o in range(layer.out_features)]
+    for (i, o), name in layer.symbolic_edges().items():
+        a, b, c, d = layer.symbolic_affine[i, o]
+        f = get_function(name).forward_fn(a * x[:, i] + b)
+        cols[o] = cols[o] + layer.mask[i, o] * (c * f + d)
+    return torch.stack(cols, dim=1)
+
+
+def _numeric_activations(layer, x):
+    phi = kernels.edge_values(
+        x, layer.knots, layer.coef * layer.scale_spline.unsqueeze(1), layer.spline_order,
+        uniform=layer._uniform,
+    )  # fmt: skip
+    base = kl.layers.ACTIVATIONS[layer.base_activation](x)
+    return (phi + base.unsqueeze(1) * layer.scale_base.T) * layer.mask.T
+
+
+# ---------------------------------------------------------------------- values and gradients
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_symbolic_sum_matches_naive_loop_for_every_builtin(path, dtype):
+    names = BUILTIN  # 29 functions, "0" included, over 7 x 5 = 35 edges
+    layer = mixed_layer(names, n_in=7, n_out=5, dtype=dtype)
+    x = rand(64, 7, seed=2, lo=-1.5, hi=1.5, dtype=dtype).requires_grad_(True)
+    y = layer._symbolic_sum(x)
+    ref = naive_sum(layer, x)
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == F64 else {"rtol": 2e-5, "atol": 2e-5}
+    torch.testing.assert_close(y, ref, **tol)
+    w = rand(64, 5, seed=3, dtype=dtype)  # a generic upstream gradient
+    gx, ga = torch.autograd.grad((y * w).sum(), (x, layer.symbolic_affine))
+    rx, ra = torch.autograd.grad((ref * w).sum(), (x, layer.symbolic_affine))
+    torch.testing.assert_close(gx, rx, **tol)
+    torch.testing.assert_close(ga, ra, **tol)
+    assert (layer.symbolic_fn >= 0).all()  # every edge symbolic
+
+
+def test_paths_agree_and_fused_runs_where_numba_does():
+    pytest.importorskip("numba")
+    layer = mixed_layer(["sin", "x^2", "exp", "tanh", "x", "0"], numeric_left=3)
+    x = rand(50, 4, seed=4)
+    assert _symbolic_eval._fused_ok(x)
+    outs = {}
+    for backend in ("numba", "reference"):
+        kernels.set_backend(backend)
+        try:
+            xx = x.clone().requires_grad_(True)
+            y = layer(xx)
+            y.pow(2).sum().backward()
+            outs[backend] = (y.detach(), xx.grad, layer.symbolic_affine.grad.clone())
+            layer.zero_grad()
+            assert _symbolic_eval._fused_ok(x) == (backend == "numba")
+        finally:
+            kernels.set_backend(None)
+    for u, v in zip(outs["numba"], outs["reference"], strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10)
+
+
+def test_layer_forward_is_numeric_plus_symbolic_and_numeric_params_get_no_gradient(path):
+    layer = mixed_layer(["sin", "x^3", "gaussian"], numeric_left=6)
+    x = rand(40, 4, seed=5)
+    y = layer(x)
+    torch.testing.assert_close(
+        y, naive_sum(layer, x) + _numeric_activations(layer, x).mul((1 - layer.symbolic_mask).T)
+        .sum(-1), rtol=1e-10, atol=1e-10,
+    )  # fmt: skip
+    y.sum().backward()
+    sym = layer.symbolic_mask > 0
+    assert float(layer.scale_base.grad[sym].abs().sum()) == 0.0
+    assert float(layer.coef.grad.permute(0, 2, 1)[sym].abs().sum()) == 0.0
+    # pruned symbolic edge: no gradient for its constants
+    assert float(layer.symbolic_affine.grad[0, 0].abs().sum()) == 0.0
+
+
+def test_gradcheck_mixed_layer(path):
+    layer = mixed_layer(["tanh", "x^2", "sin", "1/x", "x", "sqrt", "0"], n_in=3, n_out=3)
+    x = rand(6, 3, seed=6).requires_grad_(True)
+    aff = layer.symbolic_affine.detach().clone().requires_grad_(True)
+
+    def f(xx, a):
+        return torch.func.functional_call(layer, {"symbolic_affine": a}, (xx,))
+
+    assert torch.autograd.gradcheck(f, (x, aff))
+
+
+def test_registered_function_without_derivative_and_identity_like_functions(path):
+    def cube_plus(z):
+        return z**3 + z
+
+    def passthrough(z):  # returns its argument itself: must not be overwritten later
+        return z
+
+    fns = [
+        SymbolicFunction("test_cube_plus", cube_plus, lambda s: s**3 + s, 3),
+        SymbolicFunction("test_passthrough", passthrough, lambda s: s, 1),
+    ]
+    for fn in fns:
+        kl.functions.register_function(fn)
+    try:
+        layer = mixed_layer(["test_cube_plus", "test_passthrough", "sin"], n_in=3, n_out=4)
+        x = rand(30, 3, seed=7).requires_grad_(True)
+        y = layer._symbolic_sum(x)
+        ref = naive_sum(layer, x)
+        torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+        g = torch.autograd.grad(y.sum(), (x, layer.symbolic_affine))
+        r = torch.autograd.grad(ref.sum(), (x, layer.symbolic_affine))
+        for u, v in zip(g, r, strict=True):
+            torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
+    finally:
+        for fn in fns:
+            kl.functions.unregister_function(fn.name)
+
+
+def test_backward_twice_with_retained_graph_and_empty_batch(path):
+    layer = mixed_layer(["exp", "x", "cos"], n_in=2, n_out=3)
+    x = rand(20, 2, seed=8).requires_grad_(True)
+    y = layer._symbolic_sum(x)
+    g1 = torch.autograd.grad(y.sum(), x, retain_graph=True)[0]
+    g2 = torch.autograd.grad(y.sum(), x)[0]
+    assert torch.equal(g1, g2)
+    empty = torch.zeros(0, 2, dtype=F64, requires_grad=True)
+    out = layer(empty)
+    assert out.shape == (0, 3)
+    out.sum().backward()
+    assert empty.grad.shape == (0, 2)
+
+
+def test_fused_path_refuses_second_derivatives_torch_path_gives_them():
+    pytest.importorskip("numba")
+    layer = mixed_layer(["sin"], n_in=2, n_out=2)
+    x = rand(5, 2, seed=9).requires_grad_(True)
+    kernels.set_backend("numba")
+    try:
+        (g,) = torch.autograd.grad(layer._symbolic_sum(x).sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError):
+            torch.autograd.grad(g.sum(), x)
+    finally:
+        kernels.set_backend(None)
+    kernels.set_backend("reference")
+    try:
+        (g,) = torch.autograd.grad(layer._symbolic_sum(x).sum(), x, create_graph=True)
+        (h,) = torch.autograd.grad(g.sum(), x)
+        (r,) = torch.autograd.grad(
+            torch.autograd.grad(naive_sum(layer, x).sum(), x, create_graph=True)[0].sum(), x
+        )
+        torch.testing.assert_close(h, r)
+    finally:
+        kernels.set_backend(None)
+
+
+# ---------------------------------------------------------------------- derivative records
+@pytest.mark.parametrize("name", list(library()))
+def test_derivative_record_matches_autograd_of_forward_fn(name):
+    fn = get_function(name)
+    g = torch.Generator().manual_seed(10)
+    special = [0.0, -0.0, 1e-4, -1e-4, 5e-5, 1 - 1e-4, -1 + 1e-4, 1.0, -1.0, 80.0, 81.0, -81.0]
+    z = torch.cat(
+        [
+            torch.randn(500, generator=g, dtype=F64) * 3,
+            torch.tensor([*special, math.nan], dtype=F64),
+        ]
+    ).requires_grad_(True)
+    f = fn.forward_fn(z)
+    (auto,) = torch.autograd.grad(f.sum(), z) if f.requires_grad else (torch.zeros_like(z),)
+    assert fn.derivative is not None
+    d = torch.as_tensor(fn.derivative(z.detach(), f.detach()), dtype=F64).expand_as(z)
+    torch.testing.assert_close(d, auto, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+# ---------------------------------------------------------------------- state
+def test_save_load_round_trip_with_symbolic_edges_is_bit_identical(tmp_path):
+    model = kl.KAN([3, 4, 2], seed=1, dtype=F64)
+    for k, (i, o) in enumerate([(0, 0), (1, 2), (2, 3), (0, 3)]):
+        model.layers[0].set_symbolic(i, o, ["sin", "x^2", "exp", "x"][k], (1.1, 0.2, 0.7, -0.1))
+    model.layers[1].set_symbolic(2, 1, "tanh", (0.9, 0.0, 1.3, 0.4))
+    path = tmp_path / "m.safetensors"
+    kl.save(model, path)
+    loaded = kl.load(path)
+    x = rand(32, 3, seed=11)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert loaded.layers[0].symbolic_edges() == model.layers[0].symbolic_edges()
+
+
+def test_derivative_field_must_be_callable():
+    with pytest.raises(TypeError, match="derivative"):
+        SymbolicFunction("bad", torch.sin, lambda s: s, 2, derivative="cos")
