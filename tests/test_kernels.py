@@ -274,6 +274,37 @@ def test_infinite_inputs_have_no_spline_part(fast):
         assert got[1][10, 1] == 0 and got[1][11, 0] == 0
 
 
+def test_in_place_change_of_knots_is_seen_by_the_cpu_kernels():
+    """The CPU backend caches per-knots arrays; an in-place change of the knots (as
+    load_state_dict does) must invalidate them."""
+    pytest.importorskip("numba")
+    layer = kl.KANLinear(3, 4, grid_size=5)
+    x = torch.rand(50, 3) * 2 - 1
+    kernels.set_backend("numba")
+    before = layer(x)
+    with torch.no_grad():
+        layer.knots.mul_(1.5)  # still a uniform grid, now on [-1.5, 1.5]
+    after = layer(x)
+    kernels.set_backend("reference")
+    want = layer(x)
+    kernels.set_backend(None)
+    torch.testing.assert_close(after, want, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(before, after)
+
+
+def test_second_derivatives_are_refused_clearly():
+    pytest.importorskip("numba")
+    layer = kl.KANLinear(3, 4, grid_size=5)
+    x = (torch.rand(8, 3) * 2 - 1).requires_grad_(True)
+    kernels.set_backend("numba")
+    try:
+        (gx,) = torch.autograd.grad(layer(x).sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="no autograd formula"):
+            gx.sum().backward()
+    finally:
+        kernels.set_backend(None)
+
+
 def test_empty_batch():
     for name in kernels.available_backends():
         if name == "triton":

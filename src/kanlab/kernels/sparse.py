@@ -122,6 +122,18 @@ def _spline_product_op(
     uniform: bool,
     scale: Tensor | None = None,
 ) -> Tensor:
+    return _forward_kernels(x, knots, weight, spline_order, uniform, scale)
+
+
+def _forward_kernels(
+    x: Tensor,
+    knots: Tensor,
+    weight: Tensor,
+    spline_order: int,
+    uniform: bool,
+    scale: Tensor | None,
+) -> Tensor:
+    """Body of ``kanlab::spline_product`` (also called directly on the eager path)."""
     module = _kernels(x.device)
     if scale is not None and not _takes_scale(module):  # the wrapper folds it: not reached
         weight = weight * scale.unsqueeze(1)
@@ -158,6 +170,23 @@ def _spline_product_backward_op(
     need_weight: bool,
     scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    return _backward_kernels(
+        grad_y, x, knots, weight, spline_order, uniform, need_x, need_weight, scale
+    )
+
+
+def _backward_kernels(
+    grad_y: Tensor,
+    x: Tensor,
+    knots: Tensor,
+    weight: Tensor,
+    spline_order: int,
+    uniform: bool,
+    need_x: bool,
+    need_weight: bool,
+    scale: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Body of ``kanlab::spline_product_backward`` (also called directly on the eager path)."""
     module = _kernels(x.device)
     if module is None:  # the autograd formula sends these calls to the reference path
         raise RuntimeError(f"kanlab::spline_product_backward: no compiled kernel for {x.device}")
@@ -204,7 +233,7 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.uniform = uniform
 
 
-def _backward(ctx, grad_y: Tensor):
+def _backward(ctx, grad_y: Tensor, *, eager: bool = False):
     x, knots, weight, scale = ctx.saved_tensors
     need_x, _, need_weight = ctx.needs_input_grad[:3]
     need_scale = scale is not None and ctx.needs_input_grad[5]
@@ -216,7 +245,8 @@ def _backward(ctx, grad_y: Tensor):
         return (gx if need_x else None), None, (gw if need_weight else None), None, None, None
     # The scale gradient comes out of the coefficient-gradient kernel.
     need_table = need_weight or need_scale
-    gx, gw, gs = torch.ops.kanlab.spline_product_backward(
+    backward_op = _backward_kernels if eager else torch.ops.kanlab.spline_product_backward
+    gx, gw, gs = backward_op(
         grad_y, x, knots, weight, ctx.spline_order, ctx.uniform, need_x, need_table, scale
     )
     return (
@@ -232,6 +262,28 @@ def _backward(ctx, grad_y: Tensor):
 _spline_product_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _EagerSplineProduct(torch.autograd.Function):
+    """The same forward and backward as the custom op, without the op's dispatch: in eager mode a
+    custom op costs ~100 us of Python per call and per backward (argument normalisation, the
+    autograd wrapper, re-dispatch), several times the kernel time of a small layer. Under
+    ``torch.compile`` the op itself is used (it traces without a graph break)."""
+
+    # The classic form (ctx as forward's first argument): with a separate setup_context, every
+    # apply() binds its arguments through inspect.signature (~60 us).
+    @staticmethod
+    def forward(ctx, x, knots, weight, spline_order, uniform, scale):
+        y = _forward_kernels(x, knots, weight, spline_order, uniform, scale)
+        _setup_context(ctx, (x, knots, weight, spline_order, uniform, scale), y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):
+        # With create_graph (grad mode on here) go through the backward op: it has no autograd
+        # formula, so differentiating its outputs again raises a clear error instead of silently
+        # treating the gradient as a constant.
+        return _backward(ctx, grad_y, eager=not torch.is_grad_enabled())
+
+
 def spline_product(
     x: Tensor,
     knots: Tensor,
@@ -245,4 +297,6 @@ def spline_product(
     if scale is not None and not _takes_scale(_kernels(x.device)):
         weight = weight * scale.unsqueeze(1)  # (in, G+k, out); autograd carries the scale
         scale = None
-    return torch.ops.kanlab.spline_product(x, knots, weight, spline_order, uniform, scale)
+    if torch.compiler.is_compiling() or _kernels(x.device) is None:
+        return torch.ops.kanlab.spline_product(x, knots, weight, spline_order, uniform, scale)
+    return _EagerSplineProduct.apply(x, knots, weight, spline_order, uniform, scale)
