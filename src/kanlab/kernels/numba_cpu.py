@@ -759,8 +759,9 @@ def _dot(weight, scale, gy, rows, dvals, i, b0, b1, k, gx):  # pragma: no cover 
 
 
 @njit(inline="always")
-def _scale_pass(weight, scale, i, o, gs, gw, count):  # pragma: no cover - compiled
-    """Columns o..o+count-1 of input i: ``gs = sum_g U * weight`` and ``gw = U * scale``."""
+def _scale_pass(u_table, weight, scale, i, o, gs, gw, count):  # pragma: no cover - compiled
+    """Columns o..o+count-1 of input i, from the unscaled gradient U (G+k, out):
+    ``gs = sum_g U * weight`` and ``gw = U * scale`` (gw written once, never read)."""
     n_basis = gw.shape[1]
     n_out = gw.shape[2]
     sc = i * n_out
@@ -768,7 +769,7 @@ def _scale_pass(weight, scale, i, o, gs, gw, count):  # pragma: no cover - compi
     acc = _vsplat(gw, 0.0)
     for g in range(n_basis):
         q = (i * n_basis + g) * n_out + o
-        u = _ld(gw, q, count)
+        u = _ld(u_table, g * n_out + o, count)
         acc = _vfma(u, _ld(weight, q, count), acc)
         _st(gw, q, _vmul(u, f), count)
     _st(gs, sc + o, acc, count)
@@ -781,9 +782,11 @@ def _grad_weight(
     """Inputs i_lo..i_hi-1 of the coefficient gradient gw (in, G+k, out) and of the scale gradient
     gs (in, out); neither needs to be zeroed.
 
-    Per input: zero its slab of gw (while it is about to be used: cache-hot), accumulate the
-    unscaled gradient ``U[g, o] = sum_b B_g(x[b, i]) gy[b, o]``, then one pass over the slab gives
-    ``gs[i, o] = sum_g U[g, o] weight[i, g, o]`` and ``gw[i, g, o] = U[g, o] scale[i, o]``.
+    Per input: accumulate the unscaled gradient ``U[g, o] = sum_b B_g(x[b, i]) gy[b, o]`` in a
+    scratch table (reused for every input, so it stays in cache), then one pass gives
+    ``gs[i, o] = sum_g U[g, o] weight[i, g, o]`` and ``gw[i, g, o] = U[g, o] scale[i, o]``: the
+    parameter-sized output is written once and never read (on large grids that pass, plus the first
+    touch of a fresh output's pages, is the part of the cost that grows with G).
     """
     batch = x.shape[0]
     n_basis = gw.shape[1]
@@ -799,11 +802,11 @@ def _grad_weight(
     starts = np.empty(n_rows + 1, dtype=np.int64)
     cursor = np.empty(n_rows, dtype=np.int64)
     order = np.empty(block, dtype=np.int32)
+    u_table = np.empty((1, n_basis, n_out), dtype=gw.dtype)  # U of the current input
     zero = _vsplat(gw, 0.0)
     for i in range(i_lo, i_hi):
-        base = i * slab
         for q in range(0, slab, lanes):
-            _st(gw, base + q, zero, min(lanes, slab - q))
+            _st(u_table, q, zero, min(lanes, slab - q))
         for b0 in range(0, batch, block):
             b1 = min(batch, b0 + block)
             for b in range(b0, b1):
@@ -813,14 +816,14 @@ def _grad_weight(
             )
             if k == 3 and b1 - b0 >= _SORT_MIN * n_rows:
                 _sort_rows(rows, b1 - b0, n_rows, starts, cursor, order)
-                _accumulate_sorted(gy, vals, starts, order, n_rows, i, b0, gw)
+                _accumulate_sorted(gy, vals, starts, order, n_rows, 0, b0, u_table)
             else:
-                _accumulate(gy, rows, vals, i, b0, b1, k, gw)
+                _accumulate(gy, rows, vals, 0, b0, b1, k, u_table)
         full = n_out - n_out % lanes
         for o in range(0, full, lanes):
-            _scale_pass(weight, scale, i, o, gs, gw, lanes)
+            _scale_pass(u_table, weight, scale, i, o, gs, gw, lanes)
         if full < n_out:
-            _scale_pass(weight, scale, i, full, gs, gw, n_out - full)
+            _scale_pass(u_table, weight, scale, i, full, gs, gw, n_out - full)
 
 
 @njit(**_JIT)
