@@ -13,8 +13,8 @@ dividing). Losses are therefore sums over a rank's rows divided by the *global* 
 metrics are computed from global sums and counts, never from local means. Without a process group
 every seam is the identity.
 
-Options for KANs only (the sparsity regulariser ``lamb > 0`` and ``grid_schedule``) raise a
-``ValueError`` for any other model; the grid-update options (``grid_update_every``,
+Options for KANs only (the sparsity regulariser ``lamb > 0``, ``grid_schedule`` and free knots
+``knot_steps > 0``) raise a ``ValueError`` for any other model; the grid-update options (``grid_update_every``,
 ``stop_grid_update_step``, ``grid_eps``) have non-zero defaults and are ignored for models without a
 grid, so the same call trains a KAN and an MLP.
 """
