@@ -79,6 +79,21 @@ def test_free_knots_beat_fixed_knots_on_a_coarse_grid():
     assert all(math.isfinite(v) for v in h_free.train_metric)
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "lbfgs"])
+def test_free_knots_with_weight_decay_move_the_knots(optimizer):
+    # both optimiser paths (LBFGS: one flat parameter list; AdamW: the logits in their own group,
+    # without weight decay) train the knots, which stay strictly increasing
+    ds = sin_data(100)
+    model = kl.KAN([1, 1], grid_size=3, seed=0, dtype=torch.float64)
+    before = model.layers[0].knots.clone()
+    lr = 0.05 if optimizer == "adamw" else 1.0
+    hist = kl.fit(model, ds, optimizer=optimizer, lr=lr, steps=10, knot_steps=5,
+                  weight_decay=1e-4, grid_update_every=0, progress=False)  # fmt: skip
+    assert all(math.isfinite(v) for v in hist.train_metric)
+    knots = model.layers[0].knots
+    assert not torch.equal(knots, before) and bool((knots.diff(dim=1) > 0).all())
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

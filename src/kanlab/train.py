@@ -211,13 +211,18 @@ def _snapshot(model: nn.Module) -> dict[str, Tensor]:
 
 
 def _make_optimizer(
-    name: str, params: list[nn.Parameter], lr: float, weight_decay: float
+    name: str,
+    params: list[nn.Parameter],
+    lr: float,
+    weight_decay: float,
+    extra: Sequence[nn.Parameter] = (),
 ) -> torch.optim.Optimizer:
-    if name == "lbfgs":
+    """The optimiser over ``params`` and ``extra`` (free-knot logits: never weight-decayed)."""
+    if name == "lbfgs":  # (weight decay is a term of the closure's objective, on params only)
         # As the official KAN code: history 10, strong-Wolfe line search, up to 20 inner iterations
         # per step, and tolerances that never stop early (steps stay comparable with the paper's).
         return torch.optim.LBFGS(
-            params,
+            [*params, *extra],
             lr=lr,
             history_size=10,
             max_iter=20,
@@ -226,7 +231,10 @@ def _make_optimizer(
             tolerance_change=1e-32,
         )
     cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-    return cls(params, lr=lr, weight_decay=weight_decay)
+    groups = [{"params": params}]
+    if extra:
+        groups.append({"params": list(extra), "weight_decay": 0.0})
+    return cls(groups, lr=lr, weight_decay=weight_decay)
 
 
 @torch.no_grad()
@@ -456,7 +464,7 @@ def fit(
                 if s == steps - knot_steps:  # free knots from here to the end of the stage
                     free = FreeKnotObjective(model)
                     net = D.wrap(free)
-                    opt = _make_optimizer(opt_name, params + list(free.logits), lr, weight_decay)
+                    opt = _make_optimizer(opt_name, params, lr, weight_decay, free.logits)
                 if every and s % every == 0 and s < stop_at and free is None:
                     _update_grid(model, data.train_x, grid_eps, None)
                 before = _snapshot(model)
