@@ -13,8 +13,8 @@ dividing). Losses are therefore sums over a rank's rows divided by the *global* 
 metrics are computed from global sums and counts, never from local means. Without a process group
 every seam is the identity.
 
-Options for KANs only (the sparsity regulariser ``lamb > 0`` and ``grid_schedule``) raise a
-``ValueError`` for any other model; the grid-update options (``grid_update_every``,
+Options for KANs only (the sparsity regulariser ``lamb > 0``, ``grid_schedule`` and free knots
+``knot_steps > 0``) raise a ``ValueError`` for any other model; the grid-update options (``grid_update_every``,
 ``stop_grid_update_step``, ``grid_eps``) have non-zero defaults and are ignored for models without a
 grid, so the same call trains a KAN and an MLP.
 """
@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from kanlab import distributed as D
 from kanlab._checks import check_choice, check_finite, check_float, check_int
+from kanlab.free_knots import FreeKnotObjective
 from kanlab.models import KAN
 from kanlab.regularization import regularizer_from_norms
 
@@ -210,13 +211,18 @@ def _snapshot(model: nn.Module) -> dict[str, Tensor]:
 
 
 def _make_optimizer(
-    name: str, params: list[nn.Parameter], lr: float, weight_decay: float
+    name: str,
+    params: list[nn.Parameter],
+    lr: float,
+    weight_decay: float,
+    extra: Sequence[nn.Parameter] = (),
 ) -> torch.optim.Optimizer:
-    if name == "lbfgs":
+    """The optimiser over ``params`` and ``extra`` (free-knot logits: never weight-decayed)."""
+    if name == "lbfgs":  # (weight decay is a term of the closure's objective, on params only)
         # As the official KAN code: history 10, strong-Wolfe line search, up to 20 inner iterations
         # per step, and tolerances that never stop early (steps stay comparable with the paper's).
         return torch.optim.LBFGS(
-            params,
+            [*params, *extra],
             lr=lr,
             history_size=10,
             max_iter=20,
@@ -225,7 +231,10 @@ def _make_optimizer(
             tolerance_change=1e-32,
         )
     cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-    return cls(params, lr=lr, weight_decay=weight_decay)
+    groups = [{"params": params}]
+    if extra:
+        groups.append({"params": list(extra), "weight_decay": 0.0})
+    return cls(groups, lr=lr, weight_decay=weight_decay)
 
 
 @torch.no_grad()
@@ -304,7 +313,7 @@ def _validate_options(
     model: nn.Module, *, optimizer: str, steps: int, lr: float, batch_size: int | None, lamb: float,
     grid_update_every: int | None, stop_grid_update_step: int | None, grid_eps: float,
     grid_schedule: Sequence[int] | None, weight_decay: float, seed: int, log_every: int,
-    callbacks: Sequence[Callback],
+    callbacks: Sequence[Callback], knot_steps: int = 0,
 ) -> str:  # fmt: skip
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (KAN or MLP), got {type(model).__name__}")
@@ -341,6 +350,13 @@ def _validate_options(
         raise ValueError(
             f"lamb > 0 (sparsity on edge activations) needs a KAN; got {type(model).__name__}"
         )
+    if check_int("knot_steps", knot_steps, minimum=0) > 0:
+        if not is_kan:
+            raise ValueError(f"knot_steps > 0 (free knots) needs a KAN; got {type(model).__name__}")
+        if knot_steps > steps:
+            raise ValueError(f"knot_steps must be <= steps ({steps}), got {knot_steps}")
+        if lamb > 0:
+            raise ValueError("knot_steps > 0 (free knots) cannot be combined with lamb > 0")
     for cb in callbacks:
         if not callable(cb):
             raise TypeError(f"callbacks must be callables, got {cb!r}")
@@ -369,6 +385,7 @@ def fit(
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
     log_every: int = 1,
+    knot_steps: int = 0,
 ) -> History:
     """Train ``model`` (a KAN or an MLP) on ``data`` (a :class:`kanlab.datasets.Dataset`) in place.
 
@@ -390,6 +407,11 @@ def fit(
         progress: show a tqdm bar (if tqdm is installed). callbacks: called with a
             :class:`StepState` after each logged step; one returning True stops training.
         log_every: evaluate and record a History row every this many steps (and after the last).
+        knot_steps: the last ``knot_steps`` of each stage's ``steps`` also train the interior knots
+            (free-knot splines, :mod:`kanlab.free_knots`; KAN only, ``lamb == 0``): a fresh
+            optimiser takes the knots with the other parameters, no grid updates run, and the
+            grid ends non-uniform. Costs more per step (reference spline maths); pays off on
+            coarse grids, where the knots' positions limit the error.
 
     Raises:
         NonFiniteLossError: the loss became NaN/Inf; the message names the step and the model is
@@ -400,7 +422,7 @@ def fit(
         model, optimizer=optimizer, steps=steps, lr=lr, batch_size=batch_size, lamb=lamb,
         grid_update_every=grid_update_every, stop_grid_update_step=stop_grid_update_step,
         grid_eps=grid_eps, grid_schedule=grid_schedule, weight_decay=weight_decay, seed=seed,
-        log_every=log_every, callbacks=callbacks,
+        log_every=log_every, callbacks=callbacks, knot_steps=knot_steps,
     )  # fmt: skip
     task = getattr(data, "task", "regression")
     check_choice("data.task", task, ["regression", "classification"])
@@ -437,14 +459,21 @@ def fit(
             if opt_name == "lbfgs":
                 scale = _loss_scale(model, train_x, train_y, task, n_train)
             last_good = _snapshot(model)
+            free: FreeKnotObjective | None = None
             for s in range(steps):
-                if every and s % every == 0 and s < stop_at:
+                if s == steps - knot_steps:  # free knots from here to the end of the stage
+                    free = FreeKnotObjective(model)
+                    net = D.wrap(free)
+                    opt = _make_optimizer(opt_name, params, lr, weight_decay, free.logits)
+                if every and s % every == 0 and s < stop_at and free is None:
                     _update_grid(model, data.train_x, grid_eps, None)
                 before = _snapshot(model)
                 obj, reg = _one_step(
                     net, opt, opt_name, data, train_x, train_y, next(batches), task,
                     lamb, lamb_l1, lamb_entropy, weight_decay, params, scale,
                 )  # fmt: skip
+                if free is not None:
+                    free.write_back()
                 if not math.isfinite(obj):
                     model.load_state_dict(last_good)
                     raise NonFiniteLossError(
