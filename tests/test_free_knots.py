@@ -100,6 +100,8 @@ def test_free_knots_with_weight_decay_move_the_knots(optimizer):
         ({"knot_steps": -1}, "knot_steps must be >= 0"),
         ({"knot_steps": 3}, r"knot_steps must be <= steps \(2\)"),
         ({"knot_steps": 1, "lamb": 0.1}, "cannot be combined with lamb"),
+        ({"knot_steps": [1, 1]}, "2 entries but there are 1 stages"),
+        ({"knot_steps": [1, 3], "grid_schedule": [3, 5]}, r"knot_steps\[1\] must be <= steps"),
     ],
 )
 def test_knot_steps_validation(kwargs, match):
@@ -116,3 +118,18 @@ def test_knot_steps_need_a_kan_without_symbolic_edges():
     model.layers[0].set_symbolic(0, 0, "sin")
     with pytest.raises(ValueError, match="symbolic edges"):
         FreeKnotObjective(model)
+
+
+def test_knot_steps_per_stage_free_only_the_chosen_stages():
+    """knot_steps=[n, 0]: the knots move in the first stage only and stay fixed in the second."""
+    model = kl.KAN([1, 1], grid_size=3, seed=0, dtype=torch.float64)
+    seen = []
+    kl.fit(
+        model, sin_data(100), steps=4, grid_schedule=[3, 6], knot_steps=[2, 0], progress=False,
+        callbacks=[lambda state: seen.append(model.layers[0].knots.clone())],
+    )  # fmt: skip
+    first, second = seen[:4], seen[4:]
+    assert not torch.equal(first[1], first[3])  # moved while free (steps 2 and 3)
+    assert all(torch.equal(second[0], kn) for kn in second)  # fixed in the second stage
+    with pytest.raises(TypeError, match="int or a sequence"):
+        kl.fit(model, sin_data(20), steps=2, knot_steps="2", progress=False)

@@ -309,11 +309,25 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, desc="fit", leave=False, dynamic_ncols=True)
 
 
+def _knot_steps_per_stage(knot_steps: int | Sequence[int], n_stages: int) -> list[int]:
+    """``knot_steps`` as one count per stage (an int applies to every stage)."""
+    if isinstance(knot_steps, int) and not isinstance(knot_steps, bool):
+        return [knot_steps] * n_stages
+    if isinstance(knot_steps, str | bytes) or not isinstance(knot_steps, Sequence):
+        raise TypeError(f"knot_steps must be an int or a sequence of ints, got {knot_steps!r}")
+    if len(knot_steps) != n_stages:
+        raise ValueError(
+            f"knot_steps has {len(knot_steps)} entries but there are {n_stages} stages "
+            "(one per grid_schedule entry)"
+        )
+    return list(knot_steps)
+
+
 def _validate_options(
     model: nn.Module, *, optimizer: str, steps: int, lr: float, batch_size: int | None, lamb: float,
     grid_update_every: int | None, stop_grid_update_step: int | None, grid_eps: float,
     grid_schedule: Sequence[int] | None, weight_decay: float, seed: int, log_every: int,
-    callbacks: Sequence[Callback], knot_steps: int = 0,
+    callbacks: Sequence[Callback], knot_steps: int | Sequence[int] = 0,
 ) -> str:  # fmt: skip
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (KAN or MLP), got {type(model).__name__}")
@@ -350,13 +364,17 @@ def _validate_options(
         raise ValueError(
             f"lamb > 0 (sparsity on edge activations) needs a KAN; got {type(model).__name__}"
         )
-    if check_int("knot_steps", knot_steps, minimum=0) > 0:
+    n_stages = len(grid_schedule) if grid_schedule is not None else 1
+    for i, ks in enumerate(_knot_steps_per_stage(knot_steps, n_stages)):
+        name = "knot_steps" if isinstance(knot_steps, int) else f"knot_steps[{i}]"
+        if check_int(name, ks, minimum=0) == 0:
+            continue
         if not is_kan:
-            raise ValueError(f"knot_steps > 0 (free knots) needs a KAN; got {type(model).__name__}")
-        if knot_steps > steps:
-            raise ValueError(f"knot_steps must be <= steps ({steps}), got {knot_steps}")
+            raise ValueError(f"{name} > 0 (free knots) needs a KAN; got {type(model).__name__}")
+        if ks > steps:
+            raise ValueError(f"{name} must be <= steps ({steps}), got {ks}")
         if lamb > 0:
-            raise ValueError("knot_steps > 0 (free knots) cannot be combined with lamb > 0")
+            raise ValueError(f"{name} > 0 (free knots) cannot be combined with lamb > 0")
     for cb in callbacks:
         if not callable(cb):
             raise TypeError(f"callbacks must be callables, got {cb!r}")
@@ -385,7 +403,7 @@ def fit(
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
     log_every: int = 1,
-    knot_steps: int = 0,
+    knot_steps: int | Sequence[int] = 0,
 ) -> History:
     """Train ``model`` (a KAN or an MLP) on ``data`` (a :class:`kanlab.datasets.Dataset`) in place.
 
@@ -411,7 +429,8 @@ def fit(
             (free-knot splines, :mod:`kanlab.free_knots`; KAN only, ``lamb == 0``): a fresh
             optimiser takes the knots with the other parameters, no grid updates run, and the
             grid ends non-uniform. Costs more per step (reference spline maths); pays off on
-            coarse grids, where the knots' positions limit the error.
+            coarse grids, where the knots' positions limit the error. A sequence gives one count
+            per ``grid_schedule`` stage (e.g. free knots on the coarse stages only).
 
     Raises:
         NonFiniteLossError: the loss became NaN/Inf; the message names the step and the model is
@@ -444,6 +463,7 @@ def fit(
     gen = torch.Generator().manual_seed(seed)  # the same on every rank: one global batch order
     batches = _batches(n_train, batch_size, gen)
     stages: list[int | None] = list(grid_schedule) if grid_schedule is not None else [None]
+    knot_plan = _knot_steps_per_stage(knot_steps, len(stages))
     history = History(task=task)
     bar = _progress(steps * len(stages), progress and D.is_main())
     start = time.perf_counter()
@@ -460,8 +480,9 @@ def fit(
                 scale = _loss_scale(model, train_x, train_y, task, n_train)
             last_good = _snapshot(model)
             free: FreeKnotObjective | None = None
+            stage_knot_steps = knot_plan[stage]
             for s in range(steps):
-                if s == steps - knot_steps:  # free knots from here to the end of the stage
+                if stage_knot_steps and s == steps - stage_knot_steps:  # free knots to the end
                     free = FreeKnotObjective(model)
                     net = D.wrap(free)
                     opt = _make_optimizer(opt_name, params, lr, weight_decay, free.logits)
