@@ -89,28 +89,22 @@ class _FusedSum(torch.autograd.Function):
 
     Forward: one kernel call writes ``a*x + b`` of every edge into an (E, batch) slab; torch
     replaces each group's rows by ``f`` of them (in place where ``f`` allows); one kernel call
-    scatters ``c*f + d`` into the outputs. The slab of ``f`` is kept for backward, which refills
-    a second slab with ``a*x + b`` then ``f'`` and makes one kernel call for all gradients.
-    Takes the layer's whole affine table and mask, so that gathering and masking are host-side
-    index work rather than autograd nodes."""
+    adds ``c*f + d`` into the outputs (a copy of ``base``, or zeros). The slab of ``f`` is kept
+    for backward, which refills a second slab with ``a*x + b`` then ``f'`` and makes one kernel
+    call for all gradients. The kernels read the layer's whole affine table and mask through the
+    edges' flat positions, so that gathering and masking are neither copies nor autograd nodes,
+    and work on the (batch, features) layouts (no transposed copies). Classic ``forward(ctx,
+    ...)`` style: the ``setup_context`` style inspects the signature on every call."""
 
     @staticmethod
-    def _edges(affine: Tensor, mask: Tensor, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-edge (a, b, c*m, d*m) as (4, E) and the mask m (E,)."""
-        m = _np(mask).reshape(-1)[flat]
-        pn = np.ascontiguousarray(_np(affine).reshape(-1, 4)[flat].T)
-        pn[2:] *= m
-        return pn, m
-
-    @staticmethod
-    def forward(ctx, x2, affine, mask, flat, index_in, index_out, groups, n_out):  # type: ignore[override]
+    def forward(ctx, x2, affine, mask, base, idx, groups):  # type: ignore[override]
         from kanlab.kernels import symbolic_cpu as k
 
-        ein, eout, flat_np = index_in.numpy(), index_out.numpy(), flat.numpy()  # (E,) buffers
-        pn, m = _FusedSum._edges(affine, mask, flat_np)  # (4, E): rows a, b, c, d
-        xt = _np(x2.T)  # (in, batch)
-        slab = torch.empty(len(ein), x2.shape[0], dtype=x2.dtype)  # (E, batch)
-        k.affine(xt, pn[0], pn[1], ein, slab.numpy())
+        xn = _np(x2)  # (batch, in)
+        an = _np(affine).reshape(-1, 4)  # (in*out, 4)
+        m = mask.detach().reshape(-1).numpy().copy()  # (in*out,): mask values at this call
+        slab = torch.empty(idx.shape[1], xn.shape[0], dtype=x2.dtype)  # (E, batch)
+        k.affine(xn, an, idx, slab.numpy())
         for fn, lo, hi in groups:
             z = slab[lo:hi]  # (E_g, batch): a*x + b, overwritten by f(a*x + b)
             if fn.forward_fn is _zero:
@@ -119,11 +113,15 @@ class _FusedSum(torch.autograd.Function):
             f = fn.forward_fn(z)
             if f.data_ptr() != z.data_ptr() or f.stride() != z.stride():  # not f(x) = x
                 z.copy_(f)
-        y = torch.zeros(n_out, x2.shape[0], dtype=x2.dtype)  # (out, batch)
-        k.scatter(slab.numpy(), pn[2], pn[3], eout, y.numpy())
-        ctx.host = (groups, pn, m, ein, eout, flat_np)  # host copies (pn, m) and views
+        y = torch.empty(xn.shape[0], mask.shape[1], dtype=x2.dtype)  # (batch, out)
+        if base is None:
+            y.zero_()
+        else:
+            y.copy_(base)
+        k.scatter(slab.numpy(), an, m, idx, y.numpy())
+        ctx.host = (groups, m, idx)
         ctx.save_for_backward(x2, affine, slab)
-        return y.T  # (batch, out)
+        return y
 
     @staticmethod
     @once_differentiable
@@ -131,10 +129,10 @@ class _FusedSum(torch.autograd.Function):
         from kanlab.kernels import symbolic_cpu as k
 
         x2, affine, f = ctx.saved_tensors
-        groups, pn, m, ein, eout, flat_np = ctx.host
-        xt = _np(x2.T)
+        groups, m, idx = ctx.host
+        xn, an = _np(x2), _np(affine).reshape(-1, 4)
         slab = torch.empty_like(f)  # (E, batch): a*x + b, overwritten by f'(a*x + b)
-        k.affine(xt, pn[0], pn[1], ein, slab.numpy())
+        k.affine(xn, an, idx, slab.numpy())
         for fn, lo, hi in groups:
             z = slab[lo:hi]
             fd = 0.0 if fn.forward_fn is _zero else _derivative(fn, z, f[lo:hi])
@@ -143,15 +141,15 @@ class _FusedSum(torch.autograd.Function):
             else:
                 z.fill_(fd)
         need_x = ctx.needs_input_grad[0]
-        gx = np.zeros_like(xt)  # (in, batch)
-        grads = np.empty((4, len(ein)), dtype=xt.dtype)  # rows: a, b, c*m, d*m
-        gy = _np(grad_y.T)  # (out, batch)
-        k.backward(xt, gy, f.numpy(), slab.numpy(), pn[0], pn[2], ein, eout, need_x, gx, grads)
-        grads[2:] *= m  # through the masking of c and d
-        grad_affine = torch.zeros_like(affine)  # (in, out, 4)
-        grad_affine.view(-1, 4).numpy()[flat_np] = grads.T
-        grad_x = torch.from_numpy(gx).T if need_x else None
-        return grad_x, grad_affine, None, None, None, None, None, None
+        gx = torch.empty(xn.shape if need_x else (0, 0), dtype=x2.dtype)  # (batch, in)
+        grad_affine = torch.zeros_like(affine, memory_format=torch.contiguous_format)
+        gy = _np(grad_y)  # (batch, out)
+        k.backward(
+            xn, gy, f.numpy(), slab.numpy(), an, m, idx, need_x, gx.numpy(),
+            grad_affine.numpy().reshape(-1, 4),
+        )  # fmt: skip
+        grad_base = grad_y if ctx.needs_input_grad[3] else None
+        return gx if need_x else None, grad_affine, None, grad_base, None, None
 
 
 def _fused_ok(x2: Tensor) -> bool:
@@ -172,16 +170,26 @@ def symbolic_sum(
     index_out: Tensor,
     groups: Sequence[tuple[str, int, int]],
     n_out: int,
+    *,
+    base: Tensor | None = None,
+    host_index: np.ndarray | None = None,
 ) -> Tensor:
-    """``y[:, o] = sum over edges e into o of m_e * (c_e * f_e(a_e * x[:, in_e] + b_e) + d_e)``.
+    """``base + y`` with ``y[:, o] = sum over edges e into o of m_e * (c_e * f_e(a_e * x[:, in_e]
+    + b_e) + d_e)``.
 
     Shapes: ``x2`` (batch, in); ``affine`` (in, out, 4) the (a, b, c, d) table; ``mask``
     (in, out) the 0/1 pruning mask m; ``flat``, ``index_in``, ``index_out`` (E,) int64, the
     symbolic edges' positions in the flattened (in, out) table and their input and output nodes,
     sorted so that each group's edges are contiguous; ``groups`` the (function name, start, end)
-    runs in that order. Returns (batch, out). Differentiable in ``x2`` and ``affine``.
+    runs in that order; ``base`` (batch, out) or None (zeros), added to the result (in the same
+    pass on CPU); ``host_index`` optionally the (3, E) int64 array of rows (index_in, index_out,
+    flat) on the host, to spare rebuilding it. Returns (batch, out). Differentiable in ``x2``,
+    ``affine`` and ``base``.
     """
     runs = tuple((get_function(name), lo, hi) for name, lo, hi in groups)
     if _fused_ok(x2):
-        return _FusedSum.apply(x2, affine, mask, flat, index_in, index_out, runs, n_out)
-    return _torch_sum(x2, affine, mask, flat, index_in, index_out, runs, n_out)
+        if host_index is None:
+            host_index = np.stack([index_in.numpy(), index_out.numpy(), flat.numpy()])
+        return _FusedSum.apply(x2, affine, mask, base, host_index, runs)
+    y = _torch_sum(x2, affine, mask, flat, index_in, index_out, runs, n_out)
+    return y if base is None else base + y
