@@ -26,12 +26,14 @@ values (to rounding) and gradients:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from kanlab import functions as _fns
 from kanlab import kernels
 from kanlab.functions import SymbolicFunction, _zero, get_function
 
@@ -80,6 +82,84 @@ def _derivative(fn: SymbolicFunction, z: Tensor, f: Tensor) -> Tensor | float:
         return torch.autograd.grad(fl, zl, torch.ones_like(fl))[0]
 
 
+def _builtin(name: str) -> SymbolicFunction:
+    return next(f for f in _fns._BUILTIN if f.name == name)
+
+
+# In-place forms of built-in forward functions (the same torch kernels, so the same values): the
+# fused path overwrites a group's rows of the slab without a fresh tensor and a copy. Keyed by the
+# function object itself, so a re-registered name with another function is never mistaken.
+_IN_PLACE: dict[object, object] = {
+    torch.sin: torch.Tensor.sin_,
+    torch.cos: torch.Tensor.cos_,
+    torch.tanh: torch.Tensor.tanh_,
+    torch.sigmoid: torch.Tensor.sigmoid_,
+    torch.atan: torch.Tensor.atan_,
+    torch.abs: torch.Tensor.abs_,
+    _fns._exp_safe: lambda z: z.clamp_max_(80.0).exp_(),  # torch.exp(z.clamp_max(80.0))
+    _builtin("x^2").forward_fn: lambda z: z.pow_(2),  # z**2
+    _fns._gaussian: lambda z: z.pow_(2).neg_().exp_(),  # torch.exp(-(z**2))
+}
+
+
+# In-place forms of built-in derivative records that need the slab (values as the record's).
+_D_IN_PLACE: dict[object, object] = {
+    _fns._d_sin: torch.Tensor.cos_,  # torch.cos(z)
+    _fns._d_cos: lambda z: z.sin_().neg_(),  # -torch.sin(z)
+}
+
+
+def _derivative_kinds() -> dict[object, int]:
+    """Derivative records whose f' the backward kernel computes itself (see symbolic_cpu)."""
+    from kanlab.kernels import symbolic_cpu as k
+
+    return {
+        _fns._d_one: k.KIND_ONE,
+        _fns._d_zero: k.KIND_ZERO,
+        _builtin("x^2").derivative: k.KIND_SQUARE,
+        _fns._d_tanh: k.KIND_TANH,
+        _fns._d_exp: k.KIND_EXP,
+        _fns._d_sigmoid: k.KIND_SIGMOID,
+        _fns._d_gaussian: k.KIND_GAUSSIAN,
+    }
+
+
+class _Plan(NamedTuple):
+    """How the fused path evaluates one sequence of groups, worked out once per sequence."""
+
+    forward: tuple  # per group (fn, lo, hi, in-place form of f or None)
+    kinds: np.ndarray  # (E,) int64 per-edge KIND_* of the backward kernel
+    slab: tuple  # the groups whose f' goes through the slab: (fn, lo, hi, in-place f' or None)
+
+
+_KINDS: dict[object, int] | None = None  # filled on the first fused call (numba is imported then)
+_PLANS: dict[tuple, _Plan] = {}
+
+
+def _plan(groups: tuple[Group, ...]) -> _Plan:
+    """The plan of ``groups`` (cached by the records and ranges: re-registering a name with other
+    functions gives other records, hence a new plan)."""
+    plan = _PLANS.get(groups)
+    if plan is not None:
+        return plan
+    global _KINDS
+    if _KINDS is None:
+        _KINDS = _derivative_kinds()
+    kinds = np.zeros(groups[-1][2] if groups else 0, dtype=np.int64)  # 0 = KIND_SLAB
+    forward, slab = [], []
+    for fn, lo, hi in groups:
+        f = fn.forward_fn
+        kind = 2 if f is _zero else _KINDS.get(fn.derivative, 0)  # 2 = KIND_ZERO
+        kinds[lo:hi] = kind
+        forward.append((fn, lo, hi, _IN_PLACE.get(f)))
+        if kind == 0:
+            slab.append((fn, lo, hi, _D_IN_PLACE.get(fn.derivative)))
+    if len(_PLANS) > 256:
+        _PLANS.clear()
+    plan = _PLANS[groups] = _Plan(tuple(forward), kinds, tuple(slab))
+    return plan
+
+
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
@@ -97,29 +177,30 @@ class _FusedSum(torch.autograd.Function):
     ...)`` style: the ``setup_context`` style inspects the signature on every call."""
 
     @staticmethod
-    def forward(ctx, x2, affine, mask, base, idx, groups):  # type: ignore[override]
+    def forward(ctx, x2, affine, mask, base, idx, plan):  # type: ignore[override]
         from kanlab.kernels import symbolic_cpu as k
 
         xn = _np(x2)  # (batch, in)
         an = _np(affine).reshape(-1, 4)  # (in*out, 4)
         m = mask.detach().reshape(-1).numpy().copy()  # (in*out,): mask values at this call
-        slab = torch.empty(idx.shape[1], xn.shape[0], dtype=x2.dtype)  # (E, batch)
-        k.affine(xn, an, idx, slab.numpy())
-        for fn, lo, hi in groups:
+        n_e = idx.shape[1]
+        slab = torch.empty(n_e, xn.shape[0], dtype=x2.dtype)  # (E, batch)
+        k.affine(xn, an, idx, 0, n_e, slab.numpy())
+        for fn, lo, hi, in_place in plan.forward:
             z = slab[lo:hi]  # (E_g, batch): a*x + b, overwritten by f(a*x + b)
             if fn.forward_fn is _zero:
                 z.zero_()
-                continue
-            f = fn.forward_fn(z)
-            if f.data_ptr() != z.data_ptr() or f.stride() != z.stride():  # not f(x) = x
-                z.copy_(f)
+            elif in_place is not None:
+                in_place(z)
+            else:
+                f = fn.forward_fn(z)
+                if f.data_ptr() != z.data_ptr() or f.stride() != z.stride():  # not f(x) = x
+                    z.copy_(f)
         y = torch.empty(xn.shape[0], mask.shape[1], dtype=x2.dtype)  # (batch, out)
-        if base is None:
-            y.zero_()
-        else:
-            y.copy_(base)
-        k.scatter(slab.numpy(), an, m, idx, y.numpy())
-        ctx.host = (groups, m, idx)
+        has_base = base is not None
+        bn = _np(base) if has_base else y.numpy()
+        k.scatter(slab.numpy(), an, m, idx, bn, has_base, y.numpy())
+        ctx.host = (plan, m, idx)
         ctx.save_for_backward(x2, affine, slab)
         return y
 
@@ -129,23 +210,28 @@ class _FusedSum(torch.autograd.Function):
         from kanlab.kernels import symbolic_cpu as k
 
         x2, affine, f = ctx.saved_tensors
-        groups, m, idx = ctx.host
+        plan, m, idx = ctx.host
         xn, an = _np(x2), _np(affine).reshape(-1, 4)
-        slab = torch.empty_like(f)  # (E, batch): a*x + b, overwritten by f'(a*x + b)
-        k.affine(xn, an, idx, slab.numpy())
-        for fn, lo, hi in groups:
-            z = slab[lo:hi]
-            fd = 0.0 if fn.forward_fn is _zero else _derivative(fn, z, f[lo:hi])
-            if isinstance(fd, Tensor):
-                z.copy_(fd)
-            else:
-                z.fill_(fd)
+        slab = f  # (E, batch): f' on the rows of the plan's slab groups (other rows not read)
+        if plan.slab:
+            slab = torch.empty_like(f)
+            for fn, lo, hi, in_place in plan.slab:
+                k.affine(xn, an, idx, lo, hi, slab.numpy())  # a*x + b, overwritten by f'
+                z = slab[lo:hi]
+                if in_place is not None:
+                    in_place(z)
+                    continue
+                fd = _derivative(fn, z, f[lo:hi])
+                if isinstance(fd, Tensor):
+                    z.copy_(fd)
+                else:
+                    z.fill_(fd)
         need_x = ctx.needs_input_grad[0]
         gx = torch.empty(xn.shape if need_x else (0, 0), dtype=x2.dtype)  # (batch, in)
         grad_affine = torch.zeros_like(affine, memory_format=torch.contiguous_format)
         gy = _np(grad_y)  # (batch, out)
         k.backward(
-            xn, gy, f.numpy(), slab.numpy(), an, m, idx, need_x, gx.numpy(),
+            xn, gy, f.numpy(), slab.numpy(), an, m, idx, plan.kinds, need_x, gx.numpy(),
             grad_affine.numpy().reshape(-1, 4),
         )  # fmt: skip
         grad_base = grad_y if ctx.needs_input_grad[3] else None
@@ -190,6 +276,6 @@ def symbolic_sum(
     if _fused_ok(x2):
         if host_index is None:
             host_index = np.stack([index_in.numpy(), index_out.numpy(), flat.numpy()])
-        return _FusedSum.apply(x2, affine, mask, base, host_index, runs)
+        return _FusedSum.apply(x2, affine, mask, base, host_index, _plan(runs))
     y = _torch_sum(x2, affine, mask, flat, index_in, index_out, runs, n_out)
     return y if base is None else base + y

@@ -29,7 +29,7 @@ from numba import njit
 
 from kanlab.kernels.numba_cpu import _CACHE
 
-__all__ = ["affine", "backward", "scatter"]
+__all__ = ["affine", "backward", "scatter"]  # and the KIND_* codes
 
 
 @njit(cache=_CACHE, nogil=True)
@@ -43,9 +43,9 @@ def _transpose(a):  # pragma: no cover - compiled
 
 
 @njit(cache=_CACHE, nogil=True)
-def _affine_rows(xt, aff, idx, z):  # pragma: no cover - compiled
+def _affine_rows(xt, aff, idx, lo, hi, z):  # pragma: no cover - compiled
     n = xt.shape[1]
-    for e in range(z.shape[0]):
+    for e in range(lo, hi):
         i, p = idx[0, e], idx[2, e]
         ae, be = aff[p, 0], aff[p, 1]
         for s in range(n):
@@ -53,10 +53,11 @@ def _affine_rows(xt, aff, idx, z):  # pragma: no cover - compiled
 
 
 @njit(cache=_CACHE, nogil=True)
-def affine(x, aff, idx, z):  # pragma: no cover - compiled
-    """z (E, batch) = a * x[:, in_e] + b; x (batch, in); (a, b) = aff[flat_e, :2] with aff the
-    layer's (in*out, 4) table and idx (3, E) the rows (in_e, out_e, flat_e)."""
-    _affine_rows(_transpose(x), aff, idx, z)
+def affine(x, aff, idx, lo, hi, z):  # pragma: no cover - compiled
+    """z[e] = a * x[:, in_e] + b for the edges lo <= e < hi; z (E, batch), x (batch, in);
+    (a, b) = aff[flat_e, :2] with aff the layer's (in*out, 4) table and idx (3, E) the rows
+    (in_e, out_e, flat_e)."""
+    _affine_rows(_transpose(x), aff, idx, lo, hi, z)
 
 
 @njit(cache=_CACHE, nogil=True)
@@ -70,28 +71,71 @@ def _scatter_rows(f, aff, m, idx, yt):  # pragma: no cover - compiled
 
 
 @njit(cache=_CACHE, nogil=True)
-def scatter(f, aff, m, idx, y):  # pragma: no cover - compiled
-    """y (batch, out) += sum over edges e into each output of (c*m) * f[e] + d*m; f (E, batch);
-    c, d from aff[flat_e, 2:], m = m[flat_e] (the flattened (in*out,) mask)."""
+def scatter(f, aff, m, idx, base, has_base, y):  # pragma: no cover - compiled
+    """y (batch, out) = base (if has_base, else 0) + the sum over the edges e into each output of
+    (c*m) * f[e] + d*m; f (E, batch); c, d from aff[flat_e, 2:], m = m[flat_e] (the flattened
+    (in*out,) mask)."""
     yt = np.zeros((y.shape[1], y.shape[0]), dtype=y.dtype)  # (out, batch)
     _scatter_rows(f, aff, m, idx, yt)
     for s in range(y.shape[0]):
         for o in range(y.shape[1]):
-            y[s, o] += yt[o, s]
+            y[s, o] = base[s, o] + yt[o, s] if has_base else yt[o, s]
+
+
+# Kinds of f' the backward kernel computes itself from z = a*x + b and f (the arithmetic of the
+# matching derivative records of kanlab.functions, operation for operation); KIND_SLAB: f' is read
+# from the slab the caller filled.
+KIND_SLAB, KIND_ONE, KIND_ZERO, KIND_SQUARE, KIND_TANH, KIND_EXP, KIND_SIGMOID, KIND_GAUSSIAN = (
+    range(8)
+)
+
+
+@njit(cache=_CACHE, nogil=True)
+def _fprime_row(kind, ae, be, xr, fr, out):  # pragma: no cover - compiled
+    """out = f' of one edge (a kind other than KIND_SLAB) from its input row xr and its f row fr;
+    one simple loop per kind (each vectorises)."""
+    n = out.shape[0]
+    if kind == KIND_ONE:
+        out[:] = 1.0
+    elif kind == KIND_ZERO:
+        out[:] = 0.0
+    elif kind == KIND_SQUARE:
+        for s in range(n):
+            out[s] = (ae * xr[s] + be) * 2.0
+    elif kind == KIND_TANH:
+        for s in range(n):
+            out[s] = 1.0 - fr[s] * fr[s]
+    elif kind == KIND_EXP:
+        for s in range(n):
+            out[s] = fr[s] if ae * xr[s] + be <= 80.0 else 0.0
+    elif kind == KIND_SIGMOID:
+        for s in range(n):
+            out[s] = fr[s] * (1.0 - fr[s])
+    else:  # KIND_GAUSSIAN
+        for s in range(n):
+            out[s] = (ae * xr[s] + be) * fr[s] * -2.0
 
 
 @njit(cache=_CACHE, nogil=True, fastmath={"reassoc"})
-def _backward_rows(xt, gyt, f, fd, aff, m, idx, need_x, gxt, gaff):  # pragma: no cover - compiled
+def _backward_rows(
+    xt, gyt, f, fd, aff, m, idx, kinds, need_x, gxt, gaff
+):  # pragma: no cover - compiled
     n = xt.shape[1]
+    scratch = np.empty(n, dtype=f.dtype)
     for e in range(f.shape[0]):
-        i, o, p = idx[0, e], idx[1, e], idx[2, e]
+        i, o, p, kind = idx[0, e], idx[1, e], idx[2, e], kinds[e]
         mp = m[p]
         ce = aff[p, 2] * mp
         cae = ce * aff[p, 0]
+        if kind == KIND_SLAB:
+            fdr = fd[e]
+        else:
+            _fprime_row(kind, aff[p, 0], aff[p, 1], xt[i], f[e], scratch)
+            fdr = scratch
         sa = sb = sc = sd = 0.0
         for s in range(n):
             g = gyt[o, s]
-            gd = g * fd[e, s]  # dL/dz / c
+            gd = g * fdr[s]  # dL/dz / c
             sc += g * f[e, s]
             sd += g
             sa += gd * xt[i, s]
@@ -105,16 +149,18 @@ def _backward_rows(xt, gyt, f, fd, aff, m, idx, need_x, gxt, gaff):  # pragma: n
 
 
 @njit(cache=_CACHE, nogil=True)
-def backward(x, gy, f, fd, aff, m, idx, need_x, gx, gaff):  # pragma: no cover - compiled
+def backward(x, gy, f, fd, aff, m, idx, kinds, need_x, gx, gaff):  # pragma: no cover - compiled
     """Gradients of ``sum(gy * y)`` for ``y[:, out_e] += m*c * f(a * x[:, in_e] + b) + m*d``.
 
-    x (batch, in), gy (batch, out); f, fd (E, batch): f and f' at a*x + b. Writes the rows flat_e
-    of gaff (in*out, 4) (the a, b, c, d gradients; other rows are left alone) and, when need_x,
-    writes gx (batch, in).
+    x (batch, in), gy (batch, out); f (E, batch): f at a*x + b; kinds (E,) int64: how to get f'
+    of each edge (``KIND_*``); fd (E, batch): f' at a*x + b on the rows of kind ``KIND_SLAB``
+    (other rows are not read). Writes the rows flat_e of gaff (in*out, 4) (the a, b, c, d
+    gradients; other rows are left alone) and, when need_x, writes gx (batch, in).
     """
     n_x = x.shape[1] if need_x else 0
     gxt = np.zeros((n_x, x.shape[0]), dtype=x.dtype)  # (in, batch)
-    _backward_rows(_transpose(x), _transpose(gy), f, fd, aff, m, idx, need_x, gxt, gaff)
+    gyt = _transpose(gy)
+    _backward_rows(_transpose(x), gyt, f, fd, aff, m, idx, kinds, need_x, gxt, gaff)
     for s in range(gx.shape[0]):
         for i in range(n_x):
             gx[s, i] = gxt[i, s]
