@@ -11,9 +11,12 @@ values (to rounding) and gradients:
   (``kernels.select_backend``; ``kernels.set_backend("reference")`` turns both off). One compiled
   pass writes ``a*x + b`` of every edge into an (E, batch) slab; torch overwrites each group's
   rows with ``f`` of them (its vectorised transcendental functions); one compiled pass adds
-  ``c*f + d`` into the outputs. The slab of ``f`` is the only tensor kept for backward, which
-  refills a second slab with ``a*x + b`` and then ``f'`` (the record's ``derivative``, else
-  autograd) and makes one compiled pass for the input gradient and the batch sums of the
+  ``c*f + d`` (and the numeric branch's result, ``base``) into the outputs. The slab of ``f`` is
+  the only tensor kept for backward (with a host copy of x), which computes ``f'`` inside the
+  gradient kernel for the built-in derivatives that are arithmetic in ``z`` and ``f`` (x, 0, x^2,
+  tanh, exp, sigmoid, gaussian), refills a slab with ``a*x + b`` and then ``f'`` for the other
+  groups only (the record's ``derivative``, in place for sin/cos, else autograd), and makes one
+  compiled pass for the input gradient and the batch sums of the
   (a, b, c, d) gradients. With torch ops alone each edge cost about a dozen freshly allocated
   (E, batch) temporaries and passes (gather, ``*a``, ``+b``, ``*c``, index-add, the concatenation
   of the groups, and twice as many in backward), which made a layer of symbolic edges train
@@ -169,23 +172,25 @@ class _FusedSum(torch.autograd.Function):
 
     Forward: one kernel call writes ``a*x + b`` of every edge into an (E, batch) slab; torch
     replaces each group's rows by ``f`` of them (in place where ``f`` allows); one kernel call
-    adds ``c*f + d`` into the outputs (a copy of ``base``, or zeros). The slab of ``f`` is kept
-    for backward, which refills a second slab with ``a*x + b`` then ``f'`` and makes one kernel
-    call for all gradients. The kernels read the layer's whole affine table and mask through the
-    edges' flat positions, so that gathering and masking are neither copies nor autograd nodes,
-    and work on the (batch, features) layouts (no transposed copies). Classic ``forward(ctx,
+    writes ``base + sum of c*f + d`` (``base``: the numeric branch, or zeros). The slab of ``f``
+    and the transposed input are kept for backward, which fills ``f'`` on a second slab only for
+    the groups the kernel cannot derive itself (``_Plan.slab``) and makes one kernel call for all
+    gradients. The kernels read the layer's whole affine table and mask through the edges' flat
+    positions, so that gathering and masking are neither copies nor autograd nodes, and take
+    the (batch, features) layouts (one compiled transpose of x per call). Classic ``forward(ctx,
     ...)`` style: the ``setup_context`` style inspects the signature on every call."""
 
     @staticmethod
     def forward(ctx, x2, affine, mask, base, idx, plan):  # type: ignore[override]
         from kanlab.kernels import symbolic_cpu as k
 
-        xn = _np(x2)  # (batch, in)
+        xt = k.transpose(_np(x2))  # (in, batch), kept for backward
         an = _np(affine).reshape(-1, 4)  # (in*out, 4)
         m = mask.detach().reshape(-1).numpy().copy()  # (in*out,): mask values at this call
         n_e = idx.shape[1]
-        slab = torch.empty(n_e, xn.shape[0], dtype=x2.dtype)  # (E, batch)
-        k.affine(xn, an, idx, 0, n_e, slab.numpy())
+        n = xt.shape[1]
+        slab = torch.empty(n_e, n, dtype=x2.dtype)  # (E, batch)
+        k.affine(xt, an, idx, 0, n_e, slab.numpy())
         for fn, lo, hi, in_place in plan.forward:
             z = slab[lo:hi]  # (E_g, batch): a*x + b, overwritten by f(a*x + b)
             if fn.forward_fn is _zero:
@@ -196,12 +201,12 @@ class _FusedSum(torch.autograd.Function):
                 f = fn.forward_fn(z)
                 if f.data_ptr() != z.data_ptr() or f.stride() != z.stride():  # not f(x) = x
                     z.copy_(f)
-        y = torch.empty(xn.shape[0], mask.shape[1], dtype=x2.dtype)  # (batch, out)
+        y = torch.empty(n, mask.shape[1], dtype=x2.dtype)  # (batch, out)
         has_base = base is not None
         bn = _np(base) if has_base else y.numpy()
         k.scatter(slab.numpy(), an, m, idx, bn, has_base, y.numpy())
-        ctx.host = (plan, m, idx)
-        ctx.save_for_backward(x2, affine, slab)
+        ctx.host = (plan, m, idx, xt)  # host copies of the mask and input (values at this call)
+        ctx.save_for_backward(affine, slab)
         return y
 
     @staticmethod
@@ -209,14 +214,14 @@ class _FusedSum(torch.autograd.Function):
     def backward(ctx, grad_y):  # type: ignore[override]
         from kanlab.kernels import symbolic_cpu as k
 
-        x2, affine, f = ctx.saved_tensors
-        plan, m, idx = ctx.host
-        xn, an = _np(x2), _np(affine).reshape(-1, 4)
+        affine, f = ctx.saved_tensors
+        plan, m, idx, xt = ctx.host
+        an = _np(affine).reshape(-1, 4)
         slab = f  # (E, batch): f' on the rows of the plan's slab groups (other rows not read)
         if plan.slab:
             slab = torch.empty_like(f)
             for fn, lo, hi, in_place in plan.slab:
-                k.affine(xn, an, idx, lo, hi, slab.numpy())  # a*x + b, overwritten by f'
+                k.affine(xt, an, idx, lo, hi, slab.numpy())  # a*x + b, overwritten by f'
                 z = slab[lo:hi]
                 if in_place is not None:
                     in_place(z)
@@ -227,11 +232,11 @@ class _FusedSum(torch.autograd.Function):
                 else:
                     z.fill_(fd)
         need_x = ctx.needs_input_grad[0]
-        gx = torch.empty(xn.shape if need_x else (0, 0), dtype=x2.dtype)  # (batch, in)
+        gx = torch.empty((xt.shape[1], xt.shape[0]) if need_x else (0, 0), dtype=f.dtype)
         grad_affine = torch.zeros_like(affine, memory_format=torch.contiguous_format)
         gy = _np(grad_y)  # (batch, out)
         k.backward(
-            xn, gy, f.numpy(), slab.numpy(), an, m, idx, plan.kinds, need_x, gx.numpy(),
+            xt, gy, f.numpy(), slab.numpy(), an, m, idx, plan.kinds, need_x, gx.numpy(),
             grad_affine.numpy().reshape(-1, 4),
         )  # fmt: skip
         grad_base = grad_y if ctx.needs_input_grad[3] else None

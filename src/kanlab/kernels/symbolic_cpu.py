@@ -8,6 +8,7 @@ slower than spline edges (which run fused Numba kernels). The function values th
 with torch (its vectorised transcendental functions are 2-4x faster than scalar libm calls from
 compiled loops); everything around them is one compiled pass:
 
+- :func:`transpose`: the (batch, in) input as (in, batch) rows, once per forward;
 - :func:`affine`: ``z[e] = a[e] * x[in_e] + b[e]`` (the gather fused into the affine map);
 - :func:`scatter`: ``y[out_e] += c[e] * f[e] + d[e]`` (scale, shift and index-add fused);
 - :func:`backward`: from ``dL/dy``, ``f`` and ``f'``, in one pass: ``dL/dx`` (accumulated per input
@@ -29,11 +30,11 @@ from numba import njit
 
 from kanlab.kernels.numba_cpu import _CACHE
 
-__all__ = ["affine", "backward", "scatter"]  # and the KIND_* codes
+__all__ = ["affine", "backward", "scatter", "transpose"]  # and the KIND_* codes
 
 
 @njit(cache=_CACHE, nogil=True)
-def _transpose(a):  # pragma: no cover - compiled
+def transpose(a):  # pragma: no cover - compiled
     """a (n, k) -> a C-contiguous (k, n) copy of a.T."""
     out = np.empty((a.shape[1], a.shape[0]), dtype=a.dtype)
     for s in range(a.shape[0]):
@@ -43,21 +44,16 @@ def _transpose(a):  # pragma: no cover - compiled
 
 
 @njit(cache=_CACHE, nogil=True)
-def _affine_rows(xt, aff, idx, lo, hi, z):  # pragma: no cover - compiled
+def affine(xt, aff, idx, lo, hi, z):  # pragma: no cover - compiled
+    """z[e] = a * xt[in_e] + b for the edges lo <= e < hi; z (E, batch), xt (in, batch) the
+    transposed input (:func:`transpose`); (a, b) = aff[flat_e, :2] with aff the layer's
+    (in*out, 4) table and idx (3, E) the rows (in_e, out_e, flat_e)."""
     n = xt.shape[1]
     for e in range(lo, hi):
         i, p = idx[0, e], idx[2, e]
         ae, be = aff[p, 0], aff[p, 1]
         for s in range(n):
             z[e, s] = ae * xt[i, s] + be
-
-
-@njit(cache=_CACHE, nogil=True)
-def affine(x, aff, idx, lo, hi, z):  # pragma: no cover - compiled
-    """z[e] = a * x[:, in_e] + b for the edges lo <= e < hi; z (E, batch), x (batch, in);
-    (a, b) = aff[flat_e, :2] with aff the layer's (in*out, 4) table and idx (3, E) the rows
-    (in_e, out_e, flat_e)."""
-    _affine_rows(_transpose(x), aff, idx, lo, hi, z)
 
 
 @njit(cache=_CACHE, nogil=True)
@@ -149,18 +145,17 @@ def _backward_rows(
 
 
 @njit(cache=_CACHE, nogil=True)
-def backward(x, gy, f, fd, aff, m, idx, kinds, need_x, gx, gaff):  # pragma: no cover - compiled
+def backward(xt, gy, f, fd, aff, m, idx, kinds, need_x, gx, gaff):  # pragma: no cover - compiled
     """Gradients of ``sum(gy * y)`` for ``y[:, out_e] += m*c * f(a * x[:, in_e] + b) + m*d``.
 
-    x (batch, in), gy (batch, out); f (E, batch): f at a*x + b; kinds (E,) int64: how to get f'
+    xt (in, batch) the transposed input, gy (batch, out); f (E, batch): f at a*x + b; kinds (E,) int64: how to get f'
     of each edge (``KIND_*``); fd (E, batch): f' at a*x + b on the rows of kind ``KIND_SLAB``
     (other rows are not read). Writes the rows flat_e of gaff (in*out, 4) (the a, b, c, d
     gradients; other rows are left alone) and, when need_x, writes gx (batch, in).
     """
-    n_x = x.shape[1] if need_x else 0
-    gxt = np.zeros((n_x, x.shape[0]), dtype=x.dtype)  # (in, batch)
-    gyt = _transpose(gy)
-    _backward_rows(_transpose(x), gyt, f, fd, aff, m, idx, kinds, need_x, gxt, gaff)
+    n_x = xt.shape[0] if need_x else 0
+    gxt = np.zeros((n_x, xt.shape[1]), dtype=xt.dtype)  # (in, batch)
+    _backward_rows(xt, transpose(gy), f, fd, aff, m, idx, kinds, need_x, gxt, gaff)
     for s in range(gx.shape[0]):
         for i in range(n_x):
             gx[s, i] = gxt[i, s]
