@@ -236,3 +236,97 @@ def test_save_load_round_trip_with_symbolic_edges_is_bit_identical(tmp_path):
 def test_derivative_field_must_be_callable():
     with pytest.raises(TypeError, match="derivative"):
         SymbolicFunction("bad", torch.sin, lambda s: s, 2, derivative="cos")
+
+
+# ---------------------------------------------------------------------- caches and layouts
+def _reference_forward(layer, x):
+    """layer(x) from the definitions: numeric edges (masked, symbolic ones off) + naive symbolic."""
+    keep = (1 - layer.symbolic_mask).T if layer.symbolic_mask is not None else 1.0
+    return _numeric_activations(layer, x).mul(keep).sum(-1) + naive_sum(layer, x)
+
+
+def test_forward_follows_in_place_edits_of_mask_and_affine(path):
+    """The cached numeric mask and host index never serve stale values: in-place edits of the
+    mask and the affine table, set/unset_symbolic between forwards all show up."""
+    layer = mixed_layer(["sin", "tanh", "x^2"], numeric_left=7)
+    x = rand(30, 4, seed=12)
+    torch.testing.assert_close(layer(x), _reference_forward(layer, x), rtol=1e-10, atol=1e-10)
+    with torch.no_grad():
+        layer.mask[2, 3] = 0.0  # a numeric edge (numeric_left=7: the last edges)
+        layer.mask[0, 1] = 0.25  # a symbolic edge
+        layer.symbolic_affine[0, 2] *= 1.5
+    torch.testing.assert_close(layer(x), _reference_forward(layer, x), rtol=1e-10, atol=1e-10)
+    layer.set_symbolic(3, 4, "exp", (0.5, 0.1, 0.3, -0.2))
+    layer.unset_symbolic(0, 2)
+    y = layer(x)
+    assert (3, 4) in layer.symbolic_edges() and (0, 2) not in layer.symbolic_edges()
+    torch.testing.assert_close(y, _reference_forward(layer, x), rtol=1e-10, atol=1e-10)
+    layer.mask = torch.ones_like(layer.mask)  # a new tensor (same version number possible)
+    torch.testing.assert_close(layer(x), _reference_forward(layer, x), rtol=1e-10, atol=1e-10)
+
+
+def test_load_state_dict_refreshes_caches(path):
+    src = mixed_layer(["cos", "x"], numeric_left=8, seed=3)
+    dst = mixed_layer(["sigmoid", "gaussian", "x^2"], numeric_left=2, seed=4)
+    x = rand(25, 4, seed=13)
+    dst(x)  # fill dst's caches
+    dst.load_state_dict(src.state_dict())
+    with torch.no_grad():
+        assert torch.equal(dst(x), src(x))
+
+
+def test_inference_mode_forward_does_not_poison_training():
+    layer = mixed_layer(["sin", "x"], numeric_left=6)
+    x = rand(20, 4, seed=14)
+    with torch.inference_mode():
+        y0 = layer(x)
+    y = layer(x)  # must not reuse an inference tensor in the graph
+    y.pow(2).sum().backward()
+    assert torch.equal(y.detach(), y0)
+    assert layer.scale_base.grad is not None and layer.symbolic_affine.grad is not None
+
+
+def test_re_registered_function_is_picked_up(path):
+    name = "test_swap"
+    kl.functions.register_function(SymbolicFunction(name, torch.sin, lambda s: s, 2))
+    try:
+        layer = mixed_layer([name, "tanh"], n_in=2, n_out=3)
+        x = rand(15, 2, seed=15).requires_grad_(True)
+        layer._symbolic_sum(x)  # plans the groups with the first record
+        kl.functions.register_function(
+            SymbolicFunction(name, torch.cos, lambda s: s, 2), overwrite=True
+        )
+        y = layer._symbolic_sum(x)
+        ref = naive_sum(layer, x)  # resolves the name now: cos
+        torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+        g = torch.autograd.grad(y.sum(), (x, layer.symbolic_affine))
+        r = torch.autograd.grad(ref.sum(), (x, layer.symbolic_affine))
+        for u, v in zip(g, r, strict=True):
+            torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
+    finally:
+        kl.functions.unregister_function(name)
+
+
+def test_base_is_added_and_gets_the_upstream_gradient(path):
+    layer = mixed_layer(["exp", "sigmoid", "gaussian", "x^2", "0"], n_in=3, n_out=4)
+    x = rand(70, 3, seed=16).requires_grad_(True)
+    base = rand(70, 4, seed=17).requires_grad_(True)
+    y = layer._symbolic_sum(x, base)
+    torch.testing.assert_close(y, base + naive_sum(layer, x), rtol=1e-12, atol=1e-12)
+    w = rand(70, 4, seed=18)
+    gb, gx = torch.autograd.grad((y * w).sum(), (base, x))
+    assert torch.equal(gb, w)
+    (rx,) = torch.autograd.grad((naive_sum(layer, x) * w).sum(), x)
+    torch.testing.assert_close(gx, rx, rtol=1e-10, atol=1e-10)
+
+
+def test_non_contiguous_and_batched_inputs_match_contiguous(path):
+    layer = mixed_layer(["sin", "tanh", "x"], numeric_left=5)
+    wide = rand(600, 8, seed=19)  # > one kernel block of samples, odd strides below
+    x = wide[:, ::2]  # (600, 4) non-contiguous
+    assert not x.is_contiguous()
+    with torch.no_grad():  # the symbolic part exactly; the whole layer to rounding (BLAS)
+        assert torch.equal(layer._symbolic_sum(x), layer._symbolic_sum(x.contiguous()))
+        torch.testing.assert_close(layer(x), layer(x.contiguous()), rtol=1e-12, atol=1e-12)
+        x3 = x.contiguous().reshape(20, 30, 4)
+        torch.testing.assert_close(layer(x3).reshape(600, -1), layer(x), rtol=1e-12, atol=1e-12)

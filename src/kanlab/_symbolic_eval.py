@@ -11,9 +11,12 @@ values (to rounding) and gradients:
   (``kernels.select_backend``; ``kernels.set_backend("reference")`` turns both off). One compiled
   pass writes ``a*x + b`` of every edge into an (E, batch) slab; torch overwrites each group's
   rows with ``f`` of them (its vectorised transcendental functions); one compiled pass adds
-  ``c*f + d`` into the outputs. The slab of ``f`` is the only tensor kept for backward, which
-  refills a second slab with ``a*x + b`` and then ``f'`` (the record's ``derivative``, else
-  autograd) and makes one compiled pass for the input gradient and the batch sums of the
+  ``c*f + d`` (and the numeric branch's result, ``base``) into the outputs. The slab of ``f`` is
+  the only tensor kept for backward (with a host copy of x), which computes ``f'`` inside the
+  gradient kernel for the built-in derivatives that are arithmetic in ``z`` and ``f`` (x, 0, x^2,
+  tanh, exp, sigmoid, gaussian), refills a slab with ``a*x + b`` and then ``f'`` for the other
+  groups only (the record's ``derivative``, in place for sin/cos, else autograd), and makes one
+  compiled pass for the input gradient and the batch sums of the
   (a, b, c, d) gradients. With torch ops alone each edge cost about a dozen freshly allocated
   (E, batch) temporaries and passes (gather, ``*a``, ``+b``, ``*c``, index-add, the concatenation
   of the groups, and twice as many in backward), which made a layer of symbolic edges train
@@ -26,12 +29,14 @@ values (to rounding) and gradients:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from kanlab import functions as _fns
 from kanlab import kernels
 from kanlab.functions import SymbolicFunction, _zero, get_function
 
@@ -80,6 +85,84 @@ def _derivative(fn: SymbolicFunction, z: Tensor, f: Tensor) -> Tensor | float:
         return torch.autograd.grad(fl, zl, torch.ones_like(fl))[0]
 
 
+def _builtin(name: str) -> SymbolicFunction:
+    return next(f for f in _fns._BUILTIN if f.name == name)
+
+
+# In-place forms of built-in forward functions (the same torch kernels, so the same values): the
+# fused path overwrites a group's rows of the slab without a fresh tensor and a copy. Keyed by the
+# function object itself, so a re-registered name with another function is never mistaken.
+_IN_PLACE: dict[object, object] = {
+    torch.sin: torch.Tensor.sin_,
+    torch.cos: torch.Tensor.cos_,
+    torch.tanh: torch.Tensor.tanh_,
+    torch.sigmoid: torch.Tensor.sigmoid_,
+    torch.atan: torch.Tensor.atan_,
+    torch.abs: torch.Tensor.abs_,
+    _fns._exp_safe: lambda z: z.clamp_max_(80.0).exp_(),  # torch.exp(z.clamp_max(80.0))
+    _builtin("x^2").forward_fn: lambda z: z.pow_(2),  # z**2
+    _fns._gaussian: lambda z: z.pow_(2).neg_().exp_(),  # torch.exp(-(z**2))
+}
+
+
+# In-place forms of built-in derivative records that need the slab (values as the record's).
+_D_IN_PLACE: dict[object, object] = {
+    _fns._d_sin: torch.Tensor.cos_,  # torch.cos(z)
+    _fns._d_cos: lambda z: z.sin_().neg_(),  # -torch.sin(z)
+}
+
+
+def _derivative_kinds() -> dict[object, int]:
+    """Derivative records whose f' the backward kernel computes itself (see symbolic_cpu)."""
+    from kanlab.kernels import symbolic_cpu as k
+
+    return {
+        _fns._d_one: k.KIND_ONE,
+        _fns._d_zero: k.KIND_ZERO,
+        _builtin("x^2").derivative: k.KIND_SQUARE,
+        _fns._d_tanh: k.KIND_TANH,
+        _fns._d_exp: k.KIND_EXP,
+        _fns._d_sigmoid: k.KIND_SIGMOID,
+        _fns._d_gaussian: k.KIND_GAUSSIAN,
+    }
+
+
+class _Plan(NamedTuple):
+    """How the fused path evaluates one sequence of groups, worked out once per sequence."""
+
+    forward: tuple  # per group (fn, lo, hi, in-place form of f or None)
+    kinds: np.ndarray  # (E,) int64 per-edge KIND_* of the backward kernel
+    slab: tuple  # the groups whose f' goes through the slab: (fn, lo, hi, in-place f' or None)
+
+
+_KINDS: dict[object, int] | None = None  # filled on the first fused call (numba is imported then)
+_PLANS: dict[tuple, _Plan] = {}
+
+
+def _plan(groups: tuple[Group, ...]) -> _Plan:
+    """The plan of ``groups`` (cached by the records and ranges: re-registering a name with other
+    functions gives other records, hence a new plan)."""
+    plan = _PLANS.get(groups)
+    if plan is not None:
+        return plan
+    global _KINDS
+    if _KINDS is None:
+        _KINDS = _derivative_kinds()
+    kinds = np.zeros(groups[-1][2] if groups else 0, dtype=np.int64)  # 0 = KIND_SLAB
+    forward, slab = [], []
+    for fn, lo, hi in groups:
+        f = fn.forward_fn
+        kind = 2 if f is _zero else _KINDS.get(fn.derivative, 0)  # 2 = KIND_ZERO
+        kinds[lo:hi] = kind
+        forward.append((fn, lo, hi, _IN_PLACE.get(f)))
+        if kind == 0:
+            slab.append((fn, lo, hi, _D_IN_PLACE.get(fn.derivative)))
+    if len(_PLANS) > 256:
+        _PLANS.clear()
+    plan = _PLANS[groups] = _Plan(tuple(forward), kinds, tuple(slab))
+    return plan
+
+
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
@@ -89,69 +172,75 @@ class _FusedSum(torch.autograd.Function):
 
     Forward: one kernel call writes ``a*x + b`` of every edge into an (E, batch) slab; torch
     replaces each group's rows by ``f`` of them (in place where ``f`` allows); one kernel call
-    scatters ``c*f + d`` into the outputs. The slab of ``f`` is kept for backward, which refills
-    a second slab with ``a*x + b`` then ``f'`` and makes one kernel call for all gradients.
-    Takes the layer's whole affine table and mask, so that gathering and masking are host-side
-    index work rather than autograd nodes."""
+    writes ``base + sum of c*f + d`` (``base``: the numeric branch, or zeros). The slab of ``f``
+    and the transposed input are kept for backward, which fills ``f'`` on a second slab only for
+    the groups the kernel cannot derive itself (``_Plan.slab``) and makes one kernel call for all
+    gradients. The kernels read the layer's whole affine table and mask through the edges' flat
+    positions, so that gathering and masking are neither copies nor autograd nodes, and take
+    the (batch, features) layouts (one compiled transpose of x per call). Classic ``forward(ctx,
+    ...)`` style: the ``setup_context`` style inspects the signature on every call."""
 
     @staticmethod
-    def _edges(affine: Tensor, mask: Tensor, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-edge (a, b, c*m, d*m) as (4, E) and the mask m (E,)."""
-        m = _np(mask).reshape(-1)[flat]
-        pn = np.ascontiguousarray(_np(affine).reshape(-1, 4)[flat].T)
-        pn[2:] *= m
-        return pn, m
-
-    @staticmethod
-    def forward(ctx, x2, affine, mask, flat, index_in, index_out, groups, n_out):  # type: ignore[override]
+    def forward(ctx, x2, affine, mask, base, idx, plan):  # type: ignore[override]
         from kanlab.kernels import symbolic_cpu as k
 
-        ein, eout, flat_np = index_in.numpy(), index_out.numpy(), flat.numpy()  # (E,) buffers
-        pn, m = _FusedSum._edges(affine, mask, flat_np)  # (4, E): rows a, b, c, d
-        xt = _np(x2.T)  # (in, batch)
-        slab = torch.empty(len(ein), x2.shape[0], dtype=x2.dtype)  # (E, batch)
-        k.affine(xt, pn[0], pn[1], ein, slab.numpy())
-        for fn, lo, hi in groups:
+        xt = k.transpose(_np(x2))  # (in, batch), kept for backward
+        an = _np(affine).reshape(-1, 4)  # (in*out, 4)
+        m = mask.detach().reshape(-1).numpy().copy()  # (in*out,): mask values at this call
+        n_e = idx.shape[1]
+        n = xt.shape[1]
+        slab = torch.empty(n_e, n, dtype=x2.dtype)  # (E, batch)
+        k.affine(xt, an, idx, 0, n_e, slab.numpy())
+        for fn, lo, hi, in_place in plan.forward:
             z = slab[lo:hi]  # (E_g, batch): a*x + b, overwritten by f(a*x + b)
             if fn.forward_fn is _zero:
                 z.zero_()
-                continue
-            f = fn.forward_fn(z)
-            if f.data_ptr() != z.data_ptr() or f.stride() != z.stride():  # not f(x) = x
-                z.copy_(f)
-        y = torch.zeros(n_out, x2.shape[0], dtype=x2.dtype)  # (out, batch)
-        k.scatter(slab.numpy(), pn[2], pn[3], eout, y.numpy())
-        ctx.host = (groups, pn, m, ein, eout, flat_np)  # host copies (pn, m) and views
-        ctx.save_for_backward(x2, affine, slab)
-        return y.T  # (batch, out)
+            elif in_place is not None:
+                in_place(z)
+            else:
+                f = fn.forward_fn(z)
+                if f.data_ptr() != z.data_ptr() or f.stride() != z.stride():  # not f(x) = x
+                    z.copy_(f)
+        y = torch.empty(n, mask.shape[1], dtype=x2.dtype)  # (batch, out)
+        has_base = base is not None
+        bn = _np(base) if has_base else y.numpy()
+        k.scatter(slab.numpy(), an, m, idx, bn, has_base, y.numpy())
+        ctx.host = (plan, m, idx, xt)  # host copies of the mask and input (values at this call)
+        ctx.save_for_backward(affine, slab)
+        return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):  # type: ignore[override]
         from kanlab.kernels import symbolic_cpu as k
 
-        x2, affine, f = ctx.saved_tensors
-        groups, pn, m, ein, eout, flat_np = ctx.host
-        xt = _np(x2.T)
-        slab = torch.empty_like(f)  # (E, batch): a*x + b, overwritten by f'(a*x + b)
-        k.affine(xt, pn[0], pn[1], ein, slab.numpy())
-        for fn, lo, hi in groups:
-            z = slab[lo:hi]
-            fd = 0.0 if fn.forward_fn is _zero else _derivative(fn, z, f[lo:hi])
-            if isinstance(fd, Tensor):
-                z.copy_(fd)
-            else:
-                z.fill_(fd)
+        affine, f = ctx.saved_tensors
+        plan, m, idx, xt = ctx.host
+        an = _np(affine).reshape(-1, 4)
+        slab = f  # (E, batch): f' on the rows of the plan's slab groups (other rows not read)
+        if plan.slab:
+            slab = torch.empty_like(f)
+            for fn, lo, hi, in_place in plan.slab:
+                k.affine(xt, an, idx, lo, hi, slab.numpy())  # a*x + b, overwritten by f'
+                z = slab[lo:hi]
+                if in_place is not None:
+                    in_place(z)
+                    continue
+                fd = _derivative(fn, z, f[lo:hi])
+                if isinstance(fd, Tensor):
+                    z.copy_(fd)
+                else:
+                    z.fill_(fd)
         need_x = ctx.needs_input_grad[0]
-        gx = np.zeros_like(xt)  # (in, batch)
-        grads = np.empty((4, len(ein)), dtype=xt.dtype)  # rows: a, b, c*m, d*m
-        gy = _np(grad_y.T)  # (out, batch)
-        k.backward(xt, gy, f.numpy(), slab.numpy(), pn[0], pn[2], ein, eout, need_x, gx, grads)
-        grads[2:] *= m  # through the masking of c and d
-        grad_affine = torch.zeros_like(affine)  # (in, out, 4)
-        grad_affine.view(-1, 4).numpy()[flat_np] = grads.T
-        grad_x = torch.from_numpy(gx).T if need_x else None
-        return grad_x, grad_affine, None, None, None, None, None, None
+        gx = torch.empty((xt.shape[1], xt.shape[0]) if need_x else (0, 0), dtype=f.dtype)
+        grad_affine = torch.zeros_like(affine, memory_format=torch.contiguous_format)
+        gy = _np(grad_y)  # (batch, out)
+        k.backward(
+            xt, gy, f.numpy(), slab.numpy(), an, m, idx, plan.kinds, need_x, gx.numpy(),
+            grad_affine.numpy().reshape(-1, 4),
+        )  # fmt: skip
+        grad_base = grad_y if ctx.needs_input_grad[3] else None
+        return gx if need_x else None, grad_affine, None, grad_base, None, None
 
 
 def _fused_ok(x2: Tensor) -> bool:
@@ -172,16 +261,26 @@ def symbolic_sum(
     index_out: Tensor,
     groups: Sequence[tuple[str, int, int]],
     n_out: int,
+    *,
+    base: Tensor | None = None,
+    host_index: np.ndarray | None = None,
 ) -> Tensor:
-    """``y[:, o] = sum over edges e into o of m_e * (c_e * f_e(a_e * x[:, in_e] + b_e) + d_e)``.
+    """``base + y`` with ``y[:, o] = sum over edges e into o of m_e * (c_e * f_e(a_e * x[:, in_e]
+    + b_e) + d_e)``.
 
     Shapes: ``x2`` (batch, in); ``affine`` (in, out, 4) the (a, b, c, d) table; ``mask``
     (in, out) the 0/1 pruning mask m; ``flat``, ``index_in``, ``index_out`` (E,) int64, the
     symbolic edges' positions in the flattened (in, out) table and their input and output nodes,
     sorted so that each group's edges are contiguous; ``groups`` the (function name, start, end)
-    runs in that order. Returns (batch, out). Differentiable in ``x2`` and ``affine``.
+    runs in that order; ``base`` (batch, out) or None (zeros), added to the result (in the same
+    pass on CPU); ``host_index`` optionally the (3, E) int64 array of rows (index_in, index_out,
+    flat) on the host, to spare rebuilding it. Returns (batch, out). Differentiable in ``x2``,
+    ``affine`` and ``base``.
     """
     runs = tuple((get_function(name), lo, hi) for name, lo, hi in groups)
     if _fused_ok(x2):
-        return _FusedSum.apply(x2, affine, mask, flat, index_in, index_out, runs, n_out)
-    return _torch_sum(x2, affine, mask, flat, index_in, index_out, runs, n_out)
+        if host_index is None:
+            host_index = np.stack([index_in.numpy(), index_out.numpy(), flat.numpy()])
+        return _FusedSum.apply(x2, affine, mask, base, host_index, _plan(runs))
+    y = _torch_sum(x2, affine, mask, flat, index_in, index_out, runs, n_out)
+    return y if base is None else base + y

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -142,21 +143,21 @@ class KANLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(..., in) -> (..., out)``."""
         x2 = self._flat_input(x)  # (batch, in)
+        y = None
         if not self._all_symbolic:  # with every edge symbolic the numeric branch is skipped
+            mask = self._numeric_mask()
             y = kernels.spline_product(
                 x2,
                 self.knots,
                 self.coef,
                 self.spline_order,
                 uniform=self._uniform,
-                scale=self.scale_spline * self._numeric_mask(),  # = spline_weight(), fused
+                scale=self.scale_spline * mask,  # = spline_weight(), fused
             )  # (batch, out)
             if self.base_activation != "zero":
-                w_b = self.scale_base * self._numeric_mask()
-                y = y + ACTIVATIONS[self.base_activation](x2) @ w_b
+                y = y + ACTIVATIONS[self.base_activation](x2) @ (self.scale_base * mask)
         if self._has_symbolic:
-            sym = self._symbolic_sum(x2)  # (batch, out)
-            y = sym if self._all_symbolic else y + sym
+            y = self._symbolic_sum(x2, base=y)  # (batch, out): y + the symbolic edges
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def activations(self, x: Tensor) -> Tensor:
@@ -315,15 +316,30 @@ class KANLinear(nn.Module):
         self.register_buffer("_sym_flat", None, persistent=False)
         self.register_buffer("_numeric_keep", None, persistent=False)
         self._sym_sizes: list[int] = []
+        self._sym_host: np.ndarray | None = None  # (3, E) int64 rows in, out, flat on the host
+        self._numeric_cache: tuple | None = None  # see _numeric_mask
         self._sym_groups: list[tuple[str, int, int]] = []
         self._has_symbolic = False  # host flag: any symbolic edge (forward's only extra cost)
         self._all_symbolic = False  # host flag: every edge symbolic (numeric branch skipped)
 
     def _numeric_mask(self) -> Tensor:
-        """The mask of the numeric (spline + base) branch: ``mask * (1 - symbolic_mask)``."""
+        """The mask of the numeric (spline + base) branch: ``mask * (1 - symbolic_mask)``.
+
+        Cached while ``mask`` and the symbolic edges stay the same tensors at the same in-place
+        version (an in-place edit of the mask, e.g. pruning, or a rebuild recomputes it)."""
         if not self._has_symbolic:
             return self.mask
-        return self.mask * self._numeric_keep
+        mask, keep = self.mask, self._numeric_keep
+        if torch.compiler.is_compiling():
+            return mask * keep
+        versions = (mask._version, keep._version)
+        c = self._numeric_cache  # (mask, keep, versions, mask * keep)
+        if c is not None and c[0] is mask and c[1] is keep and c[2] == versions:
+            return c[3]
+        out = mask * keep
+        if not torch.is_inference_mode_enabled():  # inference tensors cannot be saved for backward
+            self._numeric_cache = (mask, keep, versions, out)
+        return out
 
     def _alloc_symbolic(self, n_bytes: int = 0) -> None:
         n_in, n_out = self.in_features, self.out_features
@@ -403,6 +419,8 @@ class KANLinear(nn.Module):
         if self.symbolic_mask is None:
             self._has_symbolic = self._all_symbolic = False
             self._numeric_keep = None
+            self._sym_host = None
+            self._numeric_cache = None
             return
         names = self.symbolic_function_names()
         live = self.symbolic_mask > 0
@@ -423,7 +441,10 @@ class KANLinear(nn.Module):
         self._sym_groups = groups
         self._sym_sizes = [e - s for _, s, e in groups]
         self._sym_flat = self._sym_in * self.out_features + self._sym_out
+        index = torch.stack([self._sym_in, self._sym_out, self._sym_flat])  # (3, E)
+        self._sym_host = index.cpu().numpy()
         self._numeric_keep = 1 - self.symbolic_mask  # (in, out) folded into the numeric mask
+        self._numeric_cache = None
         self._has_symbolic = start > 0
         self._all_symbolic = bool((self.symbolic_mask > 0).all())
 
@@ -444,12 +465,13 @@ class KANLinear(nn.Module):
         f = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)  # (E, batch)
         return f * (p[:, 2:3] * m) + p[:, 3:4] * m  # c*f + d, masked
 
-    def _symbolic_sum(self, x2: Tensor) -> Tensor:
+    def _symbolic_sum(self, x2: Tensor, base: Tensor | None = None) -> Tensor:
         """Sum of the symbolic edges into each output: ``(batch, in) -> (batch, out)``, evaluated
-        one function group at a time (see :mod:`kanlab._symbolic_eval`)."""
+        one function group at a time (see :mod:`kanlab._symbolic_eval`), plus ``base``
+        ``(batch, out)`` if given (added in the same pass)."""
         return symbolic_sum(
             x2, self.symbolic_affine, self.mask, self._sym_flat, self._sym_in, self._sym_out,
-            self._sym_groups, self.out_features,
+            self._sym_groups, self.out_features, base=base, host_index=self._sym_host,
         )  # fmt: skip
 
     def _prepare_symbolic_load(self, state_dict: dict, prefix: str) -> None:
