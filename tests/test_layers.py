@@ -36,6 +36,20 @@ def data(n=64, n_in=3, seed=1, lo=-1.0, hi=1.0, dtype=torch.float64) -> torch.Te
     return lo + (hi - lo) * torch.rand(n, n_in, generator=g, dtype=dtype)
 
 
+def test_in_place_mask_edit_is_seen_by_forward_and_gradients() -> None:
+    """forward skips the mask products while the mask is all ones (a cached host flag): an
+    in-place edit of the mask (as pruning does) must switch it back, values and gradients."""
+    layer = kl.KANLinear(3, 4, grid_size=5, dtype=torch.float64)
+    x = data()
+    torch.testing.assert_close(layer(x), naive_forward(layer, x), atol=1e-12, rtol=1e-12)
+    with torch.no_grad():
+        layer.mask[1, 2] = 0.0
+    torch.testing.assert_close(layer(x), naive_forward(layer, x), atol=1e-12, rtol=1e-12)
+    layer(x).sum().backward()
+    assert layer.scale_spline.grad[1, 2] == 0 and layer.scale_base.grad[1, 2] == 0
+    assert layer.scale_spline.grad[0, 2] != 0
+
+
 @pytest.mark.parametrize("k", [0, 1, 2, 3, 5])
 def test_forward_matches_naive_reference(k: int) -> None:
     layer = make_layer(k=k)

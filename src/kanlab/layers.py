@@ -145,17 +145,21 @@ class KANLinear(nn.Module):
         x2 = self._flat_input(x)  # (batch, in)
         y = None
         if not self._all_symbolic:  # with every edge symbolic the numeric branch is skipped
-            mask = self._numeric_mask()
+            if self._mask_is_ones():  # the common case: the scales as they are
+                scale_spline, scale_base = self.scale_spline, self.scale_base
+            else:
+                mask = self._numeric_mask()
+                scale_spline, scale_base = self.scale_spline * mask, self.scale_base * mask
             y = kernels.spline_product(
                 x2,
                 self.knots,
                 self.coef,
                 self.spline_order,
                 uniform=self._uniform,
-                scale=self.scale_spline * mask,  # = spline_weight(), fused
+                scale=scale_spline,  # (in, out): spline_weight() = coef * scale, fused
             )  # (batch, out)
             if self.base_activation != "zero":
-                y = y + ACTIVATIONS[self.base_activation](x2) @ (self.scale_base * mask)
+                y = y + ACTIVATIONS[self.base_activation](x2) @ scale_base
         if self._has_symbolic:
             y = self._symbolic_sum(x2, base=y)  # (batch, out): y + the symbolic edges
         return y.reshape(*x.shape[:-1], self.out_features)
@@ -318,6 +322,7 @@ class KANLinear(nn.Module):
         self._sym_sizes: list[int] = []
         self._sym_host: np.ndarray | None = None  # (3, E) int64 rows in, out, flat on the host
         self._numeric_cache: tuple | None = None  # see _numeric_mask
+        self._ones_cache: tuple | None = None  # see _mask_is_ones
         self._sym_groups: list[tuple[str, int, int]] = []
         self._has_symbolic = False  # host flag: any symbolic edge (forward's only extra cost)
         self._all_symbolic = False  # host flag: every edge symbolic (numeric branch skipped)
@@ -340,6 +345,21 @@ class KANLinear(nn.Module):
         if not torch.is_inference_mode_enabled():  # inference tensors cannot be saved for backward
             self._numeric_cache = (mask, keep, versions, out)
         return out
+
+    def _mask_is_ones(self) -> bool:
+        """Host flag: no symbolic edge and every edge unmasked, so forward can use the scales
+        directly (saving two products and their backward per call; bit-identical results).
+
+        Cached per mask tensor and in-place version: one host sync when the mask changes."""
+        if self._has_symbolic or torch.compiler.is_compiling():
+            return False
+        mask = self.mask
+        c = self._ones_cache  # (mask, version, flag)
+        if c is not None and c[0] is mask and c[1] == mask._version:
+            return c[2]
+        flag = bool((mask == 1).all())
+        self._ones_cache = (mask, mask._version, flag)
+        return flag
 
     def _alloc_symbolic(self, n_bytes: int = 0) -> None:
         n_in, n_out = self.in_features, self.out_features
