@@ -86,12 +86,14 @@ def _cache_enabled() -> bool:
 _CACHE = _cache_enabled()
 _FASTMATH = {"contract", "reassoc"}
 # Bytes of output rows per block of samples (forward: rows of y, read and written once per input;
-# input gradient: rows of grad_y, read once per input). Measured on case A/B shapes: 16-64 KiB are
-# equally fast at G=5, and at G=500 the larger blocks reuse more of an input's (level-2 resident)
-# coefficient rows. Coefficient gradient: grad_y is streamed once per input; the block only bounds
-# the scratch arrays.
+# input gradient: rows of grad_y, read once per input). Measured on the case A/B shapes (1 thread):
+# when an input's coefficient table fits the level-1 cache (small grids), blocks whose rows also fit
+# it are 5-11% faster (16 KiB); when it does not (G=500), larger blocks reuse more of the input's
+# level-2 resident rows and are ~20% faster (64 KiB). Coefficient gradient: grad_y is streamed once
+# per input; its block only bounds the scratch arrays.
+_Y_BYTES_SMALL_GRID = 16384
 _Y_BYTES = 65536
-_GX_BYTES = 65536
+_SMALL_TABLE_BYTES = 8192  # an input's (G+k, out) table at most this big counts as a small grid
 _GW_BYTES = 1 << 20
 # The cubic coefficient gradient sorts a block's samples by first coefficient row when the block has
 # at least this many samples per possible row (small grids): a row's gradient sums then stay in
@@ -321,6 +323,14 @@ def _combk(w, p, n, vals, s, k, count):  # pragma: no cover - compiled
     for r in range(1, k + 1):
         t = _vfma(_vsplat(w, vals[r, s]), _ld(w, p + r * n, count), t)
     return t
+
+
+@njit(cache=_CACHE)
+def _rows_budget(n_basis, n_out, itemsize):  # pragma: no cover - compiled
+    """Bytes of output rows per block for the forward and input-gradient kernels."""
+    if n_basis * n_out * itemsize <= _SMALL_TABLE_BYTES:
+        return _Y_BYTES_SMALL_GRID
+    return _Y_BYTES
 
 
 @njit(cache=_CACHE)
@@ -562,7 +572,8 @@ def _forward(x, t0, h, knots, weight, scale, k, uniform, b_lo, b_hi, y):  # prag
     n_basis = weight.shape[1]
     n_out = weight.shape[2]
     lanes = _width(weight)
-    block = _block_size(n_out, weight.itemsize, b_hi - b_lo, _Y_BYTES)
+    budget = _rows_budget(n_basis, n_out, weight.itemsize)
+    block = _block_size(n_out, weight.itemsize, b_hi - b_lo, budget)
     rows = np.empty(block, dtype=np.int32)
     uu = np.empty(block, dtype=weight.dtype)
     vals = np.empty((k + 1, block), dtype=weight.dtype)
@@ -844,7 +855,8 @@ def _grad_x(x, t0, h, knots, weight, scale, gy, k, uniform, b_lo, b_hi, gx):  # 
     n_in = x.shape[1]
     n_basis = weight.shape[1]
     n_out = weight.shape[2]
-    block = _block_size(n_out, weight.itemsize, b_hi - b_lo, _GX_BYTES)
+    budget = _rows_budget(n_basis, n_out, weight.itemsize)
+    block = _block_size(n_out, weight.itemsize, b_hi - b_lo, budget)
     rows = np.empty(block, dtype=np.int32)
     uu = np.empty(block, dtype=weight.dtype)
     vals = np.empty((k + 1, block), dtype=weight.dtype)
