@@ -261,6 +261,9 @@ def train(
             f"after {len(history)} steps on {D.world_size()} rank(s), "
             f"{history.time_per_step * 1e3:.1f} ms/step; saved {out}"
         )
+    # Every rank waits for rank 0's save, then the group ends cleanly. Not on errors: a failing rank
+    # must exit at once so the launcher stops the others (a barrier would make it wait for them).
+    D.shutdown()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -102,6 +102,17 @@ def init_from_env(
     return True
 
 
+def shutdown() -> None:
+    """Wait for every rank, then end the process group (no-op without one).
+
+    For the end of a run that owns its group (e.g. ``kanlab train`` under torchrun): a rank that
+    exits while its gloo group is alive and another rank still works (rank 0 saving) can abort in
+    the group's C++ destructors ("terminate called without an active exception")."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def shard_bounds(n: int, *, rank_: int | None = None, world: int | None = None) -> tuple[int, int]:
     """Rows ``[lo, hi)`` of rank ``rank_`` when ``n`` rows are split into contiguous blocks in rank
     order (the first ``n % world`` ranks get one row more, like ``numpy.array_split``)."""
