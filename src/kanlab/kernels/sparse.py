@@ -113,8 +113,7 @@ def _takes_scale(module) -> bool:
     return module is not None and hasattr(module, "backward_scaled")
 
 
-@torch.library.custom_op("kanlab::spline_product", mutates_args=())
-def _spline_product_op(
+def _forward_kernels(
     x: Tensor,
     knots: Tensor,
     weight: Tensor,
@@ -122,18 +121,7 @@ def _spline_product_op(
     uniform: bool,
     scale: Tensor | None = None,
 ) -> Tensor:
-    return _forward_kernels(x, knots, weight, spline_order, uniform, scale)
-
-
-def _forward_kernels(
-    x: Tensor,
-    knots: Tensor,
-    weight: Tensor,
-    spline_order: int,
-    uniform: bool,
-    scale: Tensor | None,
-) -> Tensor:
-    """Body of ``kanlab::spline_product`` (also called directly on the eager path)."""
+    """``kanlab::spline_product`` (registered below; also called directly on the eager path)."""
     module = _kernels(x.device)
     if scale is not None and not _takes_scale(module):  # the wrapper folds it: not reached
         weight = weight * scale.unsqueeze(1)
@@ -144,6 +132,11 @@ def _forward_kernels(
     if scale is None:
         return module.forward(x, knots, weight, spline_order, uniform)
     return module.forward(x, knots, weight, spline_order, uniform, scale)
+
+
+_spline_product_op = torch.library.custom_op("kanlab::spline_product", mutates_args=())(
+    _forward_kernels
+)
 
 
 @_spline_product_op.register_fake
@@ -158,8 +151,7 @@ def _(
     return x.new_empty(x.shape[0], weight.shape[2])
 
 
-@torch.library.custom_op("kanlab::spline_product_backward", mutates_args=())
-def _spline_product_backward_op(
+def _backward_kernels(
     grad_y: Tensor,
     x: Tensor,
     knots: Tensor,
@@ -170,23 +162,8 @@ def _spline_product_backward_op(
     need_weight: bool,
     scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return _backward_kernels(
-        grad_y, x, knots, weight, spline_order, uniform, need_x, need_weight, scale
-    )
-
-
-def _backward_kernels(
-    grad_y: Tensor,
-    x: Tensor,
-    knots: Tensor,
-    weight: Tensor,
-    spline_order: int,
-    uniform: bool,
-    need_x: bool,
-    need_weight: bool,
-    scale: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Body of ``kanlab::spline_product_backward`` (also called directly on the eager path)."""
+    """``kanlab::spline_product_backward`` (registered below; also called directly on the eager
+    path)."""
     module = _kernels(x.device)
     if module is None:  # the autograd formula sends these calls to the reference path
         raise RuntimeError(f"kanlab::spline_product_backward: no compiled kernel for {x.device}")
@@ -204,6 +181,11 @@ def _backward_kernels(
     gw = gw if need_weight and gw is not None else weight.new_empty(0)
     gs = gs if need_weight and gs is not None else weight.new_empty(0)
     return gx, gw, gs
+
+
+_spline_product_backward_op = torch.library.custom_op(
+    "kanlab::spline_product_backward", mutates_args=()
+)(_backward_kernels)
 
 
 @_spline_product_backward_op.register_fake
