@@ -310,6 +310,21 @@ def _s_sigmoid(z: Any) -> Any:
 
 
 _INF = math.inf
+
+
+def _inv_pow_record(n: int, complexity: int) -> SymbolicFunction:
+    """The record of ``1/x^n`` (``1/x`` for n = 1), with its singularity-safe variant."""
+    name = "1/x" if n == 1 else f"1/x^{n}"
+    return SymbolicFunction(
+        name,
+        _inv_pow(n, safe=False),
+        _s_pow(-n),
+        complexity,
+        _inv_pow(n, safe=True),
+        derivative=_d_inv_pow(n),
+    )
+
+
 _BUILTIN: tuple[SymbolicFunction, ...] = (
     SymbolicFunction("0", _zero, _s_zero, 0, derivative=_d_zero),
     SymbolicFunction("x", _x, _sx, 1, derivative=_d_one),
@@ -317,46 +332,7 @@ _BUILTIN: tuple[SymbolicFunction, ...] = (
     SymbolicFunction("x^3", _pow(3), _s_pow(3), 3, derivative=_d_pow(3)),
     SymbolicFunction("x^4", _pow(4), _s_pow(4), 3, derivative=_d_pow(4)),
     SymbolicFunction("x^5", _pow(5), _s_pow(5), 3, derivative=_d_pow(5)),
-    SymbolicFunction(
-        "1/x",
-        _inv_pow(1, safe=False),
-        _s_pow(-1),
-        2,
-        _inv_pow(1, safe=True),
-        derivative=_d_inv_pow(1),
-    ),
-    SymbolicFunction(
-        "1/x^2",
-        _inv_pow(2, safe=False),
-        _s_pow(-2),
-        2,
-        _inv_pow(2, safe=True),
-        derivative=_d_inv_pow(2),
-    ),
-    SymbolicFunction(
-        "1/x^3",
-        _inv_pow(3, safe=False),
-        _s_pow(-3),
-        3,
-        _inv_pow(3, safe=True),
-        derivative=_d_inv_pow(3),
-    ),
-    SymbolicFunction(
-        "1/x^4",
-        _inv_pow(4, safe=False),
-        _s_pow(-4),
-        4,
-        _inv_pow(4, safe=True),
-        derivative=_d_inv_pow(4),
-    ),
-    SymbolicFunction(
-        "1/x^5",
-        _inv_pow(5, safe=False),
-        _s_pow(-5),
-        5,
-        _inv_pow(5, safe=True),
-        derivative=_d_inv_pow(5),
-    ),
+    *(_inv_pow_record(n, complexity) for n, complexity in ((1, 2), (2, 2), (3, 3), (4, 4), (5, 5))),
     SymbolicFunction("sqrt", torch.sqrt, _s_call("sqrt"), 2, _sqrt_safe, (0.0, _INF), _d_sqrt),
     SymbolicFunction("x^1.5", _pow15, _s_pow("3/2"), 4, _pow15_safe, (0.0, _INF), _d_pow15),
     SymbolicFunction(
