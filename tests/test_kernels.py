@@ -46,10 +46,19 @@ def fast(request) -> tuple[str, str]:
     return request.param, _device_for(request.param)
 
 
-def _problem(k: int, uniform: bool, dtype: torch.dtype, device: str, *, seed: int = 0):
-    """Inputs spanning the grid, its extension zone and far outside; a random coefficient table."""
+def _problem(
+    k: int,
+    uniform: bool,
+    dtype: torch.dtype,
+    device: str,
+    *,
+    seed: int = 0,
+    size: tuple[int, int, int, int] = (4, 6, 7, 60),
+):
+    """Inputs spanning the grid, its extension zone and far outside; a random coefficient table.
+    size: (in, out, grid intervals, batch)."""
     g = torch.Generator().manual_seed(seed)
-    n_in, n_out, grid, batch = 4, 6, 7, 60
+    n_in, n_out, grid, batch = size
     if uniform:
         knots = uniform_knots(n_in, grid, k, (-1.0, 1.0), dtype=dtype)
     else:
@@ -123,6 +132,30 @@ def test_backend_matches_reference(fast, k, uniform, dtype):
     assert torch.all(got[1][:4] == 0)
     if k == 0:
         assert torch.all(got[1] == 0)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "adapted"])
+@pytest.mark.parametrize("k", K_VALUES)
+def test_numba_large_grid_path_matches_reference(k, uniform, threads):
+    """Tables too large for the level-1 cache take another path in the CPU kernels (samples sorted
+    by first row, prefetching, a row-ordered gradient pass): it must equal the reference for every
+    order, both grid kinds and both dtypes, with several blocks of samples and thread shares."""
+    pytest.importorskip("numba")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for dtype in (torch.float32, torch.float64):
+            x, knots, weight = _problem(k, uniform, dtype, "cpu", seed=k, size=(3, 24, 160, 1300))
+            assert weight[0].numel() * weight.element_size() > 8192  # the large-grid path
+            kernels.set_backend("reference")
+            want = _run(x, knots, weight, k, uniform)
+            kernels.set_backend("numba")
+            got = _run(x, knots, weight, k, uniform)
+            for a, b in zip(got, want, strict=True):
+                _close(a, b, dtype)
+    finally:
+        torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("k", K_VALUES)

@@ -28,19 +28,25 @@ are no write conflicts and no atomics on data:
   into scratch arrays in a normalised form (every sample has k+1 values on k+1 existing rows, zeros
   where a basis function does not exist, so the products have no branches), then applied to the
   k+1 contiguous coefficient rows in 256-bit vectors over ``out`` (a masked vector for the tail).
+  On large grids (an input's table does not fit the level-1 cache) the block's samples are taken
+  in the order of their first row, and the next input's table is prefetched.
 - coefficient gradient: shares of inputs (a thread owns its inputs' rows of the table). On small
   grids (cubic) a block's samples are sorted by first row and each row's sums stay in registers
   over all its samples; the unscaled sums go to a cache-resident scratch table per input, and one
   final pass writes the scaled gradient and the scale gradient.
 - input gradient: shares of samples; one vector dot product per (sample, input) with the
-  derivative of the k+1 basis values.
+  derivative of the k+1 basis values (ordered and prefetched as the forward on large grids).
+
+The coefficient gradient is returned in memory reused between steps (:mod:`kanlab.kernels._buffers`):
+a fresh parameter-sized tensor per backward cost more in page faults than the kernels at G=500.
 
 The basis is recomputed from x in every kernel (O(k^2) per (sample, input), small next to the
 O(k * out) product), so backward needs only x, the knots and the weight: nothing of size
 batch * in * out or batch * in * (G + k) is ever allocated. Costs are O(batch * in * (k + 1) * out),
 plus O(parameters) to write the coefficient gradient, independent of G otherwise (a large G only
-makes the coefficient rows of one input spread over more memory: level-2 instead of level-1 cache,
-about 2-3x slower per (sample, input) at G=500 than at G=5 on the development machine).
+makes the coefficient rows of one input spread over more memory, level-2 instead of level-1 cache;
+sorting and prefetching bring the products to ~1.5-2.5x their G=5 time per (sample, input) at
+G=500 on the development machine, when the tables come from main memory).
 
 Numerics follow :func:`kanlab.splines.sparse_basis` exactly in the choice of interval (same formula
 for the uniform position, same half-open search for adapted grids), so values agree with the
@@ -71,6 +77,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 from torch import Tensor
 
+from kanlab.kernels import _buffers
+
 __all__ = ["backward", "backward_scaled", "forward"]
 
 
@@ -88,18 +96,20 @@ _FASTMATH = {"contract", "reassoc"}
 # Bytes of output rows per block of samples (forward: rows of y, read and written once per input;
 # input gradient: rows of grad_y, read once per input). Measured on the case A/B shapes (1 thread):
 # when an input's coefficient table fits the level-1 cache (small grids), blocks whose rows also fit
-# it are 5-11% faster (16 KiB); when it does not (G=500), larger blocks reuse more of the input's
-# level-2 resident rows and are ~20% faster (64 KiB). Coefficient gradient: grad_y is streamed once
+# it are 5-11% faster (16 KiB); when it does not (G=500), a block's samples are sorted by first row
+# (see _large_grid_order) and larger blocks give each row more samples while it is in the level-1
+# cache (256 KiB: ~13% faster than 64 KiB at G=500). Coefficient gradient: grad_y is streamed once
 # per input; its block only bounds the scratch arrays.
 _Y_BYTES_SMALL_GRID = 16384
-_Y_BYTES = 65536
+_Y_BYTES = 262144
 _SMALL_TABLE_BYTES = 8192  # an input's (G+k, out) table at most this big counts as a small grid
 _GW_BYTES = 1 << 20
 # The cubic coefficient gradient sorts a block's samples by first coefficient row when the block has
 # at least this many samples per possible row (small grids): a row's gradient sums then stay in
 # registers over all its samples instead of four read-modify-writes per sample. With fewer samples
-# per row, sorting costs more than it saves. (Sorting the forward and input-gradient products the
-# same way was measured too: no faster, as their per-sample form reads rather than writes rows.)
+# per row, sorting costs more than it saves (measured 1.3x slower at G=500 than the per-sample form).
+# The forward and input-gradient products sort only on large grids, where it makes consecutive
+# samples share level-1 resident rows; on small grids every row is level-1 resident anyway.
 _SORT_MIN = 4
 
 
@@ -226,6 +236,24 @@ def _vstore_n(typingctx, array, index, value, count):  # pragma: no cover - comp
         return context.get_dummy_value()
 
     return types.none(array, types.intp, value, types.intp), codegen
+
+
+@intrinsic
+def _prefetch(typingctx, array, index):  # pragma: no cover - compiled
+    """A hint to bring the cache line of ``array.flat[index]`` into the cache (no fault, no wait)."""
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0"
+        )
+        # read, highest temporal locality, data cache
+        builder.call(function, [builder.bitcast(pointer, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.none(array, types.intp), codegen
 
 
 @njit(inline="always")
@@ -516,9 +544,10 @@ def _applyk(weight, scale, vals, s, k, p, sc, yo, o, y, count):  # pragma: no co
 
 
 @njit(**_JIT)
-def _apply(weight, scale, rows, vals, i, b0, b1, k, y):  # pragma: no cover - compiled
-    """``y[b] += scale[i] * sum_r vals[r, s] * weight[i, rows[s] + r]`` for b = b0..b1-1, in vectors
-    (full ones, then one masked vector for the rest of the row).
+def _apply(weight, scale, rows, vals, order, ordered, i, b0, b1, k, y):  # pragma: no cover
+    """``y[b] += scale[i] * sum_r vals[r, s] * weight[i, rows[s] + r]`` for b = b0 + s, s = 0..b1-b0-1
+    (in the block's ``order``, a permutation, when ``ordered``), in vectors (full ones, then one
+    masked vector for the rest of the row).
 
     A function of its own (per input and block) so that LLVM allocates registers for this loop
     alone: inside the whole kernel it spilled the loop's pointers to the stack. The basis values
@@ -530,8 +559,9 @@ def _apply(weight, scale, rows, vals, i, b0, b1, k, y):  # pragma: no cover - co
     full = n_out - n_out % lanes
     rest = n_out - full
     sc = i * n_out
-    for b in range(b0, b1):
-        s = b - b0
+    for m in range(b1 - b0):
+        s = order[m] if ordered else m  # (a predictable branch)
+        b = b0 + s
         p = (i * n_basis + rows[s]) * n_out
         yo = b * n_out
         if k == 3:
@@ -548,6 +578,20 @@ def _apply(weight, scale, rows, vals, i, b0, b1, k, y):  # pragma: no cover - co
                 _applyk(weight, scale, vals, s, k, p, sc, yo, o, y, lanes)
             if rest:
                 _applyk(weight, scale, vals, s, k, p, sc, yo, full, y, rest)
+
+
+@njit(**_JIT)
+def _large_grid_order(weight, rows, m, i, starts, cursor, order):  # pragma: no cover - compiled
+    """For a table too large for the level-1 cache: the block's m samples sorted by first row
+    (``order``), so consecutive samples reuse the same coefficient rows from the level-1 cache
+    (measured 1.5-1.9x faster at G=500), and prefetch hints for the next input's table, so that
+    it streams in from memory while this input is worked on."""
+    n_basis = weight.shape[1]
+    slab = n_basis * weight.shape[2]
+    if i + 1 < weight.shape[0]:
+        for q in range((i + 1) * slab, (i + 2) * slab, 64 // weight.itemsize):
+            _prefetch(weight, q)
+    _sort_rows(rows, m, starts.shape[0] - 1, starts, cursor, order)
 
 
 @njit(**_JIT)
@@ -579,6 +623,10 @@ def _forward(x, t0, h, knots, weight, scale, k, uniform, b_lo, b_hi, y):  # prag
     vals = np.empty((k + 1, block), dtype=weight.dtype)
     xb = np.empty((n_in, block), dtype=weight.dtype)
     zero = _vsplat(weight, 0.0)
+    big = n_basis * n_out * weight.itemsize > _SMALL_TABLE_BYTES
+    starts = np.empty(n_basis - k + 1, dtype=np.int64)
+    cursor = np.empty(n_basis - k, dtype=np.int64)
+    order = np.empty(block, dtype=np.int32)  # the block's samples sorted by first row, when big
     for b0 in range(b_lo, b_hi, block):
         b1 = min(b_hi, b0 + block)
         _transpose(x, b0, b1, xb)
@@ -588,7 +636,9 @@ def _forward(x, t0, h, knots, weight, scale, k, uniform, b_lo, b_hi, y):  # prag
             _block_basis(
                 xb[i], t0, h, knots, i, b1 - b0, k, uniform, False, n_basis, rows, uu, vals, vals
             )
-            _apply(weight, scale, rows, vals, i, b0, b1, k, y)
+            if big:
+                _large_grid_order(weight, rows, b1 - b0, i, starts, cursor, order)
+            _apply(weight, scale, rows, vals, order, big, i, b0, b1, k, y)
 
 
 @njit(inline="always")
@@ -745,9 +795,9 @@ def _dotk(weight, scale, gy, dvals, s, k, p, sc, go, o, acc, count):  # pragma: 
 
 
 @njit(**_JIT)
-def _dot(weight, scale, gy, rows, dvals, i, b0, b1, k, gx):  # pragma: no cover - compiled
+def _dot(weight, scale, gy, rows, dvals, order, ordered, i, b0, b1, k, gx):  # pragma: no cover
     """``gx[b, i] = sum_o gy[b, o] scale[i, o] sum_r dvals[r, s] weight[i, rows[s] + r, o]`` for
-    b = b0..b1-1 (s = b - b0): one vector dot product per sample."""
+    b = b0 + s (s in the block's ``order`` when ``ordered``): one vector dot product per sample."""
     n_basis = weight.shape[1]
     n_out = weight.shape[2]
     lanes = _width(weight)
@@ -755,8 +805,9 @@ def _dot(weight, scale, gy, rows, dvals, i, b0, b1, k, gx):  # pragma: no cover 
     rest = n_out - full
     sc = i * n_out
     zero = _vsplat(weight, 0.0)
-    for b in range(b0, b1):
-        s = b - b0
+    for m in range(b1 - b0):
+        s = order[m] if ordered else m  # (a predictable branch)
+        b = b0 + s
         p = (i * n_basis + rows[s]) * n_out
         go = b * n_out
         acc = zero
@@ -795,6 +846,29 @@ def _scale_pass(u_table, weight, scale, i, o, gs, gw, count):  # pragma: no cove
 
 
 @njit(**_JIT)
+def _scale_pass_rows(u_table, weight, scale, i, gsum, gs, gw):  # pragma: no cover - compiled
+    """Input i, from the unscaled gradient U (G+k, out): ``gs[i] = sum_g U[g] * weight[i, g]`` and
+    ``gw[i] = U * scale[i]``, row after row (gw written once, in memory order, never read)."""
+    n_basis = gw.shape[1]
+    n_out = gw.shape[2]
+    lanes = _width(gw)
+    sc = i * n_out
+    zero = _vsplat(gw, 0.0)
+    for o in range(0, n_out, lanes):
+        _st(gsum, o, zero, min(lanes, n_out - o))
+    for g in range(n_basis):
+        q = (i * n_basis + g) * n_out
+        for o in range(0, n_out, lanes):
+            count = min(lanes, n_out - o)
+            u = _ld(u_table, g * n_out + o, count)
+            _st(gsum, o, _vfma(u, _ld(weight, q + o, count), _ld(gsum, o, count)), count)
+            _st(gw, q + o, _vmul(u, _ld(scale, sc + o, count)), count)
+    for o in range(0, n_out, lanes):
+        count = min(lanes, n_out - o)
+        _st(gs, sc + o, _ld(gsum, o, count), count)
+
+
+@njit(**_JIT)
 def _grad_weight(
     x, t0, h, knots, gy, weight, scale, gs, k, uniform, i_lo, i_hi, gw
 ):  # pragma: no cover
@@ -804,8 +878,8 @@ def _grad_weight(
     Per input: accumulate the unscaled gradient ``U[g, o] = sum_b B_g(x[b, i]) gy[b, o]`` in a
     scratch table (reused for every input, so it stays in cache), then one pass gives
     ``gs[i, o] = sum_g U[g, o] weight[i, g, o]`` and ``gw[i, g, o] = U[g, o] scale[i, o]``: the
-    parameter-sized output is written once and never read (on large grids that pass, plus the first
-    touch of a fresh output's pages, is the part of the cost that grows with G).
+    parameter-sized output is written once and never read (on large grids that pass is the part of
+    the cost that grows with G; it goes row by row there, in memory order).
     """
     batch = x.shape[0]
     n_basis = gw.shape[1]
@@ -822,6 +896,7 @@ def _grad_weight(
     cursor = np.empty(n_rows, dtype=np.int64)
     order = np.empty(block, dtype=np.int32)
     u_table = np.empty((1, n_basis, n_out), dtype=gw.dtype)  # U of the current input
+    gsum = np.empty(n_out, dtype=gw.dtype)
     zero = _vsplat(gw, 0.0)
     for i in range(i_lo, i_hi):
         for q in range(0, slab, lanes):
@@ -838,6 +913,9 @@ def _grad_weight(
                 _accumulate_sorted(gy, vals, starts, order, n_rows, 0, b0, u_table)
             else:
                 _accumulate(gy, rows, vals, 0, b0, b1, k, u_table)
+        if slab * gw.itemsize > _SMALL_TABLE_BYTES:
+            _scale_pass_rows(u_table, weight, scale, i, gsum, gs, gw)
+            continue
         full = n_out - n_out % lanes
         for o in range(0, full, lanes):
             _scale_pass(u_table, weight, scale, i, o, gs, gw, lanes)
@@ -862,6 +940,10 @@ def _grad_x(x, t0, h, knots, weight, scale, gy, k, uniform, b_lo, b_hi, gx):  # 
     vals = np.empty((k + 1, block), dtype=weight.dtype)
     dvals = np.empty((k + 1, block), dtype=weight.dtype)
     xb = np.empty((n_in, block), dtype=weight.dtype)
+    big = n_basis * n_out * weight.itemsize > _SMALL_TABLE_BYTES
+    starts = np.empty(n_basis - k + 1, dtype=np.int64)
+    cursor = np.empty(n_basis - k, dtype=np.int64)
+    order = np.empty(block, dtype=np.int32)  # the block's samples sorted by first row, when big
     for b0 in range(b_lo, b_hi, block):
         b1 = min(b_hi, b0 + block)
         _transpose(x, b0, b1, xb)
@@ -869,7 +951,9 @@ def _grad_x(x, t0, h, knots, weight, scale, gy, k, uniform, b_lo, b_hi, gx):  # 
             _block_basis(
                 xb[i], t0, h, knots, i, b1 - b0, k, uniform, True, n_basis, rows, uu, vals, dvals
             )
-            _dot(weight, scale, gy, rows, dvals, i, b0, b1, k, gx)
+            if big:
+                _large_grid_order(weight, rows, b1 - b0, i, starts, cursor, order)
+            _dot(weight, scale, gy, rows, dvals, order, big, i, b0, b1, k, gx)
 
 
 # ---------------------------------------------------------------------------------------- driver
@@ -1136,7 +1220,7 @@ def backward_scaled(
     gx = gw = gs = None
     if need_weight:
         if x.shape[0] > 0:
-            gw = torch.empty(weight.shape, dtype=weight.dtype)  # zeroed by the kernel
+            gw = _buffers.empty(weight.shape, weight.dtype)  # written whole by the kernel
             gs = torch.empty(weight.shape[0], weight.shape[2], dtype=weight.dtype)
             args = (xs, t0, h, kn, gy, w.numpy(), sc, gs.numpy(), spline_order, uniform)
             _dispatch(_grad_weight, (*args, gw.numpy()), x.shape[1], n_threads)
