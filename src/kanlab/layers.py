@@ -158,8 +158,8 @@ class KANLinear(nn.Module):
                 uniform=self._uniform,
                 scale=scale_spline,  # (in, out): spline_weight() = coef * scale, fused
             )  # (batch, out)
-            if self.base_activation != "zero":
-                y = y + ACTIVATIONS[self.base_activation](x2) @ scale_base
+            if self.base_activation != "zero":  # y + act(x) @ scale_base in one GEMM call
+                y = torch.addmm(y, ACTIVATIONS[self.base_activation](x2), scale_base)
         if self._has_symbolic:
             y = self._symbolic_sum(x2, base=y)  # (batch, out): y + the symbolic edges
         return y.reshape(*x.shape[:-1], self.out_features)
