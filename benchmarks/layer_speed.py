@@ -12,8 +12,9 @@ G in {5, 20, 100, 500} (k = 3, float32), times forward + backward of ``mean(y **
 - ``mlp-width``: an MLP with the KAN's widths;
 - ``mlp-params``: an MLP ``[in, H, out]`` with H chosen to match the KAN's parameter count.
 
-Timing: warm-up steps, then interleaved rounds (every implementation once per round, in turn), the
-median over rounds. Memory: bytes of the tensors autograd saves for backward during one forward
+Timing: warm-up steps, then interleaved rounds (every implementation in turn in each round: one
+untimed step, then the mean of 3 timed steps in a row; one timed step for implementations slower
+than 0.2 s), the median over rounds. Memory: bytes of the tensors autograd saves for backward during one forward
 (recorded with ``torch.autograd.graph.saved_tensors_hooks``; parameters excluded): the activation
 memory a training step holds between forward and backward, which is what grows with batch and G in
 the dense formulations. Transient buffers inside a kernel are not counted.
@@ -44,6 +45,7 @@ from kanlab import kernels
 SHAPES = {"A": ([64, 64, 64], 1024), "B": ([784, 64, 10], 512)}
 GRIDS = [5, 20, 100, 500]
 ORDER = 3
+BURST = 3  # timed steps in a row per implementation and round (fast implementations)
 
 
 # --------------------------------------------------------------------------- dense-basis KAN
@@ -130,15 +132,27 @@ def saved_bytes(model: nn.Module, x: Tensor, backend: str | None) -> int:
 def time_interleaved(
     steps: dict[str, Callable[[], None]], rounds: int, warmup: int, clock: Callable[[], float]
 ) -> dict:
-    for step in steps.values():
+    """Median over rounds of each implementation's step time. Every round runs each implementation
+    in turn; a fast one (warm-up step under 0.2 s) runs one untimed step and then the mean of
+    :data:`BURST` timed steps, so that its figure is a training loop's steady state (its own tables
+    and allocations hot) rather than the first step after another implementation has swept the
+    caches (the dense formulations move up to 1.5 GB per step at G=500)."""
+    slow: dict[str, bool] = {}
+    for name, step in steps.items():
         for _ in range(warmup):
+            t0 = time.perf_counter()
             step()
+            slow[name] = time.perf_counter() - t0 > 0.2
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
+            repeats = 1 if slow[name] else BURST
+            if not slow[name]:
+                step()
             t0 = clock()
-            step()
-            times[name].append(clock() - t0)
+            for _ in range(repeats):
+                step()
+            times[name].append((clock() - t0) / repeats)
     return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
 
 

@@ -13,6 +13,10 @@ check every registered backend against it.
 ``set_backend(name)`` forces a backend for all later calls (``None`` or ``"auto"`` restores automatic
 choice); automatic choice takes the first available backend, in registration order of preference,
 that supports the device and dtype of the call, falling back to the reference.
+
+The CPU kernels return coefficient gradients in memory they reuse once no tensor refers to it (no
+page faults per step on large grids; see :mod:`kanlab.kernels._buffers`);
+``clear_gradient_memory()`` lets that memory go.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from kanlab.kernels import reference, sparse
 __all__ = [
     "Backend",
     "available_backends",
+    "clear_gradient_memory",
     "edge_values",
     "get_backend",
     "register_backend",
@@ -36,6 +41,15 @@ __all__ = [
     "set_backend",
     "spline_product",
 ]
+
+
+def clear_gradient_memory() -> None:
+    """Release the memory the CPU kernels keep for reuse as coefficient gradients (at most four
+    arrays per gradient shape; an array still used by a tensor is freed with that tensor)."""
+    from kanlab.kernels import _buffers
+
+    _buffers.clear()
+
 
 SplineProduct = Callable[[Tensor, Tensor, Tensor, int, bool], Tensor]
 
