@@ -422,31 +422,43 @@ def _block_basis(
         # near or outside the ends of the grid are fixed up afterwards. uu: local coordinates.
         t0i = t0[i]
         hh = h[i]
-        one = hh - hh + 1  # 1 in the array dtype (float32 maths stays float32); hh is finite
+        # Constants in the array dtype: Numba types int and float literals as 64-bit, and
+        # float32 <op> int64 is float64, which had the float32 basis computed in float64 (half
+        # the vector width, plus conversions). Values read back from a float array keep its dtype.
+        uu[0] = 1
+        one = uu[0]
+        uu[0] = -1
+        low = uu[0]
+        uu[0] = top + 1
+        high = uu[0]
+        two = one + one
+        three = two + one
+        four = two + two
+        six = three + three
+        sixth = one / six
+        half = one / two
         for s in range(m):
             pos = (xs[s] - t0i) / hh  # same formula as splines.sparse_basis
             fl = np.floor(pos)
             uu[s] = pos - fl
-            rows[s] = np.int32(min(max(fl, -1.0), top + 1.0))  # interval, clamped to [-1, n - 1]
-        sixth = one / 6
+            rows[s] = np.int32(min(max(fl, low), high))  # interval, clamped to [-1, n - 1]
         for s in range(m):
             u = uu[s]
             w = one - u
             u2 = u * u
             vals[0, s] = w * w * w * sixth
-            vals[1, s] = (3 * u2 * u - 6 * u2 + 4) * sixth
-            vals[2, s] = (-3 * u2 * u + 3 * u2 + 3 * u + 1) * sixth
+            vals[1, s] = (three * u2 * u - six * u2 + four) * sixth
+            vals[2, s] = (-three * u2 * u + three * u2 + three * u + one) * sixth
             vals[3, s] = u2 * u * sixth
         if deriv:
-            half = one / 2
             inv_hh = one / hh
             for s in range(m):
                 u = uu[s]
                 w = one - u
                 u2 = u * u
                 dvals[0, s] = -half * w * w * inv_hh
-                dvals[1, s] = (3 * half * u2 - 2 * u) * inv_hh
-                dvals[2, s] = (-3 * half * u2 + u + half) * inv_hh
+                dvals[1, s] = (three * half * u2 - two * u) * inv_hh
+                dvals[2, s] = (-three * half * u2 + u + half) * inv_hh
                 dvals[3, s] = half * u2 * inv_hh
         for s in range(m):
             j = rows[s]
