@@ -368,7 +368,7 @@ def _block_size(n_out, itemsize, batch, budget):  # pragma: no cover - compiled
 
 
 # --------------------------------------------------------------------------------------- basis
-@njit(cache=_CACHE, fastmath=_FASTMATH)
+@njit(inline="always")
 def _shift(s, r0, k, top_row, vals, dvals, deriv):  # pragma: no cover - compiled
     """Move the values of sample s (first row r0 outside [0, top_row]) to the clamped first row:
     slots whose basis function does not exist become 0."""
@@ -387,7 +387,7 @@ def _shift(s, r0, k, top_row, vals, dvals, deriv):  # pragma: no cover - compile
     return c
 
 
-@njit(cache=_CACHE, fastmath=_FASTMATH)
+@njit(inline="always")
 def _fill(s, k, value, vals, dvals, deriv):  # pragma: no cover - compiled
     for r in range(k + 1):
         vals[r, s] = value
