@@ -59,6 +59,15 @@ def naive_sum(layer, x):
     return torch.stack(cols, dim=1)
 
 
+def assert_matches_naive(layer, x, y, ref):
+    """y and the gradients of y.sum() w.r.t. x and the affine parameters equal the naive loop's."""
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    g = torch.autograd.grad(y.sum(), (x, layer.symbolic_affine))
+    r = torch.autograd.grad(ref.sum(), (x, layer.symbolic_affine))
+    for u, v in zip(g, r, strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
+
+
 def _numeric_activations(layer, x):
     phi = kernels.edge_values(
         x, layer.knots, layer.coef * layer.scale_spline.unsqueeze(1), layer.spline_order,
@@ -152,11 +161,7 @@ def test_registered_function_without_derivative_and_identity_like_functions(path
         x = rand(30, 3, seed=7).requires_grad_(True)
         y = layer._symbolic_sum(x)
         ref = naive_sum(layer, x)
-        torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
-        g = torch.autograd.grad(y.sum(), (x, layer.symbolic_affine))
-        r = torch.autograd.grad(ref.sum(), (x, layer.symbolic_affine))
-        for u, v in zip(g, r, strict=True):
-            torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
+        assert_matches_naive(layer, x, y, ref)
     finally:
         for fn in fns:
             kl.functions.unregister_function(fn.name)
@@ -298,11 +303,7 @@ def test_re_registered_function_is_picked_up(path):
         )
         y = layer._symbolic_sum(x)
         ref = naive_sum(layer, x)  # resolves the name now: cos
-        torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
-        g = torch.autograd.grad(y.sum(), (x, layer.symbolic_affine))
-        r = torch.autograd.grad(ref.sum(), (x, layer.symbolic_affine))
-        for u, v in zip(g, r, strict=True):
-            torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
+        assert_matches_naive(layer, x, y, ref)
     finally:
         kl.functions.unregister_function(name)
 
