@@ -353,12 +353,17 @@ def _combk(w, p, n, vals, s, k, count):  # pragma: no cover - compiled
     return t
 
 
+@njit(inline="always")
+def _large_grid(table):  # pragma: no cover - compiled
+    """Whether an input's (G+k, out) slice of the table (in, G+k, out) is too large for the
+    level-1 cache: the kernels' large-grid paths."""
+    return table.shape[1] * table.shape[2] * table.itemsize > _SMALL_TABLE_BYTES
+
+
 @njit(cache=_CACHE)
-def _rows_budget(n_basis, n_out, itemsize):  # pragma: no cover - compiled
+def _rows_budget(weight):  # pragma: no cover - compiled
     """Bytes of output rows per block for the forward and input-gradient kernels."""
-    if n_basis * n_out * itemsize <= _SMALL_TABLE_BYTES:
-        return _Y_BYTES_SMALL_GRID
-    return _Y_BYTES
+    return _Y_BYTES if _large_grid(weight) else _Y_BYTES_SMALL_GRID
 
 
 @njit(cache=_CACHE)
@@ -656,14 +661,14 @@ def _forward(x, t0, h, knots, weight, scale, k, uniform, b_lo, b_hi, y):  # prag
     n_basis = weight.shape[1]
     n_out = weight.shape[2]
     lanes = _width(weight)
-    budget = _rows_budget(n_basis, n_out, weight.itemsize)
+    budget = _rows_budget(weight)
     block = _block_size(n_out, weight.itemsize, b_hi - b_lo, budget)
     rows = np.empty(block, dtype=np.int32)
     uu = np.empty(block, dtype=weight.dtype)
     vals = np.empty((k + 1, block), dtype=weight.dtype)
     xb = np.empty((n_in, block), dtype=weight.dtype)
     zero = _vsplat(weight, 0.0)
-    big = n_basis * n_out * weight.itemsize > _SMALL_TABLE_BYTES
+    big = _large_grid(weight)
     starts = np.empty(n_basis - k + 1, dtype=np.int64)
     cursor = np.empty(n_basis - k, dtype=np.int64)
     order = np.empty(block, dtype=np.int32)  # the block's samples sorted by first row, when big
@@ -975,7 +980,7 @@ def _grad_weight(
                 _accumulate_sorted(gy, vals, starts, order, n_rows, 0, b0, u_table)
             else:
                 _accumulate(gy, rows, vals, 0, b0, b1, k, u_table)
-        if slab * gw.itemsize > _SMALL_TABLE_BYTES:
+        if _large_grid(gw):
             _scale_pass_rows(u_table, weight, scale, i, gsum, gs, gw)
             continue
         full = n_out - n_out % lanes
@@ -995,14 +1000,14 @@ def _grad_x(x, t0, h, knots, weight, scale, gy, k, uniform, b_lo, b_hi, gx):  # 
     n_in = x.shape[1]
     n_basis = weight.shape[1]
     n_out = weight.shape[2]
-    budget = _rows_budget(n_basis, n_out, weight.itemsize)
+    budget = _rows_budget(weight)
     block = _block_size(n_out, weight.itemsize, b_hi - b_lo, budget)
     rows = np.empty(block, dtype=np.int32)
     uu = np.empty(block, dtype=weight.dtype)
     vals = np.empty((k + 1, block), dtype=weight.dtype)
     dvals = np.empty((k + 1, block), dtype=weight.dtype)
     xb = np.empty((n_in, block), dtype=weight.dtype)
-    big = n_basis * n_out * weight.itemsize > _SMALL_TABLE_BYTES
+    big = _large_grid(weight)
     starts = np.empty(n_basis - k + 1, dtype=np.int64)
     cursor = np.empty(n_basis - k, dtype=np.int64)
     order = np.empty(block, dtype=np.int32)  # the block's samples sorted by first row, when big
