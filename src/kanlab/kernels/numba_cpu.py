@@ -63,6 +63,7 @@ compiled (two specialisations per kernel); k and the grid kind are run-time argu
 
 from __future__ import annotations
 
+import array
 import ctypes
 import os
 import threading
@@ -1407,23 +1408,24 @@ _KIND = {_forward: 0, _grad_weight: 1, _grad_x: 2}
 
 
 def _team(kernel, args: tuple, n: int, n_threads: int) -> None:
-    """Run ``kernel`` over range(n) on torch's OpenMP team (see the section comment)."""
-    *arrays, out = (a for a in args if isinstance(a, np.ndarray))
-    k, uniform = (a for a in args if not isinstance(a, np.ndarray))
-    arrays.append(out)
+    """Run ``kernel`` over range(n) on torch's OpenMP team (see the section comment); ``args`` are
+    the kernel's arguments with tensors for arrays (addresses from ``data_ptr``: a numpy array's
+    ``.ctypes.data`` cost ~1.5 us each, ~20 us per call in all)."""
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    k, uniform = (a for a in args if not isinstance(a, Tensor))
+    out = tensors[-1]
     chunk = max(1, -(-n // (2 * n_threads)))
-    # Built as one list (a per-slot numpy assignment cost ~1 us each, ~40 us per call in all).
-    slots = [0, n, chunk, k, int(uniform), 0, _KIND[kernel], out.dtype.itemsize]
-    for a in arrays:
-        if not a.flags.c_contiguous or a.dtype != out.dtype:
-            raise AssertionError("kernel arrays must be C-contiguous and of one dtype")
-        slots.append(a.ctypes.data)
-        slots.extend(a.shape)
-        slots.extend((0,) * (3 - a.ndim))
+    slots = [0, n, chunk, k, int(uniform), 0, _KIND[kernel], out.element_size()]
+    for a in tensors:  # C-contiguous, of one dtype: the callers below make them so
+        shape = a.shape
+        slots.append(a.data_ptr())
+        slots.extend(shape)
+        slots.extend((0,) * (3 - len(shape)))
     slots.extend((0,) * (_SLOTS - len(slots)))
-    p = np.array(slots, dtype=np.int64)
-    p[5] = p.ctypes.data  # address of the atomic counter p[0]
-    _GOMP(_team_entry.address, p.ctypes.data, n_threads, 0)
+    p = array.array("q", slots)  # int64; a torch or numpy array from a list cost 2-8 us
+    address = p.buffer_info()[0]
+    p[5] = address  # of the atomic counter p[0]
+    _GOMP(_team_entry.address, address, n_threads, 0)
 
 
 # Per-knots arrays (knots, t0, h), cached by tensor identity and in-place version: the grid of a layer
@@ -1431,8 +1433,8 @@ def _team(kernel, args: tuple, n: int, n_threads: int) -> None:
 _KNOTS_CACHE: dict[int, tuple] = {}
 
 
-def _knot_arrays(knots: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """knots (in, G+2k+1), t0 (in,) and h (in,) as arrays (the same float ops as
+def _knot_arrays(knots: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """knots (in, G+2k+1), t0 (in,) and h (in,), contiguous (the same float ops as
     :func:`kanlab.splines.sparse_basis`, so intervals agree exactly)."""
     key = id(knots)
     entry = _KNOTS_CACHE.get(key)
@@ -1442,7 +1444,7 @@ def _knot_arrays(knots: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     kn = knots.detach().contiguous()
     t0 = kn[:, 0].contiguous()
     h = (kn[:, -1] - t0) / (n - 1)  # same formula (same float ops) as splines.sparse_basis
-    arrays = (kn.numpy(), t0.numpy(), h.numpy())
+    arrays = (kn, t0, h.contiguous())
     if len(_KNOTS_CACHE) > 512:  # stale entries of freed tensors
         _KNOTS_CACHE.clear()
     try:
@@ -1452,30 +1454,33 @@ def _knot_arrays(knots: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return arrays
 
 
-def _grid(x: Tensor, knots: Tensor) -> tuple[np.ndarray, ...]:
-    """Arrays shared by the kernels: x (batch, in), t0 (in,), h (in,), knots (in, G+2k+1).
+def _grid(x: Tensor, knots: Tensor) -> tuple[Tensor, ...]:
+    """Tensors shared by the kernels: x (batch, in), t0 (in,), h (in,), knots (in, G+2k+1).
 
     x is not transposed here: the kernels copy the inputs of a block of samples into a small
     (in, block) scratch (cache-hot) instead of a batch-sized transposed copy per call."""
     kn, t0, h = _knot_arrays(knots)
-    return x.detach().contiguous().numpy(), t0, h, kn
+    return x.detach().contiguous(), t0, h, kn
 
 
 def _dispatch(kernel, args: tuple, n: int, n_threads: int) -> None:
-    if n_threads <= 1:
-        *inputs, out = args
-        kernel(*inputs, 0, n, out)
-    elif _GOMP is not None and os.getpid() == _GOMP_PID:
+    """``kernel(*args, 0, n, out)`` in shares of range(n); tensors in ``args`` are the kernel's
+    arrays (the last one is the output)."""
+    if n_threads > 1 and _GOMP is not None and os.getpid() == _GOMP_PID:
         _team(kernel, args, n, n_threads)
+        return
+    *inputs, out = (a.numpy() if isinstance(a, Tensor) else a for a in args)
+    if n_threads <= 1:
+        kernel(*inputs, 0, n, out)
     else:
-        _parallel(kernel, args, n, n_threads)
+        _parallel(kernel, (*inputs, out), n, n_threads)
 
 
-def _scale_array(scale: Tensor | None, weight: Tensor) -> np.ndarray:
-    """The per-edge scale (in, out) as a contiguous array; ones when there is none."""
+def _scale_array(scale: Tensor | None, weight: Tensor) -> Tensor:
+    """The per-edge scale (in, out), contiguous; ones when there is none."""
     if scale is None:
-        return np.ones((weight.shape[0], weight.shape[2]), dtype=weight.numpy().dtype)
-    return scale.detach().contiguous().numpy()
+        return torch.ones(weight.shape[0], weight.shape[2], dtype=weight.dtype)
+    return scale.detach().contiguous()
 
 
 def forward(
@@ -1492,7 +1497,7 @@ def forward(
     w = weight.detach().contiguous()
     y = torch.empty(x.shape[0], w.shape[2], dtype=x.dtype)  # zeroed by the kernel
     if x.shape[0] > 0:
-        args = (xs, t0, h, kn, w.numpy(), _scale_array(scale, w), spline_order, uniform, y.numpy())
+        args = (xs, t0, h, kn, w, _scale_array(scale, w), spline_order, uniform, y)
         _dispatch(_forward, args, x.shape[0], _n_threads())
     return y
 
@@ -1511,7 +1516,7 @@ def backward_scaled(
     """Gradients w.r.t. x (batch, in), weight (in, G+k, out) and scale (in, out) of
     ``sum(grad_y * y)``; the scale gradient comes with the weight gradient (None without scale)."""
     xs, t0, h, kn = _grid(x, knots)
-    gy = grad_y.detach().contiguous().numpy()
+    gy = grad_y.detach().contiguous()
     w = weight.detach().contiguous()
     sc = _scale_array(scale, w)
     n_threads = _n_threads()
@@ -1520,15 +1525,15 @@ def backward_scaled(
         if x.shape[0] > 0:
             gw = _buffers.empty(weight.shape, weight.dtype)  # written whole by the kernel
             gs = torch.empty(weight.shape[0], weight.shape[2], dtype=weight.dtype)
-            args = (xs, t0, h, kn, gy, w.numpy(), sc, gs.numpy(), spline_order, uniform)
-            _dispatch(_grad_weight, (*args, gw.numpy()), x.shape[1], n_threads)
+            args = (xs, t0, h, kn, gy, w, sc, gs, spline_order, uniform, gw)
+            _dispatch(_grad_weight, args, x.shape[1], n_threads)
         else:
             gw = torch.zeros(weight.shape, dtype=weight.dtype)
             gs = torch.zeros(weight.shape[0], weight.shape[2], dtype=weight.dtype)
     if need_x:
         gx = torch.empty(x.shape, dtype=x.dtype)  # every entry written by the kernel
         if x.shape[0] > 0:
-            args = (xs, t0, h, kn, w.numpy(), sc, gy, spline_order, uniform, gx.numpy())
+            args = (xs, t0, h, kn, w, sc, gy, spline_order, uniform, gx)
             _dispatch(_grad_x, args, x.shape[0], n_threads)
     return gx, gw, (gs if scale is not None else None)
 
