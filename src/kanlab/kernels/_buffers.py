@@ -13,6 +13,7 @@ array that nothing else refers to is handed out again. A gradient the user still
 overwritten. After ``zero_grad()`` (``set_to_none=True``, PyTorch's default) the next backward
 reuses the memory without page faults.
 
+Pooled arrays start on a 64-byte boundary, so the kernels can write them with streaming stores.
 The pool keeps at most :data:`_PER_SHAPE` arrays per (shape, dtype) and only arrays of at least
 :data:`_MIN_BYTES`; :func:`clear` drops them all.
 """
@@ -31,6 +32,7 @@ __all__ = ["clear", "empty", "pooled_bytes"]
 
 _MIN_BYTES = 1 << 20
 _PER_SHAPE = 4
+_ALIGN = 64
 _DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 _POOL: dict[tuple[tuple[int, ...], torch.dtype], list[np.ndarray]] = {}
 _LOCK = threading.Lock()
@@ -39,6 +41,14 @@ _LOCK = threading.Lock()
 def _free(arrays: list[np.ndarray], j: int) -> bool:
     # References: the list's and getrefcount's argument. Anything more is a live tensor's storage.
     return sys.getrefcount(arrays[j]) == 2
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array whose data starts on a 64-byte boundary (a cache line; the CPU
+    kernels' streaming stores need 32-byte aligned vectors)."""
+    raw = np.empty(math.prod(shape) * dtype.itemsize + _ALIGN, dtype=np.uint8)
+    skip = -raw.ctypes.data % _ALIGN
+    return raw[skip : skip + math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
 
 
 def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> Tensor:
@@ -53,7 +63,7 @@ def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> Tensor:
         for j in range(len(arrays)):
             if _free(arrays, j):
                 return torch.from_numpy(arrays[j])
-        array = np.empty(shape, dtype=kind)
+        array = _aligned_empty(shape, np.dtype(kind))
         if len(arrays) < _PER_SHAPE:
             arrays.append(array)
         return torch.from_numpy(array)

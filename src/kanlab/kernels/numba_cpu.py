@@ -261,6 +261,49 @@ def _prefetch(typingctx, array, index):  # pragma: no cover - compiled
 
 
 @intrinsic
+def _vstore_stream(typingctx, array, index, value):  # pragma: no cover - compiled
+    """``array.flat[index : index + width] = value`` as a non-temporal (streaming) store: the line
+    is written without being read into the cache first. The address must be 32-byte aligned
+    (callers check :func:`_aligned`); :func:`_store_fence` orders such stores before others."""
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        pointer = builder.bitcast(pointer, args[2].type.as_pointer())
+        store = builder.store(args[2], pointer, align=32)
+        store.set_metadata("nontemporal", builder.module.add_metadata([ir.IntType(32)(1)]))
+        return context.get_dummy_value()
+
+    return types.none(array, types.intp, value), codegen
+
+
+@intrinsic
+def _store_fence(typingctx):  # pragma: no cover - compiled
+    """``sfence``: streaming stores made so far become visible before any later store."""
+
+    def codegen(context, builder, signature, args):
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse.sfence"
+        )
+        builder.call(function, [])
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@intrinsic
+def _aligned(typingctx, array):  # pragma: no cover - compiled
+    """Whether the array's data starts on a 32-byte boundary."""
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        address = builder.ptrtoint(data, ir.IntType(64))
+        low = builder.and_(address, ir.IntType(64)(31))
+        return builder.icmp_unsigned("==", low, ir.IntType(64)(0))
+
+    return types.boolean(array), codegen
+
+
+@intrinsic
 def _get(typingctx, array, index):  # pragma: no cover - compiled
     """``array.flat[index]`` for an index known to be >= 0: plain indexing with an index read from
     an array adds the negative-index wrap-around (three instructions per access) to a loop whose
@@ -1054,7 +1097,11 @@ def _scale_pass(u_table, uo, weight, scale, i, o, gs, gw, count):  # pragma: no 
 @njit(**_JIT)
 def _scale_pass_rows(u_table, weight, scale, i, gsum, gs, gw):  # pragma: no cover - compiled
     """Input i, from the unscaled gradient U (G+k, out): ``gs[i] = sum_g U[g] * weight[i, g]`` and
-    ``gw[i] = U * scale[i]``, row after row (gw written once, in memory order, never read)."""
+    ``gw[i] = U * scale[i]``, row after row (gw written once, in memory order, never read).
+
+    When gw's rows are whole aligned vectors, it is written with streaming stores: a plain store
+    first reads the line from memory (gw is too large to stay in cache between steps), so the
+    8 MB gradient of a 64x64 layer at G=500 cost 16 MB of memory traffic instead of 8."""
     n_basis = gw.shape[1]
     n_out = gw.shape[2]
     lanes = _width(gw)
@@ -1062,13 +1109,22 @@ def _scale_pass_rows(u_table, weight, scale, i, gsum, gs, gw):  # pragma: no cov
     zero = _vsplat(gw, 0.0)
     for o in range(0, n_out, lanes):
         _st(gsum, o, zero, min(lanes, n_out - o))
-    for g in range(n_basis):
-        q = (i * n_basis + g) * n_out
-        for o in range(0, n_out, lanes):
-            count = min(lanes, n_out - o)
-            u = _ld(u_table, g * n_out + o, count)
-            _st(gsum, o, _vfma(u, _ld(weight, q + o, count), _ld(gsum, o, count)), count)
-            _st(gw, q + o, _vmul(u, _ld(scale, sc + o, count)), count)
+    if n_out % lanes == 0 and _aligned(gw):  # every row's vectors 32-byte aligned: streamed
+        for g in range(n_basis):
+            q = (i * n_basis + g) * n_out
+            for o in range(0, n_out, lanes):
+                u = _vload(u_table, g * n_out + o)
+                _vstore(gsum, o, _vfma(u, _vload(weight, q + o), _vload(gsum, o)))
+                _vstore_stream(gw, q + o, _vmul(u, _vload(scale, sc + o)))
+        _store_fence()
+    else:
+        for g in range(n_basis):
+            q = (i * n_basis + g) * n_out
+            for o in range(0, n_out, lanes):
+                count = min(lanes, n_out - o)
+                u = _ld(u_table, g * n_out + o, count)
+                _st(gsum, o, _vfma(u, _ld(weight, q + o, count), _ld(gsum, o, count)), count)
+                _st(gw, q + o, _vmul(u, _ld(scale, sc + o, count)), count)
     for o in range(0, n_out, lanes):
         count = min(lanes, n_out - o)
         _st(gs, sc + o, _ld(gsum, o, count), count)
