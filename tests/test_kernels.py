@@ -114,6 +114,41 @@ def test_numba_block_strategies_and_row_tails_match_reference(grid, n_out):
             _close(a, b, dtype)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("k", [2, 3])
+def test_numba_input_groups_and_sample_blocks_match_reference(k, threads):
+    """Small grids with many inputs and samples: the CPU kernels transpose inputs in groups of 16
+    (37 inputs: a partial last group, and thread shares that start inside a group), take samples
+    in several blocks (1100: three coefficient-gradient blocks of 512), and pad output rows to
+    whole vectors in the bucketed cubic forward (20 outputs); values and all three gradients must
+    equal the reference, for a uniform and an adapted grid, in float32 and float64."""
+    pytest.importorskip("numba")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for dtype in (torch.float32, torch.float64):
+            for uniform in (True, False):
+                x, knots, weight = _problem(
+                    k, uniform, dtype, "cpu", seed=k, size=(37, 20, 5, 1100)
+                )
+                g = torch.Generator().manual_seed(threads)
+                scale = torch.randn(37, 20, generator=g, dtype=dtype).requires_grad_(True)
+                xx = x.clone().requires_grad_(True)
+                ww = weight.clone().requires_grad_(True)
+                gy = torch.randn(1100, 20, generator=g, dtype=dtype)
+                got, want = [], []
+                for name, out in (("numba", got), ("reference", want)):
+                    kernels.set_backend(name)
+                    y = kernels.spline_product(xx, knots, ww, k, uniform=uniform, scale=scale)
+                    out.extend([y, *torch.autograd.grad(y, (xx, ww, scale), gy)])
+                kernels.set_backend(None)
+                for a, b in zip(got, want, strict=True):
+                    _close(a, b, dtype)
+    finally:
+        torch.set_num_threads(previous)
+        kernels.set_backend(None)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "adapted"])
 @pytest.mark.parametrize("k", K_VALUES)
