@@ -23,17 +23,23 @@ by the test suite on every fresh checkout. Each chunk writes its own part of the
 are no write conflicts and no atomics on data:
 
 - forward: shares of samples; inside a share, blocks of samples (their inputs transposed into a
-  small scratch) and, per block, input by input so that one input's k+1-row slices of the
-  coefficient table are reused by the whole block. The basis of (block, input) is computed once
-  into scratch arrays in a normalised form (every sample has k+1 values on k+1 existing rows, zeros
-  where a basis function does not exist, so the products have no branches), then applied to the
-  k+1 contiguous coefficient rows in 256-bit vectors over ``out`` (a masked vector for the tail).
-  On large grids (an input's table does not fit the level-1 cache) the block's samples are taken
-  in the order of their first row, and the next input's table is prefetched.
+  small scratch, 16 inputs at a time) and, per block, input by input so that one input's
+  k+1-row slices of the coefficient table are reused by the whole block. The basis of (block,
+  input) is computed once into scratch arrays in a normalised form (every sample has k+1 values
+  on k+1 existing rows, zeros where a basis function does not exist, so the products have no
+  branches). Cubic splines on small grids (the default layer): the block's samples are sorted
+  by first row and, per bucket, two vectors of each of the four scaled coefficient rows stay in
+  registers while the bucket's samples are updated, on a copy of the block's rows of y padded
+  to whole vectors (no masked stores). Other orders, and large grids (an input's table does not
+  fit the level-1 cache): per sample, the k+1 contiguous coefficient rows applied in 256-bit
+  vectors over ``out`` (a masked vector for the tail); on large grids the block's samples are
+  taken in the order of their first row, and the next input's table is prefetched.
 - coefficient gradient: shares of inputs (a thread owns its inputs' rows of the table). On small
-  grids (cubic) a block's samples are sorted by first row and each row's sums stay in registers
-  over all its samples; the unscaled sums go to a cache-resident scratch table per input, and one
-  final pass writes the scaled gradient and the scale gradient.
+  grids, 16 inputs at a time over blocks of 512 samples, the unscaled sums accumulated in the
+  gradient itself (cubic: a block's samples sorted by first row, each row's sums in registers
+  over all its samples), then one pass per input writes the scaled gradient in place and the
+  scale gradient. On large grids, input by input into a cache-resident scratch table, and the
+  pass writes the gradient with streaming stores.
 - input gradient: shares of samples; one vector dot product per (sample, input) with the
   derivative of the k+1 basis values (ordered and prefetched as the forward on large grids).
 
