@@ -105,21 +105,27 @@ _FASTMATH = {"contract", "reassoc"}
 # when an input's coefficient table fits the level-1 cache (small grids), blocks whose rows also fit
 # it are 5-11% faster (16 KiB); when it does not (G=500), a block's samples are sorted by first row
 # (see _large_grid_order) and larger blocks give each row more samples while it is in the level-1
-# cache (256 KiB: ~13% faster than 64 KiB at G=500). Coefficient gradient: grad_y is streamed once
-# per input; its block only bounds the scratch arrays.
+# cache (256 KiB: ~13% faster than 64 KiB at G=500). The bucketed cubic forward (small grids) was
+# fastest at 32 KiB of padded rows (128 samples of 64 float32; 64 and 256 samples were slower).
 _Y_BYTES_SMALL_GRID = 16384
 _Y_BYTES = 262144
-_Y_BYTES_SORTED = 32768  # forward, bucketed (cubic, small grids): 128 samples of 64 float32
+_Y_BYTES_SORTED = 32768
 _GROUP = 16  # inputs transposed together (one 64-byte line of float32 per sample)
 _SMALL_TABLE_BYTES = 8192  # an input's (G+k, out) table at most this big counts as a small grid
+# Coefficient gradient, samples per block: on large grids the block only bounds the scratch arrays
+# (grad_y is streamed once per input); on small grids a block's rows of grad_y are reused by a group
+# of inputs, and 512 samples (128 KiB at out=64) measured 0-8% faster than 256 and ~11% faster
+# than 128.
 _GW_BYTES = 1 << 20
 _GW_BYTES_SMALL_GRID = 131072
 # The cubic coefficient gradient sorts a block's samples by first coefficient row when the block has
 # at least this many samples per possible row (small grids): a row's gradient sums then stay in
 # registers over all its samples instead of four read-modify-writes per sample. With fewer samples
 # per row, sorting costs more than it saves (measured 1.3x slower at G=500 than the per-sample form).
-# The forward and input-gradient products sort only on large grids, where it makes consecutive
-# samples share level-1 resident rows; on small grids every row is level-1 resident anyway.
+# The cubic forward on small grids always takes the bucketed form (_apply_sorted; a threshold on the
+# block's size would make results depend on how threads split the batch); on large grids the
+# forward and input-gradient products sort a block's samples so that consecutive samples share
+# level-1 resident rows.
 _SORT_MIN = 4
 
 
