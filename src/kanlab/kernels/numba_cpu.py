@@ -1199,7 +1199,7 @@ def _grad_weight(
 
     - Small grids: U is accumulated in gw itself, for a group of ``_GROUP`` inputs at a time,
       block of samples by block, every input of the group per block: the block's rows of grad_y
-      (64 KiB) stay in cache for the whole group, and so do the group's U tables (streaming the
+      (128 KiB at out=64) stay in cache for the whole group, and so do the group's U tables (streaming the
       whole of grad_y once per input, 256 KiB for case A, ran ~2x slower per (sample, input)
       than for case B's 128 KiB). The scale pass then works in place.
     - Large grids: input by input, U in a scratch table reused for every input (it stays in
