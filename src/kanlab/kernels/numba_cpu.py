@@ -1165,6 +1165,8 @@ def _scale_pass_rows(u_table, weight, scale, i, gsum, gs, gw):  # pragma: no cov
     zero = _vsplat(gw, 0.0)
     for o in range(0, n_out, lanes):
         _st(gsum, o, zero, min(lanes, n_out - o))
+    # Two copies of the row loop: one loop choosing the store per vector (stream or masked) ran
+    # the streamed pass ~10x slower (4.6 against 0.41 ms per 64x64 layer at G=500, 1 thread).
     if n_out % lanes == 0 and _aligned(gw):  # every row's vectors 32-byte aligned: streamed
         for g in range(n_basis):
             q = (i * n_basis + g) * n_out
