@@ -173,22 +173,26 @@ def test_backend_matches_reference(fast, k, uniform, dtype):
 @pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "adapted"])
 @pytest.mark.parametrize("k", K_VALUES)
 def test_numba_large_grid_path_matches_reference(k, uniform, threads):
-    """Tables too large for the level-1 cache take another path in the CPU kernels (samples sorted
-    by first row, prefetching, a row-ordered gradient pass): it must equal the reference for every
-    order, both grid kinds and both dtypes, with several blocks of samples and thread shares."""
+    """Tables too large for the level-1 cache take other paths in the CPU kernels (samples sorted
+    by first row, prefetching, a row-ordered gradient pass; for cubic splines, the sliding-window
+    bucketed forward up to 256 first rows and the per-sample one past that): each must equal the
+    reference for every order, both grid kinds and both dtypes, with several blocks of samples and
+    thread shares."""
     pytest.importorskip("numba")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         for dtype in (torch.float32, torch.float64):
-            x, knots, weight = _problem(k, uniform, dtype, "cpu", seed=k, size=(3, 24, 160, 1300))
-            assert weight[0].numel() * weight.element_size() > 8192  # the large-grid path
-            kernels.set_backend("reference")
-            want = _run(x, knots, weight, k, uniform)
-            kernels.set_backend("numba")
-            got = _run(x, knots, weight, k, uniform)
-            for a, b in zip(got, want, strict=True):
-                _close(a, b, dtype)
+            for grid in (160, 300) if k == 3 else (160,):
+                size = (3, 24, grid, 1300)
+                x, knots, weight = _problem(k, uniform, dtype, "cpu", seed=k, size=size)
+                assert weight[0].numel() * weight.element_size() > 8192  # the large-grid paths
+                kernels.set_backend("reference")
+                want = _run(x, knots, weight, k, uniform)
+                kernels.set_backend("numba")
+                got = _run(x, knots, weight, k, uniform)
+                for a, b in zip(got, want, strict=True):
+                    _close(a, b, dtype)
     finally:
         torch.set_num_threads(previous)
 

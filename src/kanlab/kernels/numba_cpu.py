@@ -105,11 +105,13 @@ _FASTMATH = {"contract", "reassoc"}
 # when an input's coefficient table fits the level-1 cache (small grids), blocks whose rows also fit
 # it are 5-11% faster (16 KiB); when it does not (G=500), a block's samples are sorted by first row
 # (see _large_grid_order) and larger blocks give each row more samples while it is in the level-1
-# cache (256 KiB: ~13% faster than 64 KiB at G=500). The bucketed cubic forward (small grids) was
-# fastest at 32 KiB of padded rows (128 samples of 64 float32; 64 and 256 samples were slower).
+# cache (256 KiB: ~13% faster than 64 KiB at G=500). The bucketed cubic forward was fastest at
+# 32 KiB of padded rows on small grids (128 samples of 64 float32; 64 and 256 samples were slower)
+# and at 128 KiB on medium ones (G=100: 1.5x faster than 32 KiB, whose buckets held few samples).
 _Y_BYTES_SMALL_GRID = 16384
 _Y_BYTES = 262144
 _Y_BYTES_SORTED = 32768
+_Y_BYTES_SORTED_MEDIUM = 131072
 _GROUP = 16  # inputs transposed together (one 64-byte line of float32 per sample)
 _SMALL_TABLE_BYTES = 8192  # an input's (G+k, out) table at most this big counts as a small grid
 # Coefficient gradient, samples per block: on large grids the block only bounds the scratch arrays
@@ -122,11 +124,14 @@ _GW_BYTES_SMALL_GRID = 131072
 # at least this many samples per possible row (small grids): a row's gradient sums then stay in
 # registers over all its samples instead of four read-modify-writes per sample. With fewer samples
 # per row, sorting costs more than it saves (measured 1.3x slower at G=500 than the per-sample form).
-# The cubic forward on small grids always takes the bucketed form (_apply_sorted; a threshold on the
-# block's size would make results depend on how threads split the batch); on large grids the
-# forward and input-gradient products sort a block's samples so that consecutive samples share
-# level-1 resident rows.
+# The cubic forward takes the bucketed form (_apply_sorted) whenever a sample's first coefficient
+# row has at most _WINDOW_ROWS possible values (G <= 253), whatever the block's size (a threshold
+# on the block would make results depend on how threads split the batch). Measured per 1 thread
+# against the per-sample form: equal at G=5, 7% faster at G=20, 25% at G=40, 16% at G=100, 5% at
+# G=200, ~20% slower at G=500. Past that (and for the input gradient), the products sort a block's
+# samples so that consecutive samples share level-1 resident rows.
 _SORT_MIN = 4
+_WINDOW_ROWS = 256
 
 
 # ---------------------------------------------------------------------------------- explicit SIMD
@@ -741,49 +746,53 @@ def _apply(weight, scale, rows, vals, order, ordered, i, b0, b1, k, y):  # pragm
 
 
 @njit(inline="always")
-def _scaled_rows(weight, scale, q, sc, o, count):  # pragma: no cover - compiled
-    """Lanes o.. (``count`` of them, the rest 0) of the four coefficient rows at flat offset q,
-    times the scale lanes of input i (offset sc): four vectors."""
-    n = weight.shape[2]
-    f = _ld(scale, sc + o, count)
-    return (
-        _vmul(f, _ld(weight, q + o, count)),
-        _vmul(f, _ld(weight, q + n + o, count)),
-        _vmul(f, _ld(weight, q + 2 * n + o, count)),
-        _vmul(f, _ld(weight, q + 3 * n + o, count)),
-    )
+def _scaled_row(weight, q, f, count):  # pragma: no cover - compiled
+    """``count`` lanes of the coefficient table at flat offset q times the scale lanes f."""
+    return _vmul(f, _ld(weight, q, count))
 
 
 @njit(**_JIT)
 def _apply_sorted(weight, scale, vals, starts, order, i, yp, stride):  # pragma: no cover
-    """Cubic case of :func:`_apply` with the block's samples sorted by first row (small grids):
-    ``yp[s * stride + o] += scale[i, o] sum_r vals[r, s] weight[i, row + r, o]``, yp a padded
-    (block, stride) scratch (stride: out rounded up to whole vectors).
+    """Cubic case of :func:`_apply` with the block's samples sorted by first row (small and medium
+    grids): ``yp[s * stride + o] += scale[i, o] sum_r vals[r, s] weight[i, row + r, o]``, yp a
+    padded (block, stride) scratch (stride: out rounded up to whole vectors).
 
-    Per bucket of samples sharing a first row, two vectors of each of the four scaled rows stay in
-    registers while every sample of the bucket is updated: per sample and pair of vectors, 8 FMAs
-    with 2 loads and 2 stores of its y lanes instead of 8 coefficient loads, 2 scale loads and 10
-    multiply-adds (measured 11.8 -> 8 ns per (sample, input) at out=64, and about half the time at
-    out=10, where the padded rows spare the masked stores of a row's tail, slow on AMD cores).
+    Two vectors of output lanes at a time, the rows are walked in order with a window of the four
+    scaled rows a bucket of samples needs (row, row+1, row+2, row+3) held in registers: each step
+    loads one new row and shifts the window, and every sample of the bucket is updated with 8
+    FMAs, 2 loads and 2 stores of its y lanes per pair of vectors, instead of 8 coefficient
+    loads, 2 scale loads and 10 multiply-adds (measured 11.8 -> 8 ns per (sample, input) at out=64
+    on small grids, and about half the time at out=10, where the padded rows spare the masked
+    stores of a row's tail, slow on AMD cores). Reloading all four rows per bucket instead of
+    sliding the window cost as much on small grids and ~30% more at G=40 to 100, where buckets
+    hold few samples. With about one sample per row (G=500) the loop's unpredictable bucket
+    sizes made it ~20% slower than the per-sample form, which large grids keep.
     """
     n_basis = weight.shape[1]
     n_out = weight.shape[2]
     lanes = _width(weight)
     nb = vals.shape[1]
+    n_rows = starts.shape[0] - 1
     sc = i * n_out
-    for row in range(starts.shape[0] - 1):
-        m0 = starts[row]
-        m1 = starts[row + 1]
-        if m0 == m1:
-            continue
-        q = (i * n_basis + row) * n_out
-        for o in range(0, stride, 2 * lanes):
-            a0, a1, a2, a3 = _scaled_rows(weight, scale, q, sc, o, min(lanes, n_out - o))
-            if o + lanes < stride:
-                e0, e1, e2, e3 = _scaled_rows(
-                    weight, scale, q, sc, o + lanes, min(lanes, n_out - o - lanes)
-                )
-                for m in range(m0, m1):
+    base = i * n_basis * n_out
+    for o in range(0, stride, 2 * lanes):
+        ca = min(lanes, n_out - o)
+        fa = _ld(scale, sc + o, ca)
+        q = base + o
+        a0 = _scaled_row(weight, q, fa, ca)
+        a1 = _scaled_row(weight, q + n_out, fa, ca)
+        a2 = _scaled_row(weight, q + 2 * n_out, fa, ca)
+        if o + lanes < stride:
+            cb = min(lanes, n_out - o - lanes)
+            fb = _ld(scale, sc + o + lanes, cb)
+            e0 = _scaled_row(weight, q + lanes, fb, cb)
+            e1 = _scaled_row(weight, q + n_out + lanes, fb, cb)
+            e2 = _scaled_row(weight, q + 2 * n_out + lanes, fb, cb)
+            for row in range(n_rows):
+                q = base + (row + 3) * n_out + o
+                a3 = _scaled_row(weight, q, fa, ca)
+                e3 = _scaled_row(weight, q + lanes, fb, cb)
+                for m in range(_get(starts, row), _get(starts, row + 1)):
                     s = _get(order, m)
                     p = s * stride + o
                     v = _vsplat(yp, _get(vals, s))
@@ -798,14 +807,19 @@ def _apply_sorted(weight, scale, vals, starts, order, i, yp, stride):  # pragma:
                     v = _vsplat(yp, _get(vals, s + 3 * nb))
                     _vstore(yp, p, _vfma(v, a3, y0))
                     _vstore(yp, p + lanes, _vfma(v, e3, y1))
-            else:
-                for m in range(m0, m1):
+                a0, a1, a2 = a1, a2, a3
+                e0, e1, e2 = e1, e2, e3
+        else:
+            for row in range(n_rows):
+                a3 = _scaled_row(weight, base + (row + 3) * n_out + o, fa, ca)
+                for m in range(_get(starts, row), _get(starts, row + 1)):
                     s = _get(order, m)
                     p = s * stride + o
                     y0 = _vfma(_vsplat(yp, _get(vals, s)), a0, _vload(yp, p))
                     y0 = _vfma(_vsplat(yp, _get(vals, s + nb)), a1, y0)
                     y0 = _vfma(_vsplat(yp, _get(vals, s + 2 * nb)), a2, y0)
                     _vstore(yp, p, _vfma(_vsplat(yp, _get(vals, s + 3 * nb)), a3, y0))
+                a0, a1, a2 = a1, a2, a3
 
 
 @njit(**_JIT)
@@ -843,8 +857,8 @@ def _forward(x, t0, h, knots, weight, scale, k, uniform, b_lo, b_hi, y):  # prag
     Blocks of samples (their rows of y stay in cache), input by input inside a block: the input's
     k+1-row slices of the coefficient table are reused by the whole block while they are in cache.
     Per (sample, input): ``y[b] += scale[i] * sum_r vals[r] * weight[i, rows + r]`` in vectors.
-    Cubic splines on small grids take the bucketed form (:func:`_apply_sorted`) on a padded copy of
-    the block's rows of y.
+    Cubic splines on small and medium grids take the bucketed form (:func:`_apply_sorted`) on a
+    padded copy of the block's rows of y.
     """
     n_in = x.shape[1]
     n_basis = weight.shape[1]
@@ -852,9 +866,11 @@ def _forward(x, t0, h, knots, weight, scale, k, uniform, b_lo, b_hi, y):  # prag
     n_rows = n_basis - k
     lanes = _width(weight)
     big = _large_grid(weight)
-    bucketed = k == 3 and not big
+    bucketed = k == 3 and n_rows <= _WINDOW_ROWS
     stride = -(-n_out // lanes) * lanes if bucketed else n_out  # y row length in the block scratch
-    budget = _Y_BYTES_SORTED if bucketed else _rows_budget(weight)
+    budget = _rows_budget(weight)
+    if bucketed:
+        budget = _Y_BYTES_SORTED_MEDIUM if big else _Y_BYTES_SORTED
     block = _block_size(stride, weight.itemsize, b_hi - b_lo, budget)
     rows = np.empty(block, dtype=np.int32)
     uu = np.empty(block, dtype=weight.dtype)
@@ -1521,6 +1537,12 @@ _GOMP_PID = os.getpid()  # libgomp's team does not survive fork: children use th
 _KIND = {_forward: 0, _grad_weight: 1, _grad_x: 2}
 
 
+def _large_table(weight: Tensor) -> bool:
+    """Whether an input's (G+k, out) slice of weight (in, G+k, out) is too large for the level-1
+    cache (the kernels' large-grid paths, :func:`_large_grid`)."""
+    return weight.shape[1] * weight.shape[2] * weight.element_size() > _SMALL_TABLE_BYTES
+
+
 def _team(kernel, args: tuple, n: int, n_threads: int) -> None:
     """Run ``kernel`` over range(n) on torch's OpenMP team (see the section comment); ``args`` are
     the kernel's arguments with tensors for arrays (addresses from ``data_ptr``: a numpy array's
@@ -1528,7 +1550,13 @@ def _team(kernel, args: tuple, n: int, n_threads: int) -> None:
     tensors = [a for a in args if isinstance(a, Tensor)]
     k, uniform = (a for a in args if not isinstance(a, Tensor))
     out = tensors[-1]
-    chunk = max(1, -(-n // (2 * n_threads)))
+    # Chunks of range(n) taken from the shared counter: two per thread balance the load when a
+    # thread is held up; but a sample-parallel kernel (forward, input gradient) on a large grid
+    # reads the whole coefficient table once per chunk, so there each thread takes one chunk:
+    # measured on case A at G=500 (2 threads), a training step 0.80x the time of two chunks per
+    # thread (0.75x on case B); no change at G=5.
+    per_thread = 1 if kernel is not _grad_weight and _large_table(tensors[4]) else 2
+    chunk = max(1, -(-n // (per_thread * n_threads)))
     slots = [0, n, chunk, k, int(uniform), 0, _KIND[kernel], out.element_size()]
     for a in tensors:  # C-contiguous, of one dtype: the callers below make them so
         shape = a.shape
