@@ -175,7 +175,7 @@ def test_backend_matches_reference(fast, k, uniform, dtype):
 def test_numba_large_grid_path_matches_reference(k, uniform, threads):
     """Tables too large for the level-1 cache take other paths in the CPU kernels (samples sorted
     by first row, prefetching, a row-ordered gradient pass; for cubic splines, the sliding-window
-    bucketed forward up to 256 first rows and the per-sample one past that): each must equal the
+    bucketed forward up to G=200 and the per-sample one past that): each must equal the
     reference for every order, both grid kinds and both dtypes, with several blocks of samples and
     thread shares."""
     pytest.importorskip("numba")

@@ -27,7 +27,7 @@ are no write conflicts and no atomics on data:
   k+1-row slices of the coefficient table are reused by the whole block. The basis of (block,
   input) is computed once into scratch arrays in a normalised form (every sample has k+1 values
   on k+1 existing rows, zeros where a basis function does not exist, so the products have no
-  branches). Cubic splines up to 256 possible first rows (G <= 253; the default layer has
+  branches). Cubic splines up to 200 possible first rows (G <= 200; the default layer has
   G=5): the block's samples are sorted by first row and the rows are walked in order, two
   vectors of output lanes at a time, with a window of the four scaled coefficient rows in
   registers (one new row per step) while each bucket's samples are updated, on a copy of the
@@ -128,13 +128,15 @@ _GW_BYTES_SMALL_GRID = 131072
 # registers over all its samples instead of four read-modify-writes per sample. With fewer samples
 # per row, sorting costs more than it saves (measured 1.3x slower at G=500 than the per-sample form).
 # The cubic forward takes the bucketed form (_apply_sorted) whenever a sample's first coefficient
-# row has at most _WINDOW_ROWS possible values (G <= 253), whatever the block's size (a threshold
-# on the block would make results depend on how threads split the batch). Measured per 1 thread
-# against the per-sample form: equal at G=5, 7% faster at G=20, 25% at G=40, 16% at G=100, 5% at
-# G=200, ~20% slower at G=500. Past that (and for the input gradient), the products sort a block's
-# samples so that consecutive samples share level-1 resident rows.
+# row has at most _WINDOW_ROWS possible values (that is, G <= 200), whatever the block's size (a
+# threshold on the block would make results depend on how threads split the batch). Measured per
+# 1 thread against the per-sample form, float32 at out=64: equal at G=5, 7% faster at G=20, 25%
+# at G=40, 16% at G=100, 5-13% at G=200, -4 to +5% at G=250, ~20% slower at G=500 (float64:
+# 17% faster at G=40, 10% at G=100, 2-7% slower at G=250). Past that (and for the input
+# gradient), the products sort a block's samples so that consecutive samples share level-1
+# resident rows.
 _SORT_MIN = 4
-_WINDOW_ROWS = 256
+_WINDOW_ROWS = 200
 
 
 # ---------------------------------------------------------------------------------- explicit SIMD
@@ -864,7 +866,9 @@ def _forward(x, t0, h, knots, weight, scale, k, uniform, b_lo, b_hi, y):  # prag
     stride = -(-n_out // lanes) * lanes if bucketed else n_out  # y row length in the block scratch
     budget = _rows_budget(weight)
     if bucketed:
-        budget = _Y_BYTES_SORTED_MEDIUM if big else _Y_BYTES_SORTED
+        # medium grids: as many samples per block in float64 as in float32 (buckets of few
+        # samples cost branch mispredictions: float64 ran 1.1-1.4x the per-sample form at half)
+        budget = _Y_BYTES_SORTED_MEDIUM // 4 * weight.itemsize if big else _Y_BYTES_SORTED
     block = _block_size(stride, weight.itemsize, b_hi - b_lo, budget)
     rows = np.empty(block, dtype=np.int32)
     uu = np.empty(block, dtype=weight.dtype)
