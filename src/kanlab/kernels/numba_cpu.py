@@ -1479,11 +1479,18 @@ def _arr3(p, m, dt):  # pragma: no cover - compiled
 
 @njit(cache=_CACHE)
 def _run(p, dt):  # pragma: no cover - compiled
-    """One team thread: take chunks [lo, lo + chunk) of range(n) until none is left."""
+    """One team thread: take chunks [lo, lo + chunk) of range(n) until none is left.
+
+    Two chunks per thread balance the load when a thread is held up; but a sample-parallel kernel
+    (forward, input gradient) on a large grid reads the whole coefficient table once per chunk,
+    so there each thread takes one chunk: measured on case A at G=500 (2 threads), a training
+    step 0.80x the time of two chunks per thread (0.75x on case B); no change at G=5."""
     kind = p[6]
     x, t0, h, knots = _arr2(p, 0, dt), _arr1(p, 1, dt), _arr1(p, 2, dt), _arr2(p, 3, dt)
     k, uniform = p[3], p[4] != 0
-    n, chunk = p[1], p[2]
+    n, n_threads = p[1], p[2]
+    per_thread = 1 if kind != 1 and _large_grid(_arr3(p, 4, dt)) else 2  # slot 4: the weight
+    chunk = max(1, -(-n // (per_thread * n_threads)))
     while True:
         lo = _fetch_add(p[5], chunk)
         if lo >= n:
@@ -1534,12 +1541,6 @@ _GOMP_PID = os.getpid()  # libgomp's team does not survive fork: children use th
 _KIND = {_forward: 0, _grad_weight: 1, _grad_x: 2}
 
 
-def _large_table(weight: Tensor) -> bool:
-    """Whether an input's (G+k, out) slice of weight (in, G+k, out) is too large for the level-1
-    cache (the kernels' large-grid paths, :func:`_large_grid`)."""
-    return weight.shape[1] * weight.shape[2] * weight.element_size() > _SMALL_TABLE_BYTES
-
-
 def _team(kernel, args: tuple, n: int, n_threads: int) -> None:
     """Run ``kernel`` over range(n) on torch's OpenMP team (see the section comment); ``args`` are
     the kernel's arguments with tensors for arrays (addresses from ``data_ptr``: a numpy array's
@@ -1547,14 +1548,7 @@ def _team(kernel, args: tuple, n: int, n_threads: int) -> None:
     tensors = [a for a in args if isinstance(a, Tensor)]
     k, uniform = (a for a in args if not isinstance(a, Tensor))
     out = tensors[-1]
-    # Chunks of range(n) taken from the shared counter: two per thread balance the load when a
-    # thread is held up; but a sample-parallel kernel (forward, input gradient) on a large grid
-    # reads the whole coefficient table once per chunk, so there each thread takes one chunk:
-    # measured on case A at G=500 (2 threads), a training step 0.80x the time of two chunks per
-    # thread (0.75x on case B); no change at G=5.
-    per_thread = 1 if kernel is not _grad_weight and _large_table(tensors[4]) else 2
-    chunk = max(1, -(-n // (per_thread * n_threads)))
-    slots = [0, n, chunk, k, int(uniform), 0, _KIND[kernel], out.element_size()]
+    slots = [0, n, n_threads, k, int(uniform), 0, _KIND[kernel], out.element_size()]
     for a in tensors:  # C-contiguous, of one dtype: the callers below make them so
         shape = a.shape
         slots.append(a.data_ptr())
