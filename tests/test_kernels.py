@@ -197,6 +197,49 @@ def test_numba_large_grid_path_matches_reference(k, uniform, threads):
         torch.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_numba_fused_large_grid_backward_equals_separate_kernels(k, threads):
+    """On large grids, when both gradients are wanted, the coefficient-gradient kernel also writes
+    the input gradient: x, weight and scale gradients must be bitwise those of the separate
+    kernels (each gradient asked for alone), for both grid kinds and dtypes, with output rows
+    that end in a partial vector (11 outputs) and several blocks of samples; and both must equal
+    the reference."""
+    pytest.importorskip("numba")
+    from kanlab.kernels import numba_cpu
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for dtype in (torch.float32, torch.float64):
+            for uniform in (True, False):
+                x, knots, weight = _problem(
+                    k, uniform, dtype, "cpu", seed=k, size=(5, 11, 200, 1100)
+                )
+                assert weight[0].numel() * weight.element_size() > 8192  # the large-grid paths
+                g = torch.Generator().manual_seed(k)
+                scale = torch.randn(5, 11, generator=g, dtype=dtype)
+                gy = torch.randn(1100, 11, generator=g, dtype=dtype)
+                args = (gy, x, knots, weight, scale, k, uniform)
+                gx, gw, gs = numba_cpu.backward_scaled(*args, True, True)
+                gx_alone, _, _ = numba_cpu.backward_scaled(*args, True, False)
+                _, gw_alone, gs_alone = numba_cpu.backward_scaled(*args, False, True)
+                assert torch.equal(gx, gx_alone)
+                assert torch.equal(gw, gw_alone)
+                assert torch.equal(gs, gs_alone)
+                xx = x.clone().requires_grad_(True)
+                ww = weight.clone().requires_grad_(True)
+                ss = scale.clone().requires_grad_(True)
+                kernels.set_backend("reference")
+                y = kernels.spline_product(xx, knots, ww, k, uniform=uniform, scale=ss)
+                want = torch.autograd.grad(y, (xx, ww, ss), gy)
+                for a, b in zip((gx, gw, gs), want, strict=True):
+                    _close(a, b, dtype)
+    finally:
+        torch.set_num_threads(previous)
+        kernels.set_backend(None)
+
+
 @pytest.mark.parametrize("k", K_VALUES)
 def test_layer_with_adapted_grid_matches_reference(fast, k):
     name, device = fast
