@@ -917,10 +917,9 @@ def _forward(x, t0, h, knots, weight, scale, k, uniform, b_lo, b_hi, y):  # prag
 
 
 @njit(inline="always")
-def _accumulate4(gy, p, go, o, gw, v0, v1, v2, v3, count):  # pragma: no cover - compiled
+def _update4(g, q, gw, v0, v1, v2, v3, count):  # pragma: no cover - compiled
+    """The four rows at flat offset q of gw (stride out) += v_r * g, on ``count`` lanes."""
     n = gw.shape[2]
-    g = _ld(gy, go + o, count)
-    q = p + o
     _st(gw, q, _vfma(v0, g, _ld(gw, q, count)), count)
     _st(gw, q + n, _vfma(v1, g, _ld(gw, q + n, count)), count)
     _st(gw, q + 2 * n, _vfma(v2, g, _ld(gw, q + 2 * n, count)), count)
@@ -928,11 +927,21 @@ def _accumulate4(gy, p, go, o, gw, v0, v1, v2, v3, count):  # pragma: no cover -
 
 
 @njit(inline="always")
-def _accumulatek(gy, vals, s, k, p, go, o, gw, count):  # pragma: no cover - compiled
-    g = _ld(gy, go + o, count)
+def _updatek(g, vals, s, k, q, gw, count):  # pragma: no cover - compiled
+    """The k+1 rows at flat offset q of gw += vals[r, s] * g, on ``count`` lanes."""
     for r in range(k + 1):
-        q = p + r * gw.shape[2] + o
-        _st(gw, q, _vfma(_vsplat(gw, vals[r, s]), g, _ld(gw, q, count)), count)
+        qr = q + r * gw.shape[2]
+        _st(gw, qr, _vfma(_vsplat(gw, vals[r, s]), g, _ld(gw, qr, count)), count)
+
+
+@njit(inline="always")
+def _accumulate4(gy, p, go, o, gw, v0, v1, v2, v3, count):  # pragma: no cover - compiled
+    _update4(_ld(gy, go + o, count), p + o, gw, v0, v1, v2, v3, count)
+
+
+@njit(inline="always")
+def _accumulatek(gy, vals, s, k, p, go, o, gw, count):  # pragma: no cover - compiled
+    _updatek(_ld(gy, go + o, count), vals, s, k, p + o, gw, count)
 
 
 @njit(**_JIT)
@@ -1088,15 +1097,27 @@ def _accumulate_sorted(gy, vals, starts, order, n_rows, i, b0, gw):  # pragma: n
 
 
 @njit(inline="always")
-def _dot4(weight, scale, gy, p, sc, go, o, acc, d0, d1, d2, d3, count):  # pragma: no cover
+def _dot4g(weight, scale, g, p, sc, o, acc, d0, d1, d2, d3, count):  # pragma: no cover
+    """acc + g * scale[sc + o:] * (sum_r d_r * weight rows at p + o), g: grad_y's lanes."""
     t = _comb4(weight, p + o, weight.shape[2], d0, d1, d2, d3, count)
-    return _vfma(_vmul(_ld(gy, go + o, count), _ld(scale, sc + o, count)), t, acc)
+    return _vfma(_vmul(g, _ld(scale, sc + o, count)), t, acc)
+
+
+@njit(inline="always")
+def _dotkg(weight, scale, g, dvals, s, k, p, sc, o, acc, count):  # pragma: no cover
+    t = _combk(weight, p + o, weight.shape[2], dvals, s, k, count)
+    return _vfma(_vmul(g, _ld(scale, sc + o, count)), t, acc)
+
+
+@njit(inline="always")
+def _dot4(weight, scale, gy, p, sc, go, o, acc, d0, d1, d2, d3, count):  # pragma: no cover
+    g = _ld(gy, go + o, count)
+    return _dot4g(weight, scale, g, p, sc, o, acc, d0, d1, d2, d3, count)
 
 
 @njit(inline="always")
 def _dotk(weight, scale, gy, dvals, s, k, p, sc, go, o, acc, count):  # pragma: no cover
-    t = _combk(weight, p + o, weight.shape[2], dvals, s, k, count)
-    return _vfma(_vmul(_ld(gy, go + o, count), _ld(scale, sc + o, count)), t, acc)
+    return _dotkg(weight, scale, _ld(gy, go + o, count), dvals, s, k, p, sc, o, acc, count)
 
 
 @njit(**_JIT)
@@ -1163,8 +1184,10 @@ def _accumulate_dot(gy, weight, scale, rows, vals, dvals, i, b0, b1, k, u, gx): 
     results are bitwise those of the separate kernels).
 
     The input gradient's coefficient loads and multiply-adds overlap the gradient's row updates
-    here, and grad_y is read once: measured 1 thread, 64x64 layer, batch 1024, both kernels
-    against this pass: 0.68x the time at G=40, 0.72x at G=100, 0.80x at G=200, 0.93x at G=500."""
+    here, and each vector of grad_y is loaded once for both (a second load measured 1.035x the
+    time: LLVM cannot merge loads across the updates' stores). Measured 1 thread, 64x64 layer,
+    batch 1024, both kernels against this pass: 0.68x the time at G=40, 0.72x at G=100, 0.80x at
+    G=200, 0.93x at G=500."""
     n_basis = weight.shape[1]
     n_out = weight.shape[2]
     lanes = _width(weight)
@@ -1187,19 +1210,23 @@ def _accumulate_dot(gy, weight, scale, rows, vals, dvals, i, b0, b1, k, u, gx): 
             d1 = _vsplat(weight, dvals[1, s])
             d2 = _vsplat(weight, dvals[2, s])
             d3 = _vsplat(weight, dvals[3, s])
-            for o in range(0, full, lanes):
-                _accumulate4(gy, pu, go, o, u, v0, v1, v2, v3, lanes)
-                acc = _dot4(weight, scale, gy, pw, sc, go, o, acc, d0, d1, d2, d3, lanes)
+            for o in range(0, full, lanes):  # grad_y's lanes loaded once for both products
+                g = _ld(gy, go + o, lanes)
+                _update4(g, pu + o, u, v0, v1, v2, v3, lanes)
+                acc = _dot4g(weight, scale, g, pw, sc, o, acc, d0, d1, d2, d3, lanes)
             if rest:
-                _accumulate4(gy, pu, go, full, u, v0, v1, v2, v3, rest)
-                acc = _dot4(weight, scale, gy, pw, sc, go, full, acc, d0, d1, d2, d3, rest)
+                g = _ld(gy, go + full, rest)
+                _update4(g, pu + full, u, v0, v1, v2, v3, rest)
+                acc = _dot4g(weight, scale, g, pw, sc, full, acc, d0, d1, d2, d3, rest)
         else:
             for o in range(0, full, lanes):
-                _accumulatek(gy, vals, s, k, pu, go, o, u, lanes)
-                acc = _dotk(weight, scale, gy, dvals, s, k, pw, sc, go, o, acc, lanes)
+                g = _ld(gy, go + o, lanes)
+                _updatek(g, vals, s, k, pu + o, u, lanes)
+                acc = _dotkg(weight, scale, g, dvals, s, k, pw, sc, o, acc, lanes)
             if rest:
-                _accumulatek(gy, vals, s, k, pu, go, full, u, rest)
-                acc = _dotk(weight, scale, gy, dvals, s, k, pw, sc, go, full, acc, rest)
+                g = _ld(gy, go + full, rest)
+                _updatek(g, vals, s, k, pu + full, u, rest)
+                acc = _dotkg(weight, scale, g, dvals, s, k, pw, sc, full, acc, rest)
         gx[b, i] = _vsum(acc)
 
 
