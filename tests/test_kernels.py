@@ -8,6 +8,7 @@ triton package).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -82,6 +83,25 @@ def _run(x, knots, weight, k, uniform):
     return y, (torch.zeros_like(x) if gx is None else gx), gw
 
 
+@contextlib.contextmanager
+def _num_threads(threads: int):
+    """torch (and so the CPU kernels) on ``threads`` threads inside the block."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _scaled_grads(backend, x, knots, weight, scale, k, uniform, gy):
+    """Value and gradients (x, weight, scale) of sum(y * gy) through ``backend``."""
+    xx, ww, ss = (t.detach().clone().requires_grad_(True) for t in (x, weight, scale))
+    kernels.set_backend(backend)
+    y = kernels.spline_product(xx, knots, ww, k, uniform=uniform, scale=ss)
+    return [y, *torch.autograd.grad(y, (xx, ww, ss), gy)]
+
+
 def _close(actual, expected, dtype):
     rtol = 1e-5 if dtype == torch.float32 else 1e-11
     actual, expected = actual.detach(), expected.detach()
@@ -100,15 +120,12 @@ def test_numba_block_strategies_and_row_tails_match_reference(grid, n_out):
     for dtype in (torch.float32, torch.float64):
         n_in, batch = 5, 300
         knots = uniform_knots(n_in, grid, 3, (-1.0, 1.0), dtype=dtype)
-        x = (torch.rand(batch, n_in, generator=g, dtype=dtype) * 2.6 - 1.3).requires_grad_(True)
-        weight = torch.randn(n_in, grid + 3, n_out, generator=g, dtype=dtype).requires_grad_(True)
-        scale = torch.randn(n_in, n_out, generator=g, dtype=dtype).requires_grad_(True)
+        x = torch.rand(batch, n_in, generator=g, dtype=dtype) * 2.6 - 1.3
+        weight = torch.randn(n_in, grid + 3, n_out, generator=g, dtype=dtype)
+        scale = torch.randn(n_in, n_out, generator=g, dtype=dtype)
         gy = torch.randn(batch, n_out, generator=g, dtype=dtype)
-        got, want = [], []
-        for name, out in (("numba", got), ("reference", want)):
-            kernels.set_backend(name)
-            y = kernels.spline_product(x, knots, weight, 3, uniform=True, scale=scale)
-            out.extend([y, *torch.autograd.grad(y, (x, weight, scale), gy)])
+        args = (x, knots, weight, scale, 3, True, gy)
+        got, want = _scaled_grads("numba", *args), _scaled_grads("reference", *args)
         kernels.set_backend(None)
         for a, b in zip(got, want, strict=True):
             _close(a, b, dtype)
@@ -123,30 +140,20 @@ def test_numba_input_groups_and_sample_blocks_match_reference(k, threads):
     whole vectors in the bucketed cubic forward (20 outputs); values and all three gradients must
     equal the reference, for a uniform and an adapted grid, in float32 and float64."""
     pytest.importorskip("numba")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with _num_threads(threads):
         for dtype in (torch.float32, torch.float64):
             for uniform in (True, False):
                 x, knots, weight = _problem(
                     k, uniform, dtype, "cpu", seed=k, size=(37, 20, 5, 1100)
                 )
                 g = torch.Generator().manual_seed(threads)
-                scale = torch.randn(37, 20, generator=g, dtype=dtype).requires_grad_(True)
-                xx = x.clone().requires_grad_(True)
-                ww = weight.clone().requires_grad_(True)
+                scale = torch.randn(37, 20, generator=g, dtype=dtype)
                 gy = torch.randn(1100, 20, generator=g, dtype=dtype)
-                got, want = [], []
-                for name, out in (("numba", got), ("reference", want)):
-                    kernels.set_backend(name)
-                    y = kernels.spline_product(xx, knots, ww, k, uniform=uniform, scale=scale)
-                    out.extend([y, *torch.autograd.grad(y, (xx, ww, scale), gy)])
+                args = (x, knots, weight, scale, k, uniform, gy)
+                got, want = _scaled_grads("numba", *args), _scaled_grads("reference", *args)
                 kernels.set_backend(None)
                 for a, b in zip(got, want, strict=True):
                     _close(a, b, dtype)
-    finally:
-        torch.set_num_threads(previous)
-        kernels.set_backend(None)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -179,9 +186,7 @@ def test_numba_large_grid_path_matches_reference(k, uniform, threads):
     reference for every order, both grid kinds and both dtypes, with several blocks of samples and
     thread shares."""
     pytest.importorskip("numba")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with _num_threads(threads):
         for dtype in (torch.float32, torch.float64):
             for grid in (160, 300) if k == 3 else (160,):
                 size = (3, 24, grid, 1300)
@@ -193,8 +198,6 @@ def test_numba_large_grid_path_matches_reference(k, uniform, threads):
                 got = _run(x, knots, weight, k, uniform)
                 for a, b in zip(got, want, strict=True):
                     _close(a, b, dtype)
-    finally:
-        torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -208,9 +211,7 @@ def test_numba_fused_large_grid_backward_equals_separate_kernels(k, threads):
     pytest.importorskip("numba")
     from kanlab.kernels import numba_cpu
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with _num_threads(threads):
         for dtype in (torch.float32, torch.float64):
             for uniform in (True, False):
                 x, knots, weight = _problem(
@@ -227,17 +228,10 @@ def test_numba_fused_large_grid_backward_equals_separate_kernels(k, threads):
                 assert torch.equal(gx, gx_alone)
                 assert torch.equal(gw, gw_alone)
                 assert torch.equal(gs, gs_alone)
-                xx = x.clone().requires_grad_(True)
-                ww = weight.clone().requires_grad_(True)
-                ss = scale.clone().requires_grad_(True)
-                kernels.set_backend("reference")
-                y = kernels.spline_product(xx, knots, ww, k, uniform=uniform, scale=ss)
-                want = torch.autograd.grad(y, (xx, ww, ss), gy)
+                want = _scaled_grads("reference", x, knots, weight, scale, k, uniform, gy)[1:]
+                kernels.set_backend(None)
                 for a, b in zip((gx, gw, gs), want, strict=True):
                     _close(a, b, dtype)
-    finally:
-        torch.set_num_threads(previous)
-        kernels.set_backend(None)
 
 
 @pytest.mark.parametrize("k", K_VALUES)
