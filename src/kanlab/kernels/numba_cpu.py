@@ -47,7 +47,8 @@ are no write conflicts and no atomics on data:
   table). On large grids, when the coefficient gradient is wanted too (a hidden layer in
   training), the input gradient is computed inside the coefficient-gradient kernel instead, in
   the same pass over each input's samples (shares of inputs: a thread writes its inputs'
-  columns of gx).
+  columns of gx); when an input's table is larger than the level-1 cache (32 KiB), that pass
+  takes the samples in the order of their first row, as the input-gradient kernel does.
 
 The coefficient gradient is returned in memory reused between steps (:mod:`kanlab.kernels._buffers`):
 a fresh parameter-sized tensor per backward cost more in page faults than the kernels at G=500.
@@ -85,7 +86,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 from llvmlite import ir
-from numba import carray, cfunc, njit, types
+from numba import carray, cfunc, literally, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 from torch import Tensor
@@ -118,6 +119,7 @@ _Y_BYTES_SMALL_GRID = 16384
 _Y_BYTES = 262144
 _Y_BYTES_SORTED = 32768
 _Y_BYTES_SORTED_MEDIUM = 131072
+_SORTED_FUSED_BYTES = 32768  # larger tables: the fused backward takes samples by first row
 _GROUP = 16  # inputs transposed together (one 64-byte line of float32 per sample)
 _SMALL_TABLE_BYTES = 8192  # an input's (G+k, out) table at most this big counts as a small grid
 # Coefficient gradient, samples per block: on large grids the block only bounds the scratch arrays
@@ -1177,17 +1179,26 @@ def _dot(weight, scale, gy, rows, dvals, order, ordered, i, b0, b1, k, gx):  # p
 
 
 @njit(**_JIT)
-def _accumulate_dot(gy, weight, scale, rows, vals, dvals, i, b0, b1, k, u, gx):  # pragma: no cover
+def _accumulate_dot(
+    gy, weight, scale, rows, vals, dvals, order, ordered, i, b0, b1, k, u, gx
+):  # pragma: no cover - compiled
     """Large grids, both backward products of input i over samples b0..b1-1 in one pass:
     ``u[0, rows[s] + r] += vals[r, s] * gy[b]`` (as :func:`_accumulate` into a one-input table)
-    and ``gx[b, i]`` (as :func:`_dot`, the same vector operations in the same order, so both
-    results are bitwise those of the separate kernels).
+    and ``gx[b, i]`` (as :func:`_dot`: the same vector operations in the same order, so gx is
+    bitwise the separate kernel's). With ``ordered`` the samples come in the block's ``order``
+    (sorted by first row), as in the input-gradient kernel on large grids.
 
     The input gradient's coefficient loads and multiply-adds overlap the gradient's row updates
     here, and each vector of grad_y is loaded once for both (a second load measured 1.035x the
     time: LLVM cannot merge loads across the updates' stores). Measured 1 thread, 64x64 layer,
-    batch 1024, both kernels against this pass: 0.68x the time at G=40, 0.72x at G=100, 0.80x at
-    G=200, 0.93x at G=500."""
+    batch 1024, both kernels against this pass (unordered): 0.68x the time at G=40, 0.72x at
+    G=100, 0.80x at G=200, 0.93x at G=500.
+
+    Order: sorted by first row, consecutive samples share coefficient rows, so the input
+    gradient's loads hit the level-1 cache: measured 0.78-0.88x the unordered pass at G=500 and
+    0.91-1.0x at G=200, but 1.03-1.09x at G=100 (a 26 KB table, in the level-2 cache anyway), so
+    only tables over :data:`_SORTED_FUSED_BYTES` are ordered. The coefficient gradient alone
+    stays unordered: its row updates alone, sorted, wait on each other's stores (1.1-1.27x)."""
     n_basis = weight.shape[1]
     n_out = weight.shape[2]
     lanes = _width(weight)
@@ -1195,8 +1206,10 @@ def _accumulate_dot(gy, weight, scale, rows, vals, dvals, i, b0, b1, k, u, gx): 
     rest = n_out - full
     sc = i * n_out
     zero = _vsplat(weight, 0.0)
-    for b in range(b0, b1):
-        s = b - b0
+    literally(ordered)  # compiled for each value: a run-time choice of s cost 3-5% (G=100)
+    for m in range(b1 - b0):
+        s = order[m] if ordered else m
+        b = b0 + s
         pu = rows[s] * n_out
         pw = (i * n_basis + rows[s]) * n_out
         go = b * n_out
@@ -1326,6 +1339,7 @@ def _grad_weight(
     uu = np.empty(block, dtype=gw.dtype)
     vals = np.empty((k + 1, block), dtype=gw.dtype)
     fused = big and gx.shape[0] == batch  # the input gradient in the same pass (large grids)
+    ordered = fused and slab * gw.itemsize > _SORTED_FUSED_BYTES  # samples by first row
     dvals = np.empty((k + 1, block if fused else 0), dtype=gw.dtype)
     xb = np.empty((_GROUP, block), dtype=gw.dtype)  # a group of inputs over the block, transposed
     n_rows = n_basis - k  # possible first rows of a sample's k+1 coefficient rows
@@ -1378,24 +1392,34 @@ def _grad_weight(
         for b0 in range(0, batch, block):
             b1 = min(batch, b0 + block)
             if fused:
+                m = b1 - b0
                 _transpose(x, b0, b1, i, i + 1, xb)
                 _block_basis(
-                    xb[0],
-                    t0,
-                    h,
-                    knots,
-                    i,
-                    b1 - b0,
-                    k,
-                    uniform,
-                    True,
-                    n_basis,
-                    rows,
-                    uu,
-                    vals,
-                    dvals,
+                    xb[0], t0, h, knots, i, m, k, uniform, True, n_basis, rows, uu, vals, dvals
                 )
-                _accumulate_dot(gy, weight, scale, rows, vals, dvals, i, b0, b1, k, u_table, gx)
+                if ordered:
+                    _large_grid_order(rows, m, starts, order)
+                if ordered:  # constant arguments: the kernel is compiled for each
+                    _accumulate_dot(
+                        gy, weight, scale, rows, vals, dvals, order, True, i, b0, b1, k, u_table, gx
+                    )
+                else:
+                    _accumulate_dot(
+                        gy,
+                        weight,
+                        scale,
+                        rows,
+                        vals,
+                        dvals,
+                        order,
+                        False,
+                        i,
+                        b0,
+                        b1,
+                        k,
+                        u_table,
+                        gx,
+                    )
                 continue
             _accumulate_block(
                 x,
