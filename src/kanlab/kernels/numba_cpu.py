@@ -1195,10 +1195,14 @@ def _accumulate_dot(
     G=100, 0.80x at G=200, 0.93x at G=500.
 
     Order: sorted by first row, consecutive samples share coefficient rows, so the input
-    gradient's loads hit the level-1 cache: measured 0.78-0.88x the unordered pass at G=500 and
-    0.91-1.0x at G=200, but 1.03-1.09x at G=100 (a 26 KB table, in the level-2 cache anyway), so
-    only tables over :data:`_SORTED_FUSED_BYTES` are ordered. The coefficient gradient alone
-    stays unordered: its row updates alone, sorted, wait on each other's stores (1.1-1.27x)."""
+    gradient's loads hit the level-1 cache. Measured against the unordered pass (1 thread, 64x64,
+    batch 1024, warm and flushed caches): 0.78-0.93x at G=500, 0.93-0.99x at G=300, 0.91-1.01x at
+    G=200, but 1.06-1.09x at G=100 (a 26 KB table, in the level-2 cache anyway); so only tables
+    over :data:`_SORTED_FUSED_BYTES` are ordered. The coefficient gradient alone stays unordered:
+    sorted, its row updates wait on each other's stores (1.1-1.27x), also with two sorted halves
+    interleaved (1.13-1.19x). Interleaving the halves here, or blocks of two samples per row
+    instead of 512 samples, did not help either (1.02-1.03x; 0.89-0.93x at G=500 but 1.08x at
+    G=300 and no change in a whole step)."""
     n_basis = weight.shape[1]
     n_out = weight.shape[2]
     lanes = _width(weight)
