@@ -1210,7 +1210,7 @@ def _accumulate_dot(
     rest = n_out - full
     sc = i * n_out
     zero = _vsplat(weight, 0.0)
-    literally(ordered)  # compiled for each value: a run-time choice of s cost 3-5% (G=100)
+    literally(ordered)  # one compiled loop per value (a run-time choice: 1.03-1.05x at G=100)
     for m in range(b1 - b0):
         s = order[m] if ordered else m
         b = b0 + s
@@ -1401,9 +1401,8 @@ def _grad_weight(
                 _block_basis(
                     xb[0], t0, h, knots, i, m, k, uniform, True, n_basis, rows, uu, vals, dvals
                 )
-                if ordered:
+                if ordered:  # a constant flag: _accumulate_dot is compiled for each value
                     _large_grid_order(rows, m, starts, order)
-                if ordered:  # constant arguments: the kernel is compiled for each
                     _accumulate_dot(
                         gy, weight, scale, rows, vals, dvals, order, True, i, b0, b1, k, u_table, gx
                     )
