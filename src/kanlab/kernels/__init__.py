@@ -67,12 +67,16 @@ class Backend:
 
 
 _BACKENDS: dict[str, Backend] = {}
+_BY_PRIORITY: tuple[Backend, ...] = ()  # _BACKENDS best first (ties: registration order)
 _forced: str | None = None
 
 
 def register_backend(backend: Backend) -> None:
     """Add (or replace) a backend."""
+    global _BY_PRIORITY
     _BACKENDS[backend.name] = backend
+    # Sorted here, not on every call: select_backend runs for every layer call (~10 us saved).
+    _BY_PRIORITY = tuple(sorted(_BACKENDS.values(), key=lambda b: -b.priority))
 
 
 # ---------------------------------------------------------------------------- backend registration
@@ -177,8 +181,7 @@ register_backend(
 
 def available_backends() -> list[str]:
     """Names of the backends usable on this machine, best first."""
-    usable = [b for b in _BACKENDS.values() if b.available()]
-    return [b.name for b in sorted(usable, key=lambda b: -b.priority)]
+    return [b.name for b in _BY_PRIORITY if b.available()]
 
 
 def set_backend(name: str | None) -> None:
@@ -206,9 +209,8 @@ def select_backend(x: Tensor) -> Backend:
     """The backend a call with input ``x`` will use."""
     if _forced is not None:
         return _BACKENDS[_forced]
-    for name in available_backends():
-        backend = _BACKENDS[name]
-        if backend.supports(x):
+    for backend in _BY_PRIORITY:
+        if backend.available() and backend.supports(x):
             return backend
     return _BACKENDS["reference"]
 
