@@ -16,10 +16,23 @@ def init(rank: int, world: int, init_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
 
 
+def finish(failed: bool) -> None:
+    """End the group as a run should: after a barrier when this rank succeeded (a rank that tears its
+    gloo group down while the other still works can abort with "terminate called without an active
+    exception"; CI saw it once), without one when it failed (the others may never reach it)."""
+    from kanlab import distributed as D
+
+    if failed:
+        dist.destroy_process_group()
+    else:
+        D.shutdown()
+
+
 def primitives(rank: int, world: int, init_file: str, out_dir: str) -> None:
     from kanlab import distributed as D
 
     init(rank, world, init_file)
+    failed = True
     try:
         assert D.is_distributed() and D.rank() == rank and D.world_size() == world
         # uneven shards: rank r holds r + 2 rows with values identifying (rank, row)
@@ -34,8 +47,9 @@ def primitives(rank: int, world: int, init_file: str, out_dir: str) -> None:
             {"full": full, "total": total, "weight": model.weight.detach().clone()},
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
+        failed = False
     finally:
-        dist.destroy_process_group()
+        finish(failed)
 
 
 def fit_run(rank: int, world: int, init_file: str, out_dir: str, runs: list[dict]) -> None:
@@ -43,6 +57,7 @@ def fit_run(rank: int, world: int, init_file: str, out_dir: str, runs: list[dict
     import kanlab as kl
 
     init(rank, world, init_file)
+    failed = True
     try:
         results = []
         for options in runs:
@@ -54,8 +69,9 @@ def fit_run(rank: int, world: int, init_file: str, out_dir: str, runs: list[dict
             if rank == 0:
                 kl.save(model, os.path.join(out_dir, f"model{len(results)}.safetensors"))
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        failed = False
     finally:
-        dist.destroy_process_group()
+        finish(failed)
 
 
 def run_fit(options: dict):

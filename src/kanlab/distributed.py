@@ -30,6 +30,7 @@ takes the same step. Backend: ``gloo`` for CPU, ``nccl`` for CUDA, chosen by :fu
 from __future__ import annotations
 
 import datetime
+import gc
 import inspect
 import os
 
@@ -107,9 +108,14 @@ def shutdown() -> None:
 
     For the end of a run that owns its group (e.g. ``kanlab train`` under torchrun): a rank that
     exits while its gloo group is alive and another rank still works (rank 0 saving) can abort in
-    the group's C++ destructors ("terminate called without an active exception")."""
+    the group's C++ destructors ("terminate called without an active exception").
+
+    The garbage collection in between frees ``DistributedDataParallel`` wrappers that ``fit`` left in
+    reference cycles (they hold the group): the group's C++ side is then torn down here, while every
+    rank is past the barrier, rather than whenever the collector next runs or at interpreter exit."""
     if dist.is_initialized():
         dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
 
 
