@@ -1111,98 +1111,39 @@ def _dotkg(weight, scale, g, dvals, s, k, p, sc, o, acc, count):  # pragma: no c
     return _vfma(_vmul(g, _ld(scale, sc + o, count)), t, acc)
 
 
-@njit(inline="always")
-def _dot4(weight, scale, gy, p, sc, go, o, acc, d0, d1, d2, d3, count):  # pragma: no cover
-    g = _ld(gy, go + o, count)
-    return _dot4g(weight, scale, g, p, sc, o, acc, d0, d1, d2, d3, count)
-
-
-@njit(inline="always")
-def _dotk(weight, scale, gy, dvals, s, k, p, sc, go, o, acc, count):  # pragma: no cover
-    return _dotkg(weight, scale, _ld(gy, go + o, count), dvals, s, k, p, sc, o, acc, count)
-
-
 @njit(**_JIT)
-def _dot(weight, scale, gy, rows, dvals, order, ordered, i, b0, b1, k, gx):  # pragma: no cover
-    """``gx[b, i] = sum_o gy[b, o] scale[i, o] sum_r dvals[r, s] weight[i, rows[s] + r, o]`` for
-    b = b0 + s (s in the block's ``order`` when ``ordered``): one vector dot product per sample."""
-    n_basis = weight.shape[1]
-    n_out = weight.shape[2]
-    lanes = _width(weight)
-    full = n_out - n_out % lanes
-    rest = n_out - full
-    sc = i * n_out
-    zero = _vsplat(weight, 0.0)
-    if ordered:  # two copies of the loop, as in _apply
-        for m in range(b1 - b0):
-            s = order[m]
-            b = b0 + s
-            p = (i * n_basis + rows[s]) * n_out
-            go = b * n_out
-            acc = zero
-            if k == 3:
-                d0 = _vsplat(weight, dvals[0, s])
-                d1 = _vsplat(weight, dvals[1, s])
-                d2 = _vsplat(weight, dvals[2, s])
-                d3 = _vsplat(weight, dvals[3, s])
-                for o in range(0, full, lanes):
-                    acc = _dot4(weight, scale, gy, p, sc, go, o, acc, d0, d1, d2, d3, lanes)
-                if rest:
-                    acc = _dot4(weight, scale, gy, p, sc, go, full, acc, d0, d1, d2, d3, rest)
-            else:
-                for o in range(0, full, lanes):
-                    acc = _dotk(weight, scale, gy, dvals, s, k, p, sc, go, o, acc, lanes)
-                if rest:
-                    acc = _dotk(weight, scale, gy, dvals, s, k, p, sc, go, full, acc, rest)
-            gx[b, i] = _vsum(acc)
-        return
-    for s in range(b1 - b0):
-        b = b0 + s
-        p = (i * n_basis + rows[s]) * n_out
-        go = b * n_out
-        acc = zero
-        if k == 3:
-            d0 = _vsplat(weight, dvals[0, s])
-            d1 = _vsplat(weight, dvals[1, s])
-            d2 = _vsplat(weight, dvals[2, s])
-            d3 = _vsplat(weight, dvals[3, s])
-            for o in range(0, full, lanes):
-                acc = _dot4(weight, scale, gy, p, sc, go, o, acc, d0, d1, d2, d3, lanes)
-            if rest:
-                acc = _dot4(weight, scale, gy, p, sc, go, full, acc, d0, d1, d2, d3, rest)
-        else:
-            for o in range(0, full, lanes):
-                acc = _dotk(weight, scale, gy, dvals, s, k, p, sc, go, o, acc, lanes)
-            if rest:
-                acc = _dotk(weight, scale, gy, dvals, s, k, p, sc, go, full, acc, rest)
-        gx[b, i] = _vsum(acc)
-
-
-@njit(**_JIT)
-def _accumulate_dot(
-    gy, weight, scale, rows, vals, dvals, order, ordered, i, b0, b1, k, u, gx
+def _pair_products(
+    gy, weight, scale, rows, vals, dvals, order, ordered, accumulate, i, b0, b1, k, u, gx
 ):  # pragma: no cover - compiled
-    """Large grids, both backward products of input i over samples b0..b1-1 in one pass:
-    ``u[0, rows[s] + r] += vals[r, s] * gy[b]`` (as :func:`_accumulate` into a one-input table)
-    and ``gx[b, i]`` (as :func:`_dot`: the same vector operations in the same order, so gx is
-    bitwise the separate kernel's). With ``ordered`` the samples come in the block's ``order``
-    (sorted by first row), as in the input-gradient kernel on large grids.
+    """The backward products of input i over samples b0..b1-1, one pass per (sample, input):
 
-    The input gradient's coefficient loads and multiply-adds overlap the gradient's row updates
-    here, and each vector of grad_y is loaded once for both (a second load measured 1.035x the
+    - ``gx[b, i] = sum_o gy[b, o] scale[i, o] sum_r dvals[r, s] weight[i, rows[s] + r, o]`` (one
+      vector dot product per sample; the input-gradient kernel's, and the fused pass's, so the two
+      give bitwise the same gx);
+    - with ``accumulate``, also ``u[0, rows[s] + r] += vals[r, s] * gy[b]`` (as
+      :func:`_accumulate` into a one-input table): large grids, when the coefficient gradient is
+      wanted too;
+
+    for b = b0 + s, s in the block's ``order`` (sorted by first row) when ``ordered``, else in
+    order. Both flags are compile-time constants (``literally``: one compiled loop per value; a
+    run-time choice of the order cost 1.03-1.05x at G=100). Without ``accumulate``, ``vals`` and
+    ``u`` are not read.
+
+    Fused: the input gradient's coefficient loads and multiply-adds overlap the gradient's row
+    updates, and each vector of grad_y is loaded once for both (a second load measured 1.035x the
     time: LLVM cannot merge loads across the updates' stores). Measured 1 thread, 64x64 layer,
     batch 1024, both kernels against this pass (unordered): 0.68x the time at G=40, 0.72x at
     G=100, 0.80x at G=200, 0.93x at G=500.
 
     Order: sorted by first row, consecutive samples share coefficient rows, so the input
-    gradient's loads hit the level-1 cache. Measured against the unordered pass (1 thread, 64x64,
-    batch 1024, warm and flushed caches): 0.78-0.93x at G=500, 0.93-0.99x at G=300, 0.91-1.01x at
-    G=200, but 1.06-1.09x at G=100 (a 26 KB table, in the level-2 cache anyway); so only tables
-    over :data:`_SORTED_FUSED_BYTES` are ordered. The coefficient gradient alone stays unordered:
-    sorted, its row updates wait on each other's stores (1.1-1.27x), also with two sorted halves
-    interleaved (1.13-1.19x). Interleaving the halves here, or blocks of two samples per row
-    instead of 512 samples, did not help either (1.02-1.03x; 0.89-0.93x at G=500 but 1.08x at
-    G=300 and no change in a whole step)."""
+    gradient's loads hit the level-1 cache. Measured against the unordered fused pass (1 thread,
+    64x64, batch 1024, warm and flushed caches): 0.78-0.93x at G=500, 0.93-0.99x at G=300,
+    0.91-1.01x at G=200, but 1.06-1.09x at G=100 (a 26 KB table, in the level-2 cache anyway); so
+    only tables over :data:`_SORTED_FUSED_BYTES` are ordered there. The coefficient gradient alone
+    stays unordered: sorted, its row updates wait on each other's stores (1.1-1.27x), also with two
+    sorted halves interleaved (1.13-1.19x). Interleaving the halves here, or blocks of two samples
+    per row instead of 512 samples, did not help either (1.02-1.03x; 0.89-0.93x at G=500 but 1.08x
+    at G=300 and no change in a whole step)."""
     n_basis = weight.shape[1]
     n_out = weight.shape[2]
     lanes = _width(weight)
@@ -1210,7 +1151,8 @@ def _accumulate_dot(
     rest = n_out - full
     sc = i * n_out
     zero = _vsplat(weight, 0.0)
-    literally(ordered)  # one compiled loop per value (a run-time choice: 1.03-1.05x at G=100)
+    literally(ordered)
+    literally(accumulate)
     for m in range(b1 - b0):
         s = order[m] if ordered else m
         b = b0 + s
@@ -1219,30 +1161,34 @@ def _accumulate_dot(
         go = b * n_out
         acc = zero
         if k == 3:
-            v0 = _vsplat(weight, vals[0, s])
-            v1 = _vsplat(weight, vals[1, s])
-            v2 = _vsplat(weight, vals[2, s])
-            v3 = _vsplat(weight, vals[3, s])
+            v0 = _vsplat(weight, vals[0, s]) if accumulate else zero
+            v1 = _vsplat(weight, vals[1, s]) if accumulate else zero
+            v2 = _vsplat(weight, vals[2, s]) if accumulate else zero
+            v3 = _vsplat(weight, vals[3, s]) if accumulate else zero
             d0 = _vsplat(weight, dvals[0, s])
             d1 = _vsplat(weight, dvals[1, s])
             d2 = _vsplat(weight, dvals[2, s])
             d3 = _vsplat(weight, dvals[3, s])
             for o in range(0, full, lanes):  # grad_y's lanes loaded once for both products
                 g = _ld(gy, go + o, lanes)
-                _update4(g, pu + o, u, v0, v1, v2, v3, lanes)
+                if accumulate:
+                    _update4(g, pu + o, u, v0, v1, v2, v3, lanes)
                 acc = _dot4g(weight, scale, g, pw, sc, o, acc, d0, d1, d2, d3, lanes)
             if rest:
                 g = _ld(gy, go + full, rest)
-                _update4(g, pu + full, u, v0, v1, v2, v3, rest)
+                if accumulate:
+                    _update4(g, pu + full, u, v0, v1, v2, v3, rest)
                 acc = _dot4g(weight, scale, g, pw, sc, full, acc, d0, d1, d2, d3, rest)
         else:
             for o in range(0, full, lanes):
                 g = _ld(gy, go + o, lanes)
-                _updatek(g, vals, s, k, pu + o, u, lanes)
+                if accumulate:
+                    _updatek(g, vals, s, k, pu + o, u, lanes)
                 acc = _dotkg(weight, scale, g, dvals, s, k, pw, sc, o, acc, lanes)
             if rest:
                 g = _ld(gy, go + full, rest)
-                _updatek(g, vals, s, k, pu + full, u, rest)
+                if accumulate:
+                    _updatek(g, vals, s, k, pu + full, u, rest)
                 acc = _dotkg(weight, scale, g, dvals, s, k, pw, sc, full, acc, rest)
         gx[b, i] = _vsum(acc)
 
@@ -1330,7 +1276,7 @@ def _grad_weight(
       cache), and the pass writes the parameter-sized gw once, row by row, in memory order: that
       pass is the part of the cost that grows with G. When gx has the batch's rows (the input
       gradient is wanted too), columns i_lo..i_hi-1 of gx are computed in the same pass over the
-      samples (:func:`_accumulate_dot`); otherwise gx is not touched.
+      samples (:func:`_pair_products`); otherwise gx is not touched.
     """
     batch = x.shape[0]
     n_basis = gw.shape[1]
@@ -1401,13 +1347,27 @@ def _grad_weight(
                 _block_basis(
                     xb[0], t0, h, knots, i, m, k, uniform, True, n_basis, rows, uu, vals, dvals
                 )
-                if ordered:  # a constant flag: _accumulate_dot is compiled for each value
+                if ordered:  # constant flags: _pair_products is compiled for each value
                     _large_grid_order(rows, m, starts, order)
-                    _accumulate_dot(
-                        gy, weight, scale, rows, vals, dvals, order, True, i, b0, b1, k, u_table, gx
+                    _pair_products(
+                        gy,
+                        weight,
+                        scale,
+                        rows,
+                        vals,
+                        dvals,
+                        order,
+                        True,
+                        True,
+                        i,
+                        b0,
+                        b1,
+                        k,
+                        u_table,
+                        gx,
                     )
                 else:
-                    _accumulate_dot(
+                    _pair_products(
                         gy,
                         weight,
                         scale,
@@ -1416,6 +1376,7 @@ def _grad_weight(
                         dvals,
                         order,
                         False,
+                        True,
                         i,
                         b0,
                         b1,
@@ -1512,6 +1473,7 @@ def _grad_x(x, t0, h, knots, weight, scale, gy, k, uniform, b_lo, b_hi, gx):  # 
     big = _large_grid(weight)
     starts = np.empty(n_basis - k + 1, dtype=np.int64)
     order = np.empty(block, dtype=np.int32)  # the block's samples sorted by first row, when big
+    no_table = np.empty((1, 1, 1), dtype=weight.dtype)  # _pair_products accumulates nothing here
     for b0 in range(b_lo, b_hi, block):
         b1 = min(b_hi, b0 + block)
         _transpose(x, b0, b1, 0, n_in, xb)
@@ -1519,9 +1481,43 @@ def _grad_x(x, t0, h, knots, weight, scale, gy, k, uniform, b_lo, b_hi, gx):  # 
             _block_basis(
                 xb[i], t0, h, knots, i, b1 - b0, k, uniform, True, n_basis, rows, uu, vals, dvals
             )
-            if big:
+            if big:  # constant flags: _pair_products is compiled for each value
                 _large_grid_order(rows, b1 - b0, starts, order)
-            _dot(weight, scale, gy, rows, dvals, order, big, i, b0, b1, k, gx)
+                _pair_products(
+                    gy,
+                    weight,
+                    scale,
+                    rows,
+                    vals,
+                    dvals,
+                    order,
+                    True,
+                    False,
+                    i,
+                    b0,
+                    b1,
+                    k,
+                    no_table,
+                    gx,
+                )
+            else:
+                _pair_products(
+                    gy,
+                    weight,
+                    scale,
+                    rows,
+                    vals,
+                    dvals,
+                    order,
+                    False,
+                    False,
+                    i,
+                    b0,
+                    b1,
+                    k,
+                    no_table,
+                    gx,
+                )
 
 
 # ---------------------------------------------------------------------------------------- driver
