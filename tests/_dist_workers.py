@@ -5,6 +5,7 @@ Kept in their own module so the spawned children import them without importing t
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -43,13 +44,20 @@ def primitives(rank: int, world: int, init_file: str, out_dir: str) -> None:
         with torch.no_grad():
             model.weight.fill_(float(rank))
         D.broadcast_module(model, src=0)
-        torch.save(
-            {"full": full, "total": total, "weight": model.weight.detach().clone()},
-            os.path.join(out_dir, f"rank{rank}.pt"),
-        )
+        result = {"full": full, "total": total, "weight": model.weight.detach().clone()}
+        # A DDP wrapper (it holds the group) that only the garbage collector can free, as fit
+        # leaves them: shutdown must free it while the group is still up.
+        gc.disable()
+        cycle = [D.wrap(torch.nn.Linear(3, 2))]
+        cycle.append(cycle)
+        del cycle
         failed = False
     finally:
         finish(failed)
+    ddp = torch.nn.parallel.DistributedDataParallel
+    result["ddp_alive"] = sum(isinstance(o, ddp) for o in gc.get_objects())  # before any collection
+    gc.enable()
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 def fit_run(rank: int, world: int, init_file: str, out_dir: str, runs: list[dict]) -> None:
