@@ -689,8 +689,8 @@ def _applyk(weight, scale, vals, s, k, p, sc, yo, o, y, count):  # pragma: no co
 @njit(**_JIT)
 def _apply(weight, scale, rows, vals, order, ordered, i, b0, b1, k, y):  # pragma: no cover
     """``y[b] += scale[i] * sum_r vals[r, s] * weight[i, rows[s] + r]`` for b = b0 + s, s = 0..b1-b0-1
-    (in the block's ``order``, a permutation, when ``ordered``), in vectors (full ones, then one
-    masked vector for the rest of the row).
+    (in the block's ``order``, a permutation, when ``ordered``: a compile-time constant), in
+    vectors (full ones, then one masked vector for the rest of the row).
 
     A function of its own (per input and block) so that LLVM allocates registers for this loop
     alone: inside the whole kernel it spilled the loop's pointers to the stack. The basis values
@@ -702,28 +702,10 @@ def _apply(weight, scale, rows, vals, order, ordered, i, b0, b1, k, y):  # pragm
     full = n_out - n_out % lanes
     rest = n_out - full
     sc = i * n_out
-    if ordered:  # two copies of the loop: a select of s cost 5-10% on small grids
-        for m in range(b1 - b0):
-            s = order[m]
-            b = b0 + s
-            p = (i * n_basis + rows[s]) * n_out
-            yo = b * n_out
-            if k == 3:
-                v0 = _vsplat(weight, vals[0, s])
-                v1 = _vsplat(weight, vals[1, s])
-                v2 = _vsplat(weight, vals[2, s])
-                v3 = _vsplat(weight, vals[3, s])
-                for o in range(0, full, lanes):
-                    _apply4(weight, scale, p, sc, yo, o, y, v0, v1, v2, v3, lanes)
-                if rest:
-                    _apply4(weight, scale, p, sc, yo, full, y, v0, v1, v2, v3, rest)
-            else:
-                for o in range(0, full, lanes):
-                    _applyk(weight, scale, vals, s, k, p, sc, yo, o, y, lanes)
-                if rest:
-                    _applyk(weight, scale, vals, s, k, p, sc, yo, full, y, rest)
-        return
-    for s in range(b1 - b0):
+    # one compiled loop per value of ordered (a run-time select of s cost 5-10% on small grids)
+    literally(ordered)
+    for m in range(b1 - b0):
+        s = order[m] if ordered else m
         b = b0 + s
         p = (i * n_basis + rows[s]) * n_out
         yo = b * n_out
@@ -909,9 +891,11 @@ def _forward(x, t0, h, knots, weight, scale, k, uniform, b_lo, b_hi, y):  # prag
                 _sort_rows(rows, m, n_rows, starts, counts, order)
                 _apply_sorted(weight, scale, vals, starts, order, i, yp, stride)
                 continue
-            if big:
+            if big:  # a constant flag: _apply is compiled for each value
                 _large_grid_order(rows, m, starts, order)
-            _apply(weight, scale, rows, vals, order, big, i, b0, b1, k, y)
+                _apply(weight, scale, rows, vals, order, True, i, b0, b1, k, y)
+            else:
+                _apply(weight, scale, rows, vals, order, False, i, b0, b1, k, y)
         if bucketed:
             for s in range(m):
                 for o in range(n_out):
