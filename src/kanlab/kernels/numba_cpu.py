@@ -1097,9 +1097,11 @@ def _dotkg(weight, scale, g, dvals, s, k, p, sc, o, acc, count):  # pragma: no c
 
 @njit(**_JIT)
 def _pair_products(
-    gy, weight, scale, rows, vals, dvals, order, ordered, accumulate, i, b0, b1, k, u, gx
+    gy, weight, scale, basis, ordered, accumulate, i, b0, b1, k, u, gx
 ):  # pragma: no cover - compiled
-    """The backward products of input i over samples b0..b1-1, one pass per (sample, input):
+    """The backward products of input i over samples b0..b1-1, one pass per (sample, input), from
+    the block's ``basis = (rows, vals, dvals, order)`` (first rows, basis values, their
+    derivatives, the samples sorted by first row):
 
     - ``gx[b, i] = sum_o gy[b, o] scale[i, o] sum_r dvals[r, s] weight[i, rows[s] + r, o]`` (one
       vector dot product per sample; the input-gradient kernel's, and the fused pass's, so the two
@@ -1128,6 +1130,7 @@ def _pair_products(
     sorted halves interleaved (1.13-1.19x). Interleaving the halves here, or blocks of two samples
     per row instead of 512 samples, did not help either (1.02-1.03x; 0.89-0.93x at G=500 but 1.08x
     at G=300 and no change in a whole step)."""
+    rows, vals, dvals, order = basis
     n_basis = weight.shape[1]
     n_out = weight.shape[2]
     lanes = _width(weight)
@@ -1282,6 +1285,7 @@ def _grad_weight(
     order = np.empty(block, dtype=np.int32)
     u_table = np.empty((1, n_basis, n_out) if big else (1, 1, 1), dtype=gw.dtype)
     gsum = np.empty(n_out, dtype=gw.dtype)
+    basis = (rows, vals, dvals, order)  # a block's basis, as _pair_products takes it
     zero = _vsplat(gw, 0.0)
     full = n_out - n_out % lanes
     if not big:
@@ -1333,41 +1337,9 @@ def _grad_weight(
                 )
                 if ordered:  # constant flags: _pair_products is compiled for each value
                     _large_grid_order(rows, m, starts, order)
-                    _pair_products(
-                        gy,
-                        weight,
-                        scale,
-                        rows,
-                        vals,
-                        dvals,
-                        order,
-                        True,
-                        True,
-                        i,
-                        b0,
-                        b1,
-                        k,
-                        u_table,
-                        gx,
-                    )
+                    _pair_products(gy, weight, scale, basis, True, True, i, b0, b1, k, u_table, gx)
                 else:
-                    _pair_products(
-                        gy,
-                        weight,
-                        scale,
-                        rows,
-                        vals,
-                        dvals,
-                        order,
-                        False,
-                        True,
-                        i,
-                        b0,
-                        b1,
-                        k,
-                        u_table,
-                        gx,
-                    )
+                    _pair_products(gy, weight, scale, basis, False, True, i, b0, b1, k, u_table, gx)
                 continue
             _accumulate_block(
                 x,
@@ -1458,6 +1430,7 @@ def _grad_x(x, t0, h, knots, weight, scale, gy, k, uniform, b_lo, b_hi, gx):  # 
     starts = np.empty(n_basis - k + 1, dtype=np.int64)
     order = np.empty(block, dtype=np.int32)  # the block's samples sorted by first row, when big
     no_table = np.empty((1, 1, 1), dtype=weight.dtype)  # _pair_products accumulates nothing here
+    basis = (rows, vals, dvals, order)
     for b0 in range(b_lo, b_hi, block):
         b1 = min(b_hi, b0 + block)
         _transpose(x, b0, b1, 0, n_in, xb)
@@ -1467,41 +1440,9 @@ def _grad_x(x, t0, h, knots, weight, scale, gy, k, uniform, b_lo, b_hi, gx):  # 
             )
             if big:  # constant flags: _pair_products is compiled for each value
                 _large_grid_order(rows, b1 - b0, starts, order)
-                _pair_products(
-                    gy,
-                    weight,
-                    scale,
-                    rows,
-                    vals,
-                    dvals,
-                    order,
-                    True,
-                    False,
-                    i,
-                    b0,
-                    b1,
-                    k,
-                    no_table,
-                    gx,
-                )
+                _pair_products(gy, weight, scale, basis, True, False, i, b0, b1, k, no_table, gx)
             else:
-                _pair_products(
-                    gy,
-                    weight,
-                    scale,
-                    rows,
-                    vals,
-                    dvals,
-                    order,
-                    False,
-                    False,
-                    i,
-                    b0,
-                    b1,
-                    k,
-                    no_table,
-                    gx,
-                )
+                _pair_products(gy, weight, scale, basis, False, False, i, b0, b1, k, no_table, gx)
 
 
 # ---------------------------------------------------------------------------------------- driver
