@@ -504,6 +504,20 @@ def test_set_backend_validates_names():
     assert kernels.get_backend() == "auto"
 
 
+def test_backends_follow_the_installed_jit():
+    """CI runs the suite with numba installed and again without it: in each, the numba backend is
+    offered exactly when numba can be imported, and a CPU layer trains on the best one."""
+    import importlib.util
+
+    has_numba = importlib.util.find_spec("numba") is not None
+    assert ("numba" in kernels.available_backends()) == has_numba
+    x = torch.rand(32, 3) * 2 - 1
+    assert kernels.select_backend(x).name == ("numba" if has_numba else "reference")
+    model = kl.KAN([3, 4, 2], seed=0)
+    model(x).pow(2).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 def test_auto_dispatch_by_device_dtype_and_availability(monkeypatch):
     x32 = torch.rand(256, 64)
     if "numba" in kernels.available_backends():
