@@ -595,7 +595,8 @@ def test_triton_kernels_in_interpreter():
     """The Triton kernels, run by Triton's CPU interpreter (CI installs triton), equal the
     reference: values and both gradients, k = 0, 1, 2, 3, 5, uniform and adapted grids, inputs
     inside, around and far outside the grid, float64 (1e-10) and float32 (1e-5 relative); 70
-    outputs and 45 samples leave partial tiles in both directions."""
+    outputs and 45 samples leave partial tiles in both directions. Then the op's CUDA glue with
+    these kernels: gradcheck of values, coefficient, scale and input gradients in float64."""
     pytest.importorskip("triton")
     code = textwrap.dedent(
         """
@@ -632,6 +633,32 @@ def test_triton_kernels_in_interpreter():
                     only_x = triton_gpu.backward(gy, x, knots, w, k, uniform, True, False)
                     assert only_w[0] is None and torch.equal(only_w[1], gw)
                     assert only_x[1] is None and torch.equal(only_x[0], gx)
+        # The CUDA glue of the op (scale folded into the table, the autograd function, the
+        # backward's need flags) with the Triton module standing in for the CPU kernels.
+        from kanlab.kernels import sparse
+        sparse._MODULES["cpu"] = "kanlab.kernels.triton_gpu"
+        sparse._LOADED.clear()
+        assert sparse._kernels(torch.device("cpu")) is triton_gpu
+        for k, uniform in ((3, True), (2, False)):
+            if uniform:
+                knots = uniform_knots(3, 4, k, dtype=torch.float64)
+            else:
+                knots = knots_from_data(torch.randn(50, 3, generator=g, dtype=torch.float64),
+                                        4, k, 0.02)
+            x = torch.rand(4, 3, generator=g, dtype=torch.float64) * 2.4 - 1.2
+            w = torch.randn(3, 4 + k, 3, generator=g, dtype=torch.float64)
+            sc = torch.rand(3, 3, generator=g, dtype=torch.float64) + 0.5
+            args = tuple(t.clone().requires_grad_() for t in (x, w, sc))
+            op = lambda x, w, sc: sparse.spline_product(x, knots, w, k, uniform, sc)
+            assert torch.autograd.gradcheck(op, args)
+            ref = lambda x, w, sc: reference.spline_product(x, knots, w, k, uniform, sc)
+            rargs = tuple(t.clone().requires_grad_() for t in (x, w, sc))
+            gy = torch.randn(4, 3, generator=g, dtype=torch.float64)
+            got = torch.autograd.grad(op(*args), args, gy)
+            want = torch.autograd.grad(ref(*rargs), rargs, gy)
+            torch.testing.assert_close(op(*args), ref(*rargs), rtol=1e-12, atol=1e-12)
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
         print("ok")
         """
     )
