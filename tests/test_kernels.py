@@ -593,30 +593,25 @@ def test_basis_derivative_matches_finite_differences(k, uniform):
 
 def test_triton_kernels_in_interpreter():
     """The Triton kernels, run by Triton's CPU interpreter (CI installs triton), equal the
-    reference: values and both gradients, k = 0, 1, 2, 3, 5, uniform and adapted grids, inputs
-    inside, around and far outside the grid, float64 (1e-10) and float32 (1e-5 relative); 70
-    outputs and 45 samples leave partial tiles in both directions. Then the op's CUDA glue with
-    these kernels: gradcheck of values, coefficient, scale and input gradients in float64."""
+    reference: values and both gradients, k = 0, 1, 2, 3, 5, uniform and adapted grids, the inputs
+    of :func:`_problem` (inside, at the ends and far outside the grid), float64 (1e-10) and float32
+    (1e-5 relative); 70 outputs and 45 samples leave partial tiles in both directions. Then the
+    op's CUDA glue with these kernels: gradcheck of values, coefficient, scale and input gradients
+    in float64."""
     pytest.importorskip("triton")
     code = textwrap.dedent(
         """
+        import sys
         import torch
+        sys.path.insert(0, sys.argv[1])  # tests/: this module's _problem
+        from test_kernels import _problem
         from kanlab.kernels import reference, triton_gpu
-        from kanlab.splines import knots_from_data, uniform_knots
         g = torch.Generator().manual_seed(0)
-        n_in, n_out, grid, batch = 3, 70, 6, 45
         for k in (0, 1, 2, 3, 5):
             for uniform in (True, False):
                 for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
-                    if uniform:
-                        knots = uniform_knots(n_in, grid, k, dtype=dtype)
-                    else:
-                        data = torch.randn(200, n_in, generator=g, dtype=dtype)
-                        knots = knots_from_data(data, grid, k, 0.02)
-                    x = torch.randn(batch, n_in, generator=g, dtype=dtype) * 1.5
-                    x[:4] = torch.tensor([-9.0, -1.0, 1.0, 9.0], dtype=dtype)[:, None]
-                    w = torch.randn(n_in, grid + k, n_out, generator=g, dtype=dtype)
-                    gy = torch.randn(batch, n_out, generator=g, dtype=dtype)
+                    x, knots, w = _problem(k, uniform, dtype, "cpu", size=(3, 70, 6, 45))
+                    gy = torch.randn(45, 70, generator=g, dtype=dtype)
                     y = triton_gpu.forward(x, knots, w, k, uniform)
                     gx, gw = triton_gpu.backward(gy, x, knots, w, k, uniform, True, True)
                     xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
@@ -640,13 +635,10 @@ def test_triton_kernels_in_interpreter():
         sparse._LOADED.clear()
         assert sparse._kernels(torch.device("cpu")) is triton_gpu
         for k, uniform in ((3, True), (2, False)):
-            if uniform:
-                knots = uniform_knots(3, 4, k, dtype=torch.float64)
-            else:
-                knots = knots_from_data(torch.randn(50, 3, generator=g, dtype=torch.float64),
-                                        4, k, 0.02)
+            _, knots, w = _problem(k, uniform, torch.float64, "cpu", size=(3, 3, 4, 6))
+            # gradcheck's finite differences need inputs away from knots (_problem puts one on
+            # the last knot), so smooth points inside and just outside the span:
             x = torch.rand(4, 3, generator=g, dtype=torch.float64) * 2.4 - 1.2
-            w = torch.randn(3, 4 + k, 3, generator=g, dtype=torch.float64)
             sc = torch.rand(3, 3, generator=g, dtype=torch.float64) + 0.5
             args = tuple(t.clone().requires_grad_() for t in (x, w, sc))
             op = lambda x, w, sc: sparse.spline_product(x, knots, w, k, uniform, sc)
@@ -663,8 +655,13 @@ def test_triton_kernels_in_interpreter():
         """
     )
     env = dict(os.environ, TRITON_INTERPRET="1")
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+        [sys.executable, "-c", code, tests_dir],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "ok"
