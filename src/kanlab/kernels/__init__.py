@@ -146,11 +146,18 @@ def _numba_product(
 
 
 def _triton_product(
-    x: Tensor, knots: Tensor, weight: Tensor, spline_order: int, uniform: bool
+    x: Tensor,
+    knots: Tensor,
+    weight: Tensor,
+    spline_order: int,
+    uniform: bool,
+    scale: Tensor | None = None,
 ) -> Tensor:
-    if not _fast_ok(x, knots, weight, "cuda"):
-        return reference.spline_product(x, knots, weight, spline_order, uniform)
-    return sparse.spline_product(x, knots, weight, spline_order, uniform)
+    if not _fast_ok(x, knots, weight, "cuda") or (
+        scale is not None and (scale.dtype != x.dtype or scale.device != x.device)
+    ):
+        return reference.spline_product(x, knots, weight, spline_order, uniform, scale)
+    return sparse.spline_product(x, knots, weight, spline_order, uniform, scale)
 
 
 register_backend(
@@ -172,6 +179,7 @@ register_backend(
     Backend(
         name="triton",
         fn=_triton_product,
+        takes_scale=True,
         available=_triton_available,
         supports=lambda x: x.device.type == "cuda" and x.dtype in _FAST_DTYPES,
         priority=20,
