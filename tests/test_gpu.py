@@ -185,6 +185,17 @@ def test_cuda_float64_equals_cpu_reference(k, uniform, strategy, monkeypatch):
     for name, a, b in zip(("y", "gx", "gw", "gs"), got, want, strict=True):
         scale = max(1.0, b.abs().max().item())
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * scale, msg=name)
+    # NaN in, NaN out; +-inf: no spline part (as the CPU kernels and the reference).
+    x, knots, weight, scale, _ = problem
+    x = x.clone()
+    x[5, 1], x[6, 0], x[7, 2] = float("nan"), float("inf"), float("-inf")
+    kernels.set_backend("triton")
+    y = kernels.spline_product(x.cuda(), knots.cuda(), weight.cuda(), k, uniform=uniform)
+    kernels.set_backend("reference")
+    want_y = kernels.spline_product(x, knots, weight, k, uniform=uniform)
+    assert torch.equal(torch.isnan(y.cpu()), torch.isnan(want_y))
+    ok = torch.isfinite(want_y)
+    torch.testing.assert_close(y.cpu()[ok], want_y[ok], rtol=1e-10, atol=1e-9)
 
 
 @pytest.mark.gpu
