@@ -11,9 +11,15 @@ import torch
 
 import kanlab as kl
 from kanlab import datasets
-from kanlab._feynman import EXCLUDED, FormulaError, check_formula, evaluate_formula, load_table
-from kanlab._special import SPECIAL
 from kanlab.datasets import Dataset
+from kanlab.datasets.feynman import (
+    EXCLUDED,
+    FormulaError,
+    check_formula,
+    evaluate_formula,
+    load_table,
+)
+from kanlab.datasets.special import SPECIAL
 
 # --------------------------------------------------------------------------------- toy functions
 PI = np.pi

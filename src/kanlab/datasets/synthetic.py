@@ -2,7 +2,7 @@
 
 Sampling uses a private seeded ``torch.Generator`` in float64 (never the global RNG); tensors are
 converted to the requested dtype at the end, so the same seed gives bit-identical data.
-Private: the public face is :mod:`kanlab.datasets`.
+The public face is :mod:`kanlab.datasets`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from kanlab._checks import check_int, check_range
-from kanlab._dataset import Dataset, check_dtype
-from kanlab._tabular import standardize_columns
+from kanlab.datasets.dataset import Dataset, check_dtype
+from kanlab.datasets.tabular import standardize_columns
 
 __all__ = ["from_function", "synthesize"]
 

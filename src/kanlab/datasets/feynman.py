@@ -175,7 +175,9 @@ class FeynmanRow:
 @functools.lru_cache(maxsize=1)
 def load_table() -> tuple[FeynmanRow, ...]:
     """Parse the shipped table (read once, then cached)."""
-    text = resources.files("kanlab").joinpath("data/FeynmanEquations.csv").read_text("utf-8")
+    text = (
+        resources.files("kanlab.datasets").joinpath("data/FeynmanEquations.csv").read_text("utf-8")
+    )
     rows = []
     for r in csv.DictReader(io.StringIO(text)):
         if not r.get("Filename", "").strip():

@@ -1,6 +1,6 @@
 """In-memory and CSV data: seeded splits, label mapping, standardisation (``from_arrays``, ``from_csv``).
 
-Private: the public face is :mod:`kanlab.datasets`.
+The public face is :mod:`kanlab.datasets`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from kanlab._checks import check_choice, check_float, check_int
-from kanlab._dataset import TASKS, Dataset, check_dtype
+from kanlab.datasets.dataset import TASKS, Dataset, check_dtype
 
 __all__ = ["from_arrays", "from_csv", "standardize_columns"]
 

@@ -1,7 +1,7 @@
 """The registry of named data sets: paper toys, special functions, Feynman equations, sklearn sets.
 
 Tasks are built lazily on first use; scipy and scikit-learn are imported only inside the builders
-that need them. Private: the public face is :mod:`kanlab.datasets` (``get``, ``names``, ``describe``).
+that need them. The public face is :mod:`kanlab.datasets` (``get``, ``names``, ``describe``).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import torch
 from torch import Tensor
 
 from kanlab._checks import check_int
-from kanlab._dataset import Dataset, check_dtype
-from kanlab._feynman import EXCLUDED as FEYNMAN_EXCLUDED  # row -> why it is not registered
-from kanlab._synthetic import synthesize
-from kanlab._tabular import from_arrays, standardize_columns
+from kanlab.datasets.dataset import Dataset, check_dtype
+from kanlab.datasets.feynman import EXCLUDED as FEYNMAN_EXCLUDED  # row -> why it is not registered
+from kanlab.datasets.synthetic import synthesize
+from kanlab.datasets.tabular import from_arrays, standardize_columns
 
 __all__ = ["describe", "get", "names"]
 
@@ -103,7 +103,7 @@ def _paper_tasks() -> dict[str, _Task]:
 
 
 def _special_tasks() -> dict[str, _Task]:
-    from kanlab._special import RANGE_NOTE, SPECIAL
+    from kanlab.datasets.special import RANGE_NOTE, SPECIAL
 
     out = {}
     for short, spec in SPECIAL.items():
@@ -123,7 +123,7 @@ def _special_tasks() -> dict[str, _Task]:
 
 
 def _feynman_tasks() -> dict[str, _Task]:
-    from kanlab._feynman import EXCLUDED, evaluate_formula, load_table
+    from kanlab.datasets.feynman import EXCLUDED, evaluate_formula, load_table
 
     out = {}
     for row in load_table():

@@ -1,6 +1,6 @@
 """The :class:`Dataset` container (train/test tensors plus ``meta``) and its validation.
 
-Private: the public face is :mod:`kanlab.datasets`.
+The public face is :mod:`kanlab.datasets`.
 """
 
 from __future__ import annotations

@@ -9,19 +9,19 @@ RNG. scipy and scikit-learn are imported lazily, inside the loaders that need th
     ds = from_function(f, 2, ranges=(-1, 1))  # any f: (n, n_var) float64 tensor -> (n,) or (n, out)
     ds = from_csv("data.csv", target="y")     # numeric features, numeric or string target
 
-This module is the public face; the code lives in private modules, one per concept:
-``_dataset`` (the container and its validation), ``_synthetic`` (``from_function``), ``_tabular``
-(``from_arrays``, ``from_csv``), ``_registry`` (``get``, ``names``, ``describe``), with the task
-tables in ``_feynman`` and ``_special``.
+This module is the public face; the code lives in modules of this package, one per concept:
+``dataset`` (the container and its validation), ``synthetic`` (``from_function``), ``tabular``
+(``from_arrays``, ``from_csv``), ``registry`` (``get``, ``names``, ``describe``), with the task
+tables in ``feynman`` and ``special``.
 """
 
 from __future__ import annotations
 
-from kanlab._dataset import TASKS, Dataset
-from kanlab._feynman import EXCLUDED as FEYNMAN_EXCLUDED  # row -> why it is not registered
-from kanlab._registry import describe, get, names
-from kanlab._synthetic import from_function
-from kanlab._tabular import from_arrays, from_csv
+from kanlab.datasets.dataset import TASKS, Dataset
+from kanlab.datasets.feynman import EXCLUDED as FEYNMAN_EXCLUDED  # row -> why it is not registered
+from kanlab.datasets.registry import describe, get, names
+from kanlab.datasets.synthetic import from_function
+from kanlab.datasets.tabular import from_arrays, from_csv
 
 __all__ = [
     "FEYNMAN_EXCLUDED",
