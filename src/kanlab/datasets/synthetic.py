@@ -92,7 +92,7 @@ def synthesize(
             f"inputs (e.g. at x = {x[i].tolist()}); choose ranges where it is finite"
         )
     meta = dict(meta or {})
-    meta.setdefault("task", "regression")
+    meta.setdefault("kind", "regression")
     meta.setdefault("feature_names", [f"x{i + 1}" for i in range(len(ranges))])
     meta.update(ranges=[list(r) for r in ranges], n_train=n_train, n_test=n_test, seed=seed)
     y_train, y_test = y[:n_train], y[n_train:]
