@@ -12,7 +12,7 @@ import torch
 from kanlab import datasets
 from kanlab.bench.tasks import get_task, task_names
 from kanlab.datasets import DatasetEntry, UnknownDatasetError
-from kanlab.datasets.entry import REGISTRIES
+from kanlab.datasets.record import REGISTRIES
 
 
 def test_public_names() -> None:

@@ -15,17 +15,17 @@ Registered names say which registry they come from: ``paper/...`` (the paper's t
 (sets bundled with scikit-learn).
 
 This module is the public face; the code lives in modules of this package, one per concept:
-``dataset`` (the container and its validation), ``entry`` (the registry's record of a data set),
-``registry`` (the one lookup: ``entry``, ``get``, ``names``, ``describe``), ``synthetic``
-(``from_function``), ``tabular`` (``from_arrays``, ``from_csv``), and one module per registry:
-``paper``, ``special``, ``feynman``, ``sklearn_sets``.
+``dataset`` (the container and its validation), ``record`` (``DatasetEntry``, the registry's record
+of a data set), ``registry`` (the one lookup: ``entry``, ``get``, ``names``, ``describe``),
+``synthetic`` (``from_function``), ``tabular`` (``from_arrays``, ``from_csv``), and one module per
+registry: ``paper``, ``special``, ``feynman``, ``sklearn_sets``.
 """
 
 from __future__ import annotations
 
 from kanlab.datasets.dataset import KINDS, TASKS, Dataset
-from kanlab.datasets.entry import DatasetEntry
 from kanlab.datasets.feynman import EXCLUDED as FEYNMAN_EXCLUDED  # row -> why it is not registered
+from kanlab.datasets.record import DatasetEntry
 from kanlab.datasets.registry import UnknownDatasetError, describe, entry, get, names
 from kanlab.datasets.synthetic import from_function
 from kanlab.datasets.tabular import from_arrays, from_csv

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from kanlab.datasets.entry import DatasetEntry
+from kanlab.datasets.record import DatasetEntry
 from kanlab.datasets.synthetic import synthetic_entry
 
 __all__ = ["entries"]

@@ -15,8 +15,8 @@ import torch
 
 from kanlab._checks import check_int
 from kanlab.datasets.dataset import Dataset, check_dtype
-from kanlab.datasets.entry import DatasetEntry
 from kanlab.datasets.feynman import EXCLUDED as FEYNMAN_EXCLUDED  # row -> why it is not registered
+from kanlab.datasets.record import DatasetEntry
 
 __all__ = ["UnknownDatasetError", "describe", "entry", "get", "names"]
 

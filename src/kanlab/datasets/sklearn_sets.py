@@ -13,7 +13,7 @@ import torch
 
 from kanlab._checks import check_int
 from kanlab.datasets.dataset import Dataset
-from kanlab.datasets.entry import DEFAULT_KAN_HIDDEN, DatasetEntry
+from kanlab.datasets.record import DEFAULT_KAN_HIDDEN, DatasetEntry
 from kanlab.datasets.tabular import from_arrays, standardize_columns
 
 __all__ = ["SKLEARN", "entries"]

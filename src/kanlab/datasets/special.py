@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kanlab.datasets.entry import DatasetEntry
+from kanlab.datasets.record import DatasetEntry
 from kanlab.datasets.synthetic import synthetic_entry
 
 __all__ = ["RANGE_NOTE", "SPECIAL", "SpecialSpec", "entries", "sph_harm_real"]

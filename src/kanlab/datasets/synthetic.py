@@ -17,7 +17,7 @@ from torch import Tensor
 
 from kanlab._checks import check_int, check_range
 from kanlab.datasets.dataset import Dataset, check_dtype
-from kanlab.datasets.entry import DEFAULT_KAN_HIDDEN, DatasetEntry
+from kanlab.datasets.record import DEFAULT_KAN_HIDDEN, DatasetEntry
 from kanlab.datasets.tabular import standardize_columns
 
 __all__ = ["from_function", "synthesize", "synthetic_entry"]
