@@ -11,9 +11,15 @@ import torch
 
 import kanlab as kl
 from kanlab import datasets
-from kanlab._feynman import EXCLUDED, FormulaError, check_formula, evaluate_formula, load_table
-from kanlab._special import SPECIAL
 from kanlab.datasets import Dataset
+from kanlab.datasets.feynman import (
+    EXCLUDED,
+    FormulaError,
+    check_formula,
+    evaluate_formula,
+    load_table,
+)
+from kanlab.datasets.special import SPECIAL
 
 # --------------------------------------------------------------------------------- toy functions
 PI = np.pi
@@ -62,7 +68,7 @@ def test_paper_toy_matches_numpy_oracle(short: str) -> None:
     d = TOY_DIMS[short]
     assert ds.train_x.shape == (200, d) and ds.test_x.shape == (100, d)
     assert ds.train_y.shape == (200, 1) and ds.test_y.shape == (100, 1)
-    assert ds.train_x.dtype == torch.float64 and ds.task == "regression"
+    assert ds.train_x.dtype == torch.float64 and ds.kind == "regression"
     assert ds.n_features == d and ds.n_outputs == 1
     for x, y in ((ds.train_x, ds.train_y), (ds.test_x, ds.test_y)):
         xn = x.numpy()
@@ -402,20 +408,20 @@ def test_dataset_validation() -> None:
     with pytest.raises(TypeError, match="test_y must be a torch.Tensor"):
         _reg(test_y=np.zeros((2, 1)))
     with pytest.raises(ValueError, match=r"int64 tensor of shape \(n,\)"):
-        _reg(train_y=torch.zeros(4), test_y=torch.zeros(2), meta={"task": "classification"})
+        _reg(train_y=torch.zeros(4), test_y=torch.zeros(2), meta={"kind": "classification"})
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
         _reg(train_y=torch.tensor([0, 1, 2, 0]), test_y=torch.tensor([0, 1]),
              meta={"n_classes": 2})  # fmt: skip
     with pytest.raises(ValueError, match="unknown Dataset.meta"):
-        _reg(meta={"task": "ranking"})
+        _reg(meta={"kind": "ranking"})
 
 
 def test_dataset_to_and_properties() -> None:
     ds = _reg(train_y=torch.tensor([0, 2, 1, 0]), test_y=torch.tensor([1, 1]))
-    assert ds.task == "classification" and ds.n_outputs == 3 and ds.n_features == 2
+    assert ds.kind == "classification" and ds.n_outputs == 3 and ds.n_features == 2
     meta: dict = {}
     filled = _reg(train_y=torch.tensor([0, 1, 1, 0]), test_y=torch.tensor([1, 0]), meta=meta)
-    assert filled.meta == {"task": "classification", "n_classes": 2}
+    assert filled.meta == {"kind": "classification", "n_classes": 2}
     assert meta == {}  # the caller's dict is not edited
     d64 = ds.to(torch.float64)
     assert d64.train_x.dtype == torch.float64 and d64.train_y.dtype == torch.int64
@@ -439,12 +445,12 @@ def test_dataset_pickles_and_replace_revalidates() -> None:
 
 
 # --------------------------------------------------------------------------------- from_arrays
-def test_from_arrays_split_and_task_inference() -> None:
+def test_from_arrays_split_and_kind_inference() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(50, 3))
     y = np.where(x[:, 0] > 0, 7, 3)  # integer labels, not 0-based
     ds = datasets.from_arrays(x, y, test_size=0.2, seed=5)
-    assert ds.task == "classification" and ds.n_outputs == 2 and ds.meta["classes"] == [3, 7]
+    assert ds.kind == "classification" and ds.n_outputs == 2 and ds.meta["classes"] == [3, 7]
     assert ds.train_x.shape == (40, 3) and ds.test_x.shape == (10, 3)
     # The split is a partition of the rows, and labels follow their rows.
     rows = np.concatenate([ds.train_x.numpy(), ds.test_x.numpy()]).astype(np.float64)
@@ -459,15 +465,15 @@ def test_from_arrays_split_and_task_inference() -> None:
     other = datasets.from_arrays(x, y, seed=6)
     assert not torch.equal(other.train_x, ds.train_x)
     reg = datasets.from_arrays(x, x[:, 0] * 2.0, standardize=True, dtype=torch.float64)
-    assert reg.task == "regression" and reg.train_y.shape == (40, 1)
+    assert reg.kind == "regression" and reg.train_y.shape == (40, 1)
     torch.testing.assert_close(reg.train_x.mean(0), torch.zeros(3, dtype=torch.float64))
     stats = reg.meta["x_standardization"]
     back = reg.train_x * torch.tensor(stats["std"], dtype=torch.float64) + torch.tensor(
         stats["mean"], dtype=torch.float64
     )
     torch.testing.assert_close(back[:, 0] * 2.0, reg.train_y[:, 0])
-    forced = datasets.from_arrays(x, y.astype(float), task="classification")
-    assert forced.task == "classification" and forced.train_y.dtype == torch.int64
+    forced = datasets.from_arrays(x, y.astype(float), kind="classification")
+    assert forced.kind == "classification" and forced.train_y.dtype == torch.int64
 
 
 def test_from_arrays_errors() -> None:
@@ -494,9 +500,9 @@ def test_from_arrays_errors() -> None:
     with pytest.raises(ValueError, match="at least one sample in each split"):
         datasets.from_arrays(x[:2], y[:2], test_size=0.9)
     with pytest.raises(ValueError, match="integer class labels"):
-        datasets.from_arrays(x, y + 0.5, task="classification")
-    with pytest.raises(ValueError, match="unknown task"):
-        datasets.from_arrays(x, y, task="ranking")
+        datasets.from_arrays(x, y + 0.5, kind="classification")
+    with pytest.raises(ValueError, match="unknown kind 'ranking'"):
+        datasets.from_arrays(x, y, kind="ranking")
     tiny = datasets.from_arrays(x[:2], y[:2], test_size=0.5)
     assert tiny.train_x.shape[0] == 1 and tiny.test_x.shape[0] == 1
 
@@ -517,7 +523,7 @@ def test_csv_round_trip(tmp_path: object) -> None:
     p = _write(tmp_path / "data.csv", "\n".join(lines) + "\n")  # type: ignore[operator]
     ds = datasets.from_csv(p, "target", standardize=False, seed=2)
     ref = datasets.from_arrays(x, y, seed=2)
-    assert ds.task == "regression" and ds.name == "data"
+    assert ds.kind == "regression" and ds.name == "data"
     assert ds.meta["feature_names"] == ["a", "b", "c"] and ds.meta["target_name"] == "target"
     for f in ("train_x", "train_y", "test_x", "test_y"):
         assert torch.equal(getattr(ds, f), getattr(ref, f)), f
@@ -530,21 +536,21 @@ def test_csv_string_and_integer_targets(tmp_path: object) -> None:
     rows = [f"{i},{(i * 7) % 5},{['cat', 'dog', 'emu'][i % 3]}" for i in range(12)]
     p = _write(tmp_path / "s.csv", "u,v,label\n" + "\n".join(rows))  # type: ignore[operator]
     ds = datasets.from_csv(p, "label")
-    assert ds.task == "classification" and ds.meta["classes"] == ["cat", "dog", "emu"]
+    assert ds.kind == "classification" and ds.meta["classes"] == ["cat", "dog", "emu"]
     assert ds.n_outputs == 3 and ds.train_y.dtype == torch.int64
     q = _write(tmp_path / "i.csv", "u,v\n" + "\n".join(  # type: ignore[operator]
         f"{i / 3},{(i * 7) % 5}" for i in range(12)))  # fmt: skip
     ints = datasets.from_csv(q, "v")
-    assert ints.task == "classification" and ints.meta["classes"] == [0, 1, 2, 3, 4]
-    assert datasets.from_csv(q, "v", task="regression").task == "regression"
+    assert ints.kind == "classification" and ints.meta["classes"] == [0, 1, 2, 3, 4]
+    assert datasets.from_csv(q, "v", kind="regression").kind == "regression"
     with pytest.raises(ValueError, match="non-numeric feature column.*'label'"):
-        datasets.from_csv(p, "v", task="regression")
+        datasets.from_csv(p, "v", kind="regression")
     as_reg = datasets.from_csv(q, "u")  # non-integer numbers: regression
-    assert as_reg.task == "regression" and as_reg.train_y.dtype == torch.float32
+    assert as_reg.kind == "regression" and as_reg.train_y.dtype == torch.float32
     with pytest.raises(ValueError, match=r"target column 'label' is non-numeric \(e.g. 'y'\)"):
         _write(tmp_path / "t.csv", "u,v,label\n" + "\n".join(  # type: ignore[operator]
             f"{i},{i * i},{'x' if i else 'y'}" for i in range(5)))  # fmt: skip
-        datasets.from_csv(tmp_path / "t.csv", "label", task="regression")  # type: ignore[operator]
+        datasets.from_csv(tmp_path / "t.csv", "label", kind="regression")  # type: ignore[operator]
 
 
 @pytest.mark.parametrize(
@@ -574,7 +580,7 @@ def test_csv_missing_file(tmp_path: object) -> None:
 
 # ------------------------------------------------------------------------------------- sklearn
 @pytest.mark.parametrize(
-    ("name", "n", "d", "task", "k"),
+    ("name", "n", "d", "kind", "k"),
     [
         ("sklearn/diabetes", 442, 10, "regression", 1),
         ("sklearn/breast_cancer", 569, 30, "classification", 2),
@@ -582,15 +588,15 @@ def test_csv_missing_file(tmp_path: object) -> None:
         ("sklearn/digits", 1797, 64, "classification", 10),
     ],
 )
-def test_sklearn_sets(name: str, n: int, d: int, task: str, k: int) -> None:
+def test_sklearn_sets(name: str, n: int, d: int, kind: str, k: int) -> None:
     ds = datasets.get(name)
     n_test = math.ceil(0.2 * n)
     assert ds.train_x.shape == (n - n_test, d) and ds.test_x.shape == (n_test, d)
-    assert ds.task == task and ds.n_outputs == k and ds.train_x.dtype == torch.float32
+    assert ds.kind == kind and ds.n_outputs == k and ds.train_x.dtype == torch.float32
     stats = ds.meta["x_standardization"]
     assert len(stats["mean"]) == d
     torch.testing.assert_close(ds.train_x.mean(0), torch.zeros(d), atol=1e-5, rtol=0)
-    if task == "classification":
+    if kind == "classification":
         assert set(ds.train_y.tolist()) == set(range(k))
         assert len(ds.meta["target_names"]) == k
     else:

@@ -1,7 +1,9 @@
-"""The task registry: a task is a data set, its metric, and the default KAN shapes to compare.
+"""Bench tasks: a task is a data set, its metric, and the default KAN shapes to compare.
 
 Registered tasks are the data sets of :mod:`kanlab.datasets` (``paper/...``, ``special/...``,
-``feynman/...``, ``sklearn/...``); :func:`csv_task` makes a task from any CSV file. A task is a small
+``feynman/...``, ``sklearn/...``), looked up with its one lookup (``datasets.entry``), and their
+default KAN hidden widths are the data set entry's ``kan_hidden`` (the paper's shapes for its toy
+functions); :func:`csv_task` makes a task from any CSV file. A task is a small
 frozen record that pickles cheaply to workers; :func:`load` builds its data (in the worker).
 
 The metric follows the data: RMSE for regression, accuracy for classification. Reports compare models by
@@ -10,7 +12,6 @@ the *test error*: the RMSE, or 1 - accuracy, so that lower is better everywhere.
 
 from __future__ import annotations
 
-import difflib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,17 +29,6 @@ __all__ = [
     "resolve_tasks",
     "task_names",
 ]
-
-# Hidden widths of the KAN the paper uses for its toy functions (Table/Figure 3 of Liu et al. 2024);
-# other tasks default to one hidden layer of 5 (regression) or 8 (classification).
-_PAPER_HIDDEN: dict[str, tuple[int, ...]] = {
-    "paper/bessel_j0": (),
-    "paper/exp_sin_sq": (1,),
-    "paper/xy": (2,),
-    "paper/exp_sin_100d": (1,),
-    "paper/exp_sin_4d": (4, 2),
-    "paper/exp_sin_4d_nopi": (4, 2),
-}
 
 
 @dataclass(frozen=True)
@@ -74,28 +64,26 @@ def task_names() -> tuple[str, ...]:
     return tuple(datasets.names())
 
 
-def _default_hidden(name: str) -> tuple[int, ...]:
-    if name in _PAPER_HIDDEN:
-        return _PAPER_HIDDEN[name]
-    if name.startswith("sklearn/") and name != "sklearn/diabetes":
-        return (8,)
-    return (5,)
-
-
 def get_task(name: str) -> Task:
-    """The registered task ``name``; an unknown name lists close matches and the valid prefixes."""
+    """The registered task ``name``, with its data set's default KAN hidden widths; an unknown name
+    lists close matches (from the data set registry's lookup) and the valid prefixes."""
+    from kanlab import datasets
+
     if not isinstance(name, str):
         raise TypeError(f"task name must be a str, got {type(name).__name__}")
-    names = task_names()
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    try:
+        entry = datasets.entry(name)
+    except datasets.UnknownDatasetError as e:
+        names = task_names()
         prefixes = sorted({n.split("/", 1)[0] + "/" for n in names})
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = f"; did you mean {', '.join(e.close)}?" if e.close else ""
+        if e.excluded:
+            hint = f"; it is excluded: {e.excluded}."
         raise ValueError(
             f"unknown task {name!r}{hint} Valid tasks are {len(names)} names under "
             f"{', '.join(prefixes)} (e.g. {', '.join(names[:4])}); `kanlab tasks` lists them all"
-        )
-    return Task(name=name, hidden=_default_hidden(name))
+        ) from None
+    return Task(name=name, hidden=entry.kan_hidden)
 
 
 def resolve_tasks(patterns: list[str]) -> list[Task]:

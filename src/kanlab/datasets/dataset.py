@@ -1,6 +1,6 @@
 """The :class:`Dataset` container (train/test tensors plus ``meta``) and its validation.
 
-Private: the public face is :mod:`kanlab.datasets`.
+The public face is :mod:`kanlab.datasets`.
 """
 
 from __future__ import annotations
@@ -13,17 +13,20 @@ from torch import Tensor
 
 from kanlab._checks import check_choice
 
-__all__ = ["TASKS", "Dataset", "check_dtype", "check_finite_field"]
+__all__ = ["KINDS", "TASKS", "Dataset", "check_dtype", "check_finite_field"]
 
-TASKS = ("regression", "classification")
+KINDS = ("regression", "classification")  # what a data set's y is (Dataset.kind)
+TASKS = KINDS  # the old name of KINDS, kept for callers
 
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
     """A train/test split. x: float (n, d); y: float (n, out) (regression) or int64 (n,) (classes).
 
-    ``meta`` says what the data is: ``task``, ``n_classes`` (classification), ``feature_names``,
-    ``target_name``, ``formula``/``ranges`` (synthetic), ``source``, standardisation statistics.
+    ``meta`` says what the data is: ``kind`` ("regression" or "classification"; inferred from
+    y's dtype when absent), ``n_classes`` (classification), ``feature_names``, ``target_name``,
+    ``formula``/``ranges`` (synthetic), ``source``, standardisation statistics. ``meta["task"]``,
+    the old name of ``meta["kind"]``, is still accepted and stored as ``"kind"``.
     """
 
     train_x: Tensor  # (n_train, d) floating
@@ -43,11 +46,12 @@ class Dataset:
         object.__setattr__(
             self, "meta", dict(self.meta)
         )  # our own copy: the caller's is not edited
-        task = self.meta.get("task")
-        if task is None:
-            task = "regression" if self.train_y.is_floating_point() else "classification"
-            self.meta["task"] = task
-        check_choice("Dataset.meta['task']", task, TASKS)
+        key = _take_old_kind_key(self.meta)
+        kind = self.meta.get("kind")
+        if kind is None:
+            kind = "regression" if self.train_y.is_floating_point() else "classification"
+            self.meta["kind"] = kind
+        check_choice(f"Dataset.meta[{key!r}]", kind, KINDS)
         for split in ("train", "test"):
             x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
             if not x.is_floating_point() or x.dim() != 2:
@@ -56,7 +60,7 @@ class Dataset:
                     f"got dtype {x.dtype} and shape {tuple(x.shape)}"
                 )
             check_finite_field(f"Dataset.{split}_x", x)
-            if task == "regression":
+            if kind == "regression":
                 if not y.is_floating_point() or y.dim() != 2:
                     raise ValueError(
                         f"Dataset.{split}_y must be a floating tensor of shape (n, out) for "
@@ -77,12 +81,12 @@ class Dataset:
                 f"Dataset.train_x has {self.train_x.shape[1]} features but test_x has "
                 f"{self.test_x.shape[1]}"
             )
-        if task == "regression" and self.train_y.shape[1] != self.test_y.shape[1]:
+        if kind == "regression" and self.train_y.shape[1] != self.test_y.shape[1]:
             raise ValueError(
                 f"Dataset.train_y has {self.train_y.shape[1]} outputs but test_y has "
                 f"{self.test_y.shape[1]}"
             )
-        if task == "classification":
+        if kind == "classification":
             labels = torch.cat([self.train_y, self.test_y])
             n_classes = self.meta.get("n_classes")
             if n_classes is None:
@@ -101,13 +105,19 @@ class Dataset:
     @property
     def n_outputs(self) -> int:
         """Output width of a model for this data: out dims (regression) or n_classes."""
-        if self.task == "classification":
+        if self.kind == "classification":
             return int(self.meta["n_classes"])
         return int(self.train_y.shape[1])
 
     @property
+    def kind(self) -> str:
+        """ "regression" (float y of shape (n, out)) or "classification" (int64 class indices)."""
+        return str(self.meta["kind"])
+
+    @property
     def task(self) -> str:
-        return str(self.meta["task"])
+        """The old name of :attr:`kind`, kept for callers."""
+        return self.kind
 
     def to(
         self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
@@ -120,7 +130,7 @@ class Dataset:
             return t.to(device=device, dtype=dtype)
 
         def cy(t: Tensor) -> Tensor:
-            return cx(t) if self.task == "regression" else t.to(device=device)
+            return cx(t) if self.kind == "regression" else t.to(device=device)
 
         return Dataset(
             cx(self.train_x), cy(self.train_y), cx(self.test_x), cy(self.test_y),
@@ -129,10 +139,24 @@ class Dataset:
 
     def __repr__(self) -> str:
         return (
-            f"Dataset(name={self.name!r}, task={self.task!r}, n_train={self.train_x.shape[0]}, "
+            f"Dataset(name={self.name!r}, kind={self.kind!r}, n_train={self.train_x.shape[0]}, "
             f"n_test={self.test_x.shape[0]}, n_features={self.n_features}, "
             f"n_outputs={self.n_outputs}, dtype={self.train_x.dtype})"
         )
+
+
+def _take_old_kind_key(meta: dict[str, Any]) -> str:
+    """Move ``meta["task"]`` (the old name) to ``meta["kind"]``; -> the key the caller used."""
+    if "task" not in meta:
+        return "kind"
+    old = meta.pop("task")
+    if "kind" in meta and meta["kind"] != old:
+        raise ValueError(
+            f"Dataset.meta['kind'] {meta['kind']!r} and Dataset.meta['task'] {old!r} (its old "
+            "name) disagree; give one of them"
+        )
+    meta["kind"] = old
+    return "task"
 
 
 def check_dtype(dtype: object) -> torch.dtype:

@@ -1,4 +1,5 @@
-"""The AI Feynman equation table (Udrescu & Tegmark 2020) and a safe evaluator for its formulas.
+"""The AI Feynman equation table (Udrescu & Tegmark 2020), a safe evaluator for its formulas, and the
+``feynman/...`` registry built from it (one entry per row not listed in EXCLUDED).
 
 Formulas are parsed with :mod:`ast` and *interpreted* node by node on numpy arrays: only numbers, the
 row's variable names, ``pi``, ``+ - * / **`` (and unary ``+ -``) and a whitelist of one-argument
@@ -15,8 +16,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
+
+from kanlab.datasets.record import DatasetEntry
+from kanlab.datasets.synthetic import synthetic_entry
 
 __all__ = [
     "EXCLUDED",
@@ -24,6 +31,7 @@ __all__ = [
     "FeynmanRow",
     "FormulaError",
     "check_formula",
+    "entries",
     "evaluate_formula",
     "load_table",
 ]
@@ -175,7 +183,9 @@ class FeynmanRow:
 @functools.lru_cache(maxsize=1)
 def load_table() -> tuple[FeynmanRow, ...]:
     """Parse the shipped table (read once, then cached)."""
-    text = resources.files("kanlab").joinpath("data/FeynmanEquations.csv").read_text("utf-8")
+    text = (
+        resources.files("kanlab.datasets").joinpath("data/FeynmanEquations.csv").read_text("utf-8")
+    )
     rows = []
     for r in csv.DictReader(io.StringIO(text)):
         if not r.get("Filename", "").strip():
@@ -194,3 +204,25 @@ def load_table() -> tuple[FeynmanRow, ...]:
             )
         )
     return tuple(rows)
+
+
+def entries() -> list[DatasetEntry]:
+    """One regression entry per row of the table, except the rows in :data:`EXCLUDED`."""
+    out = []
+    for row in load_table():
+        if row.filename in EXCLUDED:
+            continue
+
+        def fn(x: Tensor, row: Any = row) -> Tensor:
+            vals = {v: x[:, i].numpy() for i, v in enumerate(row.variables)}
+            return torch.from_numpy(evaluate_formula(row.formula, vals))
+
+        formula = f"{row.output} = {row.formula}"
+        out.append(synthetic_entry(
+            f"feynman/{row.filename}", fn, row.ranges,
+            description=f"Feynman equation {row.filename}: {formula}", formula=formula,
+            feature_names=row.variables, target_name=row.output,
+            source=f"AI Feynman (Udrescu & Tegmark 2020), FeynmanEquations.csv row {row.number}",
+            extra_meta={"feynman_number": row.number},
+        ))  # fmt: skip
+    return out

@@ -1,8 +1,9 @@
-"""Synthetic data: sample x uniformly on a box, label it with a function (``from_function``).
+"""Synthetic data: sample x uniformly on a box, label it with a function (``from_function``), and the
+registry entry of such a data set (``synthetic_entry``: the paper toys, special functions, Feynman).
 
 Sampling uses a private seeded ``torch.Generator`` in float64 (never the global RNG); tensors are
 converted to the requested dtype at the end, so the same seed gives bit-identical data.
-Private: the public face is :mod:`kanlab.datasets`.
+The public face is :mod:`kanlab.datasets`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import torch
 from torch import Tensor
 
 from kanlab._checks import check_int, check_range
-from kanlab._dataset import Dataset, check_dtype
-from kanlab._tabular import standardize_columns
+from kanlab.datasets.dataset import Dataset, check_dtype
+from kanlab.datasets.record import DEFAULT_KAN_HIDDEN, DatasetEntry
+from kanlab.datasets.tabular import standardize_columns
 
-__all__ = ["from_function", "synthesize"]
+__all__ = ["from_function", "synthesize", "synthetic_entry"]
 
 
 def _parse_ranges(ranges: object, n_var: int) -> list[tuple[float, float]]:
@@ -92,7 +94,7 @@ def synthesize(
             f"inputs (e.g. at x = {x[i].tolist()}); choose ranges where it is finite"
         )
     meta = dict(meta or {})
-    meta.setdefault("task", "regression")
+    meta.setdefault("kind", "regression")
     meta.setdefault("feature_names", [f"x{i + 1}" for i in range(len(ranges))])
     meta.update(ranges=[list(r) for r in ranges], n_train=n_train, n_test=n_test, seed=seed)
     y_train, y_test = y[:n_train], y[n_train:]
@@ -128,4 +130,44 @@ def from_function(
     return synthesize(
         f, _parse_ranges(ranges, n_var), n_train=n_train, n_test=n_test, seed=seed,
         dtype=dtype, name=name, normalize_label=normalize_label, meta={"source": "from_function"},
+    )  # fmt: skip
+
+
+def synthetic_entry(
+    name: str,
+    fn: Callable[[Tensor], object],
+    ranges: Sequence[tuple[float, float]],
+    *,
+    description: str,
+    formula: str,
+    feature_names: Sequence[str],
+    source: str,
+    target_name: str = "f",
+    details: tuple[str, ...] = (),
+    extra_meta: dict[str, Any] | None = None,
+    kan_hidden: tuple[int, ...] = DEFAULT_KAN_HIDDEN["regression"],
+) -> DatasetEntry:
+    """The registry entry of ``fn`` sampled uniformly on the box ``ranges`` (1000 / 1000 points by
+    default). ``fn`` gets (n, len(ranges)) float64 and returns (n,) or (n, out)."""
+    ranges = [tuple(map(float, r)) for r in ranges]
+
+    def build(n_tr: int | None, n_te: int | None, seed: int, dtype: torch.dtype) -> Dataset:
+        meta = {
+            "kind": "regression", "formula": formula, "feature_names": list(feature_names),
+            "target_name": target_name, "source": source, **(extra_meta or {}),
+        }  # fmt: skip
+        n_tr, n_te = 1000 if n_tr is None else n_tr, 1000 if n_te is None else n_te
+        return synthesize(
+            fn, ranges, n_train=n_tr, n_test=n_te, seed=seed, dtype=dtype, name=name, meta=meta
+        )
+
+    box = ", ".join(
+        f"{v} in [{lo:g}, {hi:g}]" for v, (lo, hi) in zip(feature_names, ranges, strict=True)
+    )
+    lines = (f"formula: {formula}", f"inputs (uniform): {box}",
+             "default size: 1000 train / 1000 test", f"source: {source}", *details)  # fmt: skip
+    return DatasetEntry(
+        name=name, kind="regression", description=description,
+        summary=f"regression, {len(ranges)} input(s)", kan_hidden=kan_hidden, build=build,
+        details=lines,
     )  # fmt: skip

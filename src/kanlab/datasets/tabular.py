@@ -1,6 +1,6 @@
 """In-memory and CSV data: seeded splits, label mapping, standardisation (``from_arrays``, ``from_csv``).
 
-Private: the public face is :mod:`kanlab.datasets`.
+The public face is :mod:`kanlab.datasets`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from kanlab._checks import check_choice, check_float, check_int
-from kanlab._dataset import TASKS, Dataset, check_dtype
+from kanlab.datasets.dataset import KINDS, Dataset, check_dtype
 
 __all__ = ["from_arrays", "from_csv", "standardize_columns"]
 
@@ -67,24 +67,38 @@ def _encode_labels(y: np.ndarray) -> tuple[np.ndarray, list[Any]]:
     return idx.astype(np.int64), classes.tolist()
 
 
+def _kind_option(kind: str | None, task: str | None) -> tuple[str | None, str]:
+    """``kind`` or its old name ``task`` -> (the value, the name the caller used)."""
+    if task is None:
+        return kind, "kind"
+    if kind is not None and kind != task:
+        raise ValueError(
+            f"kind={kind!r} and task={task!r} (its old name) disagree; give one of them"
+        )
+    return task, "task"
+
+
 def from_arrays(
     x: object,
     y: object,
     *,
     test_size: float = 0.2,
     seed: int = 0,
-    task: str | None = None,
+    kind: str | None = None,
     name: str = "arrays",
     standardize: bool = False,
     dtype: torch.dtype = torch.float32,
     meta: dict[str, Any] | None = None,
+    task: str | None = None,
 ) -> Dataset:
     """A seeded shuffle split of in-memory data. x: (n, d); y: (n,) or (n, out).
 
-    The task is classification when y has an integer (or bool/string) dtype, else regression,
-    unless ``task`` says otherwise. Class labels are mapped to indices 0..K-1 (the original values
-    are kept in ``meta['classes']``). ``standardize`` scales the features with training statistics.
+    The kind is classification when y has an integer (or bool/string) dtype, else regression,
+    unless ``kind`` says otherwise (``task`` is its old name, still accepted). Class labels are
+    mapped to indices 0..K-1 (the original values are kept in ``meta['classes']``). ``standardize``
+    scales the features with training statistics.
     """
+    kind, kind_arg = _kind_option(kind, task)
     check_dtype(dtype)
     xa, ya = _to_numpy(x, "x"), _to_numpy(y, "y")
     if xa.ndim != 2:
@@ -106,11 +120,11 @@ def from_arrays(
             f"{int(bad.any(axis=1).sum())} row(s), column(s) {cols}"
         )
     integer_y = ya.dtype.kind in "iub" or ya.dtype.kind in "OUS"
-    if task is None:
-        task = "classification" if integer_y else "regression"
-    check_choice("task", task, TASKS)
+    if kind is None:
+        kind = "classification" if integer_y else "regression"
+    check_choice(kind_arg, kind, KINDS)
     meta = dict(meta or {})
-    if task == "classification":
+    if kind == "classification":
         if ya.ndim == 2 and ya.shape[1] == 1:
             ya = ya[:, 0]
         if ya.ndim != 1:
@@ -133,7 +147,8 @@ def from_arrays(
         if bad.any():
             raise ValueError(f"y contains {int(bad.sum())} non-finite value(s) (NaN or Inf)")
         yt = torch.from_numpy(ya)
-    meta["task"] = task
+    meta.pop("task", None)  # the old name of "kind": ours wins, as it always did
+    meta["kind"] = kind
     meta.setdefault("feature_names", [f"x{i + 1}" for i in range(xa.shape[1])])
     xt = torch.from_numpy(xa)
     tr, te = _split_indices(xt.shape[0], test_size, seed)
@@ -168,17 +183,20 @@ def from_csv(
     *,
     test_size: float = 0.2,
     seed: int = 0,
-    task: str | None = None,
+    kind: str | None = None,
     standardize: bool = True,
     dtype: torch.dtype = torch.float32,
+    task: str | None = None,
 ) -> Dataset:
     """Load a CSV with a header row; ``target`` names the label column, all others are features.
 
     Features must be numeric and non-constant, with no missing values. A non-numeric target means
     classification (strings are mapped to class indices, kept in ``meta['classes']``); an integer
-    target is taken as classification too unless ``task="regression"``. ``standardize`` scales the
+    target is taken as classification too unless ``kind="regression"`` (``task`` is the old name of
+    ``kind``, still accepted). ``standardize`` scales the
     features with the training split's mean and std (kept in ``meta['x_standardization']``).
     """
+    kind, kind_arg = _kind_option(kind, task)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CSV file not found: {str(path)!r}")
@@ -237,19 +255,19 @@ def from_csv(
         )
     tcol = cols[target]
     numeric_target = all(_is_float(v) for v in tcol)
-    if task is None:
-        task = (
+    if kind is None:
+        kind = (
             "regression"
             if numeric_target and not all(_is_int(v) for v in tcol)
             else ("classification")
         )
-    check_choice("task", task, TASKS)
-    if task == "regression":
+    check_choice(kind_arg, kind, KINDS)
+    if kind == "regression":
         if not numeric_target:
             bad_v = next(v for v in tcol if not _is_float(v))
             raise ValueError(
                 f"target column {target!r} is non-numeric (e.g. {bad_v!r}); regression needs "
-                "numbers (use task='classification' for labels)"
+                "numbers (use kind='classification' for labels)"
             )
         y: np.ndarray = np.array([float(v) for v in tcol], dtype=np.float64)
     elif all(_is_int(v) for v in tcol):
@@ -262,6 +280,6 @@ def from_csv(
         "target_name": target,
     }
     return from_arrays(
-        x, y, test_size=test_size, seed=seed, task=task, name=path.stem,
+        x, y, test_size=test_size, seed=seed, kind=kind, name=path.stem,
         standardize=standardize, dtype=dtype, meta=meta,
     )  # fmt: skip
