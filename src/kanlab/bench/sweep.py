@@ -11,9 +11,10 @@ A sweep is a small TOML (or YAML) file::
     n_test = 1000
     seed = 0
 
-    [train]                # the same fit() budget for every model
+    [train]                # fit() options (FitConfig fields), the same for every model
     optimizer = "lbfgs"
-    steps = 40             # total optimiser steps per trial (a KAN's grid stages share them)
+    steps = 20             # optimiser steps per grid stage, as in fit()
+    # total_steps = 60     # or: each trial's budget, shared by its stages (round(60 / stages) each)
     lr = 1.0
 
     [kan]
@@ -29,15 +30,19 @@ A sweep is a small TOML (or YAML) file::
 
 Fairness: for every KAN configuration and every MLP family (depth x activation) the MLP's widths are
 chosen so that its parameter count (or FLOPs) matches the KAN's at its final grid within
-``tolerance``; the MLP then gets exactly the KAN's total number of optimiser steps, the same optimiser,
-the same data and the same seeds.
+``tolerance``; the MLP then gets exactly the KAN's total number of optimiser steps (one stage of
+``steps x stages``), the same optimiser, the same data and the same seeds.
+
+A trial is ``(task, model config, fit config, seed)`` (:class:`Trial`): a
+:class:`~kanlab.config.KANConfig` or :class:`~kanlab.config.MLPConfig` and a
+:class:`~kanlab.config.FitConfig` whose ``steps`` are per stage, as everywhere in kanlab. The
+``[train]`` table holds FitConfig fields (less those each trial sets: ``grid_schedule``, ``seed``,
+``progress``, ``log_every``), plus ``total_steps`` as the alternative to ``steps``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +50,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from kanlab import __version__
 from kanlab.bench.tasks import Task, csv_task, load, resolve_tasks
+from kanlab.config import FitConfig, KANConfig, MLPConfig
+from kanlab.models import count_flops, count_params
 
 __all__ = [
     "DataSpec",
@@ -54,7 +62,6 @@ __all__ = [
     "SizeMatchWarning",
     "Sweep",
     "SweepError",
-    "TrainSpec",
     "Trial",
     "builtin_suites",
     "expand",
@@ -84,17 +91,6 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
-class TrainSpec:
-    optimizer: str = "lbfgs"  # "lbfgs" | "adam" | "adamw"
-    steps: int = 100  # total optimiser steps per trial
-    lr: float = 1.0
-    batch_size: int | None = None  # Adam(W) only
-    lamb: float = 0.0  # sparsity regularisation (KAN only; 0 for a fair comparison)
-    grid_update_every: int = 10
-    stop_grid_update_step: int = 50
-
-
-@dataclass(frozen=True)
 class KANSpec:
     hidden: tuple[tuple[int, ...] | None, ...] = (None,)  # None = the task's default hidden widths
     grids: tuple[tuple[int, ...], ...] = ((5,),)  # grid schedules; (G,) = fixed grid
@@ -109,67 +105,110 @@ class MLPSpec:
     tolerance: float = 0.05  # relative mismatch allowed
 
 
+def _default_train() -> FitConfig:
+    return FitConfig(progress=False)
+
+
 @dataclass(frozen=True)
 class Sweep:
     name: str = "sweep"
     tasks: tuple[str, ...] = ("paper/exp_sin_sq",)
     seeds: tuple[int, ...] = (0, 1)
     data: DataSpec = field(default_factory=DataSpec)
-    train: TrainSpec = field(default_factory=TrainSpec)
+    train: FitConfig = field(default_factory=_default_train)  # steps: per grid stage
+    total_steps: int | None = None  # instead: each trial's steps, shared by its stages
     kan: KANSpec = field(default_factory=KANSpec)
     mlp: MLPSpec = field(default_factory=MLPSpec)
 
     def replace(self, **changes: Any) -> Sweep:
         return dataclasses.replace(self, **changes)
 
+    def steps_per_stage(self, n_stages: int) -> int:
+        """A KAN trial's steps per grid stage: ``train.steps``, or ``total_steps`` shared by the
+        stages (at least one each)."""
+        if self.total_steps is None:
+            return self.train.steps
+        return max(1, round(self.total_steps / n_stages))
+
+
+# Fit options that a trial sets itself (not in a sweep's [train] table).
+_PER_TRIAL = ("grid_schedule", "seed", "progress", "log_every")
+# Fit options that change an MLP's training (the others are KAN-only and left at their defaults).
+_MLP_FIT = ("optimizer", "lr", "batch_size", "loss", "weight_decay")
+
 
 @dataclass(frozen=True)
 class Trial:
-    """One model trained once: everything that determines its result, plus its comparison group."""
+    """One model trained once: ``(task, model config, fit config, seed)``, the data it sees, and
+    its comparison group. The seed is the model's and the fit's (set in both configs)."""
 
     task: Task
-    family: str  # "kan" | "mlp"
-    widths: tuple[int, ...]
+    model: KANConfig | MLPConfig
+    fit: FitConfig  # steps per grid stage; grid_schedule for a KAN with grid extension
     seed: int
     data: DataSpec
-    train: TrainSpec
-    steps: int  # total optimiser steps (steps per stage x stages for a KAN schedule)
-    grid_schedule: tuple[int, ...] = ()  # KAN: grid sizes per stage
-    spline_order: int = 3  # KAN
-    activation: str = "silu"  # MLP
     group: str = ""  # label of the KAN configuration this trial is compared within (not in key)
+
+    def __post_init__(self) -> None:
+        if self.model.seed != self.seed:
+            object.__setattr__(self, "model", self.model.replace(seed=self.seed))
+        if self.fit.seed != self.seed:
+            object.__setattr__(self, "fit", self.fit.replace(seed=self.seed))
+
+    @property
+    def family(self) -> str:
+        return "kan" if isinstance(self.model, KANConfig) else "mlp"
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return self.model.widths
+
+    @property
+    def grid_schedule(self) -> tuple[int, ...]:
+        """A KAN's grid size per stage (``()`` for an MLP)."""
+        if not isinstance(self.model, KANConfig):
+            return ()
+        return self.fit.grid_schedule or self.model.layer_grid_sizes()[:1]
+
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps over all stages."""
+        return self.fit.total_steps
 
     @property
     def label(self) -> str:
         w = ",".join(map(str, self.widths))
-        if self.family == "kan":
+        if isinstance(self.model, KANConfig):
             return f"kan[{w}] G={'>'.join(map(str, self.grid_schedule))}"
-        return f"mlp[{w}] {self.activation}"
-
-    @property
-    def steps_per_stage(self) -> int:
-        return self.steps // max(1, len(self.grid_schedule))
+        return f"mlp[{w}] {self.model.activation}"
 
     def config(self) -> dict[str, Any]:
-        """The canonical configuration (what the store's key hashes)."""
-        import kanlab
+        """The canonical configuration: what the store's key hashes, and what reports group by.
 
-        train = dataclasses.asdict(self.train)
-        train["steps"] = self.steps
-        model: dict[str, Any] = {"family": self.family, "widths": list(self.widths)}
-        if self.family == "kan":
-            model.update(grid_schedule=list(self.grid_schedule), spline_order=self.spline_order)
+        Its layout is the store's format, kept so that keys written by earlier kanlab versions still
+        match (a re-run resumes an old store): ``train.steps`` there is the trial's *total* steps
+        (all stages), ``model.grid_schedule`` a KAN's grid per stage; a config field that earlier
+        versions could not set appears only when it differs from its default."""
+        f, m = self.fit, self.model
+        train: dict[str, Any] = {"optimizer": f.optimizer, "steps": f.total_steps, "lr": f.lr,
+                                 "batch_size": f.batch_size, "lamb": f.lamb}  # fmt: skip
+        model: dict[str, Any] = {"family": self.family, "widths": list(m.widths)}
+        if isinstance(m, KANConfig):
+            model.update(grid_schedule=list(self.grid_schedule), spline_order=m.spline_order)
+            train.update(grid_update_every=f.grid_update_every,
+                         stop_grid_update_step=f.stop_grid_update_step)  # fmt: skip
+            model.update(_non_default(m, {"widths", "grid_size", "spline_order", "seed"}))
         else:
-            model.update(activation=self.activation)
-            for name in ("grid_update_every", "stop_grid_update_step"):
-                train.pop(name)  # no grid: these options do not change an MLP's training
+            model.update(activation=m.activation)
+            model.update(_non_default(m, {"widths", "activation", "seed"}))
+        train.update(_non_default(f, {*train, "grid_schedule", "seed", "progress", "log_every"}))
         return {
             "task": self.task.spec(),
             "data": dataclasses.asdict(self.data),
             "model": model,
             "train": train,
             "seed": self.seed,
-            "kanlab_version": kanlab.__version__,
+            "kanlab_version": __version__,
         }
 
     @property
@@ -179,18 +218,19 @@ class Trial:
         return config_key(self.config())
 
 
+def _non_default(cfg: Any, skip: set[str]) -> dict[str, Any]:
+    """The fields of ``cfg`` (a config) not in ``skip`` whose values differ from the defaults."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if f.name in skip or f.default is dataclasses.MISSING:
+            continue
+        value = getattr(cfg, f.name)
+        if value != f.default:
+            out[f.name] = cfg.to_dict()[f.name]
+    return out
+
+
 # ---------------------------------------------------------------------------- parameter matching
-def _mlp_params(widths: Sequence[int]) -> int:
-    return sum(a * b + b for a, b in itertools.pairwise(widths))
-
-
-def _mlp_flops(widths: Sequence[int], activation: str) -> int:
-    from kanlab.models import ACTIVATION_FLOPS
-
-    linear = sum(2 * a * b + b for a, b in itertools.pairwise(widths))
-    return linear + sum(widths[1:-1]) * ACTIVATION_FLOPS.get(activation, 4)
-
-
 def match_mlp(
     target: int,
     n_in: int,
@@ -214,7 +254,8 @@ def match_mlp(
         raise ValueError(f"unknown match {match!r}; valid: flops, params")
 
     def cost(widths: tuple[int, ...]) -> int:
-        return _mlp_params(widths) if match == "params" else _mlp_flops(widths, activation)
+        cfg = MLPConfig(widths=widths, activation=activation)
+        return count_params(cfg) if match == "params" else count_flops(cfg)
 
     best: tuple[tuple[float, int, float], tuple[int, ...]] | None = None
     for w in range(1, 10_000_000):
@@ -248,11 +289,10 @@ def match_mlp(
 
 
 # ---------------------------------------------------------------------------------- expansion
-def _kan_size(widths: tuple[int, ...], grid: int, k: int) -> tuple[int, int]:
-    import kanlab as kl
-
-    kan = kl.KAN(list(widths), grid_size=grid, spline_order=k, seed=0)
-    return kl.count_params(kan), kl.count_flops(kan, mode="dense")
+def _mlp_fit(train: FitConfig, total_steps: int) -> FitConfig:
+    """An MLP's fit: the sweep's options that apply to an MLP, ``total_steps`` in one stage."""
+    shared = {name: getattr(train, name) for name in _MLP_FIT}
+    return FitConfig(**shared, steps=total_steps, log_every=max(1, total_steps), progress=False)
 
 
 def expand(sweep: Sweep, tasks: Sequence[Task] | None = None) -> list[Trial]:
@@ -270,16 +310,21 @@ def expand(sweep: Sweep, tasks: Sequence[Task] | None = None) -> list[Trial]:
             hidden = task.hidden if hidden is None else hidden
             kan_widths = (n_in, *hidden, n_out)
             for schedule in sweep.kan.grids:
-                per_stage = max(1, round(sweep.train.steps / len(schedule)))
-                steps = per_stage * len(schedule)
-                common = dict(task=task, data=sweep.data, train=sweep.train, steps=steps)
-                kan_trial = Trial(
-                    family="kan", widths=kan_widths, grid_schedule=tuple(schedule),
-                    spline_order=sweep.kan.spline_order, seed=0, **common,
+                per_stage = sweep.steps_per_stage(len(schedule))
+                kan_fit = sweep.train.replace(
+                    steps=per_stage, grid_schedule=tuple(schedule), log_every=max(1, per_stage),
+                    progress=False,
                 )  # fmt: skip
+                kan = KANConfig(widths=kan_widths, grid_size=schedule[0],
+                                spline_order=sweep.kan.spline_order)  # fmt: skip
+                kan_trial = Trial(task=task, model=kan, fit=kan_fit, seed=0, data=sweep.data)
                 group = kan_trial.label
-                params, flops = _kan_size(kan_widths, schedule[-1], sweep.kan.spline_order)
-                target = params if sweep.mlp.match == "params" else flops
+                final = kan.replace(grid_size=schedule[-1])  # the size an MLP is matched to
+                target = (
+                    count_params(final) if sweep.mlp.match == "params"
+                    else count_flops(final, mode="dense")
+                )  # fmt: skip
+                mlp_fit = _mlp_fit(sweep.train, kan_fit.total_steps)
                 mlps = []
                 for depth in sweep.mlp.depths:
                     for act in sweep.mlp.activations:
@@ -296,8 +341,9 @@ def expand(sweep: Sweep, tasks: Sequence[Task] | None = None) -> list[Trial]:
                                 stacklevel=2,
                             )
                             continue
+                        mlp = MLPConfig(widths=widths, activation=act)
                         mlps.append(
-                            Trial(family="mlp", widths=widths, activation=act, seed=0, **common)
+                            Trial(task=task, model=mlp, fit=mlp_fit, seed=0, data=sweep.data)
                         )
                 for seed in sweep.seeds:
                     for t in (kan_trial, *mlps):
@@ -307,7 +353,17 @@ def expand(sweep: Sweep, tasks: Sequence[Task] | None = None) -> list[Trial]:
 
 
 # ---------------------------------------------------------------------------------- parsing
-_SECTIONS: dict[str, type] = {"data": DataSpec, "train": TrainSpec, "kan": KANSpec, "mlp": MLPSpec}
+def _names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+# The fields of each table: [train] holds FitConfig fields, less those each trial sets.
+_SECTIONS: dict[str, tuple[str, ...]] = {
+    "data": _names(DataSpec),
+    "train": (*(n for n in FitConfig.field_names() if n not in _PER_TRIAL), "total_steps"),
+    "kan": _names(KANSpec),
+    "mlp": _names(MLPSpec),
+}
 _TOP = ("name", "tasks", "seeds", *_SECTIONS)
 
 
@@ -349,11 +405,10 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "sweep") -> Sweep:
     if unknown:
         raise _fail(source, unknown[0], f"unknown field; valid: {', '.join(_TOP)}")
     sections: dict[str, dict[str, Any]] = {}
-    for sec, cls in _SECTIONS.items():
+    for sec, valid in _SECTIONS.items():
         raw = data.get(sec, {})
         if not isinstance(raw, Mapping):
             raise _fail(source, sec, f"must be a table, got {raw!r}")
-        valid = [f.name for f in dataclasses.fields(cls)]
         bad = sorted(set(raw) - set(valid))
         if bad:
             raise _fail(source, f"{sec}.{bad[0]}", f"unknown field; valid: {', '.join(valid)}")
@@ -378,33 +433,7 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "sweep") -> Sweep:
         n_test=_int(source, "data.n_test", d.get("n_test", 1000), 1, optional=True),
         seed=_int(source, "data.seed", d.get("seed", 0), 0),  # type: ignore[arg-type]
     )
-    t = sections["train"]
-    lr = t.get("lr", 1.0)
-    if (
-        isinstance(lr, bool)
-        or not isinstance(lr, int | float)
-        or not (math.isfinite(lr) and lr > 0)
-    ):
-        raise _fail(source, "train.lr", f"must be a positive number, got {lr!r}")
-    lamb = t.get("lamb", 0.0)
-    if isinstance(lamb, bool) or not isinstance(lamb, int | float) or not lamb >= 0:
-        raise _fail(source, "train.lamb", f"must be a number >= 0, got {lamb!r}")
-    optimizer = _choice(source, "train.optimizer", t.get("optimizer", "lbfgs"),
-                        ("lbfgs", "adam", "adamw"))  # fmt: skip
-    batch = _int(source, "train.batch_size", t.get("batch_size"), 1, optional=True)
-    if batch is not None and optimizer == "lbfgs":
-        raise _fail(source, "train.batch_size", "is for adam/adamw; lbfgs trains on the full batch")
-    train_spec = TrainSpec(
-        optimizer=optimizer,
-        steps=_int(source, "train.steps", t.get("steps", 100), 1),  # type: ignore[arg-type]
-        lr=float(lr),
-        batch_size=batch,
-        lamb=float(lamb),
-        grid_update_every=_int(source, "train.grid_update_every",
-                               t.get("grid_update_every", 10), 0),  # type: ignore[arg-type]
-        stop_grid_update_step=_int(source, "train.stop_grid_update_step",
-                                   t.get("stop_grid_update_step", 50), 0),  # type: ignore[arg-type]
-    )  # fmt: skip
+    train_spec, total_steps = _parse_train(source, sections["train"])
     k = sections["kan"]
     hidden: list[tuple[int, ...] | None] = []
     for i, h in enumerate(_nonempty(source, "kan.hidden", k.get("hidden", ["task"]))):
@@ -445,8 +474,37 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "sweep") -> Sweep:
     )  # fmt: skip
     return Sweep(
         name=name, tasks=tuple(tasks), seeds=seeds, data=data_spec, train=train_spec,
-        kan=kan_spec, mlp=mlp_spec,
+        total_steps=total_steps, kan=kan_spec, mlp=mlp_spec,
     )  # fmt: skip
+
+
+def _parse_train(source: str, table: Mapping[str, Any]) -> tuple[FitConfig, int | None]:
+    """The [train] table: a FitConfig (``steps`` per grid stage) and ``total_steps`` if given."""
+    t = dict(table)
+    total = t.pop("total_steps", None)
+    if total is not None:
+        if "steps" in t:
+            raise _fail(source, "train.total_steps",
+                        "give steps (per grid stage) or total_steps (per trial), not both")  # fmt: skip
+        total = _int(source, "train.total_steps", total, 1)
+    else:
+        _int(source, "train.steps", t.get("steps", 100), 1)  # a trial needs a step
+    if "knot_steps" in t:  # one count for every stage (the stages differ between KANs)
+        _int(source, "train.knot_steps", t["knot_steps"], 0)
+    try:
+        return FitConfig(**t, progress=False), total
+    except (TypeError, ValueError) as err:
+        raise _fail(source, f"train.{_option_named(err, t)}", str(err)) from None
+
+
+def _option_named(err: Exception, given: Mapping[str, Any]) -> str:
+    """The option a FitConfig error is about: its messages start with the option's name (or
+    "unknown <name>"); otherwise the first option given."""
+    words = str(err).split()
+    if words and words[0] == "unknown":
+        words = words[1:]
+    name = words[0].split("[")[0] if words else ""
+    return name if name in FitConfig.field_names() else next(iter(given), "steps")
 
 
 def builtin_suites() -> list[str]:
