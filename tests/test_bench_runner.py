@@ -24,7 +24,7 @@ def _trials(**over):
 
 
 def test_run_trial_trains_and_measures():
-    trials = _trials(kan={"hidden": [[2]], "grids": [[3, 4]]}, seeds=1, train={"steps": 4})
+    trials = _trials(kan={"hidden": [[2]], "grids": [[3, 4]]}, seeds=1, train={"total_steps": 4})
     for trial in trials:
         row = run_trial(trial)
         assert row["status"] == "ok", row["error"]
@@ -70,6 +70,10 @@ def test_run_trials_records_everything_and_resumes(tmp_path):
         assert (summary.ok, summary.failed, summary.skipped) == (3, 1, 0)
         rows = {r["key"]: r for r in store.rows()}
         assert set(rows) == {t.key for t in trials}
+        for t in trials:  # each row keeps the trial's configs in full
+            extra = rows[t.key]["extra"]
+            assert kl.FitConfig.from_dict(extra["fit_config"]) == t.fit
+            assert type(t.model).from_dict(extra["model_config"]) == t.model
         failed = [r for r in rows.values() if r["status"] == "failed"]
         assert len(failed) == 1 and "OSError: worker lost" in failed[0]["error"]
 

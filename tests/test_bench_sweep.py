@@ -54,7 +54,7 @@ def test_impossible_match_is_an_error():
 def _tiny(**over):
     spec = {
         "name": "tiny", "tasks": ["paper/xy", "paper/exp_sin_sq"], "seeds": 2,
-        "data": {"n_train": 32, "n_test": 32}, "train": {"steps": 10},
+        "data": {"n_train": 32, "n_test": 32}, "train": {"total_steps": 10},
         "kan": {"hidden": ["task", [3]], "grids": [[3, 5], [5]]},
         "mlp": {"depths": [1, 2], "activations": ["silu", "tanh"]},
     }  # fmt: skip
@@ -77,17 +77,67 @@ def test_expand_is_fair_and_complete():
         final = kl.KAN(list(kan.widths), grid_size=kan.grid_schedule[-1])
         n_kan, n_mlp = kl.count_params(final), kl.count_params(kl.MLP(list(t.widths)))
         assert abs(n_mlp - n_kan) <= 0.05 * n_kan
-        assert t.steps == kan.steps and t.train == kan.train and t.data == kan.data
+        assert t.total_steps == kan.total_steps and t.data == kan.data
+        shared = ("optimizer", "lr", "batch_size", "loss", "weight_decay", "seed")
+        assert all(getattr(t.fit, name) == getattr(kan.fit, name) for name in shared)
     xy_default = [t for t in trials if t.task.name == "paper/xy" and t.family == "kan"]
     assert {t.widths for t in xy_default} == {(2, 2, 1), (2, 3, 1)}  # the task's [2,2,1] and [3]
 
 
 def test_schedule_steps_split_across_stages():
-    trials = expand(_tiny(tasks=["paper/xy"], train={"steps": 9}))
+    trials = expand(_tiny(tasks=["paper/xy"], train={"total_steps": 9}))
     by_label = {t.label: t for t in trials if t.family == "kan"}
     staged = by_label["kan[2,2,1] G=3>5"]
-    assert staged.steps_per_stage == 4 and staged.steps == 8  # round(9 / 2) per stage
-    assert by_label["kan[2,2,1] G=5"].steps == 9
+    assert staged.fit.steps == 4 and staged.total_steps == 8  # round(9 / 2) per stage
+    assert by_label["kan[2,2,1] G=5"].total_steps == 9
+
+
+def test_steps_are_per_stage_as_in_fit():
+    trials = expand(_tiny(tasks=["paper/xy"], train={"steps": 6}, seeds=1))
+    kans = {t.label: t for t in trials if t.family == "kan"}
+    staged = kans["kan[2,2,1] G=3>5"]
+    assert staged.fit.steps == 6 and staged.fit.grid_schedule == (3, 5)
+    assert staged.total_steps == 12 and kans["kan[2,2,1] G=5"].total_steps == 6
+    for t in trials:
+        if t.family == "mlp":  # one stage of the KAN's total
+            assert t.fit.steps == t.total_steps == kans[t.group].total_steps
+    with pytest.raises(SweepError, match=r"field 'train.total_steps': give steps .* not both"):
+        _tiny(train={"steps": 6, "total_steps": 12})
+
+
+def test_trial_is_task_model_config_fit_config_and_seed():
+    trials = expand(_tiny(tasks=["paper/xy"], seeds=[3], train={"total_steps": 10, "lr": 0.5}))
+    kan = next(t for t in trials if t.label == "kan[2,3,1] G=3>5")
+    assert kan.model == kl.KANConfig(widths=(2, 3, 1), grid_size=3, seed=3)
+    assert kan.fit == kl.FitConfig(steps=5, lr=0.5, grid_schedule=(3, 5), seed=3, log_every=5,
+                                   progress=False)  # fmt: skip
+    mlp = next(t for t in trials if t.family == "mlp")
+    assert isinstance(mlp.model, kl.MLPConfig) and mlp.model.seed == mlp.fit.seed == 3
+    assert mlp.fit.grid_schedule is None and mlp.fit.lamb == 0.0 and mlp.fit.lr == 0.5
+
+
+def test_trial_keys_are_those_of_earlier_versions():
+    # keys written by kanlab before trials held configs (a store from then resumes): the quick
+    # suite's first KAN and MLP trials of paper/xy, seed 0, as that version computed them
+    quick = load_sweep("quick")
+    trials = {(t.label, t.seed): t.key for t in expand(quick, resolve_tasks(["paper/xy"]))}
+    assert trials[("kan[2,2,1] G=3>5>10", 0)] == (
+        "a8cd824a5c5f0e4207f9481975d3a2739fa311c42af72e27e0ed52160f76d445"
+    )
+    assert trials[("mlp[2,7,8,1] silu", 0)] == (
+        "b32c91c7ba7bd6314f8eba7fce9e9602d976e32f55ba4e4dcc737125baf760ae"
+    )
+
+
+def test_extra_fit_options_enter_the_key():
+    base = _tiny(tasks=["paper/xy"], seeds=1)
+    decayed = _tiny(tasks=["paper/xy"], seeds=1, train={"total_steps": 10, "weight_decay": 0.1})
+    keys = {t.key for t in expand(base)}
+    assert not keys & {t.key for t in expand(decayed)}  # every trial differs
+    with pytest.raises(SweepError, match=r"field 'train.grid_eps'"):
+        _tiny(train={"grid_eps": 3.0})
+    with pytest.raises(SweepError, match=r"field 'train.seed': unknown field; valid: optimizer"):
+        _tiny(train={"seed": 3})
 
 
 def test_keys_depend_on_seed_and_config_not_on_group():

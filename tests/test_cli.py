@@ -62,6 +62,13 @@ def test_unknown_task_and_option_list_valid_names(capsys, tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written for bad input
 
 
+def test_steps_per_stage_or_per_trial(capsys, tmp_path):
+    code, _, err = _run(["compare", "--steps", "2", "--total-steps", "6", "--out", str(tmp_path)],
+                        capsys)  # fmt: skip
+    assert code == 2 and "give --steps (per grid stage) or --total-steps (per trial)" in err
+    assert not any(tmp_path.iterdir())
+
+
 def test_bad_sweep_file_names_the_field(capsys, tmp_path):
     sweep = tmp_path / "s.toml"
     sweep.write_text(TINY.replace("depths = [1, 2]", "depths = [1, -2]"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,7 +193,7 @@ def test_config_that_does_not_fit_the_tensors(tmp_path):
     model = kan_model()
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     config = {"format": "kanlab", "version": io.FORMAT_VERSION, **io.model_config(model)}
-    config["widths"] = [2, 4, 1]
+    config["config"]["widths"] = [2, 4, 1]
     config["sha256"] = io._digest(tensors, config)
     bad = tmp_path / "t.safetensors"
     bad.write_bytes(st_save(tensors, metadata={"kanlab": json.dumps(config)}))
@@ -201,18 +202,22 @@ def test_config_that_does_not_fit_the_tensors(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("edit", "match"),
+    ("edit", "nested", "match"),
     [
-        ({"version": 99}, "format version 99"),
-        ({"class": "Transformer"}, "unknown model class"),
-        ({"grid_sizes": [4]}, "invalid kanlab checkpoint config"),
-        ({"dtype": "torch.int8"}, "invalid kanlab checkpoint config"),
+        ({"version": 99}, {}, "format version 99"),
+        ({"class": "Transformer"}, {}, "unknown model class"),
+        ({"grid_sizes": [4]}, {}, "invalid kanlab checkpoint config"),
+        ({"dtype": "torch.int8"}, {}, "invalid kanlab checkpoint config"),
+        ({}, {"grid_size": [4]}, r"invalid kanlab checkpoint config.*grid_size"),
+        ({}, {"dtype": "int8"}, r"invalid kanlab checkpoint config.*unknown dtype 'int8'"),
+        ({}, {"depth": 3}, r"invalid kanlab checkpoint config.*unknown KANConfig field.*'depth'"),
     ],
 )
-def test_bad_config_fields(tmp_path, edit, match):
+def test_bad_config_fields(tmp_path, edit, nested, match):
     model = kan_model()
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     config = {"format": "kanlab", "version": io.FORMAT_VERSION, **io.model_config(model), **edit}
+    config["config"].update(nested)
     config["sha256"] = io._digest(tensors, config)
     bad = tmp_path / "t.safetensors"
     bad.write_bytes(st_save(tensors, metadata={"kanlab": json.dumps(config)}))
@@ -233,3 +238,66 @@ def test_files_of_other_formats(tmp_path):
     plain.write_bytes(st_save({"w": torch.ones(2)}))
     with pytest.raises(ValueError, match="not a kanlab checkpoint"):
         kl.load(plain)
+
+
+# ----------------------------------------------------------------------------- old files
+V1 = Path(__file__).parent / "data" / "checkpoints_v1"
+
+
+def _v1_inputs(d: int, dtype: torch.dtype) -> torch.Tensor:
+    # as tests/data/checkpoints_v1/make.py made them
+    t = torch.arange(16 * d, dtype=torch.float64).reshape(16, d)
+    return (torch.sin(1.7 * t + 0.3) * 1.3).to(dtype)
+
+
+@pytest.mark.parametrize("name", sorted(json.loads((V1 / "outputs.json").read_text())))
+def test_version_1_checkpoints_still_load(name):
+    """Files written by kanlab before checkpoints stored a config (format version 1) load, and the
+    models compute what they computed when saved (outputs recorded then)."""
+    record = json.loads((V1 / "outputs.json").read_text())[name]
+    header, _ = split((V1 / f"{name}.safetensors").read_bytes())
+    assert json.loads(header["__metadata__"]["kanlab"])["version"] == 1
+    model = kl.load(V1 / f"{name}.safetensors")
+    dtype = getattr(torch, record["dtype"])
+    assert next(model.parameters()).dtype == dtype
+    outputs = [[float.fromhex(v) for v in row] for row in record["outputs"]]
+    expected = torch.tensor(outputs, dtype=torch.float64)
+    with torch.no_grad():
+        got = model(_v1_inputs(model.widths[0], dtype)).double()
+    # equal to rounding (the kernels that run may differ from the recording's: numba or not)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+    # and it round-trips through the current format unchanged
+    again = io.model_config(model)
+    assert again["class"] == type(model).__name__ and kl.build(model.config).config == model.config
+
+
+def test_version_1_details_are_kept(tmp_path):
+    mixed = kl.load(V1 / "kan_f64_mixed_grids.safetensors")
+    assert [la.grid_size for la in mixed.layers] == [7, 5] and mixed.grid_size == 7
+    assert mixed.config.grid_size == (7, 5)
+    per_layer = kl.load(V1 / "kan_f64_per_layer_options.safetensors")
+    assert [la.base_activation for la in per_layer.layers] == ["silu", "tanh"]
+    assert per_layer.layers[0].grid_range == (-2.0, 3.0)
+    sym = kl.load(V1 / "kan_f64_symbolic.safetensors")
+    assert sym.layers[0].symbolic_edges() == {(0, 0): "sin", (1, 1): "x^2"}
+    ext = kl.load(V1 / "kan_f64_extended.safetensors")
+    assert ext.grid_size == 9 and not ext.layers[0]._uniform and ext.layers[1].mask[1, 0] == 0
+    for model in (mixed, per_layer, sym, ext):  # saved again in the current format: the same model
+        kl.save(model, tmp_path / "m.safetensors")
+        again = kl.load(tmp_path / "m.safetensors")
+        x = _v1_inputs(2, torch.float64)
+        assert again.config == model.config and same_outputs(model, again, x)
+
+
+def test_checkpoint_stores_the_config(tmp_path):
+    model = kl.KAN([2, 3, 1], grid_size=4, seed=3, noise_scale=0.05, dtype=torch.float64)
+    model.extend_grid(6)
+    kl.save(model, tmp_path / "m.safetensors")
+    header, _ = split((tmp_path / "m.safetensors").read_bytes())
+    record = json.loads(header["__metadata__"]["kanlab"])
+    assert record["version"] == io.FORMAT_VERSION == 2 and record["class"] == "KAN"
+    assert kl.KANConfig.from_dict(record["config"]) == model.config
+    assert record["config"]["grid_size"] == 6 and record["config"]["noise_scale"] == 0.05
+    assert record["config"]["seed"] == 3 and record["config"]["dtype"] == "float64"
+    assert kl.load(tmp_path / "m.safetensors").config == model.config

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -148,3 +150,50 @@ def test_kan_update_grid_rejects_nan_without_touching_model() -> None:
         model.update_grid(x)
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k])
+
+
+def _kan_configs():
+    widths = [(1, 1), (2, 5, 1), (4, 4, 2, 1), (13, 8, 3), (100, 1, 1), (3, 7, 7, 7, 2)]
+    acts = ["silu", "identity", "zero", "gelu", "relu", "tanh"]
+    out = []
+    for i, w in enumerate(widths):
+        for j, (g, k) in enumerate([(1, 0), (3, 3), (5, 1), (20, 2), (100, 3), (7, 5)]):
+            out.append(kl.KANConfig(widths=w, grid_size=g, spline_order=k,
+                                    base_activation=acts[(i + j) % len(acts)]))  # fmt: skip
+    # per-layer grid sizes and base functions (a layer extended or changed on its own)
+    out.append(kl.KANConfig(widths=(2, 3, 1), grid_size=(7, 5), base_activation=("tanh", "silu")))
+    out.append(kl.KANConfig(widths=(3, 4, 4, 2), grid_size=(3, 10, 50), spline_order=2))
+    return out
+
+
+def _mlp_configs():
+    widths = [(1, 1), (2, 32, 1), (4, 16, 16, 3), (13, 5, 9, 2, 1), (100, 1, 1)]
+    acts = ["silu", "identity", "gelu", "relu", "tanh"]
+    return [kl.MLPConfig(widths=w, activation=a) for w in widths for a in acts]
+
+
+@pytest.mark.parametrize("cfg", _kan_configs() + _mlp_configs(), ids=str)
+def test_counts_from_a_config_equal_the_built_models(cfg) -> None:
+    model = kl.build(cfg)
+    assert kl.count_params(cfg) == kl.count_params(model)
+    for mode in ("sparse", "dense"):
+        for batch in (0, 1, 7):
+            got = kl.count_flops(cfg, batch=batch, mode=mode)
+            assert got == kl.count_flops(model, batch=batch, mode=mode)
+
+
+@pytest.mark.parametrize(("widths", "grid", "k"), [([2, 5, 1], 3, 3), ([4, 4, 2, 1], 20, 2)])
+def test_kan_params_closed_form_from_a_config(widths, grid, k) -> None:
+    # per edge G+k spline coefficients and two scales (the formula bench reports used to repeat)
+    cfg = kl.KANConfig(widths=widths, grid_size=grid, spline_order=k)
+    expected = sum(a * b * (grid + k + 2) for a, b in itertools.pairwise(widths))
+    model = kl.KAN(widths, grid_size=grid, spline_order=k)
+    assert kl.count_params(cfg) == expected == kl.count_params(model)
+
+
+def test_grid_size_has_one_definition() -> None:
+    # equal layer grids: that G; a layer extended on its own: the largest (what fit records too)
+    model = kl.KAN([2, 3, 1], grid_size=5, dtype=torch.float64)
+    assert model.grid_size == 5
+    model.layers[1].extend_grid(8)
+    assert model.grid_size == 8 and model.config.grid_size == (5, 8)

@@ -103,6 +103,26 @@ def test_kan_only_options_refused_for_mlp():
         kl.fit(mlp, paper_data(), grid_schedule=[3, 5], steps=1, progress=False)
 
 
+def test_fit_takes_a_config_and_keyword_overrides():
+    ds = paper_data()
+    cfg = kl.FitConfig(optimizer="adam", lr=0.05, steps=4, progress=False)
+    a, b, c = kan(), kan(), kan()
+    h_cfg = kl.fit(a, ds, cfg)
+    h_kw = kl.fit(b, ds, optimizer="adam", lr=0.05, steps=4, progress=False)
+    assert h_cfg.train_loss == h_kw.train_loss and torch.equal(a(ds.test_x), b(ds.test_x))
+    h_over = kl.fit(c, ds, cfg, steps=2)  # a keyword overrides the config's field
+    assert len(h_over) == 2 and h_over.train_loss == h_cfg.train_loss[:2]
+    assert cfg.steps == 4  # the config itself is unchanged
+
+
+def test_unknown_fit_option_is_named_with_the_valid_ones():
+    with pytest.raises(TypeError, match=r"fit\(\) got unknown option\(s\) 'stepz'; valid: optimizer, "
+                       r"steps, .*knot_steps, callbacks"):  # fmt: skip
+        kl.fit(kan(), paper_data(), stepz=3)
+    with pytest.raises(TypeError, match="config must be a FitConfig or None, got dict"):
+        kl.fit(kan(), paper_data(), {"steps": 3})
+
+
 # ----------------------------------------------------------------------------- training
 @pytest.mark.parametrize(("optimizer", "lr"), [("lbfgs", 1.0), ("adam", 0.1), ("adamw", 0.1)])
 def test_kan_loss_decreases(optimizer, lr):

@@ -6,9 +6,10 @@ The public API is re-exported here explicitly; see ``DESIGN.md`` for the map of 
 from __future__ import annotations
 
 from kanlab import datasets, kernels, splines
+from kanlab.config import FitConfig, KANConfig, MLPConfig
 from kanlab.io import load, save
 from kanlab.layers import KANLinear
-from kanlab.models import KAN, MLP, count_flops, count_params
+from kanlab.models import KAN, MLP, build, count_flops, count_params
 from kanlab.plot import plot  # matplotlib is imported only when plot() is called
 from kanlab.prune import prune
 from kanlab.symbolic import auto_symbolic, fix_symbolic, suggest_symbolic, symbolic_formula
@@ -19,10 +20,14 @@ __version__ = "0.1.0"
 __all__ = [
     "KAN",
     "MLP",
+    "FitConfig",
     "History",
+    "KANConfig",
     "KANLinear",
+    "MLPConfig",
     "__version__",
     "auto_symbolic",
+    "build",
     "count_flops",
     "count_params",
     "datasets",

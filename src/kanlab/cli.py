@@ -65,7 +65,12 @@ def compare(
     ] = None,
     seeds: Annotated[int | None, typer.Option(min=1, help="Number of seeds (0..N-1).")] = None,
     steps: Annotated[
-        int | None, typer.Option(min=1, help="Optimiser steps per trial (overrides the suite).")
+        int | None,
+        typer.Option(min=1, help="Optimiser steps per grid stage (overrides the suite's)."),
+    ] = None,
+    total_steps: Annotated[
+        int | None,
+        typer.Option(min=1, help="Instead: steps per trial, shared by a KAN's grid stages."),
     ] = None,
     executor: Annotated[
         str,
@@ -104,10 +109,12 @@ def compare(
         sweep = sweep.replace(tasks=tuple(t.name for t in task_list))
     if seeds is not None:
         sweep = sweep.replace(seeds=tuple(range(seeds)))
+    if steps is not None and total_steps is not None:
+        raise CLIError("give --steps (per grid stage) or --total-steps (per trial), not both")
     if steps is not None:
-        import dataclasses
-
-        sweep = sweep.replace(train=dataclasses.replace(sweep.train, steps=steps))
+        sweep = sweep.replace(train=sweep.train.replace(steps=steps), total_steps=None)
+    if total_steps is not None:
+        sweep = sweep.replace(total_steps=total_steps)
     run_dir = out / sweep.name
     typer.echo(f"kanlab compare: suite {sweep.name!r} -> {run_dir}", err=True)
     summary, db = bench.run_sweep(
@@ -221,43 +228,48 @@ def train(
     torchrun (gloo on CPU, nccl on GPU, chosen automatically); only rank 0 prints and writes."""
     import torch
 
-    import kanlab as kl
+    from kanlab import datasets, io
     from kanlab import distributed as D
+    from kanlab.config import DTYPES, FitConfig, KANConfig, MLPConfig
+    from kanlab.models import build
+    from kanlab.train import fit
 
     if (task is None) == (csv is None):
         raise CLIError("give exactly one of --task or --csv (with --target)")
     if (csv is None) != (target is None):
         raise CLIError("--csv and --target go together (the CSV file and its target column)")
-    dtypes = {"float32": torch.float32, "float64": torch.float64}
+    dtypes = {name: DTYPES[name] for name in ("float32", "float64")}
     if dtype not in dtypes:
         raise CLIError(f"unknown dtype {dtype!r}; valid: {', '.join(dtypes)}")
     if model not in ("kan", "mlp"):
         raise CLIError(f"unknown model {model!r}; valid: kan, mlp")
     hidden = _ints("widths", widths) or ([5] if model == "kan" else [32, 32])
+    fit_config = FitConfig(
+        optimizer=optimizer, steps=steps, lr=lr, batch_size=batch_size, lamb=lamb,
+        grid_schedule=_ints("grid-schedule", grid_schedule), seed=seed, progress=progress,
+    )  # fmt: skip
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     D.init_from_env(device=device)
     if device == "cuda" and D.is_distributed():
         device = f"cuda:{torch.cuda.current_device()}"
     if csv is not None:
-        data = kl.datasets.from_csv(csv, target, seed=seed, dtype=dtypes[dtype])
+        data = datasets.from_csv(csv, target, seed=seed, dtype=dtypes[dtype])
     else:
-        data = kl.datasets.get(task, n_train=n_train, seed=seed, dtype=dtypes[dtype])
-    full = [data.n_features, *hidden, data.n_outputs]
-    net = (
-        kl.KAN(full, grid_size=grid_size, seed=seed, dtype=dtypes[dtype], device=device)
+        data = datasets.get(task, n_train=n_train, seed=seed, dtype=dtypes[dtype])
+    full = (data.n_features, *hidden, data.n_outputs)
+    model_config = (
+        KANConfig(widths=full, grid_size=grid_size, seed=seed, dtype=dtype)
         if model == "kan"
-        else kl.MLP(full, seed=seed, dtype=dtypes[dtype], device=device)
+        else MLPConfig(widths=full, seed=seed, dtype=dtype)
     )
-    history = kl.fit(
-        net, data, optimizer=optimizer, steps=steps, lr=lr, batch_size=batch_size, lamb=lamb,
-        grid_schedule=_ints("grid-schedule", grid_schedule), seed=seed, progress=progress,
-    )  # fmt: skip
+    net = build(model_config, device=device)
+    history = fit(net, data, fit_config)
     if D.is_main():
-        kl.save(net, out)
+        io.save(net, out)
         metric = "RMSE" if data.task == "regression" else "accuracy"
         typer.echo(
-            f"{model} {full} on {data.name}: test {metric} {history.final_test_metric:.4g} "
+            f"{model} {list(full)} on {data.name}: test {metric} {history.final_test_metric:.4g} "
             f"after {len(history)} steps on {D.world_size()} rank(s), "
             f"{history.time_per_step * 1e3:.1f} ms/step; saved {out}"
         )

@@ -21,6 +21,12 @@ input, done redundantly on every rank. Grid updates are rare (every ``grid_updat
 early in training), so this is a small share of the run. For data that do not fit one rank's memory,
 pass a strided subsample as the grid inputs; quantiles need only a few thousand points.
 
+**The training seams.** :func:`kanlab.fit` reaches the process group only through this module:
+:func:`shard` (the contiguous block of a batch's rows a rank trains on), :func:`grid_inputs` (the
+inputs a grid update sees: all ranks' rows, so the grids agree), :func:`reduce_sums` (metric sums
+all-reduced before dividing) and :func:`agreed_grid_update` (a grid update or extension every rank
+performs identically), besides :func:`wrap` and the reductions used inside the loss.
+
 Exactness of full-batch training: each rank's loss is its shard's sum divided by the global N, and
 DDP's gradient average is undone by a factor of ``world_size``, so gradients are the global
 full-batch gradients; the loss value handed to LBFGS's line search is all-reduced, so every rank
@@ -39,15 +45,18 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 __all__ = [
+    "agreed_grid_update",
     "all_reduce_sum",
     "all_reduce_sum_autograd",
     "broadcast_module",
     "default_backend",
     "gather_rows",
+    "grid_inputs",
     "init_from_env",
     "is_distributed",
     "is_main",
     "rank",
+    "reduce_sums",
     "shard",
     "shard_bounds",
     "world_size",
@@ -226,3 +235,36 @@ def wrap(model: nn.Module) -> nn.Module:
         for m in model.modules()
     )
     return ddp(model, device_ids=device_ids, find_unused_parameters=unused, **no_sync)
+
+
+# --------------------------------------------------------------------------- training seams
+def grid_inputs(train_x: Tensor) -> Tensor:
+    """The inputs a grid update sees: every rank's training rows, in rank order (so identical on
+    every rank and equal to the single-process training inputs). ``train_x`` is the full training
+    set; each rank contributes its :func:`shard`."""
+    return gather_rows(shard(train_x)[0])
+
+
+def reduce_sums(sums: dict[str, float], device: torch.device) -> dict[str, float]:
+    """All-reduce (sum) metric accumulators across ranks; the identity on one rank."""
+    if not is_distributed():
+        return sums
+    keys = sorted(sums)
+    total = all_reduce_sum(
+        torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=device)
+    )
+    return dict(zip(keys, total.tolist(), strict=True))
+
+
+def agreed_grid_update(
+    model: nn.Module, train_x: Tensor, grid_eps: float, new_size: int | None
+) -> None:
+    """A collective grid update (``new_size`` None) or extension of ``model`` on the training inputs
+    ``train_x`` (the full set); rank 0's result is broadcast so every rank holds bit-identical knots
+    and coefficients."""
+    x = grid_inputs(train_x)
+    if new_size is None:
+        model.update_grid(x, grid_eps=grid_eps)
+    else:
+        model.extend_grid(new_size, x, grid_eps=grid_eps)
+    broadcast_module(model)

@@ -33,7 +33,7 @@ __all__ = ["FreeKnotObjective"]
 class FreeKnotObjective(nn.Module):
     """The training objective's forward with trainable interior knots (see the module docstring).
 
-    ``forward(x, with_norms)`` has the signature of :class:`kanlab.train`'s objective; the sparsity
+    ``forward(x, with_norms)`` has the signature of :class:`kanlab.train.step.Objective`; the sparsity
     regulariser is not supported (``with_norms`` must be False). Parameters: the model's, plus one
     ``logits`` tensor ``(in, G)`` per layer.
     """

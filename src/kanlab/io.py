@@ -2,18 +2,31 @@
 
 Format: one safetensors file. The tensors are the model's ``state_dict`` (parameters and buffers:
 coefficients, scales, knots, masks, and a layer's symbolic-edge buffers when it has any); the
-safetensors header metadata holds, under the key ``"kanlab"``, a JSON config that says how to rebuild
-the model (class, widths, grid sizes, spline order, activations, dtype) and a SHA-256 digest of the
-tensor data. Nothing is pickled, so loading a file never runs code.
+safetensors header metadata holds, under the key ``"kanlab"``, a JSON record::
+
+    {"format": "kanlab", "version": 2, "class": "KAN" | "MLP",
+     "config": model.config.to_dict(),        # a KANConfig / MLPConfig: how to rebuild the model
+     "symbolic": [...],                        # optional, see below
+     "sha256": "..."}                          # digest of the record and the tensor data
+
+``load`` rebuilds the model from its config (:func:`kanlab.build`) and copies the tensors in. The
+config describes the model as it is (each layer's grid size after grid extension, the widths after
+pruning, the dtype), so the tensors fit the rebuilt model as they are. Nothing is pickled, so
+loading a file never runs code.
+
+Files of format version 1 (kanlab before configs: per-layer lists ``grid_sizes``,
+``base_activations``, ``grid_ranges`` and a ``dtype`` like ``"torch.float32"`` at the top level)
+still load: :func:`_config_from_v1` turns their record into the config.
 
 Loading checks, in order, with a ``ValueError`` naming the problem: the file is a safetensors file
-(complete, header parses), it is a kanlab checkpoint (config present, known format version and class),
-the digest matches (no truncation or tampering of the tensor data), the tensors fit the config.
+(complete, header parses), it is a kanlab checkpoint (record present, known format version), the
+digest matches (no truncation or tampering of the tensor data), the record is valid (known class,
+a valid config, no unknown keys), the tensors fit the config.
 
 Saving is atomic: the bytes go to a temporary file in the target's directory, which is flushed,
 fsynced and renamed over the target; a crash mid-save leaves the previous checkpoint untouched.
 
-Extension point: ``config["symbolic"]`` (optional) lists the symbolic edges per layer as
+Extension point: ``record["symbolic"]`` (optional) lists the symbolic edges per layer as
 ``{"in,out": function name}``; the edges themselves travel in the layer's tensors, and loading checks
 that the rebuilt layers have exactly these edges.
 """
@@ -31,15 +44,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kanlab._checks import check_widths
-from kanlab.layers import ACTIVATIONS
-from kanlab.models import KAN, MLP
+from kanlab.config import KANConfig, MLPConfig
+from kanlab.models import KAN, MLP, build
 
 __all__ = ["FORMAT_VERSION", "load", "model_config", "save"]
 
-FORMAT_VERSION = 1
-_KEY = "kanlab"  # the metadata key of the config
-_DTYPES = {str(d): d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+FORMAT_VERSION = 2
+READS = (1, 2)  # format versions load() reads
+_KEY = "kanlab"  # the metadata key of the record
+_CLASSES: dict[str, type[KANConfig] | type[MLPConfig]] = {"KAN": KANConfig, "MLP": MLPConfig}
+_KEYS = {"format", "version", "class", "config", "symbolic", "sha256"}  # a version-2 record
 
 
 # --------------------------------------------------------------------------- config
@@ -49,61 +63,52 @@ def _layer_symbolic(layer: nn.Module) -> dict[str, str] | None:
 
 
 def model_config(model: nn.Module) -> dict[str, Any]:
-    """The JSON-ready description :func:`load` rebuilds ``model`` from (tensors excluded)."""
-    dtype = str(next(model.parameters()).dtype)
-    if type(model) is KAN:
-        layers = list(model.layers)
-        config: dict[str, Any] = {
-            "class": "KAN",
-            "widths": list(model.widths),
-            "spline_order": model.spline_order,
-            "grid_sizes": [layer.grid_size for layer in layers],
-            "base_activations": [layer.base_activation for layer in layers],
-            "grid_ranges": [list(layer.grid_range) for layer in layers],
-            "dtype": dtype,
-        }
-        symbolic = [_layer_symbolic(layer) for layer in layers]
+    """The JSON-ready record :func:`load` rebuilds ``model`` from (tensors excluded): its class,
+    its config, and its symbolic edges (a KAN with any)."""
+    if type(model) not in (KAN, MLP):
+        raise TypeError(
+            f"save supports kanlab.KAN and kanlab.MLP models, got {type(model).__name__}"
+        )
+    record: dict[str, Any] = {"class": type(model).__name__, "config": model.config.to_dict()}
+    if isinstance(model, KAN):
+        symbolic = [_layer_symbolic(layer) for layer in model.layers]
         if any(s is not None for s in symbolic):
-            config["symbolic"] = symbolic
-        return config
-    if type(model) is MLP:
-        return {
-            "class": "MLP",
-            "widths": list(model.widths),
-            "activation": model.activation,
-            "dtype": dtype,
-        }
-    raise TypeError(f"save supports kanlab.KAN and kanlab.MLP models, got {type(model).__name__}")
+            record["symbolic"] = symbolic
+    return record
 
 
-def _build(config: dict[str, Any]) -> nn.Module:
-    """A model with the config's architecture (parameters to be overwritten by the state dict)."""
+def _config_from_v1(record: dict[str, Any]) -> KANConfig | MLPConfig:
+    """The config of a format-version-1 record (per-layer lists, ``dtype`` as ``"torch.float32"``;
+    the seed was not stored: 0, as version 1 rebuilt with)."""
+    cls, dtype = record["class"], record["dtype"]
+    if cls == "MLP":
+        return MLPConfig(widths=record["widths"], activation=record["activation"], dtype=dtype)
+    if cls != "KAN":
+        raise ValueError(f"unknown model class {cls!r} (known: KAN, MLP)")
+    options: dict[str, Any] = {}
+    if record.get("grid_ranges"):
+        options["grid_range"] = record["grid_ranges"]
+    return KANConfig(
+        widths=record["widths"], grid_size=record["grid_sizes"],
+        spline_order=record["spline_order"], base_activation=record["base_activations"],
+        dtype=dtype, **options,
+    )  # fmt: skip
+
+
+def _config_of(record: dict[str, Any]) -> KANConfig | MLPConfig:
+    """The model config a checkpoint record describes (any version :data:`READS` lists)."""
     try:
-        cls = config["class"]
-        widths = check_widths(config["widths"])
-        dtype = _DTYPES[config["dtype"]]
-        if cls == "MLP":
-            act = config["activation"]
-            if act not in ACTIVATIONS:
-                raise ValueError(f"unknown activation {act!r}")
-            return MLP(widths, activation=act, seed=0, dtype=dtype)
-        if cls != "KAN":
+        if record["version"] == 1:
+            return _config_from_v1(record)
+        unknown = sorted(set(record) - _KEYS)
+        if unknown:
+            raise ValueError(f"unknown record key(s) {unknown}; valid: {sorted(_KEYS)}")
+        cls = record["class"]
+        if cls not in _CLASSES:
             raise ValueError(f"unknown model class {cls!r} (known: KAN, MLP)")
-        n_layers = len(widths) - 1
-        sizes, acts = config["grid_sizes"], config["base_activations"]
-        if len(sizes) != n_layers or len(acts) != n_layers:
-            raise ValueError(f"grid_sizes/base_activations need {n_layers} entries")
-        if any(a not in ACTIVATIONS for a in acts):
-            raise ValueError(f"unknown base activation in {acts}")
-        model = KAN(widths, grid_size=sizes[0], spline_order=config["spline_order"],
-                    base_activation=acts[0], seed=0, dtype=dtype)  # fmt: skip
-        ranges = config.get("grid_ranges") or [layer.grid_range for layer in model.layers]
-        for layer, act, rng in zip(model.layers, acts, ranges, strict=True):
-            layer.base_activation = act
-            layer.grid_range = (float(rng[0]), float(rng[1]))
-        return model
+        return _CLASSES[cls].from_dict(record["config"])
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"invalid kanlab checkpoint config ({err!r}): {config}") from None
+        raise ValueError(f"invalid kanlab checkpoint config ({err!r}): {record}") from None
 
 
 # --------------------------------------------------------------------------- bytes
@@ -200,10 +205,10 @@ def load(path: str | os.PathLike[str], *, device: torch.device | str | None = No
         raise ValueError(f"{str(path)!r}: the kanlab config is not valid JSON ({err})") from None
     if not isinstance(config, dict) or config.get("format") != "kanlab":
         raise ValueError(f"{str(path)!r}: the kanlab config is malformed: {config!r}")
-    if config.get("version") != FORMAT_VERSION:
+    if config.get("version") not in READS:
         raise ValueError(
             f"{str(path)!r}: checkpoint format version {config.get('version')!r}; this kanlab "
-            f"reads version {FORMAT_VERSION}"
+            f"reads versions {', '.join(map(str, READS))}"
         )
     try:
         tensors = st_load(data)
@@ -214,25 +219,29 @@ def load(path: str | os.PathLike[str], *, device: torch.device | str | None = No
             f"{str(path)!r} is corrupt: its config or tensor data do not match the checksum in "
             "its header (truncated or modified file)"
         )
-    model = _build(config)
+    model_cfg = _config_of(config)
+    model = build(model_cfg)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
         raise ValueError(f"{str(path)!r}: the tensors do not match the config: {err}") from None
-    _check_loaded(model, config, path)
+    _check_loaded(model, model_cfg, config.get("symbolic"), path)
     return model.to(device) if device is not None else model
 
 
-def _check_loaded(model: nn.Module, config: dict[str, Any], path: Path) -> None:
+def _check_loaded(
+    model: nn.Module, config: KANConfig | MLPConfig, symbolic: list | None, path: Path
+) -> None:
     if not isinstance(model, KAN):
         return
+    assert isinstance(config, KANConfig)
     sizes = [layer.grid_size for layer in model.layers]
-    if sizes != config["grid_sizes"]:
+    if sizes != list(config.layer_grid_sizes()):
         raise ValueError(
             f"{str(path)!r}: the knots give grid sizes {sizes}, the config says "
-            f"{config['grid_sizes']}"
+            f"{list(config.layer_grid_sizes())}"
         )
-    symbolic = config.get("symbolic") or [None] * len(sizes)
+    symbolic = symbolic or [None] * len(sizes)
     found = [_layer_symbolic(layer) for layer in model.layers]
     if found != list(symbolic):
         raise ValueError(

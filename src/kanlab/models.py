@@ -1,78 +1,114 @@
-"""KAN and MLP stacks, and parameter / FLOP counting.
+"""KAN and MLP stacks built from configs, and parameter / FLOP counting (the one place for both).
 
 Both models take ``(..., widths[0])`` and return ``(..., widths[-1])``; both are seeded by a private
 ``torch.Generator`` so that constructing one never touches the global RNG and the same seed always
 gives the same parameters.
+
+**Configs.** ``KAN(widths, **options)`` and ``KAN.from_config(cfg)`` build the same model (bit for
+bit, for the same seed); ``build(cfg)`` picks the class from the config's type. ``model.config``
+describes the model *as it is now*: a model built from it has the same architecture and tensor
+shapes, so ``build(model.config).load_state_dict(model.state_dict())`` always fits. That is why
+the widths (pruning removes nodes), the grid size of each layer (grid extension) and the dtype are
+read from the model, while the initialisation options (``seed``, ``noise_scale``, ``grid_range``:
+the initial grid) are those it was built with. The *values* of the tensors (knots moved by grid
+updates, coefficients, masks, symbolic edges) are state, in ``state_dict``, not config.
+
+**Grid size.** A KAN's grid size is :attr:`KAN.grid_size`: the largest layer grid. Every model
+kanlab builds and trains has one grid size for all layers (``extend_grid`` and ``fit`` change them
+together); only a layer extended on its own makes them differ, and ``model.config.grid_size`` then
+lists each layer's.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from kanlab._checks import check_choice, check_input, check_int, check_widths
+from kanlab._checks import check_choice, check_input, check_int
+from kanlab.config import KANConfig, MLPConfig, dtype_name, torch_dtype
 from kanlab.layers import ACTIVATIONS, KANLinear
 
-__all__ = ["KAN", "MLP", "count_flops", "count_params"]
+__all__ = ["KAN", "MLP", "build", "count_flops", "count_params"]
 
 
 def _generator(seed: int | None) -> torch.Generator | None:
-    if seed is None:
-        return None
-    check_int("seed", seed, minimum=0)
-    return torch.Generator().manual_seed(seed)
+    return None if seed is None else torch.Generator().manual_seed(seed)
 
 
 class KAN(nn.Module):
     """A stack of :class:`KANLinear` layers with widths ``widths`` (e.g. ``[2, 5, 1]``).
 
-    Keyword options are passed to every layer (``grid_size``, ``spline_order``, ``grid_range``,
-    ``base_activation``, ``noise_scale``); ``seed`` fixes the initialisation.
+    Keyword options are the fields of :class:`kanlab.config.KANConfig` (``grid_size``,
+    ``spline_order``, ``grid_range``, ``base_activation``, ``noise_scale``, ``seed``, ``dtype``),
+    passed to every layer (``grid_size``, ``grid_range`` and ``base_activation`` may also give one
+    value per layer); ``seed`` fixes the initialisation; ``device`` is where the tensors live.
     """
 
     def __init__(
         self,
         widths: Sequence[int],
         *,
-        grid_size: int = 5,
+        grid_size: int | Sequence[int] = 5,
         spline_order: int = 3,
-        grid_range: Sequence[float] = (-1.0, 1.0),
-        base_activation: str = "silu",
+        grid_range: Sequence[float] | Sequence[Sequence[float]] = (-1.0, 1.0),
+        base_activation: str | Sequence[str] = "silu",
         noise_scale: float = 0.1,
         seed: int | None = 0,
         device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
     ) -> None:
         super().__init__()
-        self.widths = check_widths(widths)
-        gen = _generator(seed)
-        self.seed = seed
+        cfg = KANConfig(
+            widths=widths, grid_size=grid_size, spline_order=spline_order, grid_range=grid_range,
+            base_activation=base_activation, noise_scale=noise_scale, seed=seed, dtype=dtype,
+        )  # fmt: skip
+        self._built = cfg
+        self.widths = list(cfg.widths)
+        self.seed = cfg.seed
+        gen = _generator(cfg.seed)
         self.layers = nn.ModuleList(
             KANLinear(
                 a,
                 b,
-                grid_size=grid_size,
-                spline_order=spline_order,
-                grid_range=grid_range,
-                base_activation=base_activation,
-                noise_scale=noise_scale,
+                **cfg.layer_options(i),
+                spline_order=cfg.spline_order,
+                noise_scale=cfg.noise_scale,
                 generator=gen,
                 device=device,
-                dtype=dtype,
+                dtype=torch_dtype(cfg.dtype),
             )
-            for a, b in zip(self.widths[:-1], self.widths[1:], strict=True)
+            for i, (a, b) in enumerate(zip(self.widths[:-1], self.widths[1:], strict=True))
+        )
+
+    @classmethod
+    def from_config(cls, config: KANConfig, *, device: torch.device | str | None = None) -> KAN:
+        """The KAN ``config`` describes (the same parameters as ``KAN(widths, **options)``)."""
+        if not isinstance(config, KANConfig):
+            raise TypeError(f"KAN.from_config needs a KANConfig, got {type(config).__name__}")
+        options = {name: getattr(config, name) for name in config.field_names()}
+        return cls(options.pop("widths"), device=device, **options)
+
+    @property
+    def config(self) -> KANConfig:
+        """The model's :class:`KANConfig` as it is now (see the module docstring)."""
+        layers = list(self.layers)
+        return self._built.replace(
+            widths=(layers[0].in_features, *(layer.out_features for layer in layers)),
+            grid_size=tuple(layer.grid_size for layer in layers),
+            grid_range=tuple(tuple(layer.grid_range) for layer in layers),
+            base_activation=tuple(layer.base_activation for layer in layers),
+            dtype=dtype_name(layers[0].coef.dtype),
         )
 
     @property
     def grid_size(self) -> int:
-        """The grid size G shared by all layers (an error if layers differ)."""
-        sizes = {layer.grid_size for layer in self.layers}
-        if len(sizes) != 1:
-            raise ValueError(f"layers have different grid sizes {sorted(sizes)}")
-        return sizes.pop()
+        """The grid size G: the largest layer grid (all layers share it unless one was extended on
+        its own; ``config.grid_size`` then lists each layer's)."""
+        return max(layer.grid_size for layer in self.layers)
 
     @property
     def spline_order(self) -> int:
@@ -133,14 +169,16 @@ class MLP(nn.Module):
         activation: str = "silu",
         seed: int | None = 0,
         device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
     ) -> None:
         super().__init__()
-        self.widths = check_widths(widths)
-        self.activation = check_choice("activation", activation, list(ACTIVATIONS))
-        self.seed = seed
-        gen = _generator(seed)
-        dtype = dtype or torch.get_default_dtype()
+        cfg = MLPConfig(widths=widths, activation=activation, seed=seed, dtype=dtype)
+        self._built = cfg
+        self.widths = list(cfg.widths)
+        self.activation = cfg.activation
+        self.seed = cfg.seed
+        gen = _generator(cfg.seed)
+        dtype = torch_dtype(cfg.dtype) or torch.get_default_dtype()
         self.layers = nn.ModuleList()
         for a, b in zip(self.widths[:-1], self.widths[1:], strict=True):
             # Built on the meta device: nn.Linear's own initialisation would draw from the global RNG.
@@ -150,6 +188,24 @@ class MLP(nn.Module):
                 for p in (lin.weight, lin.bias):
                     p.copy_((torch.rand(p.shape, generator=gen, dtype=dtype) * 2 - 1) * bound)
             self.layers.append(lin)
+
+    @classmethod
+    def from_config(cls, config: MLPConfig, *, device: torch.device | str | None = None) -> MLP:
+        """The MLP ``config`` describes (the same parameters as ``MLP(widths, **options)``)."""
+        if not isinstance(config, MLPConfig):
+            raise TypeError(f"MLP.from_config needs an MLPConfig, got {type(config).__name__}")
+        return cls(config.widths, activation=config.activation, seed=config.seed,
+                   dtype=config.dtype, device=device)  # fmt: skip
+
+    @property
+    def config(self) -> MLPConfig:
+        """The model's :class:`MLPConfig` as it is now: widths and dtype read from the layers."""
+        layers = list(self.layers)
+        return self._built.replace(
+            widths=(layers[0].in_features, *(lin.out_features for lin in layers)),
+            activation=self.activation,
+            dtype=dtype_name(layers[0].weight.dtype),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """``(..., widths[0]) -> (..., widths[-1])``."""
@@ -162,10 +218,40 @@ class MLP(nn.Module):
         return x
 
 
-def count_params(model: nn.Module, *, trainable_only: bool = True) -> int:
-    """Number of (trainable) parameters. For a KAN layer: ``in*out*(G+k)`` coefficients plus
-    ``2*in*out`` scales; for a linear layer ``in*out + out``."""
+def build(config: KANConfig | MLPConfig, *, device: torch.device | str | None = None) -> KAN | MLP:
+    """The model a config describes: a :class:`KAN` for a :class:`KANConfig`, an :class:`MLP` for
+    an :class:`MLPConfig`."""
+    if isinstance(config, KANConfig):
+        return KAN.from_config(config, device=device)
+    if isinstance(config, MLPConfig):
+        return MLP.from_config(config, device=device)
+    raise TypeError(f"build needs a KANConfig or an MLPConfig, got {type(config).__name__}")
+
+
+def count_params(model: nn.Module | KANConfig | MLPConfig, *, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters of a model, or of the model a config describes (computed
+    without building it; equal to the built model's count).
+
+    For a KAN layer: ``in*out*(G+k)`` coefficients plus ``2*in*out`` scales; for a linear layer
+    ``in*out + out``. A model counts what it holds now: frozen parameters are left out unless
+    ``trainable_only=False``, and symbolic edges add their affine constants."""
+    if isinstance(model, KANConfig):
+        return sum(
+            _kan_layer_params(a, b, g, model.spline_order)
+            for a, b, g in zip(model.widths[:-1], model.widths[1:], model.layer_grid_sizes(),
+                               strict=True)
+        )  # fmt: skip
+    if isinstance(model, MLPConfig):
+        return sum(_linear_params(a, b) for a, b in itertools.pairwise(model.widths))
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _kan_layer_params(n_in: int, n_out: int, grid: int, k: int) -> int:
+    return n_in * n_out * (grid + k) + 2 * n_in * n_out  # coefficients, scale_base, scale_spline
+
+
+def _linear_params(n_in: int, n_out: int) -> int:
+    return n_in * n_out + n_out
 
 
 # FLOPs per scalar for the elementwise functions (one add, multiply, divide or exp = 1 FLOP).
@@ -185,8 +271,42 @@ def _basis_flops_dense(n_basis: int, k: int) -> int:
     return 2 * n_int + sum(9 * (n_int - p) for p in range(1, k + 1))
 
 
-def count_flops(model: nn.Module, batch: int = 1, *, mode: str = "sparse") -> int:
-    """Floating-point operations of one forward pass on ``batch`` samples.
+def _kan_layer_flops(n_in: int, n_out: int, grid: int, k: int, base: str, mode: str) -> int:
+    """FLOPs per sample of one KAN layer (see :func:`count_flops`)."""
+    f_b = ACTIVATION_FLOPS.get(base, 4)
+    if mode == "sparse":
+        per_input = _basis_flops_sparse(k) + f_b
+        per_edge = 2 * (k + 1) + 2
+    else:
+        per_input = _basis_flops_dense(grid + k, k) + f_b
+        per_edge = 2 * (grid + k) + 2
+    return n_in * per_input + n_in * n_out * per_edge
+
+
+def _linear_flops(n_in: int, n_out: int, bias: bool = True) -> int:
+    return 2 * n_in * n_out + (n_out if bias else 0)
+
+
+def _config_flops(config: KANConfig | MLPConfig, mode: str) -> int:
+    """FLOPs per sample of the model ``config`` describes (the walk below, without the model)."""
+    pairs = list(itertools.pairwise(config.widths))
+    if isinstance(config, MLPConfig):
+        hidden = sum(config.widths[1:-1]) * ACTIVATION_FLOPS.get(config.activation, 4)
+        return sum(_linear_flops(a, b) for a, b in pairs) + hidden
+    return sum(
+        _kan_layer_flops(
+            a, b, opts["grid_size"], config.spline_order, opts["base_activation"], mode
+        )
+        for i, (a, b) in enumerate(pairs)
+        for opts in [config.layer_options(i)]
+    )
+
+
+def count_flops(
+    model: nn.Module | KANConfig | MLPConfig, batch: int = 1, *, mode: str = "sparse"
+) -> int:
+    """Floating-point operations of one forward pass on ``batch`` samples, of a model or of the
+    model a config describes (computed without building it; equal to the built model's count).
 
     KAN layer (in -> out, grid G, order k), per sample:
 
@@ -202,21 +322,17 @@ def count_flops(model: nn.Module, batch: int = 1, *, mode: str = "sparse") -> in
     """
     check_choice("mode", mode, ["sparse", "dense"])
     check_int("batch", batch, minimum=0)
+    if isinstance(model, KANConfig | MLPConfig):
+        return _config_flops(model, mode) * batch
     total = 0
     for module in model.modules():
         if isinstance(module, KANLinear):
-            n_in, n_out, k = module.in_features, module.out_features, module.spline_order
-            f_b = ACTIVATION_FLOPS.get(module.base_activation, 4)
-            if mode == "sparse":
-                per_input = _basis_flops_sparse(k) + f_b
-                per_edge = 2 * (k + 1) + 2
-            else:
-                per_input = _basis_flops_dense(module.grid_size + k, k) + f_b
-                per_edge = 2 * (module.grid_size + k) + 2
-            total += n_in * per_input + n_in * n_out * per_edge
+            total += _kan_layer_flops(
+                module.in_features, module.out_features, module.grid_size, module.spline_order,
+                module.base_activation, mode,
+            )  # fmt: skip
         elif isinstance(module, nn.Linear):
-            total += 2 * module.in_features * module.out_features
-            total += module.out_features if module.bias is not None else 0
+            total += _linear_flops(module.in_features, module.out_features, module.bias is not None)
         if isinstance(module, MLP):
             hidden = sum(module.widths[1:-1])
             total += hidden * ACTIVATION_FLOPS.get(module.activation, 4)

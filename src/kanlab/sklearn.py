@@ -24,6 +24,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
+from kanlab.config import FitConfig, KANConfig
 from kanlab.datasets import Dataset
 from kanlab.models import KAN
 from kanlab.train import fit
@@ -102,19 +103,27 @@ class _KANEstimator(BaseEstimator):
         else:
             self.x_mean_ = np.zeros(x.shape[1])
             self.x_scale_ = np.ones(x.shape[1])
-        dtype = self._torch_dtype()
         seed = self._seed()
-        self.model_ = KAN([x.shape[1], *hidden, n_out], grid_size=self.grid_size,
-                          spline_order=self.spline_order, seed=seed, dtype=dtype)  # fmt: skip
+        self.model_ = KAN.from_config(self._model_config(x.shape[1], hidden, n_out, seed))
         train_x = self._to_tensor(self._scale_x(x))
         empty_y = y_train[:0]
         meta: dict[str, Any] = {"task": self._task}
         if self._task == "classification":
             meta["n_classes"] = n_out
         data = Dataset(train_x, y_train, train_x[:0], empty_y, name="sklearn", meta=meta)
-        self.history_ = fit(
-            self.model_, data, optimizer=self.optimizer, steps=self.steps, lr=self.lr,
-            batch_size=self.batch_size, lamb=self.lamb, grid_update_every=self.grid_update_every,
+        self.history_ = fit(self.model_, data, self._fit_config(seed))
+
+    def _model_config(self, n_in: int, hidden: list[int], n_out: int, seed: int) -> KANConfig:
+        """The KAN this estimator's parameters describe."""
+        self._torch_dtype()  # float32 or float64 only
+        return KANConfig(widths=(n_in, *hidden, n_out), grid_size=self.grid_size,
+                         spline_order=self.spline_order, seed=seed, dtype=self.dtype)  # fmt: skip
+
+    def _fit_config(self, seed: int) -> FitConfig:
+        """The training run this estimator's parameters describe."""
+        return FitConfig(
+            optimizer=self.optimizer, steps=self.steps, lr=self.lr, batch_size=self.batch_size,
+            lamb=self.lamb, grid_update_every=self.grid_update_every,
             stop_grid_update_step=self.stop_grid_update_step, grid_schedule=self.grid_schedule,
             weight_decay=self.weight_decay, seed=seed, progress=False,
         )  # fmt: skip

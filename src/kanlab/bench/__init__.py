@@ -5,8 +5,9 @@
     summary, db = bench.run_sweep(sweep, "kanlab-runs/quick", executor="local")
     bench.write_report("kanlab-runs/quick")                # report.md, report.html, plots/
 
-Modules: :mod:`~kanlab.bench.tasks` (what to learn), :mod:`~kanlab.bench.sweep` (which models, size
-matched), :mod:`~kanlab.bench.runner` (where to run), :mod:`~kanlab.bench.store` (SQLite results),
+Modules: :mod:`~kanlab.bench.tasks` (what to learn), :mod:`~kanlab.bench.spec` (the sweep file),
+:mod:`~kanlab.bench.sweep` (trials: task, model config, fit config, seed; MLPs size matched),
+:mod:`~kanlab.bench.runner` (where to run), :mod:`~kanlab.bench.store` (SQLite results),
 :mod:`~kanlab.bench.report` (tables and plots). ``kanlab compare`` drives them from the command line.
 """
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import html
-import itertools
 import json
 import math
 import re
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from kanlab.bench.store import ResultStore
+from kanlab.config import KANConfig
+from kanlab.models import count_params
 
 __all__ = [
     "ConfigStats",
@@ -36,7 +37,6 @@ __all__ = [
     "TaskComparison",
     "aggregate",
     "comparisons",
-    "kan_params",
     "pareto_front",
     "scaling_exponent",
     "summary_table",
@@ -143,11 +143,6 @@ def aggregate(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[ConfigStats]]
     return out
 
 
-def kan_params(widths: Sequence[int], grid: int, spline_order: int) -> int:
-    """Parameters of a KAN: per edge G+k spline coefficients and two scales."""
-    return sum(a * b * (grid + spline_order + 2) for a, b in itertools.pairwise(widths))
-
-
 def _stage_curve(ok: Sequence[Mapping[str, Any]]) -> tuple[tuple[int, float], ...]:
     """Mean test error after each grid stage, over the seeds, with the parameters at that grid."""
     if not ok:
@@ -162,7 +157,9 @@ def _stage_curve(ok: Sequence[Mapping[str, Any]]) -> tuple[tuple[int, float], ..
         errs = [s[i]["test_metric"] for s in stages]
         errs = [1.0 - e if classification else e for e in errs if _finite(e)]
         if len(errs) == len(stages) and rec.get("grid"):
-            n = kan_params(model["widths"], rec["grid"], model.get("spline_order", 3))
+            cfg = KANConfig(widths=model["widths"], grid_size=rec["grid"],
+                            spline_order=model.get("spline_order", 3))  # fmt: skip
+            n = count_params(cfg)
             curve.append((n, _mean_std(errs)[0]))
     return tuple(curve)
 

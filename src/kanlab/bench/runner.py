@@ -35,9 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kanlab import __version__
 from kanlab.bench.store import FINISHED_STATUSES, ResultStore
 from kanlab.bench.sweep import Sweep, Trial, expand
 from kanlab.bench.tasks import Task, error_from_metric, load
+from kanlab.models import build, count_flops, count_params
 
 __all__ = [
     "EXECUTORS",
@@ -53,22 +55,10 @@ EXECUTORS = ("local", "serial", "dask-local", "dask://HOST:PORT")
 
 
 # ------------------------------------------------------------------------------------ one trial
-def _build_model(trial: Trial) -> Any:
-    import kanlab as kl
-
-    if trial.family == "kan":
-        grid = trial.grid_schedule[0]
-        return kl.KAN(
-            list(trial.widths), grid_size=grid, spline_order=trial.spline_order, seed=trial.seed
-        )
-    return kl.MLP(list(trial.widths), activation=trial.activation, seed=trial.seed)
-
-
 def run_trial(trial: Trial) -> dict[str, Any]:
     """Train ``trial``'s model on its task and return the store row (never raises for a training
     failure: the error is returned as ``status="failed"`` or ``"diverged"``)."""
-    import kanlab as kl
-    from kanlab import train
+    from kanlab import train  # looked up at call time (tests replace train.fit)
 
     start = time.perf_counter()
     row: dict[str, Any] = {"status": "ok", "error": None}
@@ -76,21 +66,13 @@ def run_trial(trial: Trial) -> dict[str, Any]:
         data = load(trial.task, n_train=trial.data.n_train, n_test=trial.data.n_test,
                     seed=trial.data.seed)  # fmt: skip
         row["metric"] = "accuracy" if data.task == "classification" else "rmse"
-        model = _build_model(trial)
-        row["params"] = kl.count_params(model)  # at the first grid; replaced after training
-        t = trial.train
-        kan = trial.family == "kan"
-        hist = train.fit(
-            model, data, optimizer=t.optimizer, steps=trial.steps_per_stage if kan else trial.steps,
-            lr=t.lr, batch_size=t.batch_size, lamb=t.lamb if kan else 0.0,
-            grid_update_every=t.grid_update_every, stop_grid_update_step=t.stop_grid_update_step,
-            grid_schedule=list(trial.grid_schedule) if kan else None, seed=trial.seed,
-            progress=False, log_every=trial.steps_per_stage if kan else trial.steps,
-        )  # fmt: skip
+        model = build(trial.model)
+        row["params"] = count_params(model)  # at the first grid; replaced after training
+        hist = train.fit(model, data, trial.fit)
         row.update(
-            params=kl.count_params(model),
-            flops=kl.count_flops(model, mode="sparse"),
-            flops_dense=kl.count_flops(model, mode="dense"),
+            params=count_params(model),
+            flops=count_flops(model, mode="sparse"),
+            flops_dense=count_flops(model, mode="dense"),
             train_metric=hist.train_metric[-1],
             test_metric=hist.final_test_metric,
             steps=hist.step[-1] + 1,
@@ -254,12 +236,13 @@ class RunSummary:
 
 
 def _store_row(trial: Trial, result: dict[str, Any]) -> dict[str, Any]:
-    import kanlab
-
+    # the trial's configs in full (the key's layout is the store's older format), with the result
+    extra = {**(result.get("extra") or {}), "model_config": trial.model.to_dict(),
+             "fit_config": trial.fit.to_dict()}  # fmt: skip
     return {
         "task": trial.task.name, "family": trial.family, "label": trial.label,
         "group_id": trial.group, "seed": trial.seed, "config": trial.config(),
-        "kanlab_version": kanlab.__version__, **result,
+        "kanlab_version": __version__, **result, "extra": extra,
     }  # fmt: skip
 
 
