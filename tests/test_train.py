@@ -30,7 +30,7 @@ def class_data() -> datasets.Dataset:
     x = torch.rand(120, 2, generator=g, dtype=torch.float64) * 2 - 1
     y = (x[:, 0] * x[:, 1] > 0).long() + (x[:, 0] > 0.5).long()  # 3 classes
     return datasets.from_arrays(
-        x.numpy(), y.numpy(), test_size=0.25, seed=0, task="classification", dtype=torch.float64
+        x.numpy(), y.numpy(), test_size=0.25, seed=0, kind="classification", dtype=torch.float64
     )
 
 

@@ -267,7 +267,7 @@ def train(
     history = fit(net, data, fit_config)
     if D.is_main():
         io.save(net, out)
-        metric = "RMSE" if data.task == "regression" else "accuracy"
+        metric = "RMSE" if data.kind == "regression" else "accuracy"
         typer.echo(
             f"{model} {list(full)} on {data.name}: test {metric} {history.final_test_metric:.4g} "
             f"after {len(history)} steps on {D.world_size()} rank(s), "

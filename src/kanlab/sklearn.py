@@ -37,7 +37,7 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 class _KANEstimator(BaseEstimator):
     """Shared fit/predict machinery; subclasses say how targets are encoded."""
 
-    _task = "regression"
+    _kind = "regression"
 
     def __init__(
         self,
@@ -107,8 +107,8 @@ class _KANEstimator(BaseEstimator):
         self.model_ = KAN.from_config(self._model_config(x.shape[1], hidden, n_out, seed))
         train_x = self._to_tensor(self._scale_x(x))
         empty_y = y_train[:0]
-        meta: dict[str, Any] = {"task": self._task}
-        if self._task == "classification":
+        meta: dict[str, Any] = {"kind": self._kind}
+        if self._kind == "classification":
             meta["n_classes"] = n_out
         data = Dataset(train_x, y_train, train_x[:0], empty_y, name="sklearn", meta=meta)
         self.history_ = fit(self.model_, data, self._fit_config(seed))
@@ -140,7 +140,7 @@ class KANRegressor(RegressorMixin, _KANEstimator):
     """A KAN regressor (single or multiple outputs). Parameters: see :class:`_KANEstimator`'s
     signature; ``hidden`` are the hidden widths (``()`` for a one-layer KAN)."""
 
-    _task = "regression"
+    _kind = "regression"
 
     def fit(self, X: Any, y: Any) -> KANRegressor:
         x, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True, multi_output=True)
@@ -167,7 +167,7 @@ class KANRegressor(RegressorMixin, _KANEstimator):
 class KANClassifier(ClassifierMixin, _KANEstimator):
     """A KAN classifier: one output (logit) per class, trained with cross-entropy."""
 
-    _task = "classification"
+    _kind = "classification"
 
     def fit(self, X: Any, y: Any) -> KANClassifier:
         x, y = validate_data(self, X, y, dtype=np.float64)

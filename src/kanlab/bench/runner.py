@@ -65,7 +65,7 @@ def run_trial(trial: Trial) -> dict[str, Any]:
     try:
         data = load(trial.task, n_train=trial.data.n_train, n_test=trial.data.n_test,
                     seed=trial.data.seed)  # fmt: skip
-        row["metric"] = "accuracy" if data.task == "classification" else "rmse"
+        row["metric"] = "accuracy" if data.kind == "classification" else "rmse"
         model = build(trial.model)
         row["params"] = count_params(model)  # at the first grid; replaced after training
         hist = train.fit(model, data, trial.fit)
@@ -78,7 +78,7 @@ def run_trial(trial: Trial) -> dict[str, Any]:
             steps=hist.step[-1] + 1,
             time_per_step=hist.time_per_step,
         )
-        row["test_error"] = error_from_metric(row["test_metric"], data.task)
+        row["test_error"] = error_from_metric(row["test_metric"], data.kind)
         # One logged row per grid stage: the KAN's error at each grid size (a free scaling curve).
         row["extra"] = {
             "stages": [

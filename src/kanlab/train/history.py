@@ -23,7 +23,7 @@ class History:
     MLP). ``wall_time``: seconds since the start of ``fit`` (evaluation included).
     """
 
-    task: str = "regression"  # "regression" | "classification": which way is better for the metric
+    kind: str = "regression"  # "regression" | "classification": which way is better for the metric
     step: list[int] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
     test_loss: list[float] = field(default_factory=list)
@@ -65,7 +65,7 @@ class History:
         vals = [v for v in self.test_metric if not math.isnan(v)]
         if not vals:
             return math.nan
-        return max(vals) if self.task == "classification" else min(vals)
+        return max(vals) if self.kind == "classification" else min(vals)
 
     @property
     def time_per_step(self) -> float:

@@ -44,7 +44,7 @@ def fit(
     - steps: optimiser steps (per stage with ``grid_schedule``).
     - lr: learning rate (LBFGS: the initial step length of the line search).
     - batch_size: mini-batch size for Adam(W) (``None``: full batch).
-    - loss: "mse" or "cross_entropy"; ``None`` follows ``data.task``.
+    - loss: "mse" or "cross_entropy"; ``None`` follows ``data.kind``.
     - lamb, lamb_l1, lamb_entropy: sparsity regularisation (KAN only), see
       :mod:`kanlab.regularization`; the objective is ``loss + lamb * reg``.
     - grid_update_every: update the grids from the training inputs every this many steps of each
@@ -75,9 +75,9 @@ def fit(
     cfg = _resolve_config(config, overrides)
     _check_kan_only_options(model, cfg)
     callbacks = _check_callbacks(callbacks)
-    task = _task(data, cfg.loss)
-    data = _prepare_data(model, data, task)
-    run = _Run(model, data, task, cfg, callbacks)
+    kind = _kind(data, cfg.loss)
+    data = _prepare_data(model, data, kind)
+    run = _Run(model, data, kind, cfg, callbacks)
     try:
         for stage, grid in enumerate(run.stages):
             run.start_stage(stage, grid)
@@ -129,26 +129,26 @@ def _check_callbacks(callbacks: Sequence[Callback]) -> tuple[Callback, ...]:
     return callbacks
 
 
-def _task(data: Any, loss: str | None) -> str:
-    """The data set's task ("regression" or "classification"), checked against ``loss``."""
-    task = getattr(data, "task", "regression")
-    check_choice("data.task", task, ["regression", "classification"])
-    expected = "cross_entropy" if task == "classification" else "mse"
+def _kind(data: Any, loss: str | None) -> str:
+    """The data set's kind ("regression" or "classification"), checked against ``loss``."""
+    kind = getattr(data, "kind", "regression")
+    check_choice("data.kind", kind, ["regression", "classification"])
+    expected = "cross_entropy" if kind == "classification" else "mse"
     if loss is not None and loss != expected:
-        raise ValueError(f"loss {loss!r} does not fit a {task} data set (use {expected!r})")
-    return task
+        raise ValueError(f"loss {loss!r} does not fit a {kind} data set (use {expected!r})")
+    return kind
 
 
-def _prepare_data(model: nn.Module, data: Any, task: str) -> Any:
+def _prepare_data(model: nn.Module, data: Any, kind: str) -> Any:
     """``data`` checked against the model and moved to its dtype and device."""
-    _check_data(model, data, task)
+    _check_data(model, data, kind)
     p = next(model.parameters(), None)
     if p is None:
         raise ValueError("model has no parameters to train")
     return data.to(dtype=p.dtype, device=p.device) if hasattr(data, "to") else data
 
 
-def _check_data(model: nn.Module, data: Any, task: str) -> None:
+def _check_data(model: nn.Module, data: Any, kind: str) -> None:
     for name in ("train_x", "train_y", "test_x", "test_y"):
         if not isinstance(getattr(data, name, None), Tensor):
             raise TypeError(f"data must be a kanlab Dataset (with tensor {name}), got {type(data)}")
@@ -162,7 +162,7 @@ def _check_data(model: nn.Module, data: Any, task: str) -> None:
             f"data has {n_in} input features (train_x {tuple(data.train_x.shape)}) but the model "
             f"takes {widths[0]} (widths {widths})"
         )
-    if task == "regression":
+    if kind == "regression":
         n_out = data.train_y.shape[-1] if data.train_y.dim() == 2 else -1
         if n_out != widths[-1]:
             raise ValueError(
@@ -201,11 +201,11 @@ class _Run:
     """The state of one :func:`fit` call: stages, the current stage's optimiser, the step count."""
 
     def __init__(
-        self, model: nn.Module, data: Any, task: str, cfg: FitConfig,
+        self, model: nn.Module, data: Any, kind: str, cfg: FitConfig,
         callbacks: tuple[Callback, ...],
     ) -> None:  # fmt: skip
-        self.model, self.data, self.task, self.cfg, self.callbacks = (
-            model, data, task, cfg, callbacks,
+        self.model, self.data, self.kind, self.cfg, self.callbacks = (
+            model, data, kind, cfg, callbacks,
         )  # fmt: skip
         self.update_every = (cfg.grid_update_every or 0) if isinstance(model, KAN) else 0
         stop = cfg.stop_grid_update_step
@@ -222,7 +222,7 @@ class _Run:
             list(cfg.grid_schedule) if cfg.grid_schedule is not None else [None]
         )
         self.knot_plan = cfg.knot_steps_per_stage()
-        self.history = History(task=task)
+        self.history = History(kind=kind)
         self.bar = _progress(cfg.total_steps, cfg.progress and D.is_main())
         self.start = time.perf_counter()
         self.step_index = 0  # global, across stages
@@ -238,7 +238,7 @@ class _Run:
         self.opt = make_optimizer(cfg.optimizer, self.params, cfg.lr, cfg.weight_decay)
         self.scale = 1.0
         if cfg.optimizer == "lbfgs":
-            self.scale = loss_scale(model, self.train_x, self.train_y, self.task, self.n_train)
+            self.scale = loss_scale(model, self.train_x, self.train_y, self.kind, self.n_train)
         self.last_good = _snapshot(model)
         self.free: FreeKnotObjective | None = None
         self.knot_steps = self.knot_plan[stage]
@@ -255,7 +255,7 @@ class _Run:
         before = _snapshot(self.model)
         obj, reg = one_step(
             self.net, self.opt, cfg, self.data, self.train_x, self.train_y, next(self.batches),
-            self.task, self.params, self.scale,
+            self.kind, self.params, self.scale,
         )  # fmt: skip
         if self.free is not None:
             self.free.write_back()
@@ -281,7 +281,7 @@ class _Run:
 
     def _log(self, obj: float, reg: float) -> bool:
         """Evaluate, record a History row, run the callbacks; True if one asks to stop."""
-        row = evaluate(self.model, self.data, self.task)
+        row = evaluate(self.model, self.data, self.kind)
         if not math.isfinite(row[0]):
             self._restore(f"non-finite training loss ({row[0]}) after step {self.step_index}")
         grid = _grid_size(self.model)

@@ -42,7 +42,7 @@ def make_optimizer(
 
 
 @torch.no_grad()
-def loss_scale(model: nn.Module, x: Tensor, y: Tensor, task: str, n_global: int) -> float:
+def loss_scale(model: nn.Module, x: Tensor, y: Tensor, kind: str, n_global: int) -> float:
     """A constant factor for the LBFGS objective of one stage: 1 / (data loss at the stage start).
 
     torch's LBFGS skips its curvature update when ``y.s <= 1e-10`` (a fixed threshold); near the
@@ -50,7 +50,7 @@ def loss_scale(model: nn.Module, x: Tensor, y: Tensor, task: str, n_global: int)
     stall training. A constant factor changes neither the minimiser nor the strong-Wolfe steps.
     Only ever scales up (never below 1), at most by 1e12.
     """
-    base = float(D.all_reduce_sum(data_loss_sum(model(x), y, task)) / n_global)
+    base = float(D.all_reduce_sum(data_loss_sum(model(x), y, kind)) / n_global)
     if not math.isfinite(base) or base <= 0.0 or base >= 1.0:
         return 1.0
     return min(1.0 / base, 1e12)

@@ -36,16 +36,16 @@ class Objective(nn.Module):
         return acts[-1].sum(-1), [a.abs().sum(dim=0) for a in acts]
 
 
-def data_loss_sum(pred: Tensor, y: Tensor, task: str) -> Tensor:
+def data_loss_sum(pred: Tensor, y: Tensor, kind: str) -> Tensor:
     """The loss summed over rows (MSE: averaged over outputs); divide by the row count for the mean."""
-    if task == "classification":
+    if kind == "classification":
         return F.cross_entropy(pred, y, reduction="sum")
     return (pred - y).pow(2).sum() / y.shape[-1]
 
 
 def one_step(
     net: nn.Module, opt: torch.optim.Optimizer, cfg: FitConfig, data: Any, x: Tensor, y: Tensor,
-    idx: Tensor | None, task: str, params: list[nn.Parameter], scale: float,
+    idx: Tensor | None, kind: str, params: list[nn.Parameter], scale: float,
 ) -> tuple[float, float]:  # fmt: skip
     """One optimiser step; returns (objective, reg) at the parameters before the step. The
     optimiser minimises ``scale * objective`` (see :func:`kanlab.train.optim.loss_scale`).
@@ -69,7 +69,7 @@ def one_step(
     def closure() -> Tensor:
         opt.zero_grad(set_to_none=True)
         pred, norm_sums = net(xb, with_norms=lamb > 0)
-        data_term = data_loss_sum(pred, yb, task) / n_batch  # this rank's share of the mean
+        data_term = data_loss_sum(pred, yb, kind) / n_batch  # this rank's share of the mean
         extra = data_term.new_zeros(())
         reg = None
         if lamb > 0:
@@ -95,7 +95,7 @@ def one_step(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Any, task: str) -> tuple[float, float, float, float]:
+def evaluate(model: nn.Module, data: Any, kind: str) -> tuple[float, float, float, float]:
     """(train_loss, test_loss, train_metric, test_metric) from sums reduced across ranks."""
     sums: dict[str, float] = {}
     for split in ("train", "test"):
@@ -106,7 +106,7 @@ def evaluate(model: nn.Module, data: Any, task: str) -> tuple[float, float, floa
         sums[f"{split}_n"] = float(x.shape[0])
         if pred is None:
             sums[f"{split}_a"] = sums[f"{split}_b"] = 0.0
-        elif task == "classification":
+        elif kind == "classification":
             sums[f"{split}_a"] = float(F.cross_entropy(pred, y, reduction="sum"))
             sums[f"{split}_b"] = float((pred.argmax(-1) == y).sum())
         else:
@@ -117,7 +117,7 @@ def evaluate(model: nn.Module, data: Any, task: str) -> tuple[float, float, floa
     for split in ("train", "test"):
         n = sums[f"{split}_n"]
         mean = sums[f"{split}_a"] / n if n else math.nan
-        if task == "classification":
+        if kind == "classification":
             out.append((mean, sums[f"{split}_b"] / n if n else math.nan))
         else:
             out.append((math.sqrt(mean), math.sqrt(mean)))
