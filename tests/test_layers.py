@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -300,3 +302,31 @@ def test_extend_grid_with_constant_input_and_contiguous_coef() -> None:
     ref = layer2.activations(grid)[:, :, 1]
     assert (only_second - ref).abs().max() < 0.05 * ref.abs().max()
     assert before.shape == (50, 3)
+
+
+# ---------------------------------------------------------------------- checkpoints of older code
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("name", ["symbolic", "pruned", "extended"])
+def test_checkpoints_written_before_the_symbolic_child_module_load_unchanged(name: str) -> None:
+    """Files written by the code before issue 17 moved the symbolic edges into a child module
+    (flat keys ``layers.<l>.symbolic_mask`` ...; see tests/data/make_layer_checkpoints.py) load
+    with bit-identical outputs, on every kernel backend they were recorded with."""
+    pytest.importorskip("safetensors")
+    from safetensors.torch import load_file
+
+    from kanlab import kernels
+
+    recorded = load_file(DATA / "layer_checkpoints_outputs.safetensors")
+    model = kl.load(DATA / f"layer_checkpoint_{name}.safetensors")
+    x = recorded[f"x_{name}"]
+    backends = [b for b in kernels.available_backends() if f"y_{name}_{b}" in recorded]
+    assert "reference" in backends
+    try:
+        for backend in backends:
+            kernels.set_backend(backend)
+            with torch.no_grad():
+                assert torch.equal(model(x), recorded[f"y_{name}_{backend}"]), backend
+    finally:
+        kernels.set_backend(None)
