@@ -241,9 +241,10 @@ class KANLinear(nn.Module):
             return state
         return None
 
-    def _numeric_mask(self) -> Tensor:
-        """The mask of the numeric (spline + base) branch: ``mask * (1 - symbolic mask)``."""
-        state = self._current_mask_state()
+    def _numeric_mask(self, state: _MaskState | None = None) -> Tensor:
+        """The mask of the numeric (spline + base) branch: ``mask * (1 - symbolic mask)``, from
+        the derived ``state`` if it is given and current, else from the live tensors."""
+        state = state or self._current_mask_state()
         if state is not None:
             return state.numeric
         keep = self._keep()
@@ -255,7 +256,7 @@ class KANLinear(nn.Module):
         state = self._current_mask_state()
         if state is not None and state.ones:
             return self.scale_spline, self.scale_base
-        mask = self._numeric_mask()
+        mask = self._numeric_mask(state)
         return self.scale_spline * mask, self.scale_base * mask
 
     # ------------------------------------------------------------------ grids
