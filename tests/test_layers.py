@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -300,3 +302,200 @@ def test_extend_grid_with_constant_input_and_contiguous_coef() -> None:
     ref = layer2.activations(grid)[:, :, 1]
     assert (only_second - ref).abs().max() < 0.05 * ref.abs().max()
     assert before.shape == (50, 3)
+
+
+# ---------------------------------------------------------------------- checkpoints of older code
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("name", ["symbolic", "pruned", "extended"])
+def test_checkpoints_written_before_the_symbolic_child_module_load_unchanged(name: str) -> None:
+    """Files written by the code before issue 17 moved the symbolic edges into a child module
+    (flat keys ``layers.<l>.symbolic_mask`` ...; see tests/data/make_layer_checkpoints.py) load
+    with bit-identical outputs, on every kernel backend they were recorded with."""
+    pytest.importorskip("safetensors")
+    from safetensors.torch import load_file
+
+    from kanlab import kernels
+
+    recorded = load_file(DATA / "layer_checkpoints_outputs.safetensors")
+    model = kl.load(DATA / f"layer_checkpoint_{name}.safetensors")
+    x = recorded[f"x_{name}"]
+    backends = [b for b in kernels.available_backends() if f"y_{name}_{b}" in recorded]
+    assert "reference" in backends
+    try:
+        for backend in backends:
+            kernels.set_backend(backend)
+            with torch.no_grad():
+                assert torch.equal(model(x), recorded[f"y_{name}_{backend}"]), backend
+    finally:
+        kernels.set_backend(None)
+
+
+# ---------------------------------------------------------------------- mask state, select
+def _snapshot(module: torch.nn.Module) -> dict:
+    """Every attribute of the module and its children, and every entry of their dicts."""
+    snap = {}
+    for name, m in module.named_modules():
+        for key, value in vars(m).items():
+            snap[name, key] = value
+            if isinstance(value, dict):
+                for k2, v2 in value.items():
+                    snap[name, key, k2] = v2
+    return snap
+
+
+def _mixed_layer() -> kl.KANLinear:
+    layer = make_layer()
+    layer.set_symbolic(0, 1, "sin", (1.5, 0.1, 0.8, -0.2))
+    layer.set_symbolic(2, 3, "x^2", (0.7, 0.0, 1.1, 0.3))
+    layer.set_mask(torch.tensor([[1, 1, 0, 1], [1, 1, 1, 1], [1, 0.5, 1, 1]], dtype=torch.float64))
+    return layer
+
+
+@pytest.mark.parametrize("kind", ["plain", "masked", "mixed", "edited in place"])
+def test_forward_assigns_no_attribute(kind: str) -> None:
+    """DESIGN: nothing in forward writes caches. forward, activations and spline_weight, with and
+    without autograd, leave every attribute (and every parameter, buffer, child) the same object."""
+    layer = make_layer() if kind == "plain" else _mixed_layer()
+    if kind == "masked":
+        layer.unset_symbolic(0, 1)
+        layer.unset_symbolic(2, 3)
+    if kind == "edited in place":
+        with torch.no_grad():
+            layer.mask[1, 1] = 0.0
+    before = _snapshot(layer)
+    x = data()
+    layer(x).sum().backward()
+    layer.activations(x)
+    layer.spline_weight()
+    with torch.no_grad():
+        layer(x)
+    with torch.inference_mode():
+        layer(x)
+    after = _snapshot(layer)
+    assert after.keys() == before.keys()
+    assert all(after[k] is before[k] for k in before), [
+        k for k in before if after[k] is not before[k]
+    ]
+
+
+def test_set_mask_rebuilds_the_state_forward_reads() -> None:
+    layer = make_layer()
+    x = data()
+    assert layer._current_mask_state().ones  # a fresh layer: the scales as they are
+    mask = torch.ones(3, 4, dtype=torch.float64)
+    mask[1, 2] = 0.0
+    layer.set_mask(mask)
+    state = layer._current_mask_state()
+    assert state is not None and not state.ones and torch.equal(layer.mask, mask)
+    torch.testing.assert_close(layer(x), naive_forward(layer, x), atol=1e-12, rtol=1e-12)
+    layer.set_mask(torch.ones(3, 4))  # another dtype: copied into the buffer
+    assert layer._current_mask_state().ones and layer.mask.dtype == torch.float64
+    torch.testing.assert_close(layer(x), naive_forward(layer, x), atol=1e-12, rtol=1e-12)
+    with torch.no_grad():
+        layer.mask[0, 0] = 0.0  # in place: the state is no longer current, forward reads the mask
+    assert layer._current_mask_state() is None
+    torch.testing.assert_close(layer(x), naive_forward(layer, x), atol=1e-12, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"mask must be a tensor of shape \(3, 4\), got \(4, 3\)"):
+        layer.set_mask(torch.ones(4, 3))
+    with pytest.raises(ValueError, match="mask.*finite"):
+        layer.set_mask(torch.full((3, 4), float("nan")))
+
+
+def test_mask_state_follows_symbolic_edges_copies_moves_and_loads() -> None:
+    import copy
+
+    layer = _mixed_layer()
+    x = data()
+    state = layer._current_mask_state()
+    assert state is not None and not state.ones
+    assert torch.equal(state.numeric, layer.mask * (1 - layer.symbolic_mask))
+    y = layer(x)
+    copied = copy.deepcopy(layer)
+    assert copied._current_mask_state() is not None and torch.equal(copied(x), y)
+    moved = copy.deepcopy(layer).float()
+    assert moved._current_mask_state() is not None
+    torch.testing.assert_close(moved(x.float()), y.float(), atol=1e-5, rtol=1e-5)
+    fresh = make_layer(seed=5)
+    fresh.load_state_dict(layer.state_dict())  # creates the symbolic child, then the state
+    assert fresh._current_mask_state() is not None and torch.equal(fresh(x), y)
+    # a change made on the child directly: the layer's state is stale, forward stays right
+    layer.symbolic.unset(0, 1)
+    assert layer._current_mask_state() is None
+    layer.unset_symbolic(2, 3)  # through the layer: rebuilt
+    state = layer._current_mask_state()
+    assert state is not None and state.keep is None and not state.ones
+    torch.testing.assert_close(layer(x), naive_forward(layer, x), atol=1e-12, rtol=1e-12)
+
+
+def test_state_dicts_with_the_old_flat_symbolic_keys_load() -> None:
+    """Before issue 17 a layer's symbolic state had flat keys (symbolic_mask, symbolic_fn,
+    symbolic_names, symbolic_affine); they load into the child module ``symbolic``."""
+    layer = _mixed_layer()
+    new_keys = {k for k in layer.state_dict() if k.startswith("symbolic")}
+    assert new_keys == {"symbolic.mask", "symbolic.fn", "symbolic.names", "symbolic.affine"}
+    old = {k.replace("symbolic.", "symbolic_"): v for k, v in layer.state_dict().items()}
+    fresh = make_layer(seed=2)
+    fresh.load_state_dict(old)  # strict: every key used
+    x = data()
+    assert torch.equal(fresh(x), layer(x))
+    assert fresh.symbolic_edges() == {(0, 1): "sin", (2, 3): "x^2"}
+
+
+def test_select_slices_every_tensor_and_keeps_the_kept_edges() -> None:
+    layer = _mixed_layer()
+    x = data(n=80, lo=-1.3, hi=1.3)
+    layer.update_grid(x)  # non-uniform knots
+    layer.scale_base.requires_grad_(False)
+    layer.eval()
+    rng = torch.random.get_rng_state()
+    small = layer.select([0, 2], torch.tensor([1, 3]))
+    assert torch.equal(torch.random.get_rng_state(), rng)  # no draw from the global RNG
+    assert (small.in_features, small.out_features) == (2, 2) and small.grid_size == layer.grid_size
+    assert small.symbolic_edges() == {(0, 0): "sin", (1, 1): "x^2"}
+    assert not small._uniform and not bool(small.grid_uniform) and not small.training
+    assert not small.scale_base.requires_grad and small.coef.requires_grad
+    assert small.coef.is_contiguous() and small._current_mask_state() is not None
+    for name in ("coef", "scale_base", "scale_spline", "mask", "symbolic_mask", "symbolic_affine"):
+        big = getattr(layer, name)
+        want = (
+            big[[0, 2]][:, :, [1, 3]]
+            if big.dim() == 3 and name == "coef"
+            else big[[0, 2]][:, [1, 3]]
+        )
+        assert torch.equal(getattr(small, name), want), name
+    want = layer.activations(x)[:, [1, 3]][:, :, [0, 2]]
+    torch.testing.assert_close(small.activations(x[:, [0, 2]]), want, atol=1e-13, rtol=1e-13)
+    assert layer.in_features == 3 and layer.symbolic_edges() == {(0, 1): "sin", (2, 3): "x^2"}
+    for bad, pattern in [
+        ([0, 3], r"keep_in must hold increasing indices in \[0, 3\), got \[0, 3\]"),
+        ([2, 0], "increasing"),
+        ([], "non-empty"),
+        ([0.0, 1.0], "indices"),
+        ([[0, 1]], "1-d"),
+    ]:
+        with pytest.raises(ValueError, match=pattern):
+            layer.select(bad, [0])
+
+
+def test_compiled_forward_with_masked_and_symbolic_edges_matches_eager() -> None:
+    """torch.compile(fullgraph=True) traces the live-mask path (masked scales, symbolic edges on
+    the torch path of the reference backend) with no graph break."""
+    from kanlab import kernels
+
+    torch._dynamo.reset()
+    model = kl.KAN([3, 4, 2], seed=0, dtype=torch.float64)
+    mask = torch.ones(3, 4, dtype=torch.float64)
+    mask[1, 2] = 0.0
+    model.layers[0].set_mask(mask)
+    model.layers[1].set_symbolic(2, 1, "sin", (1.2, 0.1, 0.9, 0.0))
+    x = data()
+    kernels.set_backend("reference")
+    try:
+        eager = model(x)
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+    finally:
+        kernels.set_backend(None)
+        torch._dynamo.reset()
+    torch.testing.assert_close(compiled, eager, atol=1e-12, rtol=1e-12)

@@ -133,3 +133,32 @@ def test_pruned_model_trains_and_keeps_dtype():
     out.sum().backward()
     assert all(p.grad is not None for p in pruned.parameters() if p.requires_grad)
     assert out.dtype == F64
+
+
+def test_model_checks_shared_by_prune_plot_and_symbolic():
+    """kanlab.models.kan_layers / check_kan_input: one check of "a KAN and its input" for prune,
+    plot and symbolic (the same errors from each)."""
+    from kanlab.models import check_kan_input, kan_layers
+
+    model = kl.KAN([2, 3, 1], dtype=F64, seed=3)
+    x = rand(20, 2)
+    layers, checked = check_kan_input(model, x)
+    assert layers == list(model.layers) and checked is x
+    with pytest.raises(TypeError, match="model must be a kanlab KAN .* got MLP"):
+        kan_layers(kl.MLP([2, 3, 1]))
+    with pytest.raises(ValueError, match=r"shape \(batch >= 1, 2\), got \(0, 2\)"):
+        check_kan_input(model, x[:0])
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got list"):
+        check_kan_input(model, [[0.0, 0.0]])
+    broken = kl.KAN([2, 3, 1], dtype=F64, seed=3)
+    broken.layers[1] = kl.KANLinear(4, 1, dtype=F64)
+    with pytest.raises(ValueError, match="layer 0 has 3 outputs but layer 1 has 4 inputs"):
+        kan_layers(broken)
+    for call in (
+        lambda m: kl.prune(m, rand(20, 2)),
+        lambda m: kl.plot(m, rand(20, 2)),
+        lambda m: kl.auto_symbolic(m, rand(20, 2)),
+        lambda m: kl.symbolic_formula(m),
+    ):
+        with pytest.raises(ValueError, match="layer 0 has 3 outputs but layer 1 has 4 inputs"):
+            call(broken)

@@ -44,7 +44,7 @@ def test_symbolic_edge_value_and_numeric_part_off():
     torch.testing.assert_close(layer(x), phi.sum(-1))
     assert layer.symbolic_edges() == {(1, 2): "sin", (0, 0): "x^2", (0, 1): "sin"}
     # two groups (sin, x^2), each evaluated once
-    assert [g[0] for g in layer._sym_groups] == ["sin", "x^2"]
+    assert [g[0] for g in layer.symbolic.groups] == ["sin", "x^2"]
 
 
 def test_unset_restores_numeric_edge_and_no_symbolic_means_no_extra_state():
@@ -70,7 +70,7 @@ def test_symbolic_gradients_gradcheck():
     affine = layer.symbolic_affine
 
     def f(xx, aff):
-        return torch.func.functional_call(layer, {"symbolic_affine": aff}, (xx,))
+        return torch.func.functional_call(layer, {"symbolic.affine": aff}, (xx,))
 
     assert torch.autograd.gradcheck(f, (x, affine.detach().clone().requires_grad_(True)))
     # numeric parameters of symbolic edges get zero gradient

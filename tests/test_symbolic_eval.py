@@ -83,7 +83,7 @@ def test_symbolic_sum_matches_naive_loop_for_every_builtin(path, dtype):
     names = BUILTIN  # 29 functions, "0" included, over 7 x 5 = 35 edges
     layer = mixed_layer(names, n_in=7, n_out=5, dtype=dtype)
     x = rand(64, 7, seed=2, lo=-1.5, hi=1.5, dtype=dtype).requires_grad_(True)
-    y = layer._symbolic_sum(x)
+    y = layer.symbolic(x, layer.mask)
     ref = naive_sum(layer, x)
     tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == F64 else {"rtol": 2e-5, "atol": 2e-5}
     torch.testing.assert_close(y, ref, **tol)
@@ -92,7 +92,7 @@ def test_symbolic_sum_matches_naive_loop_for_every_builtin(path, dtype):
     rx, ra = torch.autograd.grad((ref * w).sum(), (x, layer.symbolic_affine))
     torch.testing.assert_close(gx, rx, **tol)
     torch.testing.assert_close(ga, ra, **tol)
-    assert (layer.symbolic_fn >= 0).all()  # every edge symbolic
+    assert (layer.symbolic.fn >= 0).all()  # every edge symbolic
 
 
 def test_paths_agree_and_fused_runs_where_numba_does():
@@ -138,7 +138,7 @@ def test_gradcheck_mixed_layer(path):
     aff = layer.symbolic_affine.detach().clone().requires_grad_(True)
 
     def f(xx, a):
-        return torch.func.functional_call(layer, {"symbolic_affine": a}, (xx,))
+        return torch.func.functional_call(layer, {"symbolic.affine": a}, (xx,))
 
     assert torch.autograd.gradcheck(f, (x, aff))
 
@@ -159,7 +159,7 @@ def test_registered_function_without_derivative_and_identity_like_functions(path
     try:
         layer = mixed_layer(["test_cube_plus", "test_passthrough", "sin"], n_in=3, n_out=4)
         x = rand(30, 3, seed=7).requires_grad_(True)
-        y = layer._symbolic_sum(x)
+        y = layer.symbolic(x, layer.mask)
         ref = naive_sum(layer, x)
         assert_matches_naive(layer, x, y, ref)
     finally:
@@ -170,7 +170,7 @@ def test_registered_function_without_derivative_and_identity_like_functions(path
 def test_backward_twice_with_retained_graph_and_empty_batch(path):
     layer = mixed_layer(["exp", "x", "cos"], n_in=2, n_out=3)
     x = rand(20, 2, seed=8).requires_grad_(True)
-    y = layer._symbolic_sum(x)
+    y = layer.symbolic(x, layer.mask)
     g1 = torch.autograd.grad(y.sum(), x, retain_graph=True)[0]
     g2 = torch.autograd.grad(y.sum(), x)[0]
     assert torch.equal(g1, g2)
@@ -187,14 +187,14 @@ def test_fused_path_refuses_second_derivatives_torch_path_gives_them():
     x = rand(5, 2, seed=9).requires_grad_(True)
     kernels.set_backend("numba")
     try:
-        (g,) = torch.autograd.grad(layer._symbolic_sum(x).sum(), x, create_graph=True)
+        (g,) = torch.autograd.grad(layer.symbolic(x, layer.mask).sum(), x, create_graph=True)
         with pytest.raises(RuntimeError):
             torch.autograd.grad(g.sum(), x)
     finally:
         kernels.set_backend(None)
     kernels.set_backend("reference")
     try:
-        (g,) = torch.autograd.grad(layer._symbolic_sum(x).sum(), x, create_graph=True)
+        (g,) = torch.autograd.grad(layer.symbolic(x, layer.mask).sum(), x, create_graph=True)
         (h,) = torch.autograd.grad(g.sum(), x)
         (r,) = torch.autograd.grad(
             torch.autograd.grad(naive_sum(layer, x).sum(), x, create_graph=True)[0].sum(), x
@@ -297,11 +297,11 @@ def test_re_registered_function_is_picked_up(path):
     try:
         layer = mixed_layer([name, "tanh"], n_in=2, n_out=3)
         x = rand(15, 2, seed=15).requires_grad_(True)
-        layer._symbolic_sum(x)  # plans the groups with the first record
+        layer.symbolic(x, layer.mask)  # plans the groups with the first record
         kl.functions.register_function(
             SymbolicFunction(name, torch.cos, lambda s: s, 2), overwrite=True
         )
-        y = layer._symbolic_sum(x)
+        y = layer.symbolic(x, layer.mask)
         ref = naive_sum(layer, x)  # resolves the name now: cos
         assert_matches_naive(layer, x, y, ref)
     finally:
@@ -312,7 +312,7 @@ def test_base_is_added_and_gets_the_upstream_gradient(path):
     layer = mixed_layer(["exp", "sigmoid", "gaussian", "x^2", "0"], n_in=3, n_out=4)
     x = rand(70, 3, seed=16).requires_grad_(True)
     base = rand(70, 4, seed=17).requires_grad_(True)
-    y = layer._symbolic_sum(x, base)
+    y = layer.symbolic(x, layer.mask, base=base)
     torch.testing.assert_close(y, base + naive_sum(layer, x), rtol=1e-12, atol=1e-12)
     w = rand(70, 4, seed=18)
     gb, gx = torch.autograd.grad((y * w).sum(), (base, x))
@@ -327,7 +327,9 @@ def test_non_contiguous_and_batched_inputs_match_contiguous(path):
     x = wide[:, ::2]  # (600, 4) non-contiguous
     assert not x.is_contiguous()
     with torch.no_grad():  # the symbolic part exactly; the whole layer to rounding (BLAS)
-        assert torch.equal(layer._symbolic_sum(x), layer._symbolic_sum(x.contiguous()))
+        assert torch.equal(
+            layer.symbolic(x, layer.mask), layer.symbolic(x.contiguous(), layer.mask)
+        )
         torch.testing.assert_close(layer(x), layer(x.contiguous()), rtol=1e-12, atol=1e-12)
         x3 = x.contiguous().reshape(20, 30, 4)
         torch.testing.assert_close(layer(x3).reshape(600, -1), layer(x), rtol=1e-12, atol=1e-12)

@@ -6,7 +6,17 @@ and each output node sums its incoming edges. ``b`` is the residual base functio
 
 Parameters (shapes): ``coef`` (in, G+k, out), ``scale_base`` w_b (in, out), ``scale_spline`` w_s
 (in, out). Buffers: ``knots`` (in, G+2k+1), ``mask`` (in, out) of 0/1, ``grid_uniform`` (a 0-dim bool:
-whether the knots are equally spaced, which lets the kernels skip the interval search).
+whether the knots are equally spaced, which lets the kernels skip the interval search). Edges
+replaced by library functions live in the child module ``symbolic``
+(:class:`kanlab.symbolic_edges.SymbolicEdges`, ``None`` until the first edge is fixed).
+
+The mask and forward: change the mask with :meth:`KANLinear.set_mask`, which rebuilds what forward
+derives from it (the numeric mask ``mask * (1 - symbolic mask)`` and a host flag "all ones" that
+lets forward use the scales as they are, skipping two products and their backward). forward writes
+nothing: it only *reads* whether that state is current (the same mask tensor at the same in-place
+version, the same symbolic edges); after an in-place edit of ``layer.mask`` or an assignment of a
+new tensor it computes the masked scales from the live mask (same values, a little slower) until
+the next :meth:`set_mask`. Under ``torch.compile`` it always takes that live path.
 
 Initialisation follows the paper: c ~ N(0, noise_scale^2) with noise_scale = 0.1, w_s = 1, w_b Xavier
 uniform, so every edge starts as roughly ``w_b * b(x)`` plus small spline noise.
@@ -20,8 +30,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -35,9 +45,8 @@ from kanlab._checks import (
     check_int,
     check_range,
 )
-from kanlab._symbolic_eval import symbolic_sum
-from kanlab.functions import get_function
 from kanlab.splines import coef_to_curve, curve_to_coef, knots_from_data, uniform_knots
+from kanlab.symbolic_edges import SymbolicEdges, check_edge
 
 __all__ = ["ACTIVATIONS", "KANLinear"]
 
@@ -59,6 +68,22 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
     "tanh": torch.tanh,
 }
+
+
+class _MaskState(NamedTuple):
+    """What forward derives from the mask and the symbolic edges (built by
+    ``KANLinear._rebuild_mask_state``, never in forward), and what it was built from."""
+
+    mask: Tensor  # the mask tensor (identity) ...
+    version: int  # ... at this in-place version
+    keep: Tensor | None  # the symbolic edges' 1 - symbolic mask (identity); None: no symbolic edge
+    numeric: Tensor  # (in, out) mask * keep: the numeric (spline + base) branch's mask
+    ones: bool  # numeric is all ones: forward uses the scales as they are
+
+
+def _rebuild_after_load(layer: KANLinear, incompatible_keys: Any) -> None:
+    """Load post-hook: runs after the layer's children (its symbolic edges) are loaded too."""
+    layer._rebuild_mask_state()
 
 
 class KANLinear(nn.Module):
@@ -116,7 +141,9 @@ class KANLinear(nn.Module):
         self.register_buffer("mask", torch.ones(n_in, n_out, dtype=dtype, device=device))
         self.register_buffer("grid_uniform", torch.tensor(True, device=device))
         self._uniform = True  # host mirror of grid_uniform, read in forward without a sync
-        self._init_symbolic()
+        self.register_module("symbolic", None)  # SymbolicEdges, created by the first set_symbolic
+        self.register_load_state_dict_post_hook(_rebuild_after_load)
+        self._rebuild_mask_state(ones=True)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -143,13 +170,10 @@ class KANLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(..., in) -> (..., out)``."""
         x2 = self._flat_input(x)  # (batch, in)
+        sym = self.symbolic
         y = None
-        if not self._all_symbolic:  # with every edge symbolic the numeric branch is skipped
-            if self._mask_is_ones():  # the common case: the scales as they are
-                scale_spline, scale_base = self.scale_spline, self.scale_base
-            else:
-                mask = self._numeric_mask()
-                scale_spline, scale_base = self.scale_spline * mask, self.scale_base * mask
+        if sym is None or not sym.all_edges:  # every edge symbolic: the numeric branch is skipped
+            scale_spline, scale_base = self._masked_scales()
             y = kernels.spline_product(
                 x2,
                 self.knots,
@@ -160,8 +184,8 @@ class KANLinear(nn.Module):
             )  # (batch, out)
             if self.base_activation != "zero":  # y + act(x) @ scale_base in one GEMM call
                 y = torch.addmm(y, ACTIVATIONS[self.base_activation](x2), scale_base)
-        if self._has_symbolic:
-            y = self._symbolic_sum(x2, base=y)  # (batch, out): y + the symbolic edges
+        if sym is not None and sym.has_edges:
+            y = sym(x2, self.mask, base=y)  # (batch, out): y + the symbolic edges
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def activations(self, x: Tensor) -> Tensor:
@@ -175,11 +199,65 @@ class KANLinear(nn.Module):
             base = ACTIVATIONS[self.base_activation](x2)  # (batch, in)
             phi = phi + base.unsqueeze(1) * (self.scale_base * self._numeric_mask()).T
         if self._has_symbolic:
-            flat = self._sym_out * self.in_features + self._sym_in  # (E,) into (out*in)
-            sym = phi.new_zeros(self.out_features * self.in_features, x2.shape[0])
-            sym = sym.index_add(0, flat, self._symbolic_values(x2))  # (out*in, batch)
-            phi = phi + sym.T.reshape(x2.shape[0], self.out_features, self.in_features)
+            phi = phi + self.symbolic.activations(x2, self.mask)  # (batch, out, in)
         return phi.reshape(*x.shape[:-1], self.out_features, self.in_features)
+
+    # ------------------------------------------------------------------ mask
+    @torch.no_grad()
+    def set_mask(self, mask: Tensor) -> None:
+        """Set the edge mask ``(in, out)`` (1 = edge on, 0 = pruned; copied into ``self.mask``) and
+        rebuild what forward derives from it. Use this rather than editing ``self.mask`` in place:
+        forward stays correct after an in-place edit, but takes a slower path until the next call."""
+        shape = (self.in_features, self.out_features)
+        if not isinstance(mask, Tensor) or tuple(mask.shape) != shape:
+            got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(f"mask must be a tensor of shape {shape}, got {got}")
+        self.mask.copy_(check_finite("mask", mask))
+        self._rebuild_mask_state()
+
+    def _keep(self) -> Tensor | None:
+        """``1 - symbolic mask`` (in, out), or None without symbolic edges."""
+        sym = self.symbolic
+        return sym.keep if sym is not None and sym.has_edges else None
+
+    def _rebuild_mask_state(self, *, ones: bool | None = None) -> None:
+        """Derive the numeric mask and the "all ones" host flag (one host sync unless ``ones`` is
+        given). Called whenever the mask or the symbolic edges change, never in forward."""
+        mask, keep = self.mask, self._keep()
+        # a normal tensor even under inference mode: forward saves it for backward
+        with torch.inference_mode(False):
+            numeric = mask if keep is None else mask * keep
+        if ones is None:
+            ones = not numeric.is_meta and bool((numeric == 1).all())
+        self._mask_state = _MaskState(mask, mask._version, keep, numeric, ones)
+
+    def _current_mask_state(self) -> _MaskState | None:
+        """The derived mask state if it matches the live mask and symbolic edges, else None (a
+        read: an in-place edit, a new tensor or a functional_call show up as a mismatch)."""
+        if torch.compiler.is_compiling():
+            return None
+        state, mask = self._mask_state, self.mask
+        if state.mask is mask and state.version == mask._version and state.keep is self._keep():
+            return state
+        return None
+
+    def _numeric_mask(self, state: _MaskState | None = None) -> Tensor:
+        """The mask of the numeric (spline + base) branch: ``mask * (1 - symbolic mask)``, from
+        the derived ``state`` if it is given and current, else from the live tensors."""
+        state = state or self._current_mask_state()
+        if state is not None:
+            return state.numeric
+        keep = self._keep()
+        return self.mask if keep is None else self.mask * keep
+
+    def _masked_scales(self) -> tuple[Tensor, Tensor]:
+        """``(scale_spline, scale_base)`` times the numeric mask; the scales as they are while the
+        mask is all ones (bit-identical results, two products and their backward saved)."""
+        state = self._current_mask_state()
+        if state is not None and state.ones:
+            return self.scale_spline, self.scale_base
+        mask = self._numeric_mask(state)
+        return self.scale_spline * mask, self.scale_base * mask
 
     # ------------------------------------------------------------------ grids
     def _set_grid(self, knots: Tensor, coef: Tensor, *, uniform: bool) -> None:
@@ -269,7 +347,54 @@ class KANLinear(nn.Module):
         coef = curve_to_coef(x, y, new_knots, self.spline_order)
         self._set_grid(new_knots, coef, uniform=uniform)
 
+    # ------------------------------------------------------------------ pruning
+    @torch.no_grad()
+    def select(
+        self, keep_in: Tensor | Sequence[int], keep_out: Tensor | Sequence[int]
+    ) -> KANLinear:
+        """A new layer restricted to the inputs ``keep_in`` and outputs ``keep_out`` (increasing
+        indices, 1-d): coefficients, scales, knots, mask and symbolic edges sliced, the same
+        function on the kept edges. This layer is not changed."""
+        keep_in = self._check_keep("keep_in", keep_in, self.in_features)
+        keep_out = self._check_keep("keep_out", keep_out, self.out_features)
+
+        def pick(t: Tensor) -> Tensor:  # (in, ..., out) -> (kept in, ..., kept out)
+            return t.index_select(0, keep_in).index_select(t.dim() - 1, keep_out).contiguous()
+
+        # its initial draws come from a private generator (the global RNG is not touched)
+        new = KANLinear(
+            keep_in.numel(), keep_out.numel(), grid_size=self.grid_size,
+            spline_order=self.spline_order, grid_range=self.grid_range,
+            base_activation=self.base_activation, noise_scale=self.noise_scale,
+            generator=torch.Generator(), device=self.coef.device, dtype=self.coef.dtype,
+        )  # fmt: skip
+        for name in ("coef", "scale_base", "scale_spline"):
+            p = getattr(self, name)
+            setattr(new, name, nn.Parameter(pick(p), requires_grad=p.requires_grad))
+        new.knots = self.knots.index_select(0, keep_in).contiguous()
+        new.mask = pick(self.mask)
+        new.grid_uniform.copy_(self.grid_uniform)
+        new._uniform = self._uniform
+        if self.symbolic is not None:
+            new.symbolic = self.symbolic.select(keep_in, keep_out)
+        new.train(self.training)
+        new._rebuild_mask_state()
+        return new
+
+    def _check_keep(self, name: str, keep: Tensor | Sequence[int], n: int) -> Tensor:
+        idx = torch.as_tensor(keep, device=self.mask.device)
+        if idx.dim() != 1 or idx.numel() == 0 or idx.is_floating_point() or idx.dtype == torch.bool:
+            raise ValueError(f"{name} must be a non-empty 1-d sequence of indices, got {keep!r}")
+        idx = idx.to(torch.int64)
+        if bool((idx < 0).any() | (idx >= n).any()) or bool((idx.diff() <= 0).any()):
+            raise ValueError(f"{name} must hold increasing indices in [0, {n}), got {keep!r}")
+        return idx
+
     # ------------------------------------------------------------------ state
+    # Files written before the symbolic edges moved into the child module (issue 17) hold them as
+    # flat keys <prefix>symbolic_mask / _fn / _names / _affine; loading renames them.
+    _OLD_SYMBOLIC_KEYS = ("mask", "fn", "names", "affine")
+
     def _load_from_state_dict(  # type: ignore[override]
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ) -> None:
@@ -290,220 +415,81 @@ class KANLinear(nn.Module):
                     torch.empty(coef.shape, dtype=self.coef.dtype, device=self.coef.device),
                     requires_grad=self.coef.requires_grad,
                 )
-        self._prepare_symbolic_load(state_dict, prefix)
+        for key in self._OLD_SYMBOLIC_KEYS:
+            if prefix + "symbolic_" + key in state_dict:
+                state_dict[prefix + "symbolic." + key] = state_dict.pop(prefix + "symbolic_" + key)
+        # Create (or drop) the symbolic child the checkpoint holds (or lacks) before it is loaded.
+        names = state_dict.get(prefix + "symbolic.names")
+        if names is None or prefix + "symbolic.mask" not in state_dict:
+            self.symbolic = None  # a numeric checkpoint: no symbolic edges
+        elif self.symbolic is None:
+            self.symbolic = SymbolicEdges(
+                self.in_features, self.out_features, n_bytes=int(names.numel()),
+                dtype=self.mask.dtype, device=self.mask.device,
+            )  # fmt: skip
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
         self._uniform = bool(self.grid_uniform)
-        self._rebuild_symbolic()
+        # the mask state is rebuilt by _rebuild_after_load, once the symbolic child is loaded
 
-    # ------------------------------------------------------------------ symbolic edges
-    # An edge may be replaced by a library function: phi(x) = c * f(a*x + b) + d with trainable
-    # (a, b, c, d). State (created on the first fixed edge, so a purely numeric layer has no extra
-    # parameters, buffers or state_dict keys):
-    #   symbolic_mask   (in, out) 0/1 buffer: 1 = symbolic edge (its numeric part is switched off);
-    #   symbolic_fn     (in, out) int64 buffer: index into the layer's name list, -1 = none;
-    #   symbolic_names  (n_bytes,) uint8 buffer: the names, newline-joined UTF-8 (so a state_dict is
-    #                   self-contained and function ids never depend on registration order);
-    #   symbolic_affine (in, out, 4) Parameter: (a, b, c, d) per edge.
-    # For forward, the symbolic edges are sorted by function into index buffers _sym_in/_sym_out (E,)
-    # and a host list of (name, start, end) groups, rebuilt (with host syncs) only when edges change:
-    # forward evaluates each function once on its group's (n_edges, batch) slab, never edge by edge
-    # (kanlab._symbolic_eval: fused CPU kernels around torch's f, or torch ops on other devices).
-    def _init_symbolic(self) -> None:
-        self.register_buffer("symbolic_mask", None)
-        self.register_buffer("symbolic_fn", None)
-        self.register_buffer("symbolic_names", None)
-        self.register_parameter("symbolic_affine", None)
-        self.register_buffer("_sym_in", None, persistent=False)
-        self.register_buffer("_sym_out", None, persistent=False)
-        self.register_buffer("_sym_flat", None, persistent=False)
-        self.register_buffer("_numeric_keep", None, persistent=False)
-        self._sym_sizes: list[int] = []
-        self._sym_host: np.ndarray | None = None  # (3, E) int64 rows in, out, flat on the host
-        self._numeric_cache: tuple | None = None  # see _numeric_mask
-        self._ones_cache: tuple | None = None  # see _mask_is_ones
-        self._sym_groups: list[tuple[str, int, int]] = []
-        self._has_symbolic = False  # host flag: any symbolic edge (forward's only extra cost)
-        self._all_symbolic = False  # host flag: every edge symbolic (numeric branch skipped)
-
-    def _numeric_mask(self) -> Tensor:
-        """The mask of the numeric (spline + base) branch: ``mask * (1 - symbolic_mask)``.
-
-        Cached while ``mask`` and the symbolic edges stay the same tensors at the same in-place
-        version (an in-place edit of the mask, e.g. pruning, or a rebuild recomputes it)."""
-        if not self._has_symbolic:
-            return self.mask
-        mask, keep = self.mask, self._numeric_keep
-        if torch.compiler.is_compiling():
-            return mask * keep
-        versions = (mask._version, keep._version)
-        c = self._numeric_cache  # (mask, keep, versions, mask * keep)
-        if c is not None and c[0] is mask and c[1] is keep and c[2] == versions:
-            return c[3]
-        out = mask * keep
-        if not torch.is_inference_mode_enabled():  # inference tensors cannot be saved for backward
-            self._numeric_cache = (mask, keep, versions, out)
+    def _apply(self, fn: Any, recurse: bool = True) -> KANLinear:  # type: ignore[override]
+        # .to(), .double(), .cuda() ... replace the buffers: derive the mask state from the new ones
+        # (as torch's RNN modules re-flatten their weights here). The flag survives a move.
+        state = self._current_mask_state()
+        out = super()._apply(fn, recurse)
+        self._rebuild_mask_state(ones=state.ones if state is not None else None)
         return out
 
-    def _mask_is_ones(self) -> bool:
-        """Host flag: no symbolic edge and every edge unmasked, so forward can use the scales
-        directly (saving two products and their backward per call; bit-identical results).
+    def __setstate__(self, state: dict) -> None:  # copy.deepcopy, pickle
+        super().__setstate__(state)
+        self._rebuild_mask_state()  # a copy's tensors start at other in-place versions
 
-        Cached per mask tensor and in-place version: one host sync when the mask changes."""
-        if self._has_symbolic or torch.compiler.is_compiling():
-            return False
-        mask = self.mask
-        c = self._ones_cache  # (mask, version, flag)
-        if c is not None and c[0] is mask and c[1] == mask._version:
-            return c[2]
-        flag = bool((mask == 1).all())
-        self._ones_cache = (mask, mask._version, flag)
-        return flag
+    # ------------------------------------------------------------------ symbolic edges
+    # The edges live in the child module ``self.symbolic`` (kanlab.symbolic_edges); these methods
+    # keep the layer's public face and rebuild the mask state after a change.
+    @property
+    def symbolic_mask(self) -> Tensor | None:
+        """(in, out) 0/1: 1 = symbolic edge; None without symbolic edges (``symbolic.mask``)."""
+        return None if self.symbolic is None else self.symbolic.mask
 
-    def _alloc_symbolic(self, n_bytes: int = 0) -> None:
-        n_in, n_out = self.in_features, self.out_features
-        dev, dt = self.mask.device, self.mask.dtype
-        self.symbolic_mask = torch.zeros(n_in, n_out, dtype=dt, device=dev)
-        self.symbolic_fn = torch.full((n_in, n_out), -1, dtype=torch.int64, device=dev)
-        self.symbolic_names = torch.zeros(n_bytes, dtype=torch.uint8, device=dev)
-        affine = torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=dt, device=dev)
-        self.symbolic_affine = nn.Parameter(affine.expand(n_in, n_out, 4).clone())
+    @property
+    def symbolic_affine(self) -> nn.Parameter | None:
+        """(in, out, 4) the trainable (a, b, c, d) per edge, or None (``symbolic.affine``)."""
+        return None if self.symbolic is None else self.symbolic.affine
 
-    def symbolic_function_names(self) -> list[str]:
-        """The layer's function vocabulary (``symbolic_fn`` indexes into it)."""
-        if self.symbolic_names is None or self.symbolic_names.numel() == 0:
-            return []
-        return bytes(self.symbolic_names.cpu().tolist()).decode("utf-8").split("\n")
+    @property
+    def _has_symbolic(self) -> bool:
+        """Host flag: any symbolic edge."""
+        return self.symbolic is not None and self.symbolic.has_edges
 
-    def _set_symbolic_names(self, names: list[str]) -> None:
-        data = list("\n".join(names).encode("utf-8"))
-        self.symbolic_names = torch.tensor(data, dtype=torch.uint8, device=self.mask.device)
-
-    def _check_edge(self, i: int, o: int) -> None:
-        check_int("in index i", i, minimum=0)
-        check_int("out index o", o, minimum=0)
-        if i >= self.in_features or o >= self.out_features:
-            raise ValueError(
-                f"edge (in={i}, out={o}) is outside the layer's {self.in_features} inputs and "
-                f"{self.out_features} outputs"
-            )
-
-    @torch.no_grad()
     def set_symbolic(
         self, i: int, o: int, name: str, affine: Sequence[float] = (1.0, 0.0, 1.0, 0.0)
     ) -> None:
         """Replace edge ``i -> o`` by ``c * f(a*x + b) + d`` with ``f`` the library function
         ``name`` and ``affine = (a, b, c, d)``; the edge's numeric part is switched off (kept, and
-        restored by :meth:`unset_symbolic`)."""
-        self._check_edge(i, o)
-        fn = get_function(name)
-        vals = [check_float(f"affine[{j}]", v) for j, v in enumerate(affine)]
-        if len(vals) != 4:
-            raise ValueError(f"affine must be 4 numbers (a, b, c, d), got {len(vals)}")
-        if self.symbolic_mask is None:
-            self._alloc_symbolic()
-        names = self.symbolic_function_names()
-        if fn.name not in names:
-            names.append(fn.name)
-            self._set_symbolic_names(names)
-        self.symbolic_fn[i, o] = names.index(fn.name)
-        self.symbolic_mask[i, o] = 1.0
-        self.symbolic_affine[i, o] = torch.tensor(vals, dtype=self.symbolic_affine.dtype)
-        self._rebuild_symbolic()
+        restored by :meth:`unset_symbolic`). Nothing changes if an argument is invalid."""
+        sym = self.symbolic
+        if sym is None:
+            sym = SymbolicEdges(
+                self.in_features, self.out_features, dtype=self.mask.dtype, device=self.mask.device
+            )
+        sym.set(i, o, name, affine)  # checks every argument first
+        self.symbolic = sym
+        self._rebuild_mask_state()
 
-    @torch.no_grad()
     def unset_symbolic(self, i: int, o: int) -> None:
         """Return edge ``i -> o`` to its numeric (spline + base) function."""
-        self._check_edge(i, o)
-        if self.symbolic_mask is None:
+        if self.symbolic is None:
+            check_edge(i, o, self.in_features, self.out_features)
             return
-        self.symbolic_mask[i, o] = 0.0
-        self.symbolic_fn[i, o] = -1
-        self._rebuild_symbolic()
+        self.symbolic.unset(i, o)
+        self._rebuild_mask_state()
 
     def symbolic_edges(self) -> dict[tuple[int, int], str]:
         """``{(in, out): function name}`` of the symbolic edges (host sync; not for hot paths)."""
-        if self.symbolic_mask is None:
-            return {}
-        names = self.symbolic_function_names()
-        ii, oo = torch.nonzero(self.symbolic_mask > 0, as_tuple=True)
-        ids = self.symbolic_fn[ii, oo]
-        return {
-            (int(i), int(o)): names[int(k)]
-            for i, o, k in zip(ii.tolist(), oo.tolist(), ids.tolist(), strict=True)
-        }
+        return {} if self.symbolic is None else self.symbolic.edges()
 
-    def _rebuild_symbolic(self) -> None:
-        """Sort the symbolic edges by function into the index buffers used by forward."""
-        if self.symbolic_mask is None:
-            self._has_symbolic = self._all_symbolic = False
-            self._numeric_keep = None
-            self._sym_host = None
-            self._numeric_cache = None
-            return
-        names = self.symbolic_function_names()
-        live = self.symbolic_mask > 0
-        ins, outs, groups, start = [], [], [], 0
-        for k, name in enumerate(names):
-            ii, oo = torch.nonzero(live & (self.symbolic_fn == k), as_tuple=True)
-            if ii.numel():
-                ins.append(ii)
-                outs.append(oo)
-                groups.append((name, start, start + ii.numel()))
-                start += ii.numel()
-        bad = live & ((self.symbolic_fn < 0) | (self.symbolic_fn >= len(names)))
-        if bool(bad.any()):
-            raise ValueError(f"symbolic_fn holds ids outside the layer's names {names}")
-        empty = torch.zeros(0, dtype=torch.int64, device=self.mask.device)
-        self._sym_in = torch.cat(ins) if ins else empty
-        self._sym_out = torch.cat(outs) if outs else empty
-        self._sym_groups = groups
-        self._sym_sizes = [e - s for _, s, e in groups]
-        self._sym_flat = self._sym_in * self.out_features + self._sym_out
-        index = torch.stack([self._sym_in, self._sym_out, self._sym_flat])  # (3, E)
-        self._sym_host = index.cpu().numpy()
-        self._numeric_keep = 1 - self.symbolic_mask  # (in, out) folded into the numeric mask
-        self._numeric_cache = None
-        self._has_symbolic = start > 0
-        self._all_symbolic = bool((self.symbolic_mask > 0).all())
-
-    def _symbolic_values(self, x2: Tensor) -> Tensor:
-        """Outputs of the symbolic edges, transposed: ``(batch, in) -> (E, batch)`` in ``_sym_in``
-        order. Edge-major layout: gathers copy whole rows and per-edge constants broadcast along
-        rows, about twice as fast on CPU as the (batch, E) layout."""
-        flat = self._sym_flat  # (E,) index into the flattened (in, out)
-        p = self.symbolic_affine.reshape(-1, 4).index_select(0, flat)  # (E, 4)
-        m = self.mask.reshape(-1).index_select(0, flat).unsqueeze(1)  # (E, 1) pruning mask
-        xt = x2.T.contiguous().index_select(0, self._sym_in)  # (E, batch)
-        z = xt * p[:, 0:1] + p[:, 1:2]  # a*x + b (mul + add: faster backward than addcmul)
-        # split (not slicing): its backward is one cat, where slices would each fill a zero tensor
-        parts = [
-            get_function(name).forward_fn(zg)
-            for (name, _, _), zg in zip(self._sym_groups, z.split(self._sym_sizes, 0), strict=True)
-        ]
-        f = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)  # (E, batch)
-        return f * (p[:, 2:3] * m) + p[:, 3:4] * m  # c*f + d, masked
-
-    def _symbolic_sum(self, x2: Tensor, base: Tensor | None = None) -> Tensor:
-        """Sum of the symbolic edges into each output: ``(batch, in) -> (batch, out)``, evaluated
-        one function group at a time (see :mod:`kanlab._symbolic_eval`), plus ``base``
-        ``(batch, out)`` if given (added in the same pass)."""
-        return symbolic_sum(
-            x2, self.symbolic_affine, self.mask, self._sym_flat, self._sym_in, self._sym_out,
-            self._sym_groups, self.out_features, base=base, host_index=self._sym_host,
-        )  # fmt: skip
-
-    def _prepare_symbolic_load(self, state_dict: dict, prefix: str) -> None:
-        """Create (or resize) the symbolic slots a checkpoint holds before its tensors are copied."""
-        names = state_dict.get(prefix + "symbolic_names")
-        if names is None or prefix + "symbolic_mask" not in state_dict:
-            if self.symbolic_mask is not None:  # a numeric checkpoint: drop the symbolic slots
-                self.symbolic_mask = self.symbolic_fn = self.symbolic_names = None
-                self.symbolic_affine = None
-            return
-        n_bytes = int(names.numel())
-        if self.symbolic_mask is None:
-            self._alloc_symbolic(n_bytes)
-        elif self.symbolic_names.numel() != n_bytes:
-            self.symbolic_names = torch.zeros(n_bytes, dtype=torch.uint8, device=self.mask.device)
+    def symbolic_function_names(self) -> list[str]:
+        """The layer's function vocabulary (``symbolic.fn`` indexes into it)."""
+        return [] if self.symbolic is None else self.symbolic.function_names()

@@ -337,3 +337,39 @@ def count_flops(
             hidden = sum(module.widths[1:-1])
             total += hidden * ACTIVATION_FLOPS.get(module.activation, 4)
     return total * batch
+
+
+# ---------------------------------------------------------------------- model checks
+# Shared by prune, plot and symbolic: what counts as a KAN there, and its input.
+
+
+def kan_layers(model: object) -> list[KANLinear]:
+    """The layers of a kanlab KAN: ``model.layers``, a non-empty sequence of :class:`KANLinear`
+    whose widths chain (TypeError if not a KAN, ValueError if the widths do not chain)."""
+    layers = getattr(model, "layers", None)
+    if layers is None or not len(layers) or not all(isinstance(la, KANLinear) for la in layers):
+        raise TypeError(
+            f"model must be a kanlab KAN (layers of KANLinear), got {type(model).__name__}"
+        )
+    layers = list(layers)
+    for l_idx in range(len(layers) - 1):
+        n_out, n_in = layers[l_idx].out_features, layers[l_idx + 1].in_features
+        if n_out != n_in:
+            raise ValueError(
+                f"layer {l_idx} has {n_out} outputs but layer {l_idx + 1} has {n_in} inputs"
+            )
+    return layers
+
+
+def check_kan_input(model: object, x: object) -> tuple[list[KANLinear], Tensor]:
+    """The KAN's layers (:func:`kan_layers`) and its input ``x``, checked: a finite tensor of
+    shape (batch >= 1, widths[0])."""
+    from kanlab._checks import check_finite
+
+    layers = kan_layers(model)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    n_in = layers[0].in_features
+    if x.dim() != 2 or x.shape[1] != n_in or x.shape[0] < 1:
+        raise ValueError(f"x must have shape (batch >= 1, {n_in}), got {tuple(x.shape)}")
+    return layers, check_finite("x", x)

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from kanlab.prune import _check_model_data, scores
+from kanlab.models import check_kan_input
+from kanlab.prune import scores
 
 __all__ = ["plot", "plot_history"]
 
@@ -60,9 +61,9 @@ def plot(
     ``in_vars``/``out_vars`` name the inputs and outputs (default x_1.., y_1..). ``path``: also
     save the figure there (format from the suffix, e.g. .png or .svg). Returns the Figure.
     """
+    layers, x = check_kan_input(model, x)
     from matplotlib.figure import Figure
 
-    layers, x = _check_model_data(model, x)
     widths = [layers[0].in_features] + [la.out_features for la in layers]
     ins = _names(in_vars, widths[0], "x", "in_vars")
     outs = _names(out_vars, widths[-1], "y", "out_vars")

@@ -15,8 +15,8 @@ Scores (computed on data ``x``, as in the KAN paper):
 
 :func:`prune` masks edges whose attribution is below ``edge_threshold``, removes hidden nodes (and,
 optionally, inputs) whose importance is below ``node_threshold`` or that are left without a kept
-incoming or outgoing edge, by slicing the layers' tensors, and returns a new model; the original is
-never modified.
+incoming or outgoing edge, by slicing the layers (``KANLinear.select``), and returns a new model; the
+original is never modified.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from typing import Any, Literal, overload
 import torch
 from torch import Tensor, nn
 
-from kanlab._checks import check_finite, check_float
-from kanlab.layers import KANLinear
+from kanlab._checks import check_float
+from kanlab.models import check_kan_input
 
 __all__ = ["Scores", "prune", "scores"]
 
@@ -45,24 +45,10 @@ class Scores:
     outgoing: list[Tensor]  # L tensors (widths[l],): largest outgoing edge of layer l's inputs
 
 
-def _check_model_data(model: Any, x: object) -> tuple[list[KANLinear], Tensor]:
-    layers = getattr(model, "layers", None)
-    if layers is None or not len(layers) or not all(isinstance(la, KANLinear) for la in layers):
-        raise TypeError(
-            f"model must be a kanlab KAN (layers of KANLinear), got {type(model).__name__}"
-        )
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    n_in = layers[0].in_features
-    if x.dim() != 2 or x.shape[1] != n_in or x.shape[0] < 1:
-        raise ValueError(f"x must have shape (batch >= 1, {n_in}), got {tuple(x.shape)}")
-    return list(layers), check_finite("x", x)
-
-
 @torch.no_grad()
 def scores(model: Any, x: Tensor) -> Scores:
     """Edge and node scores of ``model`` on the inputs ``x`` (batch, widths[0])."""
-    layers, x = _check_model_data(model, x)
+    layers, x = check_kan_input(model, x)
     edge = [phi.abs().mean(0) for phi in model.activations(x)]  # (out, in) per layer
     attribution: list[Tensor] = [torch.empty(0)] * len(layers)
     node = [torch.ones(layers[-1].out_features, dtype=x.dtype, device=x.device)]
@@ -79,28 +65,6 @@ def scores(model: Any, x: Tensor) -> Scores:
         incoming=[e.amax(1) for e in edge],
         outgoing=[e.amax(0) for e in edge],
     )
-
-
-def _slice_layer(la: KANLinear, keep_in: Tensor, keep_out: Tensor) -> None:
-    """Restrict ``la`` (in place; a copy) to the inputs ``keep_in`` and outputs ``keep_out``."""
-
-    def pick(t: Tensor) -> Tensor:  # (in, ..., out) -> (kept in, ..., kept out)
-        return t.index_select(0, keep_in).index_select(t.dim() - 1, keep_out).contiguous()
-
-    la.coef = nn.Parameter(pick(la.coef), requires_grad=la.coef.requires_grad)
-    for name in ("scale_base", "scale_spline"):
-        p = getattr(la, name)
-        setattr(la, name, nn.Parameter(pick(p), requires_grad=p.requires_grad))
-    la.mask = pick(la.mask)
-    la.knots = la.knots.index_select(0, keep_in).contiguous()
-    if la.symbolic_mask is not None:
-        la.symbolic_mask = pick(la.symbolic_mask)
-        la.symbolic_fn = pick(la.symbolic_fn)
-        aff = la.symbolic_affine
-        aff = aff.index_select(0, keep_in).index_select(1, keep_out).contiguous()
-        la.symbolic_affine = nn.Parameter(aff, requires_grad=la.symbolic_affine.requires_grad)
-    la.in_features, la.out_features = int(keep_in.numel()), int(keep_out.numel())
-    la._rebuild_symbolic()
 
 
 @overload
@@ -152,7 +116,7 @@ def prune(
     et = check_float("edge_threshold", edge_threshold, minimum=0.0)
     if not isinstance(prune_inputs, bool):
         raise TypeError(f"prune_inputs must be a bool, got {prune_inputs!r}")
-    layers, x = _check_model_data(model, x)
+    layers, x = check_kan_input(model, x)
     sc = scores(model, x)
     depth = len(layers)
     edge_ok = [a >= et for a in sc.edge_attribution]  # (out, in) per layer
@@ -185,8 +149,8 @@ def prune(
     new = copy.deepcopy(model)
     for l_idx, la in enumerate(new.layers):
         dead = (sc.edge_attribution[l_idx] < et).T.to(la.mask.dtype)  # (in, out)
-        la.mask.mul_(1 - dead)
-        _slice_layer(la, keep[l_idx], keep[l_idx + 1])
+        la.set_mask(la.mask * (1 - dead))
+        new.layers[l_idx] = la.select(keep[l_idx], keep[l_idx + 1])
     if hasattr(new, "widths"):
         new.widths = [int(k.numel()) for k in keep]
     if prune_inputs:

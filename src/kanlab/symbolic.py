@@ -28,6 +28,7 @@ from torch import Tensor
 from kanlab._checks import check_finite, check_float, check_int, check_range
 from kanlab.functions import SymbolicFunction, get_function, library
 from kanlab.layers import KANLinear
+from kanlab.models import check_kan_input, kan_layers
 
 __all__ = [
     "EdgeFit",
@@ -198,17 +199,8 @@ def fit_params(
 
 
 # ---------------------------------------------------------------------- edges of a model
-def _check_model(model: object) -> list[KANLinear]:
-    layers = getattr(model, "layers", None)
-    if layers is None or not all(isinstance(la, KANLinear) for la in layers) or not len(layers):
-        raise TypeError(
-            f"model must be a kanlab KAN (layers of KANLinear), got {type(model).__name__}"
-        )
-    return list(layers)
-
-
 def _check_edge(model: object, layer: int, out_index: int, in_index: int) -> KANLinear:
-    layers = _check_model(model)
+    layers = kan_layers(model)
     check_int("layer", layer, minimum=0)
     if layer >= len(layers):
         raise ValueError(f"layer must be < {len(layers)} (the model's depth), got {layer}")
@@ -221,16 +213,6 @@ def _check_edge(model: object, layer: int, out_index: int, in_index: int) -> KAN
             f"{la.in_features} inputs and {la.out_features} outputs"
         )
     return la
-
-
-def _check_data(model: Any, x: object) -> Tensor:
-    layers = _check_model(model)
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    n_in = layers[0].in_features
-    if x.dim() != 2 or x.shape[1] != n_in:
-        raise ValueError(f"x must have shape (batch, {n_in}), got {tuple(x.shape)}")
-    return check_finite("x", x)
 
 
 @torch.no_grad()
@@ -296,7 +278,7 @@ def suggest_symbolic(
     if w > 1:
         raise ValueError(f"weight_simple must be in [0, 1], got {weight_simple}")
     functions = _lib(lib)
-    xs, ys = _edge_samples(model, layer, out_index, in_index, _check_data(model, x))
+    xs, ys = _edge_samples(model, layer, out_index, in_index, check_kan_input(model, x)[1])
     return _rank(xs, ys, functions, w, **fit_kw)[:topk]
 
 
@@ -320,7 +302,7 @@ def fix_symbolic(
     if x is None:
         la.set_symbolic(in_index, out_index, f.name)
         return None
-    xs, ys = _edge_samples(model, layer, out_index, in_index, _check_data(model, x))
+    xs, ys = _edge_samples(model, layer, out_index, in_index, check_kan_input(model, x)[1])
     fit = fit_params(xs, ys, f, **fit_kw)
     la.set_symbolic(in_index, out_index, f.name, fit.params)
     return fit
@@ -345,8 +327,7 @@ def auto_symbolic(
 
     Returns one :class:`EdgeFit` per visited edge.
     """
-    layers = _check_model(model)
-    x = _check_data(model, x)
+    layers, x = check_kan_input(model, x)
     thr = check_float("r2_threshold", r2_threshold)
     w = check_float("weight_simple", weight_simple, minimum=0.0)
     if w > 1:
@@ -452,9 +433,9 @@ def symbolic_formula(
     that round to an integer become exact integers, to 0 vanish); ``precision=None`` keeps full
     precision. Variables are named ``x_1, x_2, ...`` unless ``var_names`` is given.
     """
+    layers = kan_layers(model)
     import sympy as sp
 
-    layers = _check_model(model)
     n_in = layers[0].in_features
     if var_names is None:
         var_names = [f"x_{i + 1}" for i in range(n_in)]
