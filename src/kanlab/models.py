@@ -28,11 +28,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from kanlab._checks import check_choice, check_input, check_int
+from kanlab._checks import check_choice, check_finite, check_input, check_int
 from kanlab.config import KANConfig, MLPConfig, dtype_name, torch_dtype
 from kanlab.layers import ACTIVATIONS, KANLinear
 
-__all__ = ["KAN", "MLP", "build", "count_flops", "count_params"]
+__all__ = ["KAN", "MLP", "build", "check_kan_input", "count_flops", "count_params", "kan_layers"]
 
 
 def _generator(seed: int | None) -> torch.Generator | None:
@@ -364,8 +364,6 @@ def kan_layers(model: object) -> list[KANLinear]:
 def check_kan_input(model: object, x: object) -> tuple[list[KANLinear], Tensor]:
     """The KAN's layers (:func:`kan_layers`) and its input ``x``, checked: a finite tensor of
     shape (batch >= 1, widths[0])."""
-    from kanlab._checks import check_finite
-
     layers = kan_layers(model)
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
