@@ -212,7 +212,7 @@ def test_numba_fused_large_grid_backward_equals_separate_kernels(out, k, threads
     table (44 outputs) the fused pass takes the samples sorted by row, so those two are the same
     sums in another order. All must equal the reference."""
     pytest.importorskip("numba")
-    from kanlab.kernels import numba_cpu
+    from kanlab.kernels.cpu import api, tuning
 
     with _num_threads(threads):
         for dtype in (torch.float32, torch.float64):
@@ -222,15 +222,15 @@ def test_numba_fused_large_grid_backward_equals_separate_kernels(out, k, threads
                 )
                 table = weight[0].numel() * weight.element_size()
                 assert table > 8192  # the large-grid paths
-                by_row = table > numba_cpu._SORTED_FUSED_BYTES
+                by_row = table > tuning._SORTED_FUSED_BYTES
                 assert by_row == (out == 44)
                 g = torch.Generator().manual_seed(k)
                 scale = torch.randn(5, out, generator=g, dtype=dtype)
                 gy = torch.randn(1100, out, generator=g, dtype=dtype)
                 args = (gy, x, knots, weight, scale, k, uniform)
-                gx, gw, gs = numba_cpu.backward_scaled(*args, True, True)
-                gx_alone, _, _ = numba_cpu.backward_scaled(*args, True, False)
-                _, gw_alone, gs_alone = numba_cpu.backward_scaled(*args, False, True)
+                gx, gw, gs = api.backward_scaled(*args, True, True)
+                gx_alone, _, _ = api.backward_scaled(*args, True, False)
+                _, gw_alone, gs_alone = api.backward_scaled(*args, False, True)
                 assert torch.equal(gx, gx_alone)
                 if by_row:
                     tol = 1e-5 if dtype == torch.float32 else 1e-12
@@ -534,9 +534,8 @@ def test_auto_dispatch_by_device_dtype_and_availability(monkeypatch):
 
 def test_op_falls_back_to_reference_maths_without_jit(monkeypatch):
     """A missing or broken JIT inside the op: reference maths, same values and gradients."""
-    # `from kanlab.kernels import numba_cpu` now raises ImportError, as with numba missing.
-    monkeypatch.setitem(sys.modules, "kanlab.kernels.numba_cpu", None)
-    monkeypatch.delattr(kernels, "numba_cpu", raising=False)
+    # `import kanlab.kernels.cpu.api` now raises ImportError, as with numba missing.
+    monkeypatch.setitem(sys.modules, "kanlab.kernels.cpu.api", None)
     monkeypatch.setattr(sparse, "_BROKEN", set())
     x, knots, weight = _problem(2, False, torch.float64, "cpu")
     kernels.set_backend("reference")
@@ -605,15 +604,15 @@ def test_triton_kernels_in_interpreter():
         import torch
         sys.path.insert(0, sys.argv[1])  # tests/: this module's _problem
         from test_kernels import _problem
-        from kanlab.kernels import reference, triton_gpu
+        from kanlab.kernels import gpu, reference
         g = torch.Generator().manual_seed(0)
         for k in (0, 1, 2, 3, 5):
             for uniform in (True, False):
                 for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
                     x, knots, w = _problem(k, uniform, dtype, "cpu", size=(3, 70, 6, 45))
                     gy = torch.randn(45, 70, generator=g, dtype=dtype)
-                    y = triton_gpu.forward(x, knots, w, k, uniform)
-                    gx, gw = triton_gpu.backward(gy, x, knots, w, k, uniform, True, True)
+                    y = gpu.forward(x, knots, w, k, uniform)
+                    gx, gw = gpu.backward(gy, x, knots, w, k, uniform, True, True)
                     xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
                     yr = reference.spline_product(xr, knots, wr, k, uniform)
                     yr.backward(gy)
@@ -624,16 +623,16 @@ def test_triton_kernels_in_interpreter():
                             a, b, rtol=tol, atol=tol * scale, msg=lambda m: f"{k} {uniform} "
                             f"{dtype} {name}: {m}"
                         )
-                    only_w = triton_gpu.backward(gy, x, knots, w, k, uniform, False, True)
-                    only_x = triton_gpu.backward(gy, x, knots, w, k, uniform, True, False)
+                    only_w = gpu.backward(gy, x, knots, w, k, uniform, False, True)
+                    only_x = gpu.backward(gy, x, knots, w, k, uniform, True, False)
                     assert only_w[0] is None and torch.equal(only_w[1], gw)
                     assert only_x[1] is None and torch.equal(only_x[0], gx)
         # The CUDA glue of the op (scale folded into the table, the autograd function, the
         # backward's need flags) with the Triton module standing in for the CPU kernels.
         from kanlab.kernels import sparse
-        sparse._MODULES["cpu"] = "kanlab.kernels.triton_gpu"
+        sparse._MODULES["cpu"] = "kanlab.kernels.gpu"
         sparse._LOADED.clear()
-        assert sparse._kernels(torch.device("cpu")) is triton_gpu
+        assert sparse._kernels(torch.device("cpu")) is gpu
         for k, uniform in ((3, True), (2, False)):
             _, knots, w = _problem(k, uniform, torch.float64, "cpu", size=(3, 3, 4, 6))
             # gradcheck's finite differences need inputs away from knots (_problem puts one on
@@ -703,20 +702,20 @@ def _child_product(x, knots, weight):
 def test_cpu_thread_paths_agree_bitwise(monkeypatch):
     """Serial, torch's OpenMP team and the fallback thread pool: each output has one owner."""
     pytest.importorskip("numba")
-    from kanlab.kernels import numba_cpu
+    from kanlab.kernels.cpu import api, threads
 
     x, knots, weight = _problem(3, False, torch.float32, "cpu")
     gy = torch.randn(x.shape[0], weight.shape[2], generator=torch.Generator().manual_seed(0))
 
-    def run(threads: int):
-        monkeypatch.setattr(numba_cpu, "_n_threads", lambda: threads)
-        y = numba_cpu.forward(x, knots, weight, 3, False)
-        gx, gw = numba_cpu.backward(gy, x, knots, weight, 3, False, True, True)
+    def run(n_threads: int):
+        monkeypatch.setattr(api, "_n_threads", lambda: n_threads)
+        y = api.forward(x, knots, weight, 3, False)
+        gx, gw = api.backward(gy, x, knots, weight, 3, False, True, True)
         return y, gx, gw
 
     serial = run(1)
     paths = [run(3)]  # the team when torch's libgomp was found, else the pool
-    monkeypatch.setattr(numba_cpu, "_GOMP", None)
+    monkeypatch.setattr(threads, "_GOMP", None)
     paths.append(run(3))  # the pool
     for got in paths:
         for a, b in zip(got, serial, strict=True):

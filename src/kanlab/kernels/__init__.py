@@ -15,7 +15,7 @@ choice); automatic choice takes the first available backend, in registration ord
 that supports the device and dtype of the call, falling back to the reference.
 
 The CPU kernels return coefficient gradients in memory they reuse once no tensor refers to it (no
-page faults per step on large grids; see :mod:`kanlab.kernels._buffers`);
+page faults per step on large grids; see :mod:`kanlab.kernels.cpu.buffers`);
 ``clear_gradient_memory()`` lets that memory go.
 """
 
@@ -46,9 +46,9 @@ __all__ = [
 def clear_gradient_memory() -> None:
     """Release the memory the CPU kernels keep for reuse as coefficient gradients (at most four
     arrays per gradient shape; an array still used by a tensor is freed with that tensor)."""
-    from kanlab.kernels import _buffers
+    from kanlab.kernels.cpu import buffers
 
-    _buffers.clear()
+    buffers.clear()
 
 
 SplineProduct = Callable[[Tensor, Tensor, Tensor, int, bool], Tensor]

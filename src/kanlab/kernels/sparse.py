@@ -6,8 +6,8 @@ optional: None means ones) touching only the k+1 non-zero basis functions per (s
 Applying the per-edge scale inside the kernels spares a layer the parameter-sized product
 ``coef * scale`` (and its backward) on every step. It is a ``torch.library.custom_op`` with
 
-- a kernel chosen by device: the Numba kernels (:mod:`kanlab.kernels.numba_cpu`) for CPU, the Triton
-  kernels (:mod:`kanlab.kernels.triton_gpu`) for CUDA, imported lazily on first use; any other device
+- a kernel chosen by device: the Numba kernels (:mod:`kanlab.kernels.cpu`) for CPU, the Triton
+  kernels (:mod:`kanlab.kernels.gpu`) for CUDA, imported lazily on first use; any other device
   (or a missing JIT) computes through the reference maths;
 - a fake (meta) implementation, so ``torch.compile`` traces a model through the op without a graph
   break (the op stays opaque in the graph and runs the compiled kernels at run time);
@@ -47,7 +47,7 @@ def jit_failures() -> set[str]:
 
 # Device type -> the module of its compiled kernels, and that module once imported (used while
 # sys.modules still holds it: the import machinery costs ~1.5 us, three times per layer call).
-_MODULES = {"cpu": "kanlab.kernels.numba_cpu", "cuda": "kanlab.kernels.triton_gpu"}
+_MODULES = {"cpu": "kanlab.kernels.cpu.api", "cuda": "kanlab.kernels.gpu"}
 _LOADED: dict[str, object] = {}
 
 
