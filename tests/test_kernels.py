@@ -9,6 +9,7 @@ triton package).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -19,7 +20,8 @@ import torch
 
 import kanlab as kl
 from kanlab import kernels
-from kanlab.kernels import reference, sparse
+from kanlab.kernels import backends, reference, sparse
+from kanlab.kernels.backends import BackendError
 from kanlab.splines import knots_from_data, sparse_basis, uniform_knots
 
 K_VALUES = [0, 1, 2, 3, 5]
@@ -532,22 +534,78 @@ def test_auto_dispatch_by_device_dtype_and_availability(monkeypatch):
         kernels.set_backend("numba")
 
 
-def test_op_falls_back_to_reference_maths_without_jit(monkeypatch):
-    """A missing or broken JIT inside the op: reference maths, same values and gradients."""
-    # `import kanlab.kernels.cpu.api` now raises ImportError, as with numba missing.
+def test_broken_numba_kernels_raise_instead_of_running_the_reference(monkeypatch):
+    """numba installed but its kernels not importable: the call that chose the numba backend
+    raises an error naming the backend, its module and the import error, instead of computing
+    with the reference maths (which would let every backend-equality test compare the reference
+    with itself); forcing the reference is the way out the message names."""
+    monkeypatch.setattr(kernels, "_HAS_NUMBA", True)  # installed (CI's second leg has no numba)
+    # `import kanlab.kernels.cpu.api` now raises ImportError, as a broken numba install would.
     monkeypatch.setitem(sys.modules, "kanlab.kernels.cpu.api", None)
-    monkeypatch.setattr(sparse, "_BROKEN", set())
     x, knots, weight = _problem(2, False, torch.float64, "cpu")
+    assert kernels.select_backend(x).name == "numba"
+    with pytest.raises(BackendError, match=r"'numba'.*kanlab\.kernels\.cpu\.api.*failed to import"):
+        kernels.spline_product(x, knots, weight, 2, uniform=False)
+    with pytest.raises(BackendError, match="set_backend\\('reference'\\)"):
+        kl.KAN([4, 3], seed=0).double()(x)
     kernels.set_backend("reference")
-    want = _run(x, knots, weight, 2, False)
-    xx = x.clone().requires_grad_(True)
-    ww = weight.clone().requires_grad_(True)
-    y = sparse.spline_product(xx, knots, ww, 2, False)
-    gy = torch.linspace(-1.0, 1.5, y.numel(), dtype=y.dtype).reshape(y.shape)
-    got = (y, *torch.autograd.grad(y, (xx, ww), gy))
-    assert sparse.jit_failures() == {"cpu"}
-    for a, b in zip(got, want, strict=True):
-        _close(a, b, torch.float64)
+    y = kernels.spline_product(x, knots, weight, 2, uniform=False)
+    torch.testing.assert_close(y, reference.spline_product(x, knots, weight, 2, False))
+
+
+def test_broken_numba_install_fails_loudly_in_fresh_interpreter(tmp_path):
+    """An installed but broken numba package (one whose import raises): the numba backend is still
+    offered (it is installed), a training step raises BackendError with numba's own error, and
+    load_installed (CI's check that every installed backend loads) fails too."""
+    (tmp_path / "numba").mkdir()
+    (tmp_path / "numba" / "__init__.py").write_text('raise ImportError("this numba is broken")\n')
+    code = textwrap.dedent(
+        """
+        import torch, kanlab as kl
+        from kanlab import kernels
+        from kanlab.kernels import backends
+        assert "numba" in kernels.available_backends()
+        model = kl.KAN([3, 4, 2], seed=0)
+        for attempt in (lambda: model(torch.rand(16, 3)), backends.load_installed):
+            try:
+                attempt()
+            except backends.BackendError as error:
+                assert "'numba'" in str(error) and "this numba is broken" in str(error), error
+            else:
+                raise AssertionError("a broken numba went unnoticed")
+        kernels.set_backend("reference")
+        model(torch.rand(16, 3)).sum().backward()
+        print("ok")
+        """
+    )
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONPATH=path)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "ok"
+
+
+def test_every_installed_backend_loads():
+    """The kernels of every backend whose package is installed import, on any machine (Triton's
+    without a GPU too): CI installs numba and triton, then uninstalls numba for a second run."""
+    names = backends.load_installed()
+    assert ("numba" in names) == (importlib.util.find_spec("numba") is not None)
+    assert ("triton" in names) == (importlib.util.find_spec("triton") is not None)
+
+
+def test_backends_are_one_registry():
+    """The compiled backends are described once: each names its kernel module, and the op runs
+    the module of the backend the dispatcher chose (the scale taken by kernels that apply it)."""
+    numba, triton = backends._BACKENDS["numba"], backends._BACKENDS["triton"]
+    assert (numba.module, numba.requires) == ("kanlab.kernels.cpu.api", "numba")
+    assert (triton.module, triton.requires) == ("kanlab.kernels.gpu", "triton")
+    assert numba.takes_scale and triton.takes_scale  # the op folds the scale for Triton
+    with pytest.raises(ValueError, match="a function .* or a module"):
+        kernels.Backend("nothing")
+    if "numba" in backends.load_installed():
+        assert backends.kernels_of("numba").takes_scale
 
 
 def test_import_without_numba_in_fresh_interpreter():
@@ -628,11 +686,15 @@ def test_triton_kernels_in_interpreter():
                     assert only_w[0] is None and torch.equal(only_w[1], gw)
                     assert only_x[1] is None and torch.equal(only_x[0], gx)
         # The CUDA glue of the op (scale folded into the table, the autograd function, the
-        # backward's need flags) with the Triton module standing in for the CPU kernels.
-        from kanlab.kernels import sparse
-        sparse._MODULES["cpu"] = "kanlab.kernels.gpu"
-        sparse._LOADED.clear()
-        assert sparse._kernels(torch.device("cpu")) is gpu
+        # backward's need flags) with the Triton module standing in for the CPU kernels: a
+        # backend of its own, registered like the others.
+        from kanlab import kernels
+        from kanlab.kernels import backends, sparse
+        kernels.register_backend(kernels.Backend(
+            "triton-interpreter", module="kanlab.kernels.gpu", requires="triton", priority=-1,
+            supports=lambda x: x.device.type == "cpu",
+        ))
+        assert backends.kernels_of("triton-interpreter") == (gpu, False)  # folds the scale
         for k, uniform in ((3, True), (2, False)):
             _, knots, w = _problem(k, uniform, torch.float64, "cpu", size=(3, 3, 4, 6))
             # gradcheck's finite differences need inputs away from knots (_problem puts one on
@@ -640,7 +702,9 @@ def test_triton_kernels_in_interpreter():
             x = torch.rand(4, 3, generator=g, dtype=torch.float64) * 2.4 - 1.2
             sc = torch.rand(3, 3, generator=g, dtype=torch.float64) + 0.5
             args = tuple(t.clone().requires_grad_() for t in (x, w, sc))
-            op = lambda x, w, sc: sparse.spline_product(x, knots, w, k, uniform, sc)
+            op = lambda x, w, sc: sparse.spline_product(
+                x, knots, w, k, uniform, sc, "triton-interpreter"
+            )
             assert torch.autograd.gradcheck(op, args)
             ref = lambda x, w, sc: reference.spline_product(x, knots, w, k, uniform, sc)
             rargs = tuple(t.clone().requires_grad_() for t in (x, w, sc))
