@@ -1,7 +1,7 @@
 """JIT flags, the JIT cache, and the tuning constants and block budgets of the CPU kernels.
 
-The constants were measured on the development machine (2 cores of an AMD EPYC, 256-bit FMA
-vectors); each says what it bounds and what the alternatives measured.
+Each constant's comment says what it bounds and what the alternatives measured (on the
+development machine).
 
 JIT cache: compiled code is cached in this package's ``__pycache__`` when that directory is
 writable, or in ``NUMBA_CACHE_DIR`` when that is set; on a read-only install without
