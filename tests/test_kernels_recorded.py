@@ -18,9 +18,10 @@ input is told apart from a changed kernel.
 
 Compiled code and BLAS calls can round differently on another CPU or another torch/numba build, so
 the comparison runs only where the recording's fingerprint (host CPU, torch, numba, llvmlite
-versions) matches; elsewhere the test skips, saying why (CI's skip check does not allow that skip:
-re-record there, from a commit whose kernels are known good). Record with
-``python tests/test_kernels_recorded.py`` (writes ``tests/data/kernels_recorded.json``).
+versions) matches; elsewhere the test skips, saying why (``.ci/check_skips.py`` prints that skip
+apart from the others; to compare there, re-record on that machine from a commit whose kernels are
+known good). Record with ``python tests/test_kernels_recorded.py`` (writes
+``tests/data/kernels_recorded.json``).
 """
 
 from __future__ import annotations
