@@ -8,7 +8,7 @@ For each shape (A: KAN [64, 64, 64] batch 1024; B: [784, 64, 10] batch 512; C: [
 
 - ``kanlab``: kl.KAN on the Triton backend with its automatic strategy, and each strategy forced
   (``kanlab/tiles``: dense register tiles and tensor-core products, ``kanlab/sparse``: gathers of
-  the k+1 rows and atomic gradient adds; see :mod:`kanlab.kernels.triton_gpu`), and the tiles with
+  the k+1 rows and atomic gradient adds; see :mod:`kanlab.kernels.gpu`), and the tiles with
   plain float32 products (``kanlab/tiles-ieee``) instead of tf32x3;
 - ``mlp-params``: an MLP ``[in, H, out]`` with H matched to the KAN's parameter count (cuBLAS);
 - ``dense-basis``: the efficient-kan formulation (dense Cox-de Boor basis, then one matmul), as in

@@ -50,7 +50,7 @@ def timed_dispatch(module, layers: dict[int, str], log: dict[str, float]) -> Cal
 
 
 def measure(shape: str, grids: list[int], steps: int) -> dict:
-    from kanlab.kernels import numba_cpu
+    from kanlab.kernels.cpu import api
 
     widths, batch = SHAPES[shape]
     x = torch.rand(batch, widths[0], generator=torch.Generator().manual_seed(1)) * 2 - 1
@@ -63,24 +63,24 @@ def measure(shape: str, grids: list[int], steps: int) -> dict:
         for g, model in models.items()
     }
     per_step: dict[int, list[dict[str, float]]] = {g: [] for g in grids}
-    original = numba_cpu._dispatch
+    original = api._dispatch
     try:
         for step in range(steps + 3):
             for g, model in models.items():
                 log: dict[str, float] = defaultdict(float)
-                numba_cpu._dispatch = timed_dispatch(numba_cpu, names[g], log)
+                api._dispatch = timed_dispatch(api, names[g], log)
                 for p in model.parameters():
                     p.grad = None
                 t0 = time.perf_counter()
                 model(x).pow(2).mean().backward()
                 total = time.perf_counter() - t0
-                numba_cpu._dispatch = original
+                api._dispatch = original
                 if step >= 3:  # warm-up steps first
                     log["rest"] = total - sum(log.values())
                     log["step"] = total
                     per_step[g].append(dict(log))
     finally:
-        numba_cpu._dispatch = original
+        api._dispatch = original
     medians = {
         g: {key: statistics.median(s[key] for s in rows) * 1e3 for key in rows[0]}
         for g, rows in per_step.items()

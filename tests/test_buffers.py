@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import kanlab as kl
-from kanlab.kernels import _buffers
+from kanlab.kernels.cpu import buffers as _buffers
 
 BIG = (300, 1000)  # 1.2 MB of float32: pooled
 

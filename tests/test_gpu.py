@@ -30,7 +30,7 @@ def _auto_backend():
 
 def _gpu_module():
     pytest.importorskip("triton")
-    from kanlab.kernels import triton_gpu
+    from kanlab.kernels import gpu as triton_gpu
 
     return triton_gpu
 
@@ -76,7 +76,7 @@ import os, sys
 import torch
 sys.path.insert(0, sys.argv[1])
 from test_kernels import _problem
-from kanlab.kernels import reference, triton_gpu
+from kanlab.kernels import gpu as triton_gpu, reference
 # Split every loop that can be split (several shares of inputs and of the batch), as on a GPU.
 triton_gpu._shares = lambda total, programs, device, minimum: max(1, min(3, total))
 g = torch.Generator().manual_seed(0)
@@ -287,7 +287,7 @@ def test_cuda_kernels_allocate_only_their_results(uniform):
     slack = 2 * 2**20
     assert forward_extra <= batch * n_out * 4 + slack
     assert batch * n_in * (k + 1) * 4 > 3 * slack  # the basis would not hide in the slack
-    from kanlab.kernels import triton_gpu
+    from kanlab.kernels import gpu as triton_gpu
 
     for _ in range(2):
         torch.cuda.synchronize()

@@ -9,6 +9,7 @@ triton package).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -19,7 +20,8 @@ import torch
 
 import kanlab as kl
 from kanlab import kernels
-from kanlab.kernels import reference, sparse
+from kanlab.kernels import backends, reference, sparse
+from kanlab.kernels.backends import BackendError
 from kanlab.splines import knots_from_data, sparse_basis, uniform_knots
 
 K_VALUES = [0, 1, 2, 3, 5]
@@ -212,7 +214,7 @@ def test_numba_fused_large_grid_backward_equals_separate_kernels(out, k, threads
     table (44 outputs) the fused pass takes the samples sorted by row, so those two are the same
     sums in another order. All must equal the reference."""
     pytest.importorskip("numba")
-    from kanlab.kernels import numba_cpu
+    from kanlab.kernels.cpu import api, tuning
 
     with _num_threads(threads):
         for dtype in (torch.float32, torch.float64):
@@ -222,15 +224,15 @@ def test_numba_fused_large_grid_backward_equals_separate_kernels(out, k, threads
                 )
                 table = weight[0].numel() * weight.element_size()
                 assert table > 8192  # the large-grid paths
-                by_row = table > numba_cpu._SORTED_FUSED_BYTES
+                by_row = table > tuning._SORTED_FUSED_BYTES
                 assert by_row == (out == 44)
                 g = torch.Generator().manual_seed(k)
                 scale = torch.randn(5, out, generator=g, dtype=dtype)
                 gy = torch.randn(1100, out, generator=g, dtype=dtype)
                 args = (gy, x, knots, weight, scale, k, uniform)
-                gx, gw, gs = numba_cpu.backward_scaled(*args, True, True)
-                gx_alone, _, _ = numba_cpu.backward_scaled(*args, True, False)
-                _, gw_alone, gs_alone = numba_cpu.backward_scaled(*args, False, True)
+                gx, gw, gs = api.backward_scaled(*args, True, True)
+                gx_alone, _, _ = api.backward_scaled(*args, True, False)
+                _, gw_alone, gs_alone = api.backward_scaled(*args, False, True)
                 assert torch.equal(gx, gx_alone)
                 if by_row:
                     tol = 1e-5 if dtype == torch.float32 else 1e-12
@@ -532,23 +534,80 @@ def test_auto_dispatch_by_device_dtype_and_availability(monkeypatch):
         kernels.set_backend("numba")
 
 
-def test_op_falls_back_to_reference_maths_without_jit(monkeypatch):
-    """A missing or broken JIT inside the op: reference maths, same values and gradients."""
-    # `from kanlab.kernels import numba_cpu` now raises ImportError, as with numba missing.
-    monkeypatch.setitem(sys.modules, "kanlab.kernels.numba_cpu", None)
-    monkeypatch.delattr(kernels, "numba_cpu", raising=False)
-    monkeypatch.setattr(sparse, "_BROKEN", set())
+def test_broken_numba_kernels_raise_instead_of_running_the_reference(monkeypatch):
+    """numba installed but its kernels not importable: the call that chose the numba backend
+    raises an error naming the backend, its module and the import error, instead of computing
+    with the reference maths (which would let every backend-equality test compare the reference
+    with itself); forcing the reference is the way out the message names."""
+    monkeypatch.setattr(kernels, "_HAS_NUMBA", True)  # installed (CI's second leg has no numba)
+    # `import kanlab.kernels.cpu.api` now raises ImportError, as a broken numba install would.
+    monkeypatch.setitem(sys.modules, "kanlab.kernels.cpu.api", None)
     x, knots, weight = _problem(2, False, torch.float64, "cpu")
+    assert kernels.select_backend(x).name == "numba"
+    with pytest.raises(BackendError, match=r"'numba'.*kanlab\.kernels\.cpu\.api.*failed to import"):
+        kernels.spline_product(x, knots, weight, 2, uniform=False)
+    with pytest.raises(BackendError, match="set_backend\\('reference'\\)"):
+        kl.KAN([4, 3], seed=0).double()(x)
     kernels.set_backend("reference")
-    want = _run(x, knots, weight, 2, False)
-    xx = x.clone().requires_grad_(True)
-    ww = weight.clone().requires_grad_(True)
-    y = sparse.spline_product(xx, knots, ww, 2, False)
-    gy = torch.linspace(-1.0, 1.5, y.numel(), dtype=y.dtype).reshape(y.shape)
-    got = (y, *torch.autograd.grad(y, (xx, ww), gy))
-    assert sparse.jit_failures() == {"cpu"}
-    for a, b in zip(got, want, strict=True):
-        _close(a, b, torch.float64)
+    y = kernels.spline_product(x, knots, weight, 2, uniform=False)
+    torch.testing.assert_close(y, reference.spline_product(x, knots, weight, 2, False))
+
+
+def test_broken_numba_install_fails_loudly_in_fresh_interpreter(tmp_path):
+    """An installed but broken numba package (one whose import raises): the numba backend is still
+    offered (it is installed), a training step raises BackendError with numba's own error, and
+    load_installed (CI's check that every installed backend loads) fails too."""
+    (tmp_path / "numba").mkdir()
+    (tmp_path / "numba" / "__init__.py").write_text('raise ImportError("this numba is broken")\n')
+    code = textwrap.dedent(
+        """
+        import torch, kanlab as kl
+        from kanlab import kernels
+        from kanlab.kernels import backends
+        assert "numba" in kernels.available_backends()
+        model = kl.KAN([3, 4, 2], seed=0)
+        for attempt in (lambda: model(torch.rand(16, 3)), backends.load_installed):
+            try:
+                attempt()
+            except backends.BackendError as error:
+                assert "'numba'" in str(error) and "this numba is broken" in str(error), error
+            else:
+                raise AssertionError("a broken numba went unnoticed")
+        kernels.set_backend("reference")
+        model(torch.rand(16, 3)).sum().backward()
+        print("ok")
+        """
+    )
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONPATH=path)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "ok"
+
+
+def test_every_installed_backend_loads():
+    """The kernels of every backend whose package is installed import, on any machine (Triton's
+    without a GPU too): CI installs numba and triton, then uninstalls numba for a second run."""
+    names = backends.load_installed()
+    assert ("numba" in names) == (importlib.util.find_spec("numba") is not None)
+    assert ("triton" in names) == (importlib.util.find_spec("triton") is not None)
+
+
+def test_backends_are_one_registry():
+    """The compiled backends are described once: each names its kernel module, and the op runs
+    the module of the backend the dispatcher chose (the scale taken by kernels that apply it)."""
+    numba, triton = backends._BACKENDS["numba"], backends._BACKENDS["triton"]
+    assert (numba.module, numba.requires) == ("kanlab.kernels.cpu.api", "numba")
+    assert (triton.module, triton.requires) == ("kanlab.kernels.gpu", "triton")
+    assert numba.takes_scale and triton.takes_scale
+    with pytest.raises(ValueError, match="a function .* or a module"):
+        kernels.Backend("nothing")
+    installed = backends.load_installed()
+    for name in ("numba", "triton"):
+        if name in installed:  # both kernel modules apply the scale themselves
+            assert backends.kernels_of(name).takes_scale
 
 
 def test_import_without_numba_in_fresh_interpreter():
@@ -605,15 +664,15 @@ def test_triton_kernels_in_interpreter():
         import torch
         sys.path.insert(0, sys.argv[1])  # tests/: this module's _problem
         from test_kernels import _problem
-        from kanlab.kernels import reference, triton_gpu
+        from kanlab.kernels import gpu, reference
         g = torch.Generator().manual_seed(0)
         for k in (0, 1, 2, 3, 5):
             for uniform in (True, False):
                 for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
                     x, knots, w = _problem(k, uniform, dtype, "cpu", size=(3, 70, 6, 45))
                     gy = torch.randn(45, 70, generator=g, dtype=dtype)
-                    y = triton_gpu.forward(x, knots, w, k, uniform)
-                    gx, gw = triton_gpu.backward(gy, x, knots, w, k, uniform, True, True)
+                    y = gpu.forward(x, knots, w, k, uniform)
+                    gx, gw = gpu.backward(gy, x, knots, w, k, uniform, True, True)
                     xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
                     yr = reference.spline_product(xr, knots, wr, k, uniform)
                     yr.backward(gy)
@@ -624,16 +683,20 @@ def test_triton_kernels_in_interpreter():
                             a, b, rtol=tol, atol=tol * scale, msg=lambda m: f"{k} {uniform} "
                             f"{dtype} {name}: {m}"
                         )
-                    only_w = triton_gpu.backward(gy, x, knots, w, k, uniform, False, True)
-                    only_x = triton_gpu.backward(gy, x, knots, w, k, uniform, True, False)
+                    only_w = gpu.backward(gy, x, knots, w, k, uniform, False, True)
+                    only_x = gpu.backward(gy, x, knots, w, k, uniform, True, False)
                     assert only_w[0] is None and torch.equal(only_w[1], gw)
                     assert only_x[1] is None and torch.equal(only_x[0], gx)
         # The CUDA glue of the op (scale folded into the table, the autograd function, the
-        # backward's need flags) with the Triton module standing in for the CPU kernels.
-        from kanlab.kernels import sparse
-        sparse._MODULES["cpu"] = "kanlab.kernels.triton_gpu"
-        sparse._LOADED.clear()
-        assert sparse._kernels(torch.device("cpu")) is triton_gpu
+        # backward's need flags) with the Triton module standing in for the CPU kernels: a
+        # backend of its own, registered like the others.
+        from kanlab import kernels
+        from kanlab.kernels import backends, sparse
+        kernels.register_backend(kernels.Backend(
+            "triton-interpreter", module="kanlab.kernels.gpu", requires="triton", priority=-1,
+            supports=lambda x: x.device.type == "cpu",
+        ))
+        assert backends.kernels_of("triton-interpreter") == (gpu, True)  # takes the scale
         for k, uniform in ((3, True), (2, False)):
             _, knots, w = _problem(k, uniform, torch.float64, "cpu", size=(3, 3, 4, 6))
             # gradcheck's finite differences need inputs away from knots (_problem puts one on
@@ -641,7 +704,9 @@ def test_triton_kernels_in_interpreter():
             x = torch.rand(4, 3, generator=g, dtype=torch.float64) * 2.4 - 1.2
             sc = torch.rand(3, 3, generator=g, dtype=torch.float64) + 0.5
             args = tuple(t.clone().requires_grad_() for t in (x, w, sc))
-            op = lambda x, w, sc: sparse.spline_product(x, knots, w, k, uniform, sc)
+            op = lambda x, w, sc: sparse.spline_product(
+                x, knots, w, k, uniform, sc, "triton-interpreter"
+            )
             assert torch.autograd.gradcheck(op, args)
             ref = lambda x, w, sc: reference.spline_product(x, knots, w, k, uniform, sc)
             rargs = tuple(t.clone().requires_grad_() for t in (x, w, sc))
@@ -703,20 +768,20 @@ def _child_product(x, knots, weight):
 def test_cpu_thread_paths_agree_bitwise(monkeypatch):
     """Serial, torch's OpenMP team and the fallback thread pool: each output has one owner."""
     pytest.importorskip("numba")
-    from kanlab.kernels import numba_cpu
+    from kanlab.kernels.cpu import api, threads
 
     x, knots, weight = _problem(3, False, torch.float32, "cpu")
     gy = torch.randn(x.shape[0], weight.shape[2], generator=torch.Generator().manual_seed(0))
 
-    def run(threads: int):
-        monkeypatch.setattr(numba_cpu, "_n_threads", lambda: threads)
-        y = numba_cpu.forward(x, knots, weight, 3, False)
-        gx, gw = numba_cpu.backward(gy, x, knots, weight, 3, False, True, True)
+    def run(n_threads: int):
+        monkeypatch.setattr(api, "_n_threads", lambda: n_threads)
+        y = api.forward(x, knots, weight, 3, False)
+        gx, gw = api.backward(gy, x, knots, weight, 3, False, True, True)
         return y, gx, gw
 
     serial = run(1)
     paths = [run(3)]  # the team when torch's libgomp was found, else the pool
-    monkeypatch.setattr(numba_cpu, "_GOMP", None)
+    monkeypatch.setattr(threads, "_GOMP", None)
     paths.append(run(3))  # the pool
     for got in paths:
         for a, b in zip(got, serial, strict=True):

@@ -6,7 +6,7 @@ each run of edges sharing a function ``f`` is evaluated at once on an edge-major
 slab: one call of ``f`` per function present, never a Python loop over edges. Two paths, same
 values (to rounding) and gradients:
 
-- **fused CPU path** (:mod:`kanlab.kernels.symbolic_cpu`, needs Numba), taken on CPU
+- **fused CPU path** (:mod:`kanlab.kernels.cpu.symbolic`, needs Numba), taken on CPU
   (float32/float64) whenever the spline kernels take their Numba backend
   (``kernels.select_backend``; ``kernels.set_backend("reference")`` turns both off). One compiled
   pass writes ``a*x + b`` of every edge into an (E, batch) slab; torch overwrites each group's
@@ -113,8 +113,8 @@ _D_IN_PLACE: dict[object, object] = {
 
 
 def _derivative_kinds() -> dict[object, int]:
-    """Derivative records whose f' the backward kernel computes itself (see symbolic_cpu)."""
-    from kanlab.kernels import symbolic_cpu as k
+    """Derivative records whose f' the backward kernel computes itself (see kernels.cpu.symbolic)."""
+    from kanlab.kernels.cpu import symbolic as k
 
     return {
         _fns._d_one: k.KIND_ONE,
@@ -168,7 +168,7 @@ def _np(t: Tensor) -> np.ndarray:
 
 
 class _FusedSum(torch.autograd.Function):
-    """The sum on CPU with the kernels of :mod:`kanlab.kernels.symbolic_cpu`.
+    """The sum on CPU with the kernels of :mod:`kanlab.kernels.cpu.symbolic`.
 
     Forward: one kernel call writes ``a*x + b`` of every edge into an (E, batch) slab; torch
     replaces each group's rows by ``f`` of them (in place where ``f`` allows); one kernel call
@@ -182,7 +182,7 @@ class _FusedSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x2, affine, mask, base, idx, plan):  # type: ignore[override]
-        from kanlab.kernels import symbolic_cpu as k
+        from kanlab.kernels.cpu import symbolic as k
 
         xt = k.transpose(_np(x2))  # (in, batch), kept for backward
         an = _np(affine).reshape(-1, 4)  # (in*out, 4)
@@ -212,7 +212,7 @@ class _FusedSum(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):  # type: ignore[override]
-        from kanlab.kernels import symbolic_cpu as k
+        from kanlab.kernels.cpu import symbolic as k
 
         affine, f = ctx.saved_tensors
         plan, m, idx, xt = ctx.host

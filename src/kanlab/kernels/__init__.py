@@ -10,25 +10,45 @@ for any other backend the dispatcher folds it in). Backends must agree with
 :mod:`kanlab.kernels.reference` in values and gradients (w.r.t. x, weight and scale); the tests
 check every registered backend against it.
 
+The backends, registered below once (:mod:`kanlab.kernels.backends` holds the protocol, the
+registry and the choice):
+
+- ``reference``: pure PyTorch (:mod:`kanlab.kernels.reference`), any device and dtype, higher-order
+  autograd; the oracle, and what runs calls that no other backend takes;
+- ``numba``: CPU float32/float64, the compiled sparse kernels of :mod:`kanlab.kernels.cpu`
+  (optional dependency, ``kanlab[jit]``);
+- ``triton``: CUDA float32/float64, the Triton kernels of :mod:`kanlab.kernels.gpu` (needs triton
+  and a GPU).
+
 ``set_backend(name)`` forces a backend for all later calls (``None`` or ``"auto"`` restores automatic
-choice); automatic choice takes the first available backend, in registration order of preference,
-that supports the device and dtype of the call, falling back to the reference.
+choice); automatic choice takes the available backend of highest priority that supports the input.
+A backend is available when its package is installed (decided without importing it, so
+``import kanlab`` stays light and ``torch.compile`` sees plain constants); an installed package
+whose kernels fail to import raises :class:`~kanlab.kernels.backends.BackendError` on first use
+instead of running other maths.
 
 The CPU kernels return coefficient gradients in memory they reuse once no tensor refers to it (no
-page faults per step on large grids; see :mod:`kanlab.kernels._buffers`);
+page faults per step on large grids; see :mod:`kanlab.kernels.cpu.buffers`);
 ``clear_gradient_memory()`` lets that memory go.
 """
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from kanlab.kernels import reference, sparse
+from kanlab.kernels import reference
+from kanlab.kernels.backends import (
+    FAST_DTYPES,
+    Backend,
+    available_backends,
+    choose,
+    get_backend,
+    installed,
+    register_backend,
+    select_backend,
+    set_backend,
+)
 
 __all__ = [
     "Backend",
@@ -46,61 +66,14 @@ __all__ = [
 def clear_gradient_memory() -> None:
     """Release the memory the CPU kernels keep for reuse as coefficient gradients (at most four
     arrays per gradient shape; an array still used by a tensor is freed with that tensor)."""
-    from kanlab.kernels import _buffers
+    from kanlab.kernels.cpu import buffers
 
-    _buffers.clear()
-
-
-SplineProduct = Callable[[Tensor, Tensor, Tensor, int, bool], Tensor]
-
-
-@dataclass(frozen=True)
-class Backend:
-    """A spline-product implementation."""
-
-    name: str  # as passed to set_backend
-    fn: SplineProduct  # (x, knots, weight, spline_order, uniform) -> (batch, out)
-    available: Callable[[], bool]  # importable and usable on this machine
-    supports: Callable[[Tensor], bool]  # can handle this input (device, dtype, size)
-    priority: int = 0  # higher wins in automatic choice
-    takes_scale: bool = False  # fn accepts a keyword ``scale`` (in, out) (see the module docstring)
-
-
-_BACKENDS: dict[str, Backend] = {}
-_BY_PRIORITY: tuple[Backend, ...] = ()  # _BACKENDS best first (ties: registration order)
-_forced: str | None = None
-
-
-def register_backend(backend: Backend) -> None:
-    """Add (or replace) a backend."""
-    global _BY_PRIORITY
-    _BACKENDS[backend.name] = backend
-    # Sorted here, not on every call: select_backend runs for every layer call (~10 us saved).
-    _BY_PRIORITY = tuple(sorted(_BACKENDS.values(), key=lambda b: -b.priority))
+    buffers.clear()
 
 
 # ---------------------------------------------------------------------------- backend registration
-# reference: pure PyTorch, any device and dtype (the oracle and the fallback).
-# numba: CPU float32/float64, compiled sparse kernels (optional dependency, kanlab[jit]).
-# triton: CUDA float32/float64, Triton sparse kernels (needs triton and a GPU).
-# The two fast backends are the same custom op (kanlab.kernels.sparse), whose kernel is chosen by
-# the tensors' device. Availability is decided without importing the JIT (find_spec), so
-# ``import kanlab`` stays light and torch.compile sees plain constants.
-
-register_backend(
-    Backend(
-        name="reference",
-        fn=reference.spline_product,
-        available=lambda: True,
-        supports=lambda x: True,
-        priority=0,
-        takes_scale=True,
-    )
-)
-
-_FAST_DTYPES = (torch.float32, torch.float64)
-_HAS_NUMBA = importlib.util.find_spec("numba") is not None
-_HAS_TRITON = importlib.util.find_spec("triton") is not None
+_HAS_NUMBA = installed("numba")
+_HAS_TRITON = installed("triton")
 _cuda_ok: bool | None = None
 # Below this many (sample, input) pairs automatic choice keeps the reference path on CPU. Measured
 # (KANLinear forward + backward, 2 threads): the compiled path already wins at batch 1 x 2 inputs
@@ -115,60 +88,18 @@ def _triton_available() -> bool:
     return _cuda_ok
 
 
-def _fast_ok(x: Tensor, knots: Tensor, weight: Tensor, device_type: str) -> bool:
-    """Whether the sparse op can take this call (else the reference path runs)."""
-    return (
-        x.device.type == device_type
-        and x.dim() == 2
-        and weight.dim() == 3
-        and x.dtype in _FAST_DTYPES
-        and knots.dtype == x.dtype
-        and weight.dtype == x.dtype
-        and knots.device == x.device
-        and weight.device == x.device
-        and not knots.requires_grad
-    )
-
-
-def _numba_product(
-    x: Tensor,
-    knots: Tensor,
-    weight: Tensor,
-    spline_order: int,
-    uniform: bool,
-    scale: Tensor | None = None,
-) -> Tensor:
-    if not _fast_ok(x, knots, weight, "cpu") or (
-        scale is not None and (scale.dtype != x.dtype or scale.device != x.device)
-    ):
-        return reference.spline_product(x, knots, weight, spline_order, uniform, scale)
-    return sparse.spline_product(x, knots, weight, spline_order, uniform, scale)
-
-
-def _triton_product(
-    x: Tensor,
-    knots: Tensor,
-    weight: Tensor,
-    spline_order: int,
-    uniform: bool,
-    scale: Tensor | None = None,
-) -> Tensor:
-    if not _fast_ok(x, knots, weight, "cuda") or (
-        scale is not None and (scale.dtype != x.dtype or scale.device != x.device)
-    ):
-        return reference.spline_product(x, knots, weight, spline_order, uniform, scale)
-    return sparse.spline_product(x, knots, weight, spline_order, uniform, scale)
-
-
+register_backend(
+    Backend(name="reference", fn=reference.spline_product, priority=0, takes_scale=True)
+)
 register_backend(
     Backend(
         name="numba",
-        fn=_numba_product,
-        takes_scale=True,
+        module="kanlab.kernels.cpu.api",
+        requires="numba",
         available=lambda: _HAS_NUMBA,
         supports=lambda x: (
             x.device.type == "cpu"
-            and x.dtype in _FAST_DTYPES
+            and x.dtype in FAST_DTYPES
             and x.dim() == 2
             and x.shape[0] * x.shape[1] >= NUMBA_MIN_PAIRS
         ),
@@ -178,49 +109,13 @@ register_backend(
 register_backend(
     Backend(
         name="triton",
-        fn=_triton_product,
-        takes_scale=True,
+        module="kanlab.kernels.gpu",
+        requires="triton",
         available=_triton_available,
-        supports=lambda x: x.device.type == "cuda" and x.dtype in _FAST_DTYPES,
+        supports=lambda x: x.device.type == "cuda" and x.dtype in FAST_DTYPES,
         priority=20,
     )
 )
-
-
-def available_backends() -> list[str]:
-    """Names of the backends usable on this machine, best first."""
-    return [b.name for b in _BY_PRIORITY if b.available()]
-
-
-def set_backend(name: str | None) -> None:
-    """Force a backend by name; ``None`` or ``"auto"`` returns to automatic choice."""
-    global _forced
-    if name is None or name == "auto":
-        _forced = None
-        return
-    if name not in _BACKENDS:
-        raise ValueError(f"unknown kernel backend {name!r}; known: {sorted(_BACKENDS)}")
-    if not _BACKENDS[name].available():
-        raise ValueError(
-            f"kernel backend {name!r} is not available on this machine "
-            f"(available: {available_backends()})"
-        )
-    _forced = name
-
-
-def get_backend() -> str:
-    """The forced backend's name, or ``"auto"``."""
-    return _forced or "auto"
-
-
-def select_backend(x: Tensor) -> Backend:
-    """The backend a call with input ``x`` will use."""
-    if _forced is not None:
-        return _BACKENDS[_forced]
-    for backend in _BY_PRIORITY:
-        if backend.available() and backend.supports(x):
-            return backend
-    return _BACKENDS["reference"]
 
 
 def spline_product(
@@ -237,7 +132,7 @@ def spline_product(
     ``scale`` ``(in, out)`` (optional): per-edge factors of the coefficient table, i.e. the result
     equals the call with ``weight * scale[:, None, :]`` (values and gradients).
     """
-    backend = select_backend(x)
+    backend = choose(x, knots, weight, scale)
     if scale is None:
         return backend.fn(x, knots, weight, spline_order, uniform)
     if scale.dim() != 2 or weight.dim() != 3 or scale.shape != (weight.shape[0], weight.shape[2]):

@@ -6,15 +6,17 @@ optional: None means ones) touching only the k+1 non-zero basis functions per (s
 Applying the per-edge scale inside the kernels spares a layer the parameter-sized product
 ``coef * scale`` (and its backward) on every step. It is a ``torch.library.custom_op`` with
 
-- a kernel chosen by device: the Numba kernels (:mod:`kanlab.kernels.numba_cpu`) for CPU, the Triton
-  kernels (:mod:`kanlab.kernels.triton_gpu`) for CUDA, imported lazily on first use; any other device
-  (or a missing JIT) computes through the reference maths;
+- the kernels of the backend the dispatcher chose (its last argument, the backend's name: the
+  Numba kernels of :mod:`kanlab.kernels.cpu` for CPU, the Triton kernels of
+  :mod:`kanlab.kernels.gpu` for CUDA), imported on first use
+  (:func:`kanlab.kernels.backends.kernels_of`: kernels that fail to import raise a clear error);
 - a fake (meta) implementation, so ``torch.compile`` traces a model through the op without a graph
   break (the op stays opaque in the graph and runs the compiled kernels at run time);
 - a registered autograd formula whose backward is a second custom op,
   ``kanlab::spline_product_backward``, returning the gradients w.r.t. x, weight and scale (only
-  the CPU kernels take the scale themselves; on other devices it is folded into the weight before
-  the op, and autograd does the rest). Gradients w.r.t.
+  kernels that apply the scale themselves, a :class:`~kanlab.kernels.backends.ScaledKernelModule`
+  such as the CPU kernels, take it; for the others it is folded into the weight before the op, and
+  autograd does the rest). Gradients w.r.t.
   the knots are not computed (knots are buffers); calls with knots that require grad are routed to
   the reference path by the dispatcher. Double backward is not supported.
 
@@ -25,49 +27,13 @@ batch * in * (G + k) is kept between forward and backward.
 
 from __future__ import annotations
 
-import importlib
-import sys
-
 import torch
 from torch import Tensor
 
-from kanlab.kernels import reference
+from kanlab.kernels.backends import kernels_of
 from kanlab.splines import sparse_basis
 
-__all__ = ["basis_with_derivative", "jit_failures", "spline_product"]
-
-# Device types whose JIT could not be imported (then the reference maths runs inside the op).
-_BROKEN: set[str] = set()
-
-
-def jit_failures() -> set[str]:
-    """Device types (``"cpu"``, ``"cuda"``) whose compiled kernels failed to import."""
-    return set(_BROKEN)
-
-
-# Device type -> the module of its compiled kernels, and that module once imported (used while
-# sys.modules still holds it: the import machinery costs ~1.5 us, three times per layer call).
-_MODULES = {"cpu": "kanlab.kernels.numba_cpu", "cuda": "kanlab.kernels.triton_gpu"}
-_LOADED: dict[str, object] = {}
-
-
-def _kernels(device: torch.device):  # -> module with forward/backward, or None
-    kind = device.type
-    name = _MODULES.get(kind)
-    if name is None:
-        return None
-    module = _LOADED.get(kind)
-    if module is not None and sys.modules.get(name) is module:
-        return module
-    if kind in _BROKEN:
-        return None
-    try:
-        module = importlib.import_module(name)
-    except ImportError:
-        _BROKEN.add(kind)
-        return None
-    _LOADED[kind] = module
-    return module
+__all__ = ["basis_with_derivative", "spline_product"]
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
@@ -109,37 +75,18 @@ def basis_with_derivative(
     return start, values, dvalues
 
 
-def _reference_backward(
-    grad_y: Tensor, x: Tensor, knots: Tensor, weight: Tensor, k: int, uniform: bool
-) -> tuple[Tensor, Tensor]:
-    with torch.enable_grad():
-        xr = x.detach().requires_grad_(True)
-        wr = weight.detach().requires_grad_(True)
-        y = reference.spline_product(xr, knots.detach(), wr, k, uniform)
-        gx, gw = torch.autograd.grad(y, (xr, wr), grad_y, allow_unused=True)
-    return (torch.zeros_like(x) if gx is None else gx), gw
-
-
-def _takes_scale(module) -> bool:
-    return module is not None and hasattr(module, "backward_scaled")
-
-
 def _forward_kernels(
     x: Tensor,
     knots: Tensor,
     weight: Tensor,
     spline_order: int,
     uniform: bool,
-    scale: Tensor | None = None,
+    scale: Tensor | None,
+    backend: str,
 ) -> Tensor:
-    """``kanlab::spline_product`` (registered below; also called directly on the eager path)."""
-    module = _kernels(x.device)
-    if scale is not None and not _takes_scale(module):  # the wrapper folds it: not reached
-        weight = weight * scale.unsqueeze(1)
-        scale = None
-    if module is None:
-        with torch.no_grad():
-            return reference.spline_product(x, knots, weight, spline_order, uniform)
+    """``kanlab::spline_product`` (registered below; also called directly on the eager path).
+    ``scale`` is None unless the backend's kernels take it (:func:`spline_product` folds it)."""
+    module = kernels_of(backend).module
     if scale is None:
         return module.forward(x, knots, weight, spline_order, uniform)
     return module.forward(x, knots, weight, spline_order, uniform, scale)
@@ -150,15 +97,8 @@ _spline_product_op = torch.library.custom_op("kanlab::spline_product", mutates_a
 )
 
 
-@_spline_product_op.register_fake
-def _(
-    x: Tensor,
-    knots: Tensor,
-    weight: Tensor,
-    spline_order: int,
-    uniform: bool,
-    scale: Tensor | None = None,
-) -> Tensor:
+@_spline_product_op.register_fake  # (the op's schema comes from _forward_kernels' annotations)
+def _(x, knots, weight, spline_order, uniform, scale, backend):
     return x.new_empty(x.shape[0], weight.shape[2])
 
 
@@ -171,13 +111,12 @@ def _backward_kernels(
     uniform: bool,
     need_x: bool,
     need_weight: bool,
-    scale: Tensor | None = None,
+    scale: Tensor | None,
+    backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``kanlab::spline_product_backward`` (registered below; also called directly on the eager
     path)."""
-    module = _kernels(x.device)
-    if module is None:  # the autograd formula sends these calls to the reference path
-        raise RuntimeError(f"kanlab::spline_product_backward: no compiled kernel for {x.device}")
+    module = kernels_of(backend).module
     gs = None
     if scale is None:
         gx, gw = module.backward(
@@ -200,17 +139,7 @@ _spline_product_backward_op = torch.library.custom_op(
 
 
 @_spline_product_backward_op.register_fake
-def _(
-    grad_y: Tensor,
-    x: Tensor,
-    knots: Tensor,
-    weight: Tensor,
-    spline_order: int,
-    uniform: bool,
-    need_x: bool,
-    need_weight: bool,
-    scale: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+def _(grad_y, x, knots, weight, spline_order, uniform, need_x, need_weight, scale, backend):
     gx = x.new_empty(x.shape) if need_x else x.new_empty(0)
     gw = weight.new_empty(weight.shape) if need_weight else weight.new_empty(0)
     with_scale = need_weight and scale is not None
@@ -219,11 +148,12 @@ def _(
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, knots, weight, spline_order, uniform, scale = inputs
+    x, knots, weight, spline_order, uniform, scale, backend = inputs
     # (batch, in), (in, G+2k+1), (in, G+k, out), (in, out) or None
     ctx.save_for_backward(x, knots, weight, scale)
     ctx.spline_order = spline_order
     ctx.uniform = uniform
+    ctx.backend = backend
 
 
 def _backward(ctx, grad_y: Tensor, *, eager: bool = False):
@@ -231,17 +161,14 @@ def _backward(ctx, grad_y: Tensor, *, eager: bool = False):
     need_x, _, need_weight = ctx.needs_input_grad[:3]
     need_scale = scale is not None and ctx.needs_input_grad[5]
     if not (need_x or need_weight or need_scale):
-        return None, None, None, None, None, None
-    if _kernels(x.device) is None:  # no JIT for this device: autograd of the reference maths
-        # (the wrapper folds the scale into the weight for such devices, so scale is None)
-        gx, gw = _reference_backward(grad_y, x, knots, weight, ctx.spline_order, ctx.uniform)
-        return (gx if need_x else None), None, (gw if need_weight else None), None, None, None
+        return None, None, None, None, None, None, None
     # The scale gradient comes out of the coefficient-gradient kernel.
     need_table = need_weight or need_scale
     backward_op = _backward_kernels if eager else torch.ops.kanlab.spline_product_backward
     gx, gw, gs = backward_op(
-        grad_y, x, knots, weight, ctx.spline_order, ctx.uniform, need_x, need_table, scale
-    )
+        grad_y, x, knots, weight, ctx.spline_order, ctx.uniform, need_x, need_table, scale,
+        ctx.backend,
+    )  # fmt: skip
     return (
         gx if need_x else None,
         None,
@@ -249,6 +176,7 @@ def _backward(ctx, grad_y: Tensor, *, eager: bool = False):
         None,
         None,
         gs if need_scale else None,
+        None,
     )
 
 
@@ -264,9 +192,9 @@ class _EagerSplineProduct(torch.autograd.Function):
     # The classic form (ctx as forward's first argument): with a separate setup_context, every
     # apply() binds its arguments through inspect.signature (~60 us).
     @staticmethod
-    def forward(ctx, x, knots, weight, spline_order, uniform, scale):
-        y = _forward_kernels(x, knots, weight, spline_order, uniform, scale)
-        _setup_context(ctx, (x, knots, weight, spline_order, uniform, scale), y)
+    def forward(ctx, x, knots, weight, spline_order, uniform, scale, backend):
+        y = _forward_kernels(x, knots, weight, spline_order, uniform, scale, backend)
+        _setup_context(ctx, (x, knots, weight, spline_order, uniform, scale, backend), y)
         return y
 
     @staticmethod
@@ -283,13 +211,17 @@ def spline_product(
     weight: Tensor,
     spline_order: int,
     uniform: bool,
-    scale: Tensor | None = None,
+    scale: Tensor | None,
+    backend: str,
 ) -> Tensor:
     """x ``(batch, in)``, knots ``(in, G+2k+1)``, weight ``(in, G+k, out)``, scale ``(in, out)``
-    or None -> ``(batch, out)`` (the table is ``weight * scale[:, None, :]``)."""
-    if scale is not None and not _takes_scale(_kernels(x.device)):
+    or None -> ``(batch, out)`` (the table is ``weight * scale[:, None, :]``), computed by the
+    compiled kernels of ``backend`` (the dispatcher's choice, :func:`kanlab.kernels.backends.choose`:
+    one dtype and device, knots without grad)."""
+    if scale is not None and not kernels_of(backend).takes_scale:
         weight = weight * scale.unsqueeze(1)  # (in, G+k, out); autograd carries the scale
         scale = None
-    if torch.compiler.is_compiling() or _kernels(x.device) is None:
-        return torch.ops.kanlab.spline_product(x, knots, weight, spline_order, uniform, scale)
-    return _EagerSplineProduct.apply(x, knots, weight, spline_order, uniform, scale)
+    if torch.compiler.is_compiling():
+        op = torch.ops.kanlab.spline_product
+        return op(x, knots, weight, spline_order, uniform, scale, backend)
+    return _EagerSplineProduct.apply(x, knots, weight, spline_order, uniform, scale, backend)

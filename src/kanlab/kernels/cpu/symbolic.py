@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kanlab.kernels.numba_cpu import _CACHE
+from kanlab.kernels.cpu.tuning import _CACHE
 
 __all__ = ["affine", "backward", "scatter", "transpose"]  # and the KIND_* codes
 
