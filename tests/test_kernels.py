@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import inspect
 import os
 import subprocess
 import sys
@@ -20,9 +21,9 @@ import torch
 
 import kanlab as kl
 from kanlab import kernels
-from kanlab.kernels import backends, reference, sparse
+from kanlab.kernels import backends, reference
 from kanlab.kernels.backends import BackendError
-from kanlab.splines import knots_from_data, sparse_basis, uniform_knots
+from kanlab.splines import knots_from_data, uniform_knots
 
 K_VALUES = [0, 1, 2, 3, 5]
 
@@ -230,9 +231,9 @@ def test_numba_fused_large_grid_backward_equals_separate_kernels(out, k, threads
                 scale = torch.randn(5, out, generator=g, dtype=dtype)
                 gy = torch.randn(1100, out, generator=g, dtype=dtype)
                 args = (gy, x, knots, weight, scale, k, uniform)
-                gx, gw, gs = api.backward_scaled(*args, True, True)
-                gx_alone, _, _ = api.backward_scaled(*args, True, False)
-                _, gw_alone, gs_alone = api.backward_scaled(*args, False, True)
+                gx, gw, gs = api.backward(*args, True, True)
+                gx_alone, _, _ = api.backward(*args, True, False)
+                _, gw_alone, gs_alone = api.backward(*args, False, True)
                 assert torch.equal(gx, gx_alone)
                 if by_row:
                     tol = 1e-5 if dtype == torch.float32 else 1e-12
@@ -604,10 +605,11 @@ def test_backends_are_one_registry():
     assert numba.takes_scale and triton.takes_scale
     with pytest.raises(ValueError, match="a function .* or a module"):
         kernels.Backend("nothing")
-    installed = backends.load_installed()
-    for name in ("numba", "triton"):
-        if name in installed:  # both kernel modules apply the scale themselves
-            assert backends.kernels_of(name).takes_scale
+    for name in backends.load_installed():  # each kernel module applies the scale itself
+        module = backends.kernels_of(name)
+        assert isinstance(module, backends.KernelModule)
+        assert "scale" in inspect.signature(module.forward).parameters
+        assert "scale" in inspect.signature(module.backward).parameters
 
 
 def test_import_without_numba_in_fresh_interpreter():
@@ -632,24 +634,6 @@ def test_import_without_numba_in_fresh_interpreter():
     assert out.stdout.startswith("ok")
 
 
-@pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "adapted"])
-@pytest.mark.parametrize("k", K_VALUES)
-def test_basis_derivative_matches_finite_differences(k, uniform):
-    x, knots, _ = _problem(k, uniform, torch.float64, "cpu", seed=5)
-    start, values, dvalues = sparse.basis_with_derivative(x, knots, k, uniform)
-    s2, v2 = sparse_basis(x, knots, k, uniform=uniform)
-    assert torch.equal(start, s2) and torch.equal(values, v2)
-    eps = 1e-6
-    _, vp = sparse_basis(x + eps, knots, k, uniform=uniform)
-    _, vm = sparse_basis(x - eps, knots, k, uniform=uniform)
-    fd = (vp - vm) / (2 * eps)
-    # Row 5 sits on the last knot, where the derivative of a k <= 1 spline jumps: skip it there.
-    rows = [b for b in range(x.shape[0]) if b != 5]
-    torch.testing.assert_close(dvalues[rows], fd[rows], rtol=1e-5, atol=1e-5)
-    if k > 0:
-        assert dvalues.abs().max() > 0.1  # not trivially zero
-
-
 def test_triton_kernels_in_interpreter():
     """The Triton kernels, run by Triton's CPU interpreter (CI installs triton), equal the
     reference: values and both gradients, k = 0, 1, 2, 3, 5, uniform and adapted grids, the inputs
@@ -672,7 +656,7 @@ def test_triton_kernels_in_interpreter():
                     x, knots, w = _problem(k, uniform, dtype, "cpu", size=(3, 70, 6, 45))
                     gy = torch.randn(45, 70, generator=g, dtype=dtype)
                     y = gpu.forward(x, knots, w, k, uniform)
-                    gx, gw = gpu.backward(gy, x, knots, w, k, uniform, True, True)
+                    gx, gw, _ = gpu.backward(gy, x, knots, w, None, k, uniform, True, True)
                     xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
                     yr = reference.spline_product(xr, knots, wr, k, uniform)
                     yr.backward(gy)
@@ -683,11 +667,11 @@ def test_triton_kernels_in_interpreter():
                             a, b, rtol=tol, atol=tol * scale, msg=lambda m: f"{k} {uniform} "
                             f"{dtype} {name}: {m}"
                         )
-                    only_w = gpu.backward(gy, x, knots, w, k, uniform, False, True)
-                    only_x = gpu.backward(gy, x, knots, w, k, uniform, True, False)
+                    only_w = gpu.backward(gy, x, knots, w, None, k, uniform, False, True)
+                    only_x = gpu.backward(gy, x, knots, w, None, k, uniform, True, False)
                     assert only_w[0] is None and torch.equal(only_w[1], gw)
                     assert only_x[1] is None and torch.equal(only_x[0], gx)
-        # The CUDA glue of the op (scale folded into the table, the autograd function, the
+        # The CUDA glue of the op (the scale passed to the kernels, the autograd function, the
         # backward's need flags) with the Triton module standing in for the CPU kernels: a
         # backend of its own, registered like the others.
         from kanlab import kernels
@@ -696,7 +680,7 @@ def test_triton_kernels_in_interpreter():
             "triton-interpreter", module="kanlab.kernels.gpu", requires="triton", priority=-1,
             supports=lambda x: x.device.type == "cpu",
         ))
-        assert backends.kernels_of("triton-interpreter") == (gpu, True)  # takes the scale
+        assert backends.kernels_of("triton-interpreter") is gpu
         for k, uniform in ((3, True), (2, False)):
             _, knots, w = _problem(k, uniform, torch.float64, "cpu", size=(3, 3, 4, 6))
             # gradcheck's finite differences need inputs away from knots (_problem puts one on
@@ -776,7 +760,7 @@ def test_cpu_thread_paths_agree_bitwise(monkeypatch):
     def run(n_threads: int):
         monkeypatch.setattr(api, "_n_threads", lambda: n_threads)
         y = api.forward(x, knots, weight, 3, False)
-        gx, gw = api.backward(gy, x, knots, weight, 3, False, True, True)
+        gx, gw, _ = api.backward(gy, x, knots, weight, None, 3, False, True, True)
         return y, gx, gw
 
     serial = run(1)

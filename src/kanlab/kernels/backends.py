@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -35,8 +35,6 @@ __all__ = [
     "Backend",
     "BackendError",
     "KernelModule",
-    "LoadedKernels",
-    "ScaledKernelModule",
     "available_backends",
     "choose",
     "get_backend",
@@ -54,36 +52,23 @@ FAST_DTYPES = (torch.float32, torch.float64)  # what compiled kernels are built 
 @runtime_checkable
 class KernelModule(Protocol):
     """A device's compiled kernels. x ``(batch, in)``, knots ``(in, G+2k+1)``, weight
-    ``(in, G+k, out)``, grad_y ``(batch, out)``; C-contiguous or not, of one dtype and device."""
+    ``(in, G+k, out)``, the per-edge scale ``(in, out)`` or None (ones), grad_y ``(batch, out)``;
+    C-contiguous or not, of one dtype and device. The kernels apply the scale themselves, which
+    spares the caller the parameter-sized product ``weight * scale`` and its backward."""
 
     def forward(
-        self, x: Tensor, knots: Tensor, weight: Tensor, spline_order: int, uniform: bool
-    ) -> Tensor:
-        """y ``(batch, out)`` = ``sum_i sum_g B_g(x[b, i]) * weight[i, g, o]``."""
-        ...
-
-    def backward(
         self,
-        grad_y: Tensor,
         x: Tensor,
         knots: Tensor,
         weight: Tensor,
         spline_order: int,
         uniform: bool,
-        need_x: bool,
-        need_weight: bool,
-    ) -> tuple[Tensor | None, Tensor | None]:
-        """Gradients of ``sum(grad_y * y)`` w.r.t. x and weight (None when not needed)."""
+        scale: Tensor | None = None,
+    ) -> Tensor:
+        """y ``(batch, out)`` = ``sum_i scale[i, o] sum_g B_g(x[b, i]) * weight[i, g, o]``."""
         ...
 
-
-@runtime_checkable
-class ScaledKernelModule(KernelModule, Protocol):
-    """Kernels that apply the per-edge scale ``(in, out)`` themselves: ``forward`` takes it as a
-    sixth argument (None: ones) and :meth:`backward_scaled` returns its gradient too, which spares
-    the caller the parameter-sized product ``weight * scale`` and its backward on every step."""
-
-    def backward_scaled(
+    def backward(
         self,
         grad_y: Tensor,
         x: Tensor,
@@ -95,7 +80,8 @@ class ScaledKernelModule(KernelModule, Protocol):
         need_x: bool,
         need_weight: bool,
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        """Gradients w.r.t. x, weight and scale (the last None without a scale)."""
+        """Gradients of ``sum(grad_y * y)`` w.r.t. x, weight and scale (None when not needed;
+        the scale's comes with the weight's, None without a scale)."""
         ...
 
 
@@ -139,24 +125,17 @@ class Backend:
             return sparse.spline_product(x, knots, weight, spline_order, uniform, scale, _name)
 
         object.__setattr__(self, "fn", fn)
-        object.__setattr__(self, "takes_scale", True)  # the op folds it when the module does not
+        object.__setattr__(self, "takes_scale", True)  # every KernelModule applies the scale
 
 
 class BackendError(RuntimeError):
     """A chosen backend cannot run: its package is installed but its kernels do not import."""
 
 
-class LoadedKernels(NamedTuple):
-    """A compiled backend's module, imported, and whether it applies the scale itself."""
-
-    module: KernelModule
-    takes_scale: bool
-
-
 _BACKENDS: dict[str, Backend] = {}
 _BY_PRIORITY: tuple[Backend, ...] = ()  # _BACKENDS best first (ties: registration order)
 _forced: str | None = None
-_LOADED: dict[str, tuple[ModuleType, LoadedKernels]] = {}
+_LOADED: dict[str, ModuleType] = {}
 
 
 def register_backend(backend: Backend) -> None:
@@ -173,7 +152,7 @@ def installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
-def kernels_of(name: str) -> LoadedKernels:
+def kernels_of(name: str) -> KernelModule:
     """The compiled kernels of backend ``name``, imported on first use.
 
     Raises :class:`BackendError` naming the backend, its module and the import error when the
@@ -184,8 +163,8 @@ def kernels_of(name: str) -> LoadedKernels:
         raise BackendError(f"kernel backend {name!r} has no compiled kernels (known: {_names()})")
     # While sys.modules still holds the module (the import machinery costs ~1.5 us, several times
     # per layer call); a test that removes it from sys.modules is seen.
-    if entry is not None and sys.modules.get(backend.module) is entry[0]:
-        return entry[1]
+    if entry is not None and sys.modules.get(backend.module) is entry:
+        return entry
     try:
         module = importlib.import_module(backend.module)
     except ImportError as error:
@@ -199,9 +178,8 @@ def kernels_of(name: str) -> LoadedKernels:
         raise BackendError(
             f"kernel backend {name!r}: {backend.module} lacks forward/backward (a KernelModule)"
         )
-    loaded = LoadedKernels(module, isinstance(module, ScaledKernelModule))
-    _LOADED[name] = (module, loaded)
-    return loaded
+    _LOADED[name] = module
+    return module
 
 
 def load_installed() -> list[str]:

@@ -48,7 +48,6 @@ from torch import Tensor
 __all__ = [
     "TILES_MAX_BASIS",
     "backward",
-    "backward_scaled",
     "cardinal_polynomials",
     "forward",
     "strategy",
@@ -554,7 +553,7 @@ def forward(
     return y
 
 
-def backward_scaled(
+def backward(
     grad_y: Tensor,
     x: Tensor,
     knots: Tensor,
@@ -615,20 +614,3 @@ def backward_scaled(
             w, s, gt, gs, n_basis, n_out, BLOCK_O=block_o
         )
     return gx, gt, gs
-
-
-def backward(
-    grad_y: Tensor,
-    x: Tensor,
-    knots: Tensor,
-    weight: Tensor,
-    spline_order: int,
-    uniform: bool,
-    need_x: bool,
-    need_weight: bool,
-) -> tuple[Tensor | None, Tensor | None]:
-    """Gradients w.r.t. x (batch, in) and weight (in, G+k, out) of ``sum(grad_y * y)``."""
-    gx, gw, _ = backward_scaled(
-        grad_y, x, knots, weight, None, spline_order, uniform, need_x, need_weight
-    )
-    return gx, gw

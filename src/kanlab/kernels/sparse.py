@@ -13,10 +13,8 @@ Applying the per-edge scale inside the kernels spares a layer the parameter-size
 - a fake (meta) implementation, so ``torch.compile`` traces a model through the op without a graph
   break (the op stays opaque in the graph and runs the compiled kernels at run time);
 - a registered autograd formula whose backward is a second custom op,
-  ``kanlab::spline_product_backward``, returning the gradients w.r.t. x, weight and scale (only
-  kernels that apply the scale themselves, a :class:`~kanlab.kernels.backends.ScaledKernelModule`
-  such as the CPU kernels, take it; for the others it is folded into the weight before the op, and
-  autograd does the rest). Gradients w.r.t.
+  ``kanlab::spline_product_backward``, returning the gradients w.r.t. x, weight and scale (every
+  :class:`~kanlab.kernels.backends.KernelModule` applies the scale itself). Gradients w.r.t.
   the knots are not computed (knots are buffers); calls with knots that require grad are routed to
   the reference path by the dispatcher. Double backward is not supported.
 
@@ -31,48 +29,8 @@ import torch
 from torch import Tensor
 
 from kanlab.kernels.backends import kernels_of
-from kanlab.splines import sparse_basis
 
-__all__ = ["basis_with_derivative", "spline_product"]
-
-
-def _safe_div(num: Tensor, den: Tensor) -> Tensor:
-    ok = den > 0
-    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
-
-
-def basis_with_derivative(
-    x: Tensor, knots: Tensor, spline_order: int, uniform: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Sparse basis and its derivative w.r.t. x, in PyTorch without autograd (used on GPU).
-
-    Returns ``start`` ``(batch, in)`` int64, ``values`` and ``dvalues`` ``(batch, in, k + 1)``, as
-    :func:`kanlab.splines.sparse_basis`, with ``dvalues[b, i, r]`` the derivative of
-    ``values[b, i, r] = B_{start + r, k}(x[b, i])``, from the order-(k-1) basis on the same knots:
-    ``B'_{a,k} = k B_{a,k-1} / (t_{a+k} - t_a) - k B_{a+1,k-1} / (t_{a+k+1} - t_{a+1})`` (0/0 := 0).
-    No autograd is involved, so it also runs inside the backward custom op.
-    """
-    k = spline_order
-    x = x.detach()
-    start, values = sparse_basis(x, knots, k, uniform=uniform)
-    if k == 0:
-        return start, values, torch.zeros_like(values)
-    low_start, low_values = sparse_basis(x, knots, k - 1, uniform=uniform)  # (batch, in, k)
-    # lower[..., m] = B_{start + m, k-1}(x) for m = 0..k+1, read from the sparse order-(k-1) form.
-    m = torch.arange(k + 2, device=x.device)
-    pos = (start - low_start).unsqueeze(-1) + m  # index into low_values
-    inside = (pos >= 0) & (pos <= k - 1)
-    lower = low_values.gather(-1, pos.clamp(0, k - 1))
-    lower = torch.where(inside, lower, torch.zeros_like(lower))  # (batch, in, k+2)
-    # Knots t_{start + m} for m = 0..2k+1 (all exist: start <= G - 1).
-    n = knots.shape[1]
-    idx = (start.unsqueeze(-1) + torch.arange(2 * k + 2, device=x.device)).clamp(max=n - 1)
-    t = knots.detach().unsqueeze(0).expand(x.shape[0], -1, -1).gather(-1, idx)  # (batch, in, 2k+2)
-    r = slice(0, k + 1)
-    left = _safe_div(lower[..., r], t[..., k : 2 * k + 1] - t[..., r])
-    right = _safe_div(lower[..., 1 : k + 2], t[..., k + 1 : 2 * k + 2] - t[..., 1 : k + 2])
-    dvalues = k * (left - right)
-    return start, values, dvalues
+__all__ = ["spline_product"]
 
 
 def _forward_kernels(
@@ -84,12 +42,8 @@ def _forward_kernels(
     scale: Tensor | None,
     backend: str,
 ) -> Tensor:
-    """``kanlab::spline_product`` (registered below; also called directly on the eager path).
-    ``scale`` is None unless the backend's kernels take it (:func:`spline_product` folds it)."""
-    module = kernels_of(backend).module
-    if scale is None:
-        return module.forward(x, knots, weight, spline_order, uniform)
-    return module.forward(x, knots, weight, spline_order, uniform, scale)
+    """``kanlab::spline_product`` (registered below; also called directly on the eager path)."""
+    return kernels_of(backend).forward(x, knots, weight, spline_order, uniform, scale)
 
 
 _spline_product_op = torch.library.custom_op("kanlab::spline_product", mutates_args=())(
@@ -116,16 +70,9 @@ def _backward_kernels(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``kanlab::spline_product_backward`` (registered below; also called directly on the eager
     path)."""
-    module = kernels_of(backend).module
-    gs = None
-    if scale is None:
-        gx, gw = module.backward(
-            grad_y, x, knots, weight, spline_order, uniform, need_x, need_weight
-        )
-    else:
-        gx, gw, gs = module.backward_scaled(
-            grad_y, x, knots, weight, scale, spline_order, uniform, need_x, need_weight
-        )
+    gx, gw, gs = kernels_of(backend).backward(
+        grad_y, x, knots, weight, scale, spline_order, uniform, need_x, need_weight
+    )
     # A custom op returns tensors only: an unneeded gradient comes back as an empty tensor.
     gx = gx if need_x and gx is not None else x.new_empty(0)
     gw = gw if need_weight and gw is not None else weight.new_empty(0)
@@ -218,9 +165,6 @@ def spline_product(
     or None -> ``(batch, out)`` (the table is ``weight * scale[:, None, :]``), computed by the
     compiled kernels of ``backend`` (the dispatcher's choice, :func:`kanlab.kernels.backends.choose`:
     one dtype and device, knots without grad)."""
-    if scale is not None and not kernels_of(backend).takes_scale:
-        weight = weight * scale.unsqueeze(1)  # (in, G+k, out); autograd carries the scale
-        scale = None
     if torch.compiler.is_compiling():
         op = torch.ops.kanlab.spline_product
         return op(x, knots, weight, spline_order, uniform, scale, backend)

@@ -8,8 +8,8 @@ One concept per module; the package itself imports nothing (``buffers`` works wi
 - :mod:`~kanlab.kernels.cpu.forward`: the forward product;
 - :mod:`~kanlab.kernels.cpu.backward`: the coefficient, scale and input gradients;
 - :mod:`~kanlab.kernels.cpu.threads`: parallel shares on torch's OpenMP team or a thread pool;
-- :mod:`~kanlab.kernels.cpu.api`: the knot cache and the entry points ``forward``, ``backward``,
-  ``backward_scaled`` (the backend's kernel module);
+- :mod:`~kanlab.kernels.cpu.api`: the knot cache and the entry points ``forward`` and
+  ``backward`` (the backend's kernel module);
 - :mod:`~kanlab.kernels.cpu.buffers`: reused memory for the coefficient gradients;
 - :mod:`~kanlab.kernels.cpu.symbolic`: fused passes for a layer's symbolic edges.
 

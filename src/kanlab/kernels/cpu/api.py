@@ -1,5 +1,5 @@
-"""The CPU backend's entry points (a :class:`kanlab.kernels.backends.ScaledKernelModule`):
-:func:`forward`, :func:`backward` and :func:`backward_scaled` take torch tensors, prepare the
+"""The CPU backend's entry points (a :class:`kanlab.kernels.backends.KernelModule`):
+:func:`forward` and :func:`backward` take torch tensors, prepare the
 arrays the kernels share (the per-knots arrays are cached) and run the kernels in parallel.
 """
 
@@ -16,7 +16,7 @@ from kanlab.kernels.cpu.forward import _forward
 from kanlab.kernels.cpu.threads import _dispatch, _n_threads
 from kanlab.kernels.cpu.tuning import _large_table
 
-__all__ = ["backward", "backward_scaled", "forward"]
+__all__ = ["backward", "forward"]
 
 
 # Per-knots arrays (knots, t0, h), cached by tensor identity and in-place version: the grid of a layer
@@ -80,7 +80,7 @@ def forward(
     return y
 
 
-def backward_scaled(
+def backward(
     grad_y: Tensor,
     x: Tensor,
     knots: Tensor,
@@ -117,20 +117,3 @@ def backward_scaled(
         args = (xs, t0, h, kn, w, sc, gy, spline_order, uniform, gx)
         _dispatch(_grad_x, args, x.shape[0], n_threads)
     return gx, gw, (gs if scale is not None else None)
-
-
-def backward(
-    grad_y: Tensor,
-    x: Tensor,
-    knots: Tensor,
-    weight: Tensor,
-    spline_order: int,
-    uniform: bool,
-    need_x: bool,
-    need_weight: bool,
-) -> tuple[Tensor | None, Tensor | None]:
-    """Gradients w.r.t. x (batch, in) and weight (in, G+k, out) of ``sum(grad_y * y)``."""
-    gx, gw, _ = backward_scaled(
-        grad_y, x, knots, weight, None, spline_order, uniform, need_x, need_weight
-    )
-    return gx, gw
