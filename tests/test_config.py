@@ -136,7 +136,7 @@ def test_model_config_describes_the_model_as_it_is_now():
     model = kl.KAN([2, 3, 1], grid_size=4, seed=5, noise_scale=0.2, dtype=torch.float64)
     assert model.config == KANConfig(widths=(2, 3, 1), grid_size=4, seed=5, noise_scale=0.2,
                                      dtype="float64")  # fmt: skip
-    x = torch.rand(50, 2, dtype=torch.float64) * 2 - 1
+    x = torch.rand(50, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
     model.extend_grid(9, x)  # grid extension: the config follows the shapes
     assert model.config.grid_size == 9 and model.grid_size == 9
     model.layers[0].extend_grid(12)  # one layer on its own: per-layer sizes; grid_size the largest

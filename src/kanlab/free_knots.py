@@ -70,7 +70,10 @@ class FreeKnotObjective(nn.Module):
         out = []
         for layer, logits, ends in zip(self.model.layers, self.logits, self._ends, strict=True):
             lo, hi = ends[:, :1], ends[:, 1:]
-            inner = lo + (hi - lo) * torch.softmax(logits, dim=1).cumsum(dim=1)[:, :-1]
+            # The cumulative sum of the widths can pass 1 by rounding when the last widths are
+            # tiny: clamped, so the interior knots never pass the fixed end (knots stay ordered).
+            frac = torch.softmax(logits, dim=1).cumsum(dim=1)[:, :-1].clamp(max=1.0)
+            inner = lo + (hi - lo) * frac
             out.append(extend_knots(torch.cat([lo, inner, hi], dim=1), layer.spline_order))
         return out
 
