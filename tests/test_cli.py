@@ -46,6 +46,11 @@ def test_tasks_lists_groups(capsys):
     names = [line.split()[0] for line in out.splitlines()]
     assert "paper/exp_sin_sq" in names and "paper/bessel_j0" in names
     assert all(n.startswith("paper/") for n in names)
+    # each line says what the task is (issue 18: the listing gave only kind and size)
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert "regression, 2 input(s)" in lines["paper/xy"]
+    assert lines["paper/xy"].endswith("x*y, the product of two inputs")
+    assert "J0(20x)" in lines["paper/bessel_j0"]
     code, _, err = _run(["tasks", "nope/"], capsys)
     assert code == 2 and "groups: feynman/, paper/" in err
 

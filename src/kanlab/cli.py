@@ -174,11 +174,11 @@ def tasks(
     if not names:
         groups = sorted({n.split("/", 1)[0] + "/" for n in task_names()})
         raise CLIError(f"no task starts with {prefix!r}; groups: {', '.join(groups)}")
+    entries = [datasets.entry(n) for n in names]
     width = max(len(n) for n in names)
-    for name in names:
-        first = datasets.describe(name).splitlines()[0]
-        summary = first.split(": ", 1)[1] if ": " in first else first
-        typer.echo(f"{name:<{width}}  {summary}")
+    kinds = max(len(e.summary) for e in entries)
+    for e in entries:  # name, kind and size, then what the data is (one line each)
+        typer.echo(f"{e.name:<{width}}  {e.summary:<{kinds}}  {e.description}")
 
 
 def _ints(name: str, value: str | None) -> list[int] | None:

@@ -48,7 +48,7 @@ from kanlab._checks import (
 from kanlab.splines import coef_to_curve, curve_to_coef, knots_from_data, uniform_knots
 from kanlab.symbolic_edges import SymbolicEdges, check_edge
 
-__all__ = ["ACTIVATIONS", "KANLinear"]
+__all__ = ["ACTIVATIONS", "KANLinear", "check_coarsen"]
 
 
 def _identity(x: Tensor) -> Tensor:
@@ -297,7 +297,12 @@ class KANLinear(nn.Module):
 
     @torch.no_grad()
     def extend_grid(
-        self, new_size: int, x: Tensor | None = None, *, grid_eps: float = 0.02
+        self,
+        new_size: int,
+        x: Tensor | None = None,
+        *,
+        grid_eps: float = 0.02,
+        allow_coarsen: bool = False,
     ) -> None:
         """Grid extension (fine-graining) to ``new_size`` intervals, preserving the function.
 
@@ -306,8 +311,12 @@ class KANLinear(nn.Module):
         new spline space and is reproduced exactly (to rounding) on the grid range.
         With ``x`` ``(batch, in)``: the new grid is placed on the data as in :meth:`update_grid` and
         the refit uses the data.
+
+        A ``new_size`` below the current grid size coarsens the grid: the function is then only
+        approximated (detail is lost), so it is refused unless ``allow_coarsen=True``.
         """
         check_int("new_size", new_size, minimum=1)
+        check_coarsen(new_size, self.grid_size, allow_coarsen)
         k = self.spline_order
         if x is not None:
             self._check_grid_data(x)
@@ -493,3 +502,13 @@ class KANLinear(nn.Module):
     def symbolic_function_names(self) -> list[str]:
         """The layer's function vocabulary (``symbolic.fn`` indexes into it)."""
         return [] if self.symbolic is None else self.symbolic.function_names()
+
+
+def check_coarsen(new_size: int, current: int, allow: bool, where: str = "") -> None:
+    """Refuse a grid "extension" to fewer intervals than ``current`` unless ``allow``."""
+    if new_size < current and not allow:
+        raise ValueError(
+            f"extend_grid({new_size}){where} would coarsen the grid from {current} to {new_size} "
+            "intervals: the learned function is then only approximated (detail is lost); pass "
+            "allow_coarsen=True to do it anyway"
+        )

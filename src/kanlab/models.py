@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from kanlab._checks import check_choice, check_finite, check_input, check_int
 from kanlab.config import KANConfig, MLPConfig, dtype_name, torch_dtype
-from kanlab.layers import ACTIVATIONS, KANLinear
+from kanlab.layers import ACTIVATIONS, KANLinear, check_coarsen
 
 __all__ = ["KAN", "MLP", "build", "check_kan_input", "count_flops", "count_params", "kan_layers"]
 
@@ -148,11 +148,21 @@ class KAN(nn.Module):
 
     @torch.no_grad()
     def extend_grid(
-        self, new_size: int, x: Tensor | None = None, *, grid_eps: float = 0.02
+        self,
+        new_size: int,
+        x: Tensor | None = None,
+        *,
+        grid_eps: float = 0.02,
+        allow_coarsen: bool = False,
     ) -> None:
-        """Grid extension of every layer to ``new_size`` intervals (see ``KANLinear.extend_grid``)."""
+        """Grid extension of every layer to ``new_size`` intervals (see ``KANLinear.extend_grid``).
+
+        A ``new_size`` below a layer's grid size is refused (before any layer changes) unless
+        ``allow_coarsen=True``: coarsening only approximates the learned function."""
+        for i, layer in enumerate(self.layers):
+            check_coarsen(new_size, layer.grid_size, allow_coarsen, f" (layer {i})")
         for layer in self.layers:
-            layer.extend_grid(new_size, x, grid_eps=grid_eps)
+            layer.extend_grid(new_size, x, grid_eps=grid_eps, allow_coarsen=allow_coarsen)
             if x is not None:
                 x = layer(x)
 

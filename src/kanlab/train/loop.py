@@ -107,8 +107,19 @@ def _resolve_config(config: FitConfig | None, overrides: dict[str, Any]) -> FitC
 
 
 def _check_kan_only_options(model: nn.Module, cfg: FitConfig) -> None:
-    """Options for KANs only are refused for any other model."""
+    """Options for KANs only are refused for any other model; a KAN's grid schedule must not
+    coarsen its grid (a stage below the grid before it only approximates the learned function)."""
     if isinstance(model, KAN):
+        before = model.grid_size
+        for i, g in enumerate(cfg.grid_schedule or ()):
+            if g < before:
+                where = "the model's grid" if i == 0 else f"grid_schedule[{i - 1}]"
+                raise ValueError(
+                    f"grid_schedule[{i}]={g} is below {where} ({before}): grid extension would "
+                    "coarsen the grid and lose what was learned; use an increasing schedule "
+                    "(or call model.extend_grid(..., allow_coarsen=True) yourself)"
+                )
+            before = g
         return
     kind = type(model).__name__
     if cfg.grid_schedule is not None:
