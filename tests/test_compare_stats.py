@@ -12,6 +12,7 @@ import pytest
 
 from kanlab.bench import report
 from kanlab.bench.report import aggregate, comparisons, summary_table, write_report
+from kanlab.bench.spec import Sweep, load_sweep, parse_sweep
 from kanlab.bench.store import ResultStore
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -191,3 +192,10 @@ def test_report_files_list_failure_reasons(tmp_path):
     assert "- `ValueError: need at least 2 rows, got 1` (1)" in md
     assert "Welch" in md and "tie" in md  # the rule is stated in the intro
     assert "<code>ValueError: need at least 2 rows, got 1</code> (1)" in files.html.read_text()
+
+
+# ------------------------------------------------------------------------------------ seeds
+def test_at_least_three_seeds_by_default():
+    assert len(Sweep().seeds) >= 3
+    assert len(parse_sweep({}).seeds) >= 3
+    assert len(load_sweep("quick").seeds) >= 3 and len(load_sweep("paper").seeds) >= 3
