@@ -4,8 +4,11 @@ noise, failed and diverged seeds counted (never silently dropped), failure reaso
 from __future__ import annotations
 
 import math
+import os
 import re
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -199,3 +202,67 @@ def test_at_least_three_seeds_by_default():
     assert len(Sweep().seeds) >= 3
     assert len(parse_sweep({}).seeds) >= 3
     assert len(load_sweep("quick").seeds) >= 3 and len(load_sweep("paper").seeds) >= 3
+
+
+# ------------------------------------------------------------------------------------ the CLI
+TINY = """
+name = "tiny"
+tasks = ["paper/xy"]
+seeds = 2
+[data]
+n_train = 32
+n_test = 32
+[train]
+steps = 2
+[kan]
+hidden = [[2]]
+grids = [[3]]
+[mlp]
+depths = [1]
+"""
+
+# The real CLI with kanlab.train.fit replaced (the runner looks it up at call time; --executor serial
+# runs the trials in this process) so trials fail the same way on any machine, without training.
+FAILING_FIT = """
+import sys
+import kanlab.train
+real_fit = kanlab.train.fit
+def fit(model, data, config):
+    if sys.argv[1] == "all" or type(model).__name__ == "KAN":
+        raise ValueError("need at least 2 rows, got 1")
+    return real_fit(model, data, config)
+kanlab.train.fit = fit
+from kanlab.cli import main
+main(sys.argv[2:])
+"""
+
+
+def _cli(tmp_path, *argv):
+    env = {**os.environ, "PYTHONPATH": SRC}
+    cmd = [sys.executable, "-c", FAILING_FIT, *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_cli_prints_failure_reasons_and_fails_when_nothing_finished(tmp_path):
+    sweep = tmp_path / "tiny.toml"
+    sweep.write_text(TINY)
+    args = ["compare", "--suite", str(sweep), "--executor", "serial", "--no-progress"]
+
+    # the KAN trials fail, the MLPs finish: the reason is printed after the table, exit 0
+    done = _cli(tmp_path, "kan", *args, "--out", str(tmp_path / "some"))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "2 of 4 trials did not finish (2 failed, 0 diverged); reasons:" in lines
+    assert "  ValueError: need at least 2 rows, got 1 (2)" in lines
+    again = _cli(tmp_path, "kan", "report", str(tmp_path / "some" / "tiny"))
+    assert again.returncode == 0 and again.stdout == done.stdout
+
+    # every trial fails: the reasons, then a one-line error and exit status 1
+    failed = _cli(tmp_path, "all", *args, "--out", str(tmp_path / "none"))
+    assert failed.returncode == 1, failed.stderr
+    assert "  ValueError: need at least 2 rows, got 1 (4)" in failed.stdout.splitlines()
+    errors = [x for x in failed.stderr.splitlines() if x.startswith("Error")]
+    assert errors == ["Error: all 4 trials failed or diverged (reasons above); nothing to compare"]
+    assert "Traceback" not in failed.stderr
