@@ -125,16 +125,29 @@ def compare(
         f"{summary.diverged} diverged, {summary.failed} failed in {summary.wall_time:.1f} s",
         err=True,
     )
-    _print_report(db, run_dir)
+    rows = _print_report(db, run_dir)
+    if rows and not any(r["status"] == "ok" for r in rows):
+        msg = (
+            f"Error: all {len(rows)} trials failed or diverged (reasons above); nothing to compare"
+        )
+        typer.secho(msg, err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)
 
 
-def _print_report(db: Path, run_dir: Path, out: Path | None = None) -> None:
+def _print_report(db: Path, run_dir: Path, out: Path | None = None) -> list[dict]:
+    """Print the summary table and the failure reasons, write the report; returns the rows."""
     from kanlab import bench
+    from kanlab.bench.report import failure_summary
 
     with bench.ResultStore(db, create=False) as store:
-        typer.echo(bench.summary_table(store.rows()))
+        rows = store.rows()
+        typer.echo(bench.summary_table(rows))
+        failures = failure_summary(rows)
+        if failures:
+            typer.echo(failures)
         files = bench.write_report(store, out or run_dir)
     typer.echo(f"report: {files.markdown} and {files.html}", err=True)
+    return rows
 
 
 @app.command()
