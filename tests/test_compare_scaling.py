@@ -5,6 +5,10 @@ too small to compare on is refused before any trial runs."""
 from __future__ import annotations
 
 import math
+import os
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,8 @@ import kanlab as kl
 from kanlab import bench, datasets
 from kanlab.bench.prepare import measure, prepare, regression_errors, standardize_targets
 from kanlab.bench.store import ResultStore
+
+SRC = str(Path(kl.__file__).resolve().parents[1])
 
 
 def _write_csv(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
@@ -153,3 +159,121 @@ def test_nrmse_of_several_outputs_is_the_rmse_in_standardised_units():
     rmse100, nrmse100 = regression_errors(pred, 100 * y + 7, standardize_targets(
         datasets.Dataset(y[:, :1], 100 * y + 7, y[:, :1], 100 * y + 7))[1])  # fmt: skip
     assert rmse100 == pytest.approx(100 * rmse) and nrmse100 == pytest.approx(nrmse)
+
+
+# ------------------------------------------------------------------ finding 4: what the target is
+def _integer_csv(path: Path, n: int = 120) -> Path:
+    x = _inputs(n, seed=3)
+    y = np.round(20 * (np.sin(np.pi * x[:, 0]) + x[:, 1] ** 2)).astype(int)  # ~50 values
+    path.write_text("x1,x2,y\n" + "\n".join(
+        f"{a:.6f},{b:.6f},{t}" for (a, b), t in zip(x, y, strict=True)) + "\n")  # fmt: skip
+    return path
+
+
+def test_integer_target_kind_is_guessed_with_a_reason(tmp_path):
+    many = datasets.from_csv(_integer_csv(tmp_path / "ints.csv"), "y")
+    assert many.kind == "regression"
+    assert "integer target with" in many.meta["kind_reason"]
+    assert "more than 20" in many.meta["kind_reason"]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("a,b,y\n" + "\n".join(f"{i / 7},{i % 5},{i % 3}" for i in range(30)))
+    few = datasets.from_csv(labels, "y")
+    assert few.kind == "classification" and "3 distinct values" in few.meta["kind_reason"]
+    rare = tmp_path / "rare.csv"  # few values, but one seen once: a quantity, not a label
+    rare.write_text("a,b,y\n" + "\n".join(f"{i / 7},{i % 5},{9 if i == 0 else i % 2}"
+                                          for i in range(30)))  # fmt: skip
+    assert datasets.from_csv(rare, "y").kind == "regression"
+    given = datasets.from_csv(labels, "y", kind="regression")
+    assert given.kind == "regression" and given.meta["kind_reason"] == "kind='regression' given"
+    from kanlab.datasets.tabular import guess_kind
+
+    assert guess_kind(["a", "1"])[0] == "classification"
+    assert guess_kind(["0.5", "1"])[0] == "regression"
+    # the kind is part of a CSV task's identity
+    auto = bench.csv_task(tmp_path / "ints.csv", "y")
+    forced = bench.csv_task(tmp_path / "ints.csv", "y", kind="classification")
+    assert auto.kind == "regression" and auto.spec()["kind"] == "regression"
+    assert forced.spec()["kind"] == "classification" and auto.spec() != forced.spec()
+    assert "kind" not in bench.get_task("paper/xy").spec()
+    with pytest.raises(ValueError, match="task 'paper/xy' is regression; it cannot be compared as"):
+        bench.get_task("paper/xy", kind="classification")
+
+
+def _cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": SRC}
+    return subprocess.run([sys.executable, "-m", "kanlab", *argv], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=cwd)  # fmt: skip
+
+
+TINY_SUITE = """
+name = "tiny"
+tasks = ["paper/xy"]
+[kan]
+hidden = [[2]]
+grids = [[3]]
+[mlp]
+depths = [1]
+"""
+
+
+def _metrics(db: Path) -> set[str]:
+    conn = sqlite3.connect(db)
+    try:
+        return {m for (m,) in conn.execute("SELECT metric FROM trials")}
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_cli_prints_the_guessed_kind_and_task_overrides_it(tmp_path):
+    data = _integer_csv(tmp_path / "ints.csv")
+    (tmp_path / "tiny.toml").write_text(TINY_SUITE)
+    common = ["compare", "--suite", "tiny.toml", "--csv", str(data), "--target", "y",
+              "--executor", "serial", "--seeds", "1", "--steps", "2", "--no-progress"]  # fmt: skip
+    auto = _cli(*common, "--out", "auto", cwd=tmp_path)
+    assert auto.returncode == 0, auto.stderr
+    lines = [ln for ln in auto.stderr.splitlines() if "target 'y' of ints.csv" in ln]
+    assert len(lines) == 1, auto.stderr  # the automatic choice, printed with its reason
+    line = lines[0]
+    assert "integer target with" in line and "distinct values (more than 20): regression" in line
+    assert "--task classification overrides" in line
+    assert _metrics(tmp_path / "auto" / "tiny-ints" / "results.sqlite") == {"rmse"}
+    forced = _cli(*common, "--task", "classification", "--out", "forced", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert "overrides" not in forced.stderr
+    assert _metrics(tmp_path / "forced" / "tiny-ints" / "results.sqlite") == {"accuracy"}
+
+
+@pytest.mark.slow  # two CLI starts (~2 s each; more on a loaded machine)
+def test_cli_task_option_errors_are_one_line(tmp_path):
+    data = _integer_csv(tmp_path / "ints.csv")
+    bad = _cli("compare", "--csv", str(data), "--target", "y", "--task", "ranking", "--out", "o",
+               cwd=tmp_path)  # fmt: skip
+    assert bad.returncode == 2
+    assert (
+        bad.stderr.strip() == "Error: unknown --task 'ranking'; valid: regression, classification"
+    )
+    clash = _cli("compare", "--tasks", "paper/xy", "--task", "classification", "--out", "o",
+                 cwd=tmp_path)  # fmt: skip
+    assert clash.returncode == 2 and clash.stderr.count("\n") == 1
+    assert "task 'paper/xy' is regression; it cannot be compared as classification" in clash.stderr
+    assert not (tmp_path / "o").exists()  # nothing ran
+
+
+# ------------------------------------------------------------------ finding 10: a too-small CSV
+def test_cli_refuses_a_two_row_csv(tmp_path):
+    data = tmp_path / "two.csv"
+    data.write_text("x1,x2,y\n0.1,0.2,0.3\n0.4,0.1,0.5\n")
+    res = _cli("compare", "--csv", str(data), "--target", "y", "--executor", "serial",
+               "--seeds", "1", "--steps", "2", "--out", "o", "--no-progress", cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith("Error: CSV file ") and "has 2 data rows" in res.stderr
+    assert "1 training and 1 test rows" in res.stderr
+    assert "at least 10 training and 2 test rows" in res.stderr
+    assert not (tmp_path / "o").exists()
+    ok = tmp_path / "thirteen.csv"  # the smallest file that passes
+    ok.write_text("x1,x2,y\n" + "\n".join(f"{i / 13},{(i * 7) % 13},{i * 0.1}" for i in range(13)))
+    assert bench.csv_task(ok, "y").kind == "regression"
+    ok.write_text(ok.read_text().rsplit("\n", 1)[0])  # 12 rows
+    with pytest.raises(ValueError, match="has 12 data rows.*9 training and 3 test rows"):
+        bench.csv_task(ok, "y")
