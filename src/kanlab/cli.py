@@ -2,7 +2,7 @@
 
     kanlab compare                       # the quick suite into ./kanlab-runs/quick, then its report
     kanlab compare --suite paper --executor dask://HOST:8786
-    kanlab compare --csv data.csv --target y
+    kanlab compare --csv data.csv --target y [--task regression|classification]
     kanlab report kanlab-runs/quick
     kanlab tasks feynman/
     kanlab train --task paper/exp_sin_sq --widths 2,5,1 --out kan.safetensors
@@ -89,11 +89,22 @@ def compare(
         Path | None, typer.Option(help="Compare on a CSV file instead (needs --target).")
     ] = None,
     target: Annotated[str | None, typer.Option(help="The CSV's target column.")] = None,
+    task_kind: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            help="regression or classification: what the CSV's target is (default: chosen from "
+            "the column, and printed); for registered tasks, checked against theirs.",
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar over trials.")] = True,
 ) -> None:
     """Run a KAN-vs-MLP sweep (resuming a previous run in the same folder), then write its report."""
     from kanlab import bench
+    from kanlab.datasets import KINDS
 
+    if task_kind is not None and task_kind not in KINDS:
+        raise CLIError(f"unknown --task {task_kind!r}; valid: {', '.join(KINDS)}")
     sweep = bench.load_sweep(suite)
     task_list = None
     if csv is not None or target is not None:
@@ -101,12 +112,19 @@ def compare(
             raise CLIError("--csv and --target go together (the CSV file and its target column)")
         if tasks:
             raise CLIError("use either --csv/--target or --tasks, not both")
-        task = bench.csv_task(csv, target)
+        task = bench.csv_task(csv, target, kind=task_kind)
+        if task_kind is None:
+            other = next(k for k in KINDS if k != task.kind)
+            typer.echo(f"kanlab compare: target {target!r} of {csv.name}: {task.kind_reason} "
+                       f"(--task {other} overrides)", err=True)  # fmt: skip
         task_list = [task]
         sweep = sweep.replace(name=f"{sweep.name}-{csv.stem}", tasks=(task.name,))
     elif tasks:
         task_list = bench.resolve_tasks(_split(tasks))
         sweep = sweep.replace(tasks=tuple(t.name for t in task_list))
+    if task_kind is not None and csv is None:  # registered tasks: their kind is checked
+        for t in task_list or bench.resolve_tasks(list(sweep.tasks)):
+            bench.get_task(t.name, kind=task_kind)
     if seeds is not None:
         sweep = sweep.replace(seeds=tuple(range(seeds)))
     if steps is not None and total_steps is not None:

@@ -57,36 +57,53 @@ EXECUTORS = ("local", "serial", "dask-local", "dask://HOST:PORT")
 # ------------------------------------------------------------------------------------ one trial
 def run_trial(trial: Trial) -> dict[str, Any]:
     """Train ``trial``'s model on its task and return the store row (never raises for a training
-    failure: the error is returned as ``status="failed"`` or ``"diverged"``)."""
+    failure: the error is returned as ``status="failed"`` or ``"diverged"``).
+
+    The model trains on its task's data as :func:`kanlab.bench.prepare.prepare` makes it for its
+    family (inputs scaled per family, regression targets standardised on the training split), so
+    that the units of the data cannot pick the winner. Its errors are then measured on the trained
+    model itself, back in the data's units: ``test_metric``/``train_metric`` are the RMSE in the
+    target's units (or the accuracy); ``extra["test_nrmse"]``/``extra["train_nrmse"]`` the RMSE in
+    standardised units (see :mod:`kanlab.bench.prepare`); ``extra["stages"]`` the same per grid
+    stage (measured on the model at each logged step, so exact for any number of outputs);
+    ``extra["scaling"]`` what was done to the data."""
     from kanlab import train  # looked up at call time (tests replace train.fit)
+    from kanlab.bench.prepare import measure, prepare
 
     start = time.perf_counter()
     row: dict[str, Any] = {"status": "ok", "error": None}
     try:
-        data = load(trial.task, n_train=trial.data.n_train, n_test=trial.data.n_test,
-                    seed=trial.data.seed)  # fmt: skip
-        row["metric"] = "accuracy" if data.kind == "classification" else "rmse"
+        raw = load(trial.task, n_train=trial.data.n_train, n_test=trial.data.n_test,
+                   seed=trial.data.seed)  # fmt: skip
+        row["metric"] = "accuracy" if raw.kind == "classification" else "rmse"
+        grid_range = (
+            trial.model.layer_options(0)["grid_range"] if trial.family == "kan" else (-1.0, 1.0)
+        )
+        prepared = prepare(raw, trial.family, grid_range=grid_range)
         model = build(trial.model)
         row["params"] = count_params(model)  # at the first grid; replaced after training
-        hist = train.fit(model, data, trial.fit)
+        logged: list[dict[str, float]] = []  # errors in data units at each History row
+
+        def log_errors(state: train.StepState) -> None:
+            logged.append(measure(state.model, prepared, raw))
+
+        hist = train.fit(model, prepared.data, trial.fit, callbacks=[log_errors])
+        final = measure(model, prepared, raw)
         row.update(
             params=count_params(model),
             flops=count_flops(model, mode="sparse"),
             flops_dense=count_flops(model, mode="dense"),
-            train_metric=hist.train_metric[-1],
-            test_metric=hist.final_test_metric,
+            train_metric=final["train_metric"],
+            test_metric=final["test_metric"],
             steps=hist.step[-1] + 1,
             time_per_step=hist.time_per_step,
         )
-        row["test_error"] = error_from_metric(row["test_metric"], data.kind)
+        row["test_error"] = error_from_metric(row["test_metric"], raw.kind)
         # One logged row per grid stage: the KAN's error at each grid size (a free scaling curve).
         row["extra"] = {
-            "stages": [
-                {"grid": g, "test_metric": m, "train_metric": tm}
-                for g, m, tm in zip(
-                    hist.grid_size, hist.test_metric, hist.train_metric, strict=True
-                )
-            ]
+            "stages": [{"grid": g, **errs} for g, errs in zip(hist.grid_size, logged, strict=True)],
+            "scaling": prepared.scaling,
+            **{k: v for k, v in final.items() if k.endswith("_nrmse")},
         }
         if not math.isfinite(row["test_metric"]):
             row.update(status="diverged", error="non-finite test metric after training")

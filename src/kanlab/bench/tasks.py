@@ -6,14 +6,16 @@ default KAN hidden widths are the data set entry's ``kan_hidden`` (the paper's s
 functions); :func:`csv_task` makes a task from any CSV file. A task is a small
 frozen record that pickles cheaply to workers; :func:`load` builds its data (in the worker).
 
-The metric follows the data: RMSE for regression, accuracy for classification. Reports compare models by
+The metric follows the data: RMSE for regression (in the target's own units, see
+:mod:`kanlab.bench.prepare`), accuracy for classification. Reports compare models by
 the *test error*: the RMSE, or 1 - accuracy, so that lower is better everywhere.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
     from kanlab.datasets import Dataset
 
 __all__ = [
+    "MIN_TEST_ROWS",
+    "MIN_TRAIN_ROWS",
     "Task",
     "csv_task",
     "error_from_metric",
@@ -37,13 +41,18 @@ class Task:
 
     ``name`` is the registry name (e.g. ``"paper/xy"``) or ``"csv:<file>:<target>"``.
     ``hidden`` are the default KAN hidden widths (``()`` = no hidden layer: a KAN ``[in, out]``).
-    ``csv_path``/``target`` are set for CSV tasks only.
+    ``csv_path``/``target`` are set for CSV tasks only, and ``kind``: what the target is
+    ("regression" or "classification", given or guessed, see :func:`csv_task`); it is part of the
+    task's identity. A registered task's kind is its registry's (``None`` here). ``kind_reason``
+    says why the kind was chosen (for messages; not part of the identity).
     """
 
     name: str
     hidden: tuple[int, ...] = (5,)
     csv_path: str | None = None
     target: str | None = None
+    kind: str | None = None
+    kind_reason: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_csv(self) -> bool:
@@ -51,9 +60,10 @@ class Task:
 
     def spec(self) -> dict[str, object]:
         """The JSON-able identity of the task (part of every trial's key)."""
+        kind = {} if self.kind is None else {"kind": self.kind}
         if self.is_csv:
-            return {"name": self.name, "csv": self.csv_path, "target": self.target}
-        return {"name": self.name}
+            return {"name": self.name, "csv": self.csv_path, "target": self.target, **kind}
+        return {"name": self.name, **kind}
 
 
 @functools.lru_cache(maxsize=1)
@@ -64,10 +74,12 @@ def task_names() -> tuple[str, ...]:
     return tuple(datasets.names())
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str, *, kind: str | None = None) -> Task:
     """The registered task ``name``, with its data set's default KAN hidden widths; an unknown name
-    lists close matches (from the data set registry's lookup) and the valid prefixes."""
+    lists close matches (from the data set registry's lookup) and the valid prefixes. ``kind``, if
+    given, must be the data set's kind (a registered task's kind cannot be changed)."""
     from kanlab import datasets
+    from kanlab._checks import check_choice
 
     if not isinstance(name, str):
         raise TypeError(f"task name must be a str, got {type(name).__name__}")
@@ -83,6 +95,8 @@ def get_task(name: str) -> Task:
             f"unknown task {name!r}{hint} Valid tasks are {len(names)} names under "
             f"{', '.join(prefixes)} (e.g. {', '.join(names[:4])}); `kanlab tasks` lists them all"
         ) from None
+    if kind is not None and check_choice("kind", kind, datasets.KINDS) != entry.kind:
+        raise ValueError(f"task {name!r} is {entry.kind}; it cannot be compared as {kind}")
     return Task(name=name, hidden=entry.kan_hidden)
 
 
@@ -105,13 +119,44 @@ def resolve_tasks(patterns: list[str]) -> list[Task]:
     return [t for t in out if not (t.name in seen or seen.add(t.name))]
 
 
-def csv_task(path: str | Path, target: str, *, hidden: tuple[int, ...] = (5,)) -> Task:
-    """A task on a CSV file; the file is validated now (a bad file fails before any trial runs)."""
+# A CSV too small to compare on is refused: after the train/test split (20 % test) at least this
+# many training rows (a few per parameter is hopeless already; fewer is only noise) and test rows
+# (one test row gives an RMSE from one residual, and no accuracy worth the name): 13 data rows.
+MIN_TRAIN_ROWS = 10
+MIN_TEST_ROWS = 2
+
+
+def _rows_needed(test_size: float = 0.2) -> int:
+    """The fewest data rows whose split (``from_csv``'s default ``test_size``) passes."""
+    n = MIN_TRAIN_ROWS + MIN_TEST_ROWS
+    while n - math.ceil(test_size * n) < MIN_TRAIN_ROWS or math.ceil(test_size * n) < MIN_TEST_ROWS:
+        n += 1
+    return n
+
+
+def csv_task(
+    path: str | Path, target: str, *, hidden: tuple[int, ...] = (5,), kind: str | None = None
+) -> Task:
+    """A task on a CSV file; the file is validated now (a bad file fails before any trial runs).
+
+    ``kind``: "regression" or "classification"; ``None`` lets :func:`kanlab.datasets.from_csv`
+    guess from the target column (the task's ``kind_reason`` says why). A file whose split leaves
+    fewer than :data:`MIN_TRAIN_ROWS` training or :data:`MIN_TEST_ROWS` test rows is refused."""
     from kanlab import datasets
 
     path = Path(path).resolve()
-    datasets.from_csv(path, target)  # raises a clear error on missing/non-numeric/constant data
-    return Task(name=f"csv:{path.name}:{target}", hidden=hidden, csv_path=str(path), target=target)
+    # raises a clear error on missing/non-numeric/constant data
+    ds = datasets.from_csv(path, target, kind=kind)
+    n_train, n_test = ds.train_x.shape[0], ds.test_x.shape[0]
+    if n_train < MIN_TRAIN_ROWS or n_test < MIN_TEST_ROWS:
+        raise ValueError(
+            f"CSV file {str(path)!r} has {n_train + n_test} data rows, too few to compare on: its "
+            f"split gives {n_train} training and {n_test} test rows; a comparison needs at least "
+            f"{MIN_TRAIN_ROWS} training and {MIN_TEST_ROWS} test rows, i.e. {_rows_needed()} or more "
+            "data rows"
+        )
+    return Task(name=f"csv:{path.name}:{target}", hidden=hidden, csv_path=str(path), target=target,
+                kind=ds.kind, kind_reason=ds.meta.get("kind_reason"))  # fmt: skip
 
 
 def load(
@@ -119,7 +164,7 @@ def load(
 ) -> Dataset:
     """The task's data set (``n_train``/``n_test`` apply to synthetic data; ``seed`` fixes the draw
     or the split)."""
-    return _load_cached(task.name, task.csv_path, task.target, n_train, n_test, seed)
+    return _load_cached(task.name, task.csv_path, task.target, n_train, n_test, seed, task.kind)
 
 
 @functools.lru_cache(maxsize=8)
@@ -130,12 +175,13 @@ def _load_cached(
     n_train: int | None,
     n_test: int | None,
     seed: int,
+    kind: str | None = None,
 ) -> Dataset:
     # Cached per process: a worker runs many trials of the same task on the same data.
     from kanlab import datasets
 
     if csv_path is not None:
-        return datasets.from_csv(csv_path, target, seed=seed)
+        return datasets.from_csv(csv_path, target, seed=seed, kind=kind)
     return datasets.get(name, n_train=n_train, n_test=n_test, seed=seed)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,23 @@ from torch import Tensor
 from kanlab._checks import check_choice, check_float, check_int
 from kanlab.datasets.dataset import KINDS, Dataset, check_dtype
 
-__all__ = ["from_arrays", "from_csv", "standardize_columns"]
+__all__ = [
+    "MAX_CLASSES",
+    "MIN_PER_CLASS",
+    "from_arrays",
+    "from_csv",
+    "guess_kind",
+    "standardize_columns",
+]
 
 _MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
+
+# How from_csv tells class labels from an integer-valued quantity when no kind is given: an integer
+# target is taken as class labels only with at most MAX_CLASSES distinct values, each seen at least
+# MIN_PER_CLASS times (a label seen once cannot be both learned and tested); otherwise it is a
+# regression target (counts, years, prices in cents, ...).
+MAX_CLASSES = 20
+MIN_PER_CLASS = 2
 
 
 def _split_indices(n: int, test_size: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -94,7 +109,8 @@ def from_arrays(
     """A seeded shuffle split of in-memory data. x: (n, d); y: (n,) or (n, out).
 
     The kind is classification when y has an integer (or bool/string) dtype, else regression,
-    unless ``kind`` says otherwise (``task`` is its old name, still accepted). Class labels are
+    unless ``kind`` says otherwise (``task`` is its old name, still accepted); ``meta['kind_reason']``
+    says which. Class labels are
     mapped to indices 0..K-1 (the original values are kept in ``meta['classes']``). ``standardize``
     scales the features with training statistics.
     """
@@ -120,10 +136,12 @@ def from_arrays(
             f"{int(bad.any(axis=1).sum())} row(s), column(s) {cols}"
         )
     integer_y = ya.dtype.kind in "iub" or ya.dtype.kind in "OUS"
+    meta = dict(meta or {})
     if kind is None:
         kind = "classification" if integer_y else "regression"
+        meta.setdefault("kind_reason", f"y of dtype {ya.dtype}: {kind}")
     check_choice(kind_arg, kind, KINDS)
-    meta = dict(meta or {})
+    meta.setdefault("kind_reason", f"{kind_arg}={kind!r} given")
     if kind == "classification":
         if ya.ndim == 2 and ya.shape[1] == 1:
             ya = ya[:, 0]
@@ -177,6 +195,39 @@ def _is_int(s: str) -> bool:
     return _parses(s, int)
 
 
+def guess_kind(values: Sequence[str]) -> tuple[str, str]:
+    """(kind, reason) for a CSV target column given as its cells' text.
+
+    - a non-numeric value: classification (labels);
+    - integers with at most :data:`MAX_CLASSES` distinct values, each seen at least
+      :data:`MIN_PER_CLASS` times: classification;
+    - integers otherwise (many distinct values, or a value seen only once): regression;
+    - numbers that are not all integers (e.g. ``0.5``, ``2.0``): regression.
+    """
+    bad = next((v for v in values if not _is_float(v)), None)
+    if bad is not None:
+        return "classification", f"non-numeric target (e.g. {bad!r}): classification"
+    non_int = next((v for v in values if not _is_int(v)), None)
+    if non_int is not None:
+        return "regression", f"numeric target not all integers (e.g. {non_int!r}): regression"
+    counts = Counter(int(v) for v in values)
+    k = len(counts)
+    if k > MAX_CLASSES:
+        return "regression", (
+            f"integer target with {k} distinct values (more than {MAX_CLASSES}): regression"
+        )
+    once = sum(c < MIN_PER_CLASS for c in counts.values())
+    if once:
+        return "regression", (
+            f"integer target with {k} distinct values, {once} of them seen fewer than "
+            f"{MIN_PER_CLASS} times: regression"
+        )
+    return "classification", (
+        f"integer target with {k} distinct values (at most {MAX_CLASSES}), each seen at least "
+        f"{MIN_PER_CLASS} times: classification"
+    )
+
+
 def from_csv(
     path: str | Path,
     target: str,
@@ -190,11 +241,14 @@ def from_csv(
 ) -> Dataset:
     """Load a CSV with a header row; ``target`` names the label column, all others are features.
 
-    Features must be numeric and non-constant, with no missing values. A non-numeric target means
-    classification (strings are mapped to class indices, kept in ``meta['classes']``); an integer
-    target is taken as classification too unless ``kind="regression"`` (``task`` is the old name of
-    ``kind``, still accepted). ``standardize`` scales the
-    features with the training split's mean and std (kept in ``meta['x_standardization']``).
+    Features must be numeric and non-constant, with no missing values. ``kind`` ("regression" or
+    "classification"; ``task`` is its old name, still accepted) says what the target is; without it
+    :func:`guess_kind` decides: a non-numeric target, or an integer one with few distinct values
+    each seen a few times, means classification (labels are mapped to class indices, kept in
+    ``meta['classes']``); any other numeric target means regression. ``meta['kind_reason']`` says
+    why (e.g. "integer target with 37 distinct values (more than 20): regression"); pass ``kind`` to
+    override. ``standardize`` scales the features with the training split's mean and std (kept in
+    ``meta['x_standardization']``).
     """
     kind, kind_arg = _kind_option(kind, task)
     path = Path(path)
@@ -256,11 +310,9 @@ def from_csv(
     tcol = cols[target]
     numeric_target = all(_is_float(v) for v in tcol)
     if kind is None:
-        kind = (
-            "regression"
-            if numeric_target and not all(_is_int(v) for v in tcol)
-            else ("classification")
-        )
+        kind, reason = guess_kind(tcol)
+    else:
+        reason = f"{kind_arg}={kind!r} given"
     check_choice(kind_arg, kind, KINDS)
     if kind == "regression":
         if not numeric_target:
@@ -278,6 +330,7 @@ def from_csv(
         "source": f"csv:{path}",
         "feature_names": features,
         "target_name": target,
+        "kind_reason": reason,
     }
     return from_arrays(
         x, y, test_size=test_size, seed=seed, kind=kind, name=path.stem,
