@@ -227,10 +227,10 @@ FAILING_FIT = """
 import sys
 import kanlab.train
 real_fit = kanlab.train.fit
-def fit(model, data, config):
+def fit(model, data, config=None, **kwargs):
     if sys.argv[1] == "all" or type(model).__name__ == "KAN":
         raise ValueError("need at least 2 rows, got 1")
-    return real_fit(model, data, config)
+    return real_fit(model, data, config, **kwargs)
 kanlab.train.fit = fit
 from kanlab.cli import main
 main(sys.argv[2:])

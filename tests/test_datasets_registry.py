@@ -17,8 +17,9 @@ from kanlab.datasets.record import REGISTRIES
 
 def test_public_names() -> None:
     assert sorted(datasets.__all__) == sorted([
-        "FEYNMAN_EXCLUDED", "KINDS", "TASKS", "Dataset", "DatasetEntry", "UnknownDatasetError",
-        "describe", "entry", "from_arrays", "from_csv", "from_function", "get", "names",
+        "FEYNMAN_EXCLUDED", "GENERATOR_VERSION", "KINDS", "TASKS", "Dataset", "DatasetEntry",
+        "UnknownDatasetError", "describe", "entry", "from_arrays", "from_csv", "from_function",
+        "get", "names",
     ])  # fmt: skip
     assert all(hasattr(datasets, n) for n in datasets.__all__)
 

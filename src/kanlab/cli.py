@@ -83,7 +83,11 @@ def compare(
         int | None, typer.Option(min=1, help="Local worker processes (default: one per core).")
     ] = None,
     out: Annotated[
-        Path, typer.Option(help="Output folder; the run goes to OUT/<suite name>.")
+        Path,
+        typer.Option(
+            help="Output folder; the run goes to OUT/<suite name>, or to OUT/<suite name>-<hash> "
+            "when that holds a run with other settings."
+        ),
     ] = Path("kanlab-runs"),
     csv: Annotated[
         Path | None, typer.Option(help="Compare on a CSV file instead (needs --target).")
@@ -133,7 +137,9 @@ def compare(
         sweep = sweep.replace(train=sweep.train.replace(steps=steps), total_steps=None)
     if total_steps is not None:
         sweep = sweep.replace(total_steps=total_steps)
-    run_dir = out / sweep.name
+    run_dir, moved = bench.resolve_run_dir(out, sweep, task_list)  # one configuration per folder
+    if moved:
+        typer.echo(moved, err=True)
     typer.echo(f"kanlab compare: suite {sweep.name!r} -> {run_dir}", err=True)
     summary, db = bench.run_sweep(
         sweep, run_dir, tasks=task_list, executor=executor, workers=workers, progress=progress

@@ -8,11 +8,14 @@
 Modules: :mod:`~kanlab.bench.tasks` (what to learn), :mod:`~kanlab.bench.spec` (the sweep file),
 :mod:`~kanlab.bench.sweep` (trials: task, model config, fit config, seed; MLPs size matched),
 :mod:`~kanlab.bench.runner` (where to run), :mod:`~kanlab.bench.store` (SQLite results),
-:mod:`~kanlab.bench.report` (tables and plots). ``kanlab compare`` drives them from the command line.
+:mod:`~kanlab.bench.report` (tables and plots), :mod:`~kanlab.bench.identity` (a run folder holds one
+sweep configuration: its fingerprint, ``resolve_run_dir``). ``kanlab compare`` drives them from the
+command line.
 """
 
 from __future__ import annotations
 
+from kanlab.bench.identity import resolve_run_dir, sweep_settings
 from kanlab.bench.report import summary_table, write_report
 from kanlab.bench.runner import RunSummary, make_executor, run_sweep, run_trial, run_trials
 from kanlab.bench.store import ResultStore, StoreError, config_key
@@ -45,11 +48,13 @@ __all__ = [
     "make_executor",
     "match_mlp",
     "parse_sweep",
+    "resolve_run_dir",
     "resolve_tasks",
     "run_sweep",
     "run_trial",
     "run_trials",
     "summary_table",
+    "sweep_settings",
     "task_names",
     "write_report",
 ]

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kanlab.bench.identity import distinct_labels
 from kanlab.bench.store import ResultStore
 from kanlab.config import KANConfig
 from kanlab.models import count_params
@@ -183,8 +184,11 @@ def aggregate(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[ConfigStats]]
         config.pop("seed", None)
         ident = json.dumps(config, sort_keys=True)
         groups.setdefault((row["task"], ident), []).append(row)
+    # sections by the task's data identity, labels that tell apart configs differing in settings
+    names = distinct_labels({key: trials[0] for key, trials in groups.items()})
     out: dict[str, list[ConfigStats]] = {}
-    for (task, _), trials in sorted(groups.items(), key=lambda kv: kv[0]):
+    for key, trials in sorted(groups.items(), key=lambda kv: kv[0]):
+        task, label, group = names[key]
         ok = [t for t in trials if t["status"] == "ok" and _finite(t.get("test_error"))]
         first = ok[0] if ok else trials[0]
         errors = tuple(float(t["test_error"]) for t in ok)
@@ -194,8 +198,8 @@ def aggregate(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[ConfigStats]]
             ConfigStats(
                 task=task,
                 family=first["family"],
-                label=first["label"],
-                group=first.get("group_id") or first["label"],
+                label=label,
+                group=group,
                 metric=first.get("metric") or "",
                 params=first.get("params"),
                 flops_dense=first.get("flops_dense"),

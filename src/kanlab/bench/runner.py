@@ -318,19 +318,34 @@ def run_sweep(
     progress: bool = False,
 ) -> tuple[RunSummary, Path]:
     """Expand ``sweep`` (optionally on ``tasks``), run it into ``run_dir/results.sqlite`` and return
-    the summary and the store's path. ``run_dir/sweep.json`` records the sweep as run."""
-    import dataclasses
+    the summary and the store's path. ``run_dir/sweep.json`` records the sweep as run.
+
+    A run folder holds one sweep configuration (:mod:`~kanlab.bench.identity`; more seeds extend
+    it): a ``SweepError`` naming the differences (e.g. ``train.steps 15 -> 45``) refuses a folder
+    whose store holds other settings, before anything is written there;
+    :func:`~kanlab.bench.identity.resolve_run_dir` picks a free folder."""
     import json
 
+    from kanlab.bench.identity import differences, fingerprint, sweep_record, sweep_settings
+    from kanlab.bench.sweep import SweepError
+    from kanlab.bench.tasks import resolve_tasks
+
     run_dir = Path(run_dir)
+    tasks = list(tasks) if tasks is not None else resolve_tasks(list(sweep.tasks))
     trials = expand(sweep, tasks)  # validates tasks and sizes before anything is written
+    settings = sweep_settings(sweep, tasks)
+    fp = fingerprint(settings)
     run_dir.mkdir(parents=True, exist_ok=True)
     db = run_dir / "results.sqlite"
     with ResultStore(db) as store:
-        spec = dataclasses.asdict(sweep)
-        if tasks is not None:
-            spec["tasks"] = [t.spec() for t in tasks]
-        (run_dir / "sweep.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+        found_fp, found = store.claim_settings(fp, settings)
+        if found_fp != fp:
+            raise SweepError(
+                f"{run_dir} holds a run with other settings ({differences(found, settings)}); "
+                "run into another folder (kanlab compare picks one: bench.resolve_run_dir)"
+            )
+        record = sweep_record(run_dir, sweep, tasks, settings)
+        (run_dir / "sweep.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         with make_executor(executor, workers=workers) as ex:
             summary = run_trials(trials, store, ex, progress=progress)
     return summary, db

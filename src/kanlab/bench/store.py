@@ -5,7 +5,12 @@ the runner commits each result as soon as its future completes, so a sweep kille
 ``kill -9``) loses at most the trials that were in flight. Only the parent process writes; workers return
 results. Re-running a sweep asks :meth:`ResultStore.finished_keys` which trials to skip.
 
-An existing file that is not a kanlab store (or not SQLite at all) is reported, never replaced.
+An existing file that is not a kanlab store (or not SQLite at all) is reported, never replaced. Several
+processes may open the same new store at once: the schema is created inside one ``BEGIN IMMEDIATE``
+transaction (``CREATE TABLE IF NOT EXISTS``), so one creates it and the others find it.
+
+A store belongs to one sweep configuration: :meth:`ResultStore.claim_settings` records its
+fingerprint and settings in the ``meta`` table the first time (atomically) and reports them after.
 """
 
 from __future__ import annotations
@@ -110,22 +115,40 @@ class ResultStore:
         row = conn.execute("PRAGMA quick_check").fetchone()
         if row is None or row[0] != "ok":
             raise sqlite3.DatabaseError(f"integrity check failed: {row[0] if row else 'no answer'}")
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if tables and not {"trials", "meta"} <= tables:
-            raise StoreError(
-                f"{self.path} is an SQLite database but not a kanlab results store "
-                f"(tables: {', '.join(sorted(tables))}); it was left untouched"
-            )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        if not tables:
-            cols = ", ".join(f"{name} {sql}" for name, sql in COLUMNS)
-            with conn:
-                conn.execute(f"CREATE TABLE trials (key TEXT PRIMARY KEY, {cols})")
-                conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)")
-                conn.execute(
-                    "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        # Look and create under one write lock: another process opening the same new file at the
+        # same moment waits here (the busy timeout), then finds the tables this one committed.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            tables = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            if tables and not {"trials", "meta"} <= tables:
+                raise StoreError(
+                    f"{self.path} is an SQLite database but not a kanlab results store "
+                    f"(tables: {', '.join(sorted(tables))}); it was left untouched"
                 )
+            if not tables:
+                cols = ", ".join(f"{name} {sql}" for name, sql in COLUMNS)
+                conn.execute(f"CREATE TABLE IF NOT EXISTS trials (key TEXT PRIMARY KEY, {cols})")
+                conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                             (str(SCHEMA_VERSION),))  # fmt: skip
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        # Switching to WAL needs the file to itself and SQLite does not wait for that (no busy
+        # handler): another process opening the store at this moment makes it fail, so retry.
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        conn.execute("PRAGMA synchronous=FULL")
         version = conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()
         if version is None or version[0] != str(SCHEMA_VERSION):
             found = version[0] if version else "none"
@@ -159,6 +182,45 @@ class ResultStore:
                 f"INSERT OR REPLACE INTO trials ({', '.join(names)}) VALUES ({marks})",
                 [key, *values.values()],
             )
+
+    def claim_settings(
+        self, fingerprint: str, settings: Mapping[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """The sweep configuration this store holds, as ``(fingerprint, settings)``; a store without
+        one and without trials is bound to ``fingerprint``/``settings`` now (atomically: of two
+        processes claiming a new store, one binds it and the other gets the first one's).
+
+        A store with trials but no recorded configuration (written by an earlier kanlab) returns
+        ``("", {})``: its settings are unknown."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = self._recorded()
+            if found is None:
+                text = json.dumps(settings, sort_keys=True)
+                conn.executemany("INSERT INTO meta VALUES (?, ?)",
+                                 [("fingerprint", fingerprint), ("settings", text)])  # fmt: skip
+                found = (fingerprint, json.loads(text))
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        return found
+
+    def settings(self) -> tuple[str, dict[str, Any]] | None:
+        """The recorded ``(fingerprint, settings)`` (see :meth:`claim_settings`): ``None`` for a store
+        still free (no configuration, no trials), ``("", {})`` for one from an earlier kanlab."""
+        return self._recorded()
+
+    def _recorded(self) -> tuple[str, dict[str, Any]] | None:
+        rows = dict(self._conn.execute(
+            "SELECT name, value FROM meta WHERE name IN ('fingerprint', 'settings')"
+        ).fetchall())  # fmt: skip
+        if "fingerprint" in rows:
+            return rows["fingerprint"], json.loads(rows.get("settings") or "{}")
+        if self._conn.execute("SELECT 1 FROM trials LIMIT 1").fetchone() is not None:
+            return "", {}
+        return None
 
     # -- reading ---------------------------------------------------------------------------------
 

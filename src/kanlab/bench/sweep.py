@@ -36,6 +36,7 @@ from kanlab.config import FitConfig, KANConfig, MLPConfig
 from kanlab.models import count_flops, count_params
 
 __all__ = [
+    "TRAINING_SEMANTICS",
     "DataSpec",
     "KANSpec",
     "MLPSpec",
@@ -44,6 +45,7 @@ __all__ = [
     "SweepError",
     "Trial",
     "builtin_suites",
+    "data_spec",
     "expand",
     "load_sweep",
     "match_mlp",
@@ -56,6 +58,14 @@ class SizeMatchWarning(UserWarning):
     """No MLP of a requested depth matches a KAN's size within the tolerance; that MLP is skipped
     (tiny KANs: parameter counts of small MLPs are too coarse)."""
 
+
+#: The version of what a trial's configuration *means* to kanlab's training (how data is prepared and
+#: scaled, how fit() runs a configuration): part of every trial's key. Bump it whenever the same
+#: configuration would train differently, so that a results store written before is not resumed with
+#: results computed under the old semantics (its trials run again; a run folder from before holds
+#: other settings, so ``kanlab compare`` starts a new one next to it). 2: targets standardised on the
+#: training split for every model (issue 18).
+TRAINING_SEMANTICS = 2
 
 # Fit options that change an MLP's training (the others are KAN-only and left at their defaults).
 _MLP_FIT = ("optimizer", "lr", "batch_size", "loss", "weight_decay")
@@ -109,10 +119,13 @@ class Trial:
     def config(self) -> dict[str, Any]:
         """The canonical configuration: what the store's key hashes, and what reports group by.
 
-        Its layout is the store's format, kept so that keys written by earlier kanlab versions still
-        match (a re-run resumes an old store): ``train.steps`` there is the trial's *total* steps
-        (all stages), ``model.grid_schedule`` a KAN's grid per stage; a config field that earlier
-        versions could not set appears only when it differs from its default."""
+        It covers everything that changes the result: the task's data identity (a CSV's content
+        hash, a registered set's generator version; :meth:`Task.spec`), the data's size and seed,
+        the model and fit configurations, the seed and :data:`TRAINING_SEMANTICS`. Its layout is
+        the store's format: ``train.steps`` there is the trial's *total* steps (all stages),
+        ``model.grid_schedule`` a KAN's grid per stage; a config field that earlier versions could
+        not set appears only when it differs from its default. Stores written before the data
+        identity and the semantics version entered the key do not resume: their trials run again."""
         f, m = self.fit, self.model
         train: dict[str, Any] = {"optimizer": f.optimizer, "steps": f.total_steps, "lr": f.lr,
                                  "batch_size": f.batch_size, "lamb": f.lamb}  # fmt: skip
@@ -132,6 +145,7 @@ class Trial:
             "model": model,
             "train": train,
             "seed": self.seed,
+            "semantics": TRAINING_SEMANTICS,
             "kanlab_version": __version__,
         }
 
@@ -219,6 +233,17 @@ def _mlp_fit(train: FitConfig, total_steps: int) -> FitConfig:
     return FitConfig(**shared, steps=total_steps, log_every=max(1, total_steps), progress=False)
 
 
+def data_spec(sweep: Sweep, task: Task) -> DataSpec:
+    """The data ``task``'s trials use: the sweep's ``[data]`` for a registered set; for a CSV, the
+    split's real sizes (rows after the split; the sweep's n_train/n_test apply to synthetic sets
+    only) with the sweep's split seed."""
+    if not task.is_csv:
+        return sweep.data
+    ds = load(task, n_train=sweep.data.n_train, n_test=sweep.data.n_test, seed=sweep.data.seed)
+    return DataSpec(n_train=int(ds.train_x.shape[0]), n_test=int(ds.test_x.shape[0]),
+                    seed=sweep.data.seed)  # fmt: skip
+
+
 def expand(sweep: Sweep, tasks: Sequence[Task] | None = None) -> list[Trial]:
     """All trials of ``sweep`` (``tasks`` overrides the sweep's task names), without duplicates.
 
@@ -230,6 +255,7 @@ def expand(sweep: Sweep, tasks: Sequence[Task] | None = None) -> list[Trial]:
     for task in tasks:
         ds = load(task, n_train=sweep.data.n_train, n_test=sweep.data.n_test, seed=sweep.data.seed)
         n_in, n_out = ds.n_features, ds.n_outputs
+        data = data_spec(sweep, task)
         for hidden in sweep.kan.hidden:
             hidden = task.hidden if hidden is None else hidden
             kan_widths = (n_in, *hidden, n_out)
@@ -241,7 +267,7 @@ def expand(sweep: Sweep, tasks: Sequence[Task] | None = None) -> list[Trial]:
                 )  # fmt: skip
                 kan = KANConfig(widths=kan_widths, grid_size=schedule[0],
                                 spline_order=sweep.kan.spline_order)  # fmt: skip
-                kan_trial = Trial(task=task, model=kan, fit=kan_fit, seed=0, data=sweep.data)
+                kan_trial = Trial(task=task, model=kan, fit=kan_fit, seed=0, data=data)
                 group = kan_trial.label
                 final = kan.replace(grid_size=schedule[-1])  # the size an MLP is matched to
                 target = (
@@ -266,9 +292,7 @@ def expand(sweep: Sweep, tasks: Sequence[Task] | None = None) -> list[Trial]:
                             )
                             continue
                         mlp = MLPConfig(widths=widths, activation=act)
-                        mlps.append(
-                            Trial(task=task, model=mlp, fit=mlp_fit, seed=0, data=sweep.data)
-                        )
+                        mlps.append(Trial(task=task, model=mlp, fit=mlp_fit, seed=0, data=data))
                 for seed in sweep.seeds:
                     for t in (kan_trial, *mlps):
                         t = dataclasses.replace(t, seed=seed, group=group)

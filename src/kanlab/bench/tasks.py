@@ -9,11 +9,17 @@ frozen record that pickles cheaply to workers; :func:`load` builds its data (in 
 The metric follows the data: RMSE for regression (in the target's own units, see
 :mod:`kanlab.bench.prepare`), accuracy for classification. Reports compare models by
 the *test error*: the RMSE, or 1 - accuracy, so that lower is better everywhere.
+
+A task knows its data's identity (:meth:`Task.spec`, part of every trial's key): a registered set by
+its name and the registry's ``GENERATOR_VERSION`` (its size and seed are in the trial's data spec), a
+CSV file by the SHA-256 of its bytes, whose first 8 hex digits are also in the task's name
+(``csv:data.csv:y@1a2b3c4d``): an edited file, or another file of the same name, is another task.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +34,7 @@ __all__ = [
     "Task",
     "csv_task",
     "error_from_metric",
+    "file_sha256",
     "get_task",
     "load",
     "resolve_tasks",
@@ -39,31 +46,44 @@ __all__ = [
 class Task:
     """One comparison problem.
 
-    ``name`` is the registry name (e.g. ``"paper/xy"``) or ``"csv:<file>:<target>"``.
+    ``name`` is the registry name (e.g. ``"paper/xy"``) or ``"csv:<file>:<target>@<sha256[:8]>"``.
     ``hidden`` are the default KAN hidden widths (``()`` = no hidden layer: a KAN ``[in, out]``).
-    ``csv_path``/``target`` are set for CSV tasks only, and ``kind``: what the target is
-    ("regression" or "classification", given or guessed, see :func:`csv_task`); it is part of the
-    task's identity. A registered task's kind is its registry's (``None`` here). ``kind_reason``
-    says why the kind was chosen (for messages; not part of the identity).
+    ``csv_path``/``target``/``sha256`` are set for CSV tasks only (:func:`csv_task` sets them),
+    and ``kind``: what the target is ("regression" or "classification", given or guessed, see
+    :func:`csv_task`); it is part of the task's identity. A registered task's kind is its
+    registry's (``None`` here). ``kind_reason`` says why the kind was chosen (for messages; not
+    part of the identity).
     """
 
     name: str
     hidden: tuple[int, ...] = (5,)
     csv_path: str | None = None
     target: str | None = None
+    sha256: str | None = None  # a CSV task's file content (hex digest of its bytes)
     kind: str | None = None
     kind_reason: str | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.csv_path is not None and self.sha256 is None:
+            raise ValueError(
+                f"CSV task {self.name!r} has no sha256 of its file; make it with csv_task()"
+            )
 
     @property
     def is_csv(self) -> bool:
         return self.csv_path is not None
 
     def spec(self) -> dict[str, object]:
-        """The JSON-able identity of the task (part of every trial's key)."""
+        """The JSON-able identity of the task's data (part of every trial's key): a CSV's name,
+        target and content hash (not its path: the same bytes elsewhere are the same data), or a
+        registered set's name and generator version (its size and seed are in the trial's data);
+        plus the kind when one was given or guessed (CSV tasks)."""
         kind = {} if self.kind is None else {"kind": self.kind}
         if self.is_csv:
-            return {"name": self.name, "csv": self.csv_path, "target": self.target, **kind}
-        return {"name": self.name, **kind}
+            return {"name": self.name, "target": self.target, "sha256": self.sha256, **kind}
+        from kanlab.datasets import GENERATOR_VERSION
+
+        return {"name": self.name, "generator": GENERATOR_VERSION, **kind}
 
 
 @functools.lru_cache(maxsize=1)
@@ -119,6 +139,15 @@ def resolve_tasks(patterns: list[str]) -> list[Task]:
     return [t for t in out if not (t.name in seen or seen.add(t.name))]
 
 
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 (hex) of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 # A CSV too small to compare on is refused: after the train/test split (20 % test) at least this
 # many training rows (a few per parameter is hopeless already; fewer is only noise) and test rows
 # (one test row gives an RMSE from one residual, and no accuracy worth the name): 13 data rows.
@@ -137,7 +166,8 @@ def _rows_needed(test_size: float = 0.2) -> int:
 def csv_task(
     path: str | Path, target: str, *, hidden: tuple[int, ...] = (5,), kind: str | None = None
 ) -> Task:
-    """A task on a CSV file; the file is validated now (a bad file fails before any trial runs).
+    """A task on a CSV file; the file is validated now (a bad file fails before any trial runs) and
+    its bytes hashed (the task's identity, and the tail of its name).
 
     ``kind``: "regression" or "classification"; ``None`` lets :func:`kanlab.datasets.from_csv`
     guess from the target column (the task's ``kind_reason`` says why). A file whose split leaves
@@ -155,16 +185,21 @@ def csv_task(
             f"{MIN_TRAIN_ROWS} training and {MIN_TEST_ROWS} test rows, i.e. {_rows_needed()} or more "
             "data rows"
         )
-    return Task(name=f"csv:{path.name}:{target}", hidden=hidden, csv_path=str(path), target=target,
-                kind=ds.kind, kind_reason=ds.meta.get("kind_reason"))  # fmt: skip
+    sha = file_sha256(path)
+    return Task(name=f"csv:{path.name}:{target}@{sha[:8]}", hidden=hidden, csv_path=str(path),
+                target=target, sha256=sha, kind=ds.kind,
+                kind_reason=ds.meta.get("kind_reason"))  # fmt: skip
 
 
 def load(
     task: Task, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0
 ) -> Dataset:
     """The task's data set (``n_train``/``n_test`` apply to synthetic data; ``seed`` fixes the draw
-    or the split)."""
-    return _load_cached(task.name, task.csv_path, task.target, n_train, n_test, seed, task.kind)
+    or the split). A CSV file whose bytes no longer match the task's hash is an error (it changed
+    after the task was made: its results would be recorded under the old file's identity)."""
+    return _load_cached(
+        task.name, task.csv_path, task.target, task.sha256, n_train, n_test, seed, task.kind
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -172,15 +207,22 @@ def _load_cached(
     name: str,
     csv_path: str | None,
     target: str | None,
+    sha256: str | None,
     n_train: int | None,
     n_test: int | None,
     seed: int,
     kind: str | None = None,
 ) -> Dataset:
-    # Cached per process: a worker runs many trials of the same task on the same data.
+    # Cached per process (by content, for a CSV): a worker runs many trials on the same data.
     from kanlab import datasets
 
     if csv_path is not None:
+        found = file_sha256(csv_path)
+        if found != sha256:
+            raise ValueError(
+                f"CSV file {csv_path!r} changed since its task {name!r} was made (sha256 "
+                f"{str(sha256)[:8]} -> {found[:8]}); run the comparison again"
+            )
         return datasets.from_csv(csv_path, target, seed=seed, kind=kind)
     return datasets.get(name, n_train=n_train, n_test=n_test, seed=seed)
 

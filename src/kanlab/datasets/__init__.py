@@ -26,12 +26,20 @@ from __future__ import annotations
 from kanlab.datasets.dataset import KINDS, TASKS, Dataset
 from kanlab.datasets.feynman import EXCLUDED as FEYNMAN_EXCLUDED  # row -> why it is not registered
 from kanlab.datasets.record import DatasetEntry
-from kanlab.datasets.registry import UnknownDatasetError, describe, entry, get, names
+from kanlab.datasets.registry import (
+    GENERATOR_VERSION,
+    UnknownDatasetError,
+    describe,
+    entry,
+    get,
+    names,
+)
 from kanlab.datasets.synthetic import from_function
 from kanlab.datasets.tabular import from_arrays, from_csv
 
 __all__ = [
     "FEYNMAN_EXCLUDED",
+    "GENERATOR_VERSION",
     "KINDS",
     "TASKS",
     "Dataset",

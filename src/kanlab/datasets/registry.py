@@ -18,7 +18,13 @@ from kanlab.datasets.dataset import Dataset, check_dtype
 from kanlab.datasets.feynman import EXCLUDED as FEYNMAN_EXCLUDED  # row -> why it is not registered
 from kanlab.datasets.record import DatasetEntry
 
-__all__ = ["UnknownDatasetError", "describe", "entry", "get", "names"]
+__all__ = ["GENERATOR_VERSION", "UnknownDatasetError", "describe", "entry", "get", "names"]
+
+#: The version of the registered data sets' builders. A registered set is identified by its name,
+#: this version and its (n_train, n_test, seed): bump it whenever any builder would return other
+#: data for the same name and arguments (another draw, split, range, formula or scaling), so that
+#: results computed on the old data (e.g. a ``kanlab compare`` results store) are not reused.
+GENERATOR_VERSION = 1
 
 
 class UnknownDatasetError(ValueError):
