@@ -15,11 +15,17 @@ bad input: :func:`main` prints it as one line, without a traceback, and exits wi
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from kanlab.bench.runner import RunSummary
 
 __all__ = ["CLIError", "app", "main"]
 
@@ -137,13 +143,15 @@ def compare(
         sweep = sweep.replace(train=sweep.train.replace(steps=steps), total_steps=None)
     if total_steps is not None:
         sweep = sweep.replace(total_steps=total_steps)
+    _check_folder(out / sweep.name, "--out")
     run_dir, moved = bench.resolve_run_dir(out, sweep, task_list)  # one configuration per folder
     if moved:
         typer.echo(moved, err=True)
     typer.echo(f"kanlab compare: suite {sweep.name!r} -> {run_dir}", err=True)
-    summary, db = bench.run_sweep(
-        sweep, run_dir, tasks=task_list, executor=executor, workers=workers, progress=progress
-    )
+    with _run_folder_guard(run_dir):
+        summary, db = bench.run_sweep(
+            sweep, run_dir, tasks=task_list, executor=executor, workers=workers, progress=progress
+        )
     typer.echo(
         f"{summary.total} trials: {summary.skipped} already done, {summary.ok} ok, "
         f"{summary.diverged} diverged, {summary.failed} failed in {summary.wall_time:.1f} s",
@@ -156,6 +164,50 @@ def compare(
         )
         typer.secho(msg, err=True, fg=typer.colors.RED)
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _run_folder_guard(run_dir: Path) -> Iterator[None]:
+    """Around a run: SIGINT/SIGTERM stop the workers and exit 128 + the signal with the count of
+    trials saved (they stay: a rerun resumes); a run folder that is in use by another run or
+    cannot be created is one line."""
+    from kanlab.bench.lock import RunInUseError
+    from kanlab.bench.runner import Interrupted, stop_on_signals
+
+    try:
+        with stop_on_signals():
+            yield
+    except RunInUseError as err:
+        raise CLIError(f"{err}; wait for it or use --out") from None
+    except OSError as err:
+        if not err.filename or Path(err.filename) not in (run_dir, *run_dir.parents):
+            raise
+        raise CLIError(f"--out: cannot create {err.filename} ({err.strerror})") from None
+    except Interrupted as err:
+        typer.echo(_interrupted(err.summary), err=True)
+        raise typer.Exit(128 + err.signum) from None
+
+
+def _interrupted(summary: RunSummary | None) -> str:
+    if summary is None:
+        saved = "no trial saved in this run"
+    else:
+        new = summary.ok + summary.diverged + summary.failed
+        saved = f"{summary.skipped + new} of {summary.total} trials saved ({new} in this run)"
+    return f"interrupted: {saved}; rerun the same command to resume"
+
+
+def _check_folder(path: Path, option: str) -> None:
+    """A one-line error unless ``path`` is a folder, or can be made one (its nearest existing
+    ancestor is a folder this process may write in). Creates nothing."""
+    for p in (path, *path.parents):
+        if not (p.exists() or p.is_symlink()):
+            continue
+        if not p.is_dir():
+            raise CLIError(f"{option}: {p} is a file, not a folder")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise CLIError(f"{option}: cannot write in {p} (permission denied)")
+        return
 
 
 def _print_report(db: Path, run_dir: Path, out: Path | None = None) -> list[dict]:
@@ -190,6 +242,10 @@ def report(
     db = run_dir / "results.sqlite" if run_dir.is_dir() else run_dir
     if not db.exists():
         raise CLIError(f"no results store at {db} (run `kanlab compare --out ...` first)")
+    if out is not None:
+        _check_folder(out, "--out")
+    if csv is not None and csv.is_dir():
+        raise CLIError(f"--csv: {csv} is a folder, not a file")
     if csv is not None:
         with bench.ResultStore(db, create=False) as store:
             store.to_csv(csv)
@@ -330,4 +386,9 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, prog_name="kanlab")
     except (CLIError, StoreError, ValueError, FileNotFoundError) as err:
         typer.secho(f"Error: {err}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+    except OSError as err:  # a path that cannot be written (read-only, not a folder): one line
+        if not err.filename:
+            raise
+        typer.secho(f"Error: {err.strerror or err}: {err.filename}", err=True, fg=typer.colors.RED)
         sys.exit(2)

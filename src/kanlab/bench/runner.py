@@ -12,10 +12,18 @@ Executors (:func:`make_executor`):
 
 - ``"local"`` (default): a ``ProcessPoolExecutor`` with one worker per core, started with the
   ``spawn`` method (safe with torch's threads) and each worker limited to one torch thread, so workers
-  do not oversubscribe the cores.
+  do not oversubscribe the cores. Workers ignore SIGINT (Ctrl-C reaches the whole process group; the
+  parent decides) and exit within a second when the parent dies, even by ``kill -9``
+  (``PR_SET_PDEATHSIG`` on Linux, and a thread that watches the parent everywhere). Leaving the
+  executor's ``with`` block by an exception (an error, Ctrl-C) terminates the workers at once
+  instead of waiting for their trials.
 - ``"dask://HOST:PORT"``: an existing Dask cluster, via ``distributed.Client(addr).get_executor()``.
 - ``"dask-local"``: a Dask ``LocalCluster`` started here (``workers`` threads in this process).
 - ``"serial"``: in this process, one trial at a time (debugging).
+
+Interruption: inside :func:`stop_on_signals`, SIGINT and SIGTERM raise :class:`Interrupted` in the
+main thread; :func:`run_trials` re-raises any ``KeyboardInterrupt`` as :class:`Interrupted` carrying
+the partial :class:`RunSummary` (each trial already committed stays in the store).
 
 Every trial runs with one torch thread (workers, remote Dask workers, and this process while a
 serial or dask-local executor is open); parallelism comes from running trials side by side.
@@ -27,15 +35,20 @@ import contextlib
 import logging
 import math
 import os
+import signal
+import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
 from typing import Any
 
 from kanlab import __version__
+from kanlab.bench.lock import RunLock
 from kanlab.bench.store import FINISHED_STATUSES, ResultStore
 from kanlab.bench.sweep import Sweep, Trial, expand
 from kanlab.bench.tasks import Task, error_from_metric, load
@@ -43,12 +56,14 @@ from kanlab.models import build, count_flops, count_params
 
 __all__ = [
     "EXECUTORS",
+    "Interrupted",
     "RunSummary",
     "SerialExecutor",
     "make_executor",
     "run_sweep",
     "run_trial",
     "run_trials",
+    "stop_on_signals",
 ]
 
 EXECUTORS = ("local", "serial", "dask-local", "dask://HOST:PORT")
@@ -136,6 +151,83 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+def _init_local_worker(parent_pid: int) -> None:
+    """Initializer of a local pool's worker: ignore Ctrl-C, die with the parent, one torch thread."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # already ignored since spawn (_QuietSpawnProcess)
+    if sys.platform.startswith("linux"):
+        try:  # the kernel sends SIGTERM when the parent (the thread that spawned us) ends
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the death signal was set
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="kanlab-watch-parent",
+                     daemon=True).start()  # fmt: skip
+    _init_worker()
+
+
+def _watch_parent(parent_pid: int, interval: float = 0.5) -> None:
+    # The portable fallback: on POSIX an orphan is re-parented (its ppid changes); on Windows it is
+    # not, so the parent's process handle (multiprocessing's sentinel) tells instead.
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    while True:
+        time.sleep(interval)
+        if os.name == "posix":
+            gone = os.getppid() != parent_pid
+        else:  # pragma: no cover - Windows
+            gone = parent is not None and not parent.is_alive()
+        if gone:
+            os._exit(1)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    # Signal dispositions can only change in the main thread; elsewhere this does nothing.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+
+
+class _QuietSpawnProcess(SpawnProcess):
+    """A spawned process that ignores SIGINT from its first instruction: an ignored signal stays
+    ignored across exec and Python keeps it so, so a Ctrl-C while a worker still imports torch
+    prints no traceback (the initializer runs only after those imports)."""
+
+    def start(self) -> None:
+        with _sigint_ignored():
+            super().start()
+
+
+class _QuietSpawnContext(SpawnContext):
+    Process = _QuietSpawnProcess
+
+
+def _stop_workers(ex: ProcessPoolExecutor, timeout: float = 5.0) -> None:
+    """Cancel the pending trials and terminate the pool's workers now (SIGTERM, then SIGKILL after
+    ``timeout`` seconds), without waiting for the running trials."""
+    # Python 3.14's ex.terminate_workers() does the same; before it, the pool's own dict of them.
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    ex.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(1.0)
+
+
 @contextlib.contextmanager
 def _one_torch_thread() -> Iterator[None]:
     # Trials running in this process: one torch thread each (several intra-op threads per tiny
@@ -161,16 +253,16 @@ def make_executor(
     spec = spec or "local"
     n = workers or os.cpu_count() or 1
     if spec == "local":
-        import multiprocessing
-
         ex = ProcessPoolExecutor(
-            max_workers=n, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
+            max_workers=n, mp_context=_QuietSpawnContext(), initializer=_init_local_worker,
+            initargs=(os.getpid(),),
         )  # fmt: skip
         try:
             yield ex
-        finally:
-            ex.shutdown(wait=True, cancel_futures=True)
+        except BaseException:  # an error or an interruption: do not wait for the running trials
+            _stop_workers(ex)
+            raise
+        ex.shutdown(wait=True, cancel_futures=True)
     elif spec == "serial":
         with _one_torch_thread():
             yield SerialExecutor()
@@ -252,6 +344,40 @@ class RunSummary:
     wall_time: float  # seconds for this run
 
 
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT (Ctrl-C) or SIGTERM. ``signum``: the signal; ``summary``: the trials
+    committed by then (set by :func:`run_trials`; ``None`` if the run stopped outside it)."""
+
+    def __init__(self, signum: int, summary: RunSummary | None = None) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+        self.summary = summary
+
+
+@contextlib.contextmanager
+def stop_on_signals(signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Within: each of ``signums`` raises :class:`Interrupted` in the main thread (SIGTERM's default
+    would end the process at once, with no clean-up: workers left running, no message). Only the
+    first signal raises; later ones are ignored while the run cleans up (a few seconds at most).
+    The previous handlers are restored on exit. Outside the main thread this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if not fired:
+            fired.append(signum)
+            raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, signal.SIG_DFL if h is None else h)
+
+
 def _store_row(trial: Trial, result: dict[str, Any]) -> dict[str, Any]:
     # the trial's configs in full (the key's layout is the store's older format), with the result
     extra = {**(result.get("extra") or {}), "model_config": trial.model.to_dict(),
@@ -276,7 +402,8 @@ def run_trials(
 
     ``progress`` shows a tqdm bar over trials; ``on_result`` is called in this process after each
     result is committed. An exception raised by the executor itself (e.g. a worker process that
-    died) is recorded as a ``failed`` trial as well."""
+    died) is recorded as a ``failed`` trial as well. A ``KeyboardInterrupt`` comes out as
+    :class:`Interrupted` with the summary of the trials committed until then."""
     start = time.perf_counter()
     done = store.finished_keys(FINISHED_STATUSES)
     pending = [t for t in trials if t.key not in done]
@@ -287,6 +414,11 @@ def run_trials(
 
         bar = tqdm(total=len(trials), initial=len(trials) - len(pending), unit="trial",
                    desc="trials", dynamic_ncols=True)  # fmt: skip
+
+    def summary() -> RunSummary:
+        return RunSummary(total=len(trials), skipped=len(trials) - len(pending),
+                          wall_time=time.perf_counter() - start, **counts)  # fmt: skip
+
     completed = _completed(executor, pending, trial_fn)
     try:
         for trial, result in completed:
@@ -298,14 +430,13 @@ def run_trials(
                 bar.set_postfix(ok=counts["ok"], failed=counts["failed"],
                                 diverged=counts["diverged"], refresh=False)  # fmt: skip
                 bar.update(1)
+    except KeyboardInterrupt as err:  # Ctrl-C, or a signal under stop_on_signals
+        raise Interrupted(getattr(err, "signum", signal.SIGINT), summary()) from None
     finally:
         completed.close()  # cancels the futures not started yet
         if bar is not None:
             bar.close()
-    return RunSummary(
-        total=len(trials), skipped=len(trials) - len(pending), wall_time=time.perf_counter() - start,
-        **counts,
-    )  # fmt: skip
+    return summary()
 
 
 def run_sweep(
@@ -337,7 +468,7 @@ def run_sweep(
     fp = fingerprint(settings)
     run_dir.mkdir(parents=True, exist_ok=True)
     db = run_dir / "results.sqlite"
-    with ResultStore(db) as store:
+    with RunLock(run_dir), ResultStore(db) as store:  # RunInUseError if another run is in it
         found_fp, found = store.claim_settings(fp, settings)
         if found_fp != fp:
             raise SweepError(
