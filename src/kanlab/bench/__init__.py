@@ -8,9 +8,11 @@
 Modules: :mod:`~kanlab.bench.tasks` (what to learn), :mod:`~kanlab.bench.spec` (the sweep file),
 :mod:`~kanlab.bench.sweep` (trials: task, model config, fit config, seed; MLPs size matched),
 :mod:`~kanlab.bench.runner` (where to run), :mod:`~kanlab.bench.store` (SQLite results),
-:mod:`~kanlab.bench.report` (tables and plots), :mod:`~kanlab.bench.identity` (a run folder holds one
-sweep configuration: its fingerprint, ``resolve_run_dir``). ``kanlab compare`` drives them from the
-command line.
+:mod:`~kanlab.bench.report` (tables, seed statistics and the winner test, plots),
+:mod:`~kanlab.bench.identity` (a run folder holds one sweep configuration: its fingerprint,
+``resolve_run_dir``), :mod:`~kanlab.bench.prepare` (each family's input scaling, standardised
+targets, errors back in the data's units), :mod:`~kanlab.bench.lock` (one run per run folder).
+``kanlab compare`` drives them from the command line.
 """
 
 from __future__ import annotations
