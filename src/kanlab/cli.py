@@ -15,6 +15,7 @@ bad input: :func:`main` prints it as one line, without a traceback, and exits wi
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -117,6 +118,7 @@ def compare(
         sweep = sweep.replace(total_steps=total_steps)
     run_dir = out / sweep.name
     typer.echo(f"kanlab compare: suite {sweep.name!r} -> {run_dir}", err=True)
+    _log_to_stderr("kanlab.bench")  # e.g. "compiling CPU kernels (first run only)..." (cold cache)
     summary, db = bench.run_sweep(
         sweep, run_dir, tasks=task_list, executor=executor, workers=workers, progress=progress
     )
@@ -126,6 +128,19 @@ def compare(
         err=True,
     )
     _print_report(db, run_dir)
+
+
+class _EchoHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(self.format(record), err=True)
+
+
+def _log_to_stderr(name: str) -> None:
+    """The library's notes on logger ``name`` (INFO and up), one plain line each on stderr."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler())
+    logger.setLevel(logging.INFO)
 
 
 def _print_report(db: Path, run_dir: Path, out: Path | None = None) -> None:
