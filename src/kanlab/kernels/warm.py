@@ -15,9 +15,9 @@ one lock per process, so one process compiles one kernel at a time: to use sever
 different parts in different processes, which then load the others' from the JIT cache
 (:mod:`kanlab.bench.warm` does this for a sweep's worker processes).
 
-The kernels themselves are warmed (one thread); when this process runs them on torch's OpenMP team
-(several torch threads), the team's entry point for the dtype is compiled too (from the kernels
-already in memory). What compiles is seen through Numba's event API (``numba:compile``): loading
+What is warmed is what this process runs: with several torch threads, the OpenMP team's entry point
+for the dtype (it holds the three kernels: the first part compiles it, the others find it done),
+else the kernels themselves. What compiles is seen through Numba's event API (``numba:compile``): loading
 from the cache raises no event. This module imports Numba only when it warms something:
 :class:`WarmUp` and the messages are there without it. (It is not in the ``cpu`` package because
 an edit of any module there invalidates the compiled kernels, see :mod:`kanlab.kernels.cpu.tuning`.)
@@ -112,6 +112,14 @@ def _one_thread_call(part: str, dtype: torch.dtype) -> None:
         torch.set_num_threads(threads)
 
 
+def _calls(team: bool, compile: bool) -> Callable[[str, torch.dtype], None]:
+    """How to call a part: on the path this process runs (the team's entry point with several
+    torch threads, else the kernels); a probe of a process on the team calls the kernels (one
+    thread for that while): it refuses compilations, which the team's entry point would start
+    inside its own (and Numba reports as errors of that one)."""
+    return _one_thread_call if team and not compile else _call
+
+
 def warm_up(
     dtype: torch.dtype = torch.float32,
     parts: Sequence[str] | None = None,
@@ -142,28 +150,26 @@ def warm_up(
 
     from kanlab.kernels.cpu.threads import _uses_team
 
-    team = compile and _uses_team(torch.get_num_threads())
+    team = _uses_team(torch.get_num_threads())
+    call = _calls(team, compile)
     cold = []
     say = None if notify is None else (lambda: notify(COMPILING))
     with _LOCK:
         watch = _watch(refuse=not compile, on_first=say)
         with event.install_listener("numba:compile", watch):
             for part in parts:
-                if (dtype, part, False) in _READY:
+                key = (dtype, part, call is _call and team)  # on the team or not
+                if key in _READY:
                     continue
                 before = watch.count
                 try:
-                    _one_thread_call(part, dtype)
+                    call(part, dtype)
                 except _NotCached:
                     cold.append(part)
                     continue
                 if watch.count > before:
                     cold.append(part)
-                _READY.add((dtype, part, False))
-            for part in parts if team else ():
-                if (dtype, part, True) not in _READY:
-                    _call(part, dtype)  # the team's entry point (compiled once per dtype)
-                    _READY.add((dtype, part, True))
+                _READY.add(key)
     seconds = time.perf_counter() - start
     if watch.count and notify is not None:
         notify(compiled_message(seconds))
