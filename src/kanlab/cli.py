@@ -16,6 +16,7 @@ bad input: :func:`main` prints it as one line, without a traceback, and exits wi
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -148,6 +149,7 @@ def compare(
     if moved:
         typer.echo(moved, err=True)
     typer.echo(f"kanlab compare: suite {sweep.name!r} -> {run_dir}", err=True)
+    _log_to_stderr("kanlab.bench")  # e.g. "compiling CPU kernels (first run only)..." (cold cache)
     with _run_folder_guard(run_dir):
         summary, db = bench.run_sweep(
             sweep, run_dir, tasks=task_list, executor=executor, workers=workers, progress=progress
@@ -208,6 +210,19 @@ def _check_folder(path: Path, option: str) -> None:
         if not os.access(p, os.W_OK | os.X_OK):
             raise CLIError(f"{option}: cannot write in {p} (permission denied)")
         return
+
+
+class _EchoHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(self.format(record), err=True)
+
+
+def _log_to_stderr(name: str) -> None:
+    """The library's notes on logger ``name`` (INFO and up), one plain line each on stderr."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler())
+    logger.setLevel(logging.INFO)
 
 
 def _print_report(db: Path, run_dir: Path, out: Path | None = None) -> list[dict]:

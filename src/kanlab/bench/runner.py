@@ -52,6 +52,7 @@ from kanlab.bench.lock import RunLock
 from kanlab.bench.store import FINISHED_STATUSES, ResultStore
 from kanlab.bench.sweep import Sweep, Trial, expand
 from kanlab.bench.tasks import Task, error_from_metric, load
+from kanlab.bench.warm import warm_executor
 from kanlab.models import build, count_flops, count_params
 
 __all__ = [
@@ -120,6 +121,7 @@ def run_trial(trial: Trial) -> dict[str, Any]:
             "scaling": prepared.scaling,
             **{k: v for k, v in final.items() if k.endswith("_nrmse")},
         }
+        row["extra"]["compile_time"] = hist.compile_time  # kernels compiled/loaded: not per step
         if not math.isfinite(row["test_metric"]):
             row.update(status="diverged", error="non-finite test metric after training")
     except train.NonFiniteLossError as err:
@@ -407,6 +409,7 @@ def run_trials(
     start = time.perf_counter()
     done = store.finished_keys(FINISHED_STATUSES)
     pending = [t for t in trials if t.key not in done]
+    warm_executor(executor, pending)  # a cold JIT cache: the kernels compiled before the bar starts
     counts = {"ok": 0, "failed": 0, "diverged": 0}
     bar = None
     if progress:

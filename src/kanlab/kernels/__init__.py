@@ -20,6 +20,10 @@ registry and the choice):
 - ``triton``: CUDA float32/float64, the Triton kernels of :mod:`kanlab.kernels.gpu` (needs triton
   and a GPU).
 
+The Numba kernels compile on their first call when Numba's cache does not hold them (the first run
+after an install); :func:`warm_up` does that ahead of time, so that training can keep it out of its
+time per step and say that it is compiling (:mod:`kanlab.kernels.warm`).
+
 ``set_backend(name)`` forces a backend for all later calls (``None`` or ``"auto"`` restores automatic
 choice); automatic choice takes the available backend of highest priority that supports the input.
 A backend is available when its package is installed (decided without importing it, so
@@ -49,9 +53,11 @@ from kanlab.kernels.backends import (
     select_backend,
     set_backend,
 )
+from kanlab.kernels.warm import WarmUp, warm_up
 
 __all__ = [
     "Backend",
+    "WarmUp",
     "available_backends",
     "clear_gradient_memory",
     "edge_values",
@@ -60,6 +66,7 @@ __all__ = [
     "select_backend",
     "set_backend",
     "spline_product",
+    "warm_up",
 ]
 
 

@@ -21,6 +21,9 @@ class History:
     classification. ``reg``: the sparsity regulariser before multiplying by ``lamb`` at the start of
     the step (0.0 when ``lamb == 0``: not computed). ``grid_size``: the model's grid (None for an
     MLP). ``wall_time``: seconds since the start of ``fit`` (evaluation included).
+    ``compile_time``: seconds ``fit`` spent before its clock started compiling the CPU kernels or
+    loading them from Numba's cache (a cold cache: the first run; see
+    :func:`kanlab.kernels.warm_up`), in no ``wall_time`` and so not in the time per step.
     """
 
     kind: str = "regression"  # "regression" | "classification": which way is better for the metric
@@ -32,6 +35,7 @@ class History:
     reg: list[float] = field(default_factory=list)
     grid_size: list[int | None] = field(default_factory=list)
     wall_time: list[float] = field(default_factory=list)
+    compile_time: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of plain lists."""
@@ -69,7 +73,7 @@ class History:
 
     @property
     def time_per_step(self) -> float:
-        """Mean wall time per step (seconds), evaluation included."""
+        """Mean wall time per step (seconds), evaluation included, kernel compilation excluded."""
         if not self.step:
             return math.nan
         return self.wall_time[-1] / (self.step[-1] + 1)

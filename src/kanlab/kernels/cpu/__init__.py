@@ -86,6 +86,9 @@ JIT cache: compiled code is cached in this package's ``__pycache__`` when that d
 writable, or in ``NUMBA_CACHE_DIR`` when that is set; on a read-only install without
 ``NUMBA_CACHE_DIR`` the cache is off (nothing is written inside site-packages); an edit of any module
 of the package recompiles all of them (see :mod:`~kanlab.kernels.cpu.tuning`). Only float32 and
-float64 C-contiguous arrays are compiled (two specialisations per kernel); k and the grid kind are
-run-time arguments.
+float64 C-contiguous arrays are compiled (two specialisations per kernel, each compiled at its
+first call: a float32 run compiles no float64 code); k and the grid kind are run-time arguments.
+The OpenMP team's entry point is compiled per dtype at its first use (a process with one torch
+thread, like a sweep's worker, never compiles it). :func:`kanlab.kernels.warm_up` compiles ahead
+of time (the first run: ~30 s for float32 on two idle cores, split over processes by a sweep).
 """

@@ -417,6 +417,10 @@ def _grad_weight(
         return
     for q in range(0, slab, lanes):  # cleared once: each input's pass leaves it zeroed
         _st(u_table, q, zero, min(lanes, slab - q))
+    # The scratch table's one input, as a variable: a literal 0 typed the callees' argument as
+    # Literal[int](0), a second compiled copy of _accumulate and _accumulate_sorted next to the
+    # small grids' (int64) one (~2 s more of each cold compile).
+    table_row = np.int64(0)
     for i in range(i_lo, i_hi):
         for b0 in range(0, batch, block):
             b1 = min(batch, b0 + block)
@@ -452,7 +456,7 @@ def _grad_weight(
                 starts,
                 counts,
                 order,
-                0,
+                table_row,
                 u_table,
             )
         _scale_pass_rows(u_table, weight, scale, i, gsum, gs, gw)
@@ -522,9 +526,10 @@ def _grad_x(x, t0, h, knots, weight, scale, gy, k, uniform, b_lo, b_hi, gx):  # 
     order = np.empty(block, dtype=np.int32)  # the block's samples sorted by first row, when big
     no_table = np.empty((1, 1, 1), dtype=weight.dtype)  # _pair_products accumulates nothing here
     basis = (rows, vals, dvals, order)
+    first_input = np.int64(0)  # a variable: a literal 0 compiled another copy of _transpose
     for b0 in range(b_lo, b_hi, block):
         b1 = min(b_hi, b0 + block)
-        _transpose(x, b0, b1, 0, n_in, xb)
+        _transpose(x, b0, b1, first_input, n_in, xb)
         for i in range(n_in):
             _block_basis(
                 xb[i], t0, h, knots, i, b1 - b0, k, uniform, True, n_basis, rows, uu, vals, dvals

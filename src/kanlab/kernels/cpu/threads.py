@@ -148,13 +148,34 @@ def _run(p, dt):  # pragma: no cover - compiled
             _grad_x(x, t0, h, knots, w, sc, gy, k, uniform, lo, hi, gx)
 
 
-@cfunc(types.void(types.voidptr), cache=_CACHE)
-def _team_entry(data):  # pragma: no cover - compiled
-    p = carray(data, (_SLOTS,), np.int64)
-    if p[7] == 4:
-        _run(p, np.float32)
-    else:
-        _run(p, np.float64)
+def _team_entry32(data):  # pragma: no cover - compiled
+    _run(carray(data, (_SLOTS,), np.int64), np.float32)
+
+
+def _team_entry64(data):  # pragma: no cover - compiled
+    _run(carray(data, (_SLOTS,), np.int64), np.float64)
+
+
+# The team's entry points, one per dtype (by element size), each compiled (or loaded from the JIT
+# cache) on its first use: decorated at import, one entry for both dtypes compiled the three kernels
+# twice over in every process that imported this module (~75 s of a cold first run, on 2 cores),
+# also in processes that never run on the team (one torch thread: the sweep's workers) or never
+# in float64.
+_TEAM_ENTRIES = {4: _team_entry32, 8: _team_entry64}
+_TEAM_COMPILED: dict[int, object] = {}
+_TEAM_LOCK = threading.Lock()
+
+
+def _team_entry(itemsize: int) -> int:
+    """The address of the team's entry point for arrays of ``itemsize`` bytes per element."""
+    entry = _TEAM_COMPILED.get(itemsize)
+    if entry is None:
+        with _TEAM_LOCK:
+            entry = _TEAM_COMPILED.get(itemsize)
+            if entry is None:
+                entry = cfunc(types.void(types.voidptr), cache=_CACHE)(_TEAM_ENTRIES[itemsize])
+                _TEAM_COMPILED[itemsize] = entry
+    return entry.address
 
 
 def _find_gomp():  # -> ctypes function GOMP_parallel of torch's OpenMP runtime, or None
@@ -199,13 +220,19 @@ def _team(kernel, args: tuple, n: int, n_threads: int) -> None:
     p = array.array("q", slots)  # int64; a torch or numpy array from a list cost 2-8 us
     address = p.buffer_info()[0]
     p[5] = address  # of the atomic counter p[0]
-    _GOMP(_team_entry.address, address, n_threads, 0)
+    _GOMP(_team_entry(out.element_size()), address, n_threads, 0)
+
+
+def _uses_team(n_threads: int) -> bool:
+    """Whether :func:`_dispatch` runs the kernels on torch's OpenMP team (else on the kernels
+    themselves: serially, or in the thread pool)."""
+    return n_threads > 1 and _GOMP is not None and os.getpid() == _GOMP_PID
 
 
 def _dispatch(kernel, args: tuple, n: int, n_threads: int) -> None:
     """``kernel(*args, 0, n, out)`` in shares of range(n); tensors in ``args`` are the kernel's
     arrays (the last one is the output)."""
-    if n_threads > 1 and _GOMP is not None and os.getpid() == _GOMP_PID:
+    if _uses_team(n_threads):
         _team(kernel, args, n, n_threads)
         return
     *inputs, out = (a.numpy() if isinstance(a, Tensor) else a for a in args)
