@@ -309,3 +309,14 @@ def test_two_processes_claim_a_new_store_once(tmp_path):
     assert len(winners) == 1 and winners <= {"one", "two"}
     with ResultStore(path, create=False) as store:
         assert store.settings() == (next(iter(winners)), {"who": next(iter(winners))})
+
+
+def test_differences_name_tasks_left_out_or_added():
+    from kanlab.bench.identity import differences
+
+    two = {"tasks": [{"name": "paper/xy"}, {"name": "paper/bessel_j0"}], "seeds": 3}
+    one = {"tasks": [{"name": "paper/xy"}], "seeds": 3}
+    assert differences(two, one) == "tasks paper/bessel_j0 left out"
+    assert differences(one, two) == "tasks paper/bessel_j0 added"
+    other = {"tasks": [{"name": "feynman/I.6.2"}], "seeds": 3}
+    assert differences(one, other) == "tasks paper/xy -> feynman/I.6.2"

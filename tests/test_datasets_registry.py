@@ -108,7 +108,7 @@ def test_bench_task_lookup_is_the_registry_lookup() -> None:
             f"unknown task {bad!r}; did you mean {', '.join(ds_err.value.close)}?"
         )
         assert "`kanlab tasks` lists them all" in msg
-    with pytest.raises(ValueError, match=r"^unknown task 'nonsense' Valid tasks are 125 names"):
+    with pytest.raises(ValueError, match=r"^unknown task 'nonsense'\. Valid tasks are 125 names"):
         get_task("nonsense")
     with pytest.raises(TypeError, match="task name must be a str"):
         get_task(None)  # type: ignore[arg-type]

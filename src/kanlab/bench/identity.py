@@ -104,8 +104,12 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any], *, limit: int = 
     after = {t["name"]: t for t in new.get("tasks", [])}
     gone = [n for n in before if n not in after]
     added = [n for n in after if n not in before]
-    if gone or added:
-        items.append(f"tasks {', '.join(gone) or '-'} -> {', '.join(added) or '-'}")
+    if gone and added:
+        items.append(f"tasks {', '.join(gone)} -> {', '.join(added)}")
+    elif gone:
+        items.append(f"tasks {', '.join(gone)} left out")
+    elif added:
+        items.append(f"tasks {', '.join(added)} added")
     for name in (n for n in after if n in before):
         a, b = _flat(before[name]), _flat(after[name])
         items += [f"{name}: {k} {_show(a.get(k))} -> {_show(b.get(k))}"

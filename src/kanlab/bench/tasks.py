@@ -108,7 +108,7 @@ def get_task(name: str, *, kind: str | None = None) -> Task:
     except datasets.UnknownDatasetError as e:
         names = task_names()
         prefixes = sorted({n.split("/", 1)[0] + "/" for n in names})
-        hint = f"; did you mean {', '.join(e.close)}?" if e.close else ""
+        hint = f"; did you mean {', '.join(e.close)}?" if e.close else "."
         if e.excluded:
             hint = f"; it is excluded: {e.excluded}."
         raise ValueError(
