@@ -54,3 +54,16 @@ def test_fit_refuses_a_coarsening_schedule_before_training(grid, schedule, where
     with pytest.raises(ValueError, match=rf"grid_schedule\[\d\]=\d+ is below {where}"):
         kl.fit(model, ds, steps=1, grid_schedule=schedule, progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_sklearn_estimator_with_a_schedule_starts_at_its_first_grid() -> None:
+    # grid_size defaults to 5: with grid_schedule (3, 5) the model used to be built at 5 and
+    # silently coarsened to 3 by the first stage; it now starts at the schedule's first grid
+    import numpy as np
+
+    from kanlab.sklearn import KANRegressor
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (60, 2))
+    est = KANRegressor(hidden=(2,), steps=2, grid_schedule=(3, 5)).fit(x, x[:, 0] * x[:, 1])
+    assert est.history_.grid_size[0] == 3 and est.model_.grid_size == 5

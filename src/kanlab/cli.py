@@ -310,7 +310,10 @@ def train(
         str | None,
         typer.Option(help="Hidden widths, e.g. '5' or '16,16' (inputs/outputs from data)."),
     ] = None,
-    grid_size: Annotated[int, typer.Option(min=1, help="KAN grid intervals G.")] = 5,
+    grid_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="KAN grid intervals G (default 5, or the schedule's first)."),
+    ] = None,
     grid_schedule: Annotated[
         str | None, typer.Option(help="Grid extension staircase, e.g. '3,5,10,20'.")
     ] = None,
@@ -352,9 +355,13 @@ def train(
     if model not in ("kan", "mlp"):
         raise CLIError(f"unknown model {model!r}; valid: kan, mlp")
     hidden = _ints("widths", widths) or ([5] if model == "kan" else [32, 32])
+    schedule = _ints("grid-schedule", grid_schedule)
+    # the model starts at the schedule's first grid unless --grid-size says otherwise (a larger
+    # --grid-size than the schedule's first is refused by fit: that would coarsen the grid)
+    first_grid = grid_size if grid_size is not None else (schedule[0] if schedule else 5)
     fit_config = FitConfig(
         optimizer=optimizer, steps=steps, lr=lr, batch_size=batch_size, lamb=lamb,
-        grid_schedule=_ints("grid-schedule", grid_schedule), seed=seed, progress=progress,
+        grid_schedule=schedule, seed=seed, progress=progress,
     )  # fmt: skip
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -367,7 +374,7 @@ def train(
         data = datasets.get(task, n_train=n_train, seed=seed, dtype=dtypes[dtype])
     full = (data.n_features, *hidden, data.n_outputs)
     model_config = (
-        KANConfig(widths=full, grid_size=grid_size, seed=seed, dtype=dtype)
+        KANConfig(widths=full, grid_size=first_grid, seed=seed, dtype=dtype)
         if model == "kan"
         else MLPConfig(widths=full, seed=seed, dtype=dtype)
     )

@@ -116,7 +116,9 @@ class _KANEstimator(BaseEstimator):
     def _model_config(self, n_in: int, hidden: list[int], n_out: int, seed: int) -> KANConfig:
         """The KAN this estimator's parameters describe."""
         self._torch_dtype()  # float32 or float64 only
-        return KANConfig(widths=(n_in, *hidden, n_out), grid_size=self.grid_size,
+        # with a grid schedule the model starts at its first grid (grid_size is not used)
+        grid = self.grid_schedule[0] if self.grid_schedule else self.grid_size
+        return KANConfig(widths=(n_in, *hidden, n_out), grid_size=grid,
                          spline_order=self.spline_order, seed=seed, dtype=self.dtype)  # fmt: skip
 
     def _fit_config(self, seed: int) -> FitConfig:
