@@ -4,7 +4,9 @@ The model-batch counterpart of :mod:`kanlab.kernels.reference`, for :mod:`kanlab
 every tensor carries a leading model dimension ``M`` and model ``m`` only ever sees its own knots
 and coefficients. Correctness first: the dense Cox-de Boor basis ``(M, batch, in, G+k)`` is built
 (cost grows with G, like efficient-kan) and contracted with the coefficients by one ``bmm``.
-Autograd differentiates through both (x, knots-independent coefficients and scales).
+The knots are constants here (the grid methods move them): autograd differentiates with respect to
+x, the coefficients and the scales. The ratios of knot differences are inverted once per call, on
+the small knot tensors, so the recursion over the large tensors is products and differences only.
 
 Shapes: ``M`` models, ``in`` inputs, ``out`` outputs, spline order ``k``, ``G`` grid intervals
 (one G for all M models), ``n = G + 2k + 1`` knots per input.
@@ -18,10 +20,13 @@ from torch import Tensor
 __all__ = ["batched_basis", "batched_spline_product"]
 
 
-def _safe_ratio(num: Tensor, den: Tensor) -> Tensor:
-    """num / den with 0 where den == 0 (repeated knots), with a finite gradient everywhere."""
+def _safe_inverse(den: Tensor) -> Tensor:
+    """1 / den with 0 where den == 0 (repeated knots: the Cox-de Boor convention 0/0 = 0).
+
+    Applied to knot differences only (small tensors, no gradient), so the recursion over the
+    large ``(M, batch, in, ...)`` tensors is products and differences, with no ``where``."""
     ok = den > 0
-    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
+    return torch.where(ok, 1.0 / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den))
 
 
 def batched_basis(x: Tensor, knots: Tensor, spline_order: int) -> Tensor:
@@ -46,8 +51,10 @@ def batched_basis(x: Tensor, knots: Tensor, spline_order: int) -> Tensor:
     xe = x.unsqueeze(-1)  # (M, batch, in, 1)
     basis = ((xe >= t[..., :-1]) & (xe < t[..., 1:])).to(x.dtype)  # (M, batch, in, n-1)
     for p in range(1, spline_order + 1):
-        left = _safe_ratio(xe - t[..., : -(p + 1)], t[..., p:-1] - t[..., : -(p + 1)])
-        right = _safe_ratio(t[..., p + 1 :] - xe, t[..., p + 1 :] - t[..., 1:-p])
+        inv_left = _safe_inverse(t[..., p:-1] - t[..., : -(p + 1)])  # (M, 1, in, n-1-p)
+        inv_right = _safe_inverse(t[..., p + 1 :] - t[..., 1:-p])
+        left = (xe - t[..., : -(p + 1)]) * inv_left  # (M, batch, in, n-1-p)
+        right = (t[..., p + 1 :] - xe) * inv_right
         basis = left * basis[..., :-1] + right * basis[..., 1:]  # (M, batch, in, n-1-p)
     return basis  # (M, batch, in, G+k)
 
