@@ -5,6 +5,12 @@ Oracle everywhere: the individual kanlab models (their own fast kernels, their o
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch.func import functional_call
@@ -255,3 +261,21 @@ def test_mlp_batch_refusals():
         MLPBatch.stack([kl.build(MLP_CFG), kl.build(MLP_CFG.replace(widths=[2, 4, 3]))])
     with pytest.raises(TypeError, match="needs an MLPConfig"):
         MLPBatch.from_config(KAN_CFG, seeds=[0])
+
+
+# ---------------------------------------------------------------------- benchmark script
+@pytest.mark.slow  # a subprocess importing torch and kanlab: ~4 s on a loaded 2-core VM
+def test_benchmark_script_writes_a_row_per_family_and_size(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "speed.json"
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    cmd = [sys.executable, str(root / "benchmarks" / "model_batch_speed.py"), "--models", "1", "2",
+           "--points", "40", "--repeats", "1", "--inner", "1", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["n_models"]) for r in rows] == [
+        (name, m) for name in ("KAN uniform", "KAN adapted", "MLP") for m in (1, 2)
+    ]
+    assert all(r["loop_ms_per_model"] > 0 and r["batch_ms_per_model"] > 0 for r in rows)
+    assert "loop/batch" in proc.stdout
