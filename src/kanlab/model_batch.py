@@ -1,0 +1,388 @@
+"""Model batches: M models of one family and shape held as one module (issue 19, first part).
+
+:class:`KANBatch` holds M KANs with the same widths, spline order and base activations; every
+parameter and buffer carries a leading model dimension ``M`` and each model keeps its own knots,
+so adapted grids (after ``update_grid`` with different data) work. :class:`MLPBatch` holds M MLPs
+with the same widths and activation. Both share one API:
+
+- ``Batch.stack(models)`` copies every parameter and buffer of existing models (the models are not
+  changed and share no storage with the batch);
+- ``Batch.from_config(config, seeds=[...])``: model m equals ``kanlab.build(config.replace(seed=s))``;
+- ``batch(x)``: x ``(batch, in)`` shared by all models, or ``(M, batch, in)`` one per model ->
+  ``(M, batch, out)``; row m equals ``models[m](x)`` (float64: to ~1e-15). Side-effect free;
+- ``batch.unstack()``: M independent models holding exactly the batch's values.
+
+Limits of this first version (refused with an error naming the problem): one grid size G for all M
+KANs and all their layers (no padding or grouping of mixed grid sizes yet); no symbolic edges. The
+KAN forward is the batched *reference* evaluation (dense Cox-de Boor basis per model, then one
+``bmm``, :mod:`kanlab.kernels.batched_reference`): correct and differentiable, not yet the sparse
+Numba/Triton kernels with a native model dimension. ``update_grid`` / ``extend_grid`` unstack, call
+each KAN's own method and copy the results back in place (parameters keep their identity when
+their shape does not change).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from kanlab._checks import check_input, check_int
+from kanlab.config import KANConfig, MLPConfig
+from kanlab.kernels.batched_reference import batched_spline_product
+from kanlab.layers import ACTIVATIONS, KANLinear
+from kanlab.models import KAN, MLP, kan_layers
+
+__all__ = ["KANBatch", "KANBatchLayer", "MLPBatch"]
+
+_KAN_PARAMS = ("coef", "scale_base", "scale_spline")  # KANLinear's parameters
+_KAN_BUFFERS = ("knots", "mask", "grid_uniform")  # ... and its buffers (symbolic edges: refused)
+
+
+def _check_seeds(seeds: object) -> list[int]:
+    if isinstance(seeds, str | bytes) or not isinstance(seeds, Sequence) or not seeds:
+        raise ValueError(f"seeds must be a non-empty sequence of ints, got {seeds!r}")
+    return [check_int("seed", s, minimum=0) for s in seeds]
+
+
+def _check_models(models: object, cls: type) -> list:
+    if isinstance(models, nn.Module) or not isinstance(models, Sequence) or not models:
+        raise ValueError(f"models must be a non-empty sequence of {cls.__name__}, got {models!r}")
+    for m, model in enumerate(models):
+        if not isinstance(model, cls):
+            raise TypeError(f"models[{m}] must be a {cls.__name__}, got {type(model).__name__}")
+    return list(models)
+
+
+def _same(name: str, values: Sequence[object]) -> None:
+    """Refuse models that differ in ``name`` (the first value that differs is named)."""
+    for m, v in enumerate(values):
+        if v != values[0]:
+            raise ValueError(
+                f"all models of a batch must have the same {name}: model 0 has {values[0]!r}, "
+                f"model {m} has {v!r}"
+            )
+
+
+def _batch_input(x: object, n_models: int, n_in: int, dtype: torch.dtype) -> Tensor:
+    """x ``(batch, in)`` (shared) or ``(M, batch, in)`` -> ``(M, batch, in)`` (a view if shared)."""
+    x = check_input(x, n_in, dtype=dtype)
+    if x.dim() == 2:
+        return x.unsqueeze(0).expand(n_models, *x.shape)
+    if x.dim() == 3 and x.shape[0] == n_models:
+        return x
+    raise ValueError(
+        f"x must have shape (batch, {n_in}) or ({n_models}, batch, {n_in}) for a batch of "
+        f"{n_models} models, got {tuple(x.shape)}"
+    )
+
+
+def _per_model(x: Tensor | None, n_models: int, n_in: int, dtype: torch.dtype) -> list:
+    """Grid data for each model: None, the shared ``(batch, in)`` x, or row m of ``(M, batch, in)``."""
+    if x is None:
+        return [None] * n_models
+    xb = _batch_input(x, n_models, n_in, dtype)
+    return [xb[m] for m in range(n_models)]
+
+
+def _copy_into(module: nn.Module, name: str, value: Tensor, *, parameter: bool) -> None:
+    """Set ``module.name`` to ``value`` in place when the shape is unchanged (parameters keep their
+    identity, so optimisers holding them stay valid), else install a fresh tensor."""
+    old = getattr(module, name)
+    if old.shape == value.shape:
+        with torch.no_grad():
+            old.copy_(value)
+    elif parameter:
+        setattr(module, name, nn.Parameter(value.contiguous(), requires_grad=old.requires_grad))
+    else:
+        setattr(module, name, value.contiguous())
+
+
+# ---------------------------------------------------------------------- KANs
+class KANBatchLayer(nn.Module):
+    """M :class:`KANLinear` layers of one shape as one layer ``(M, batch, in) -> (M, batch, out)``.
+
+    Parameters (shapes): ``coef`` (M, in, G+k, out), ``scale_base`` (M, in, out),
+    ``scale_spline`` (M, in, out). Buffers: ``knots`` (M, in, G+2k+1) (each model its own),
+    ``mask`` (M, in, out), ``grid_uniform`` (M,) bool. Slice m of each is layer m's tensor.
+    """
+
+    def __init__(self, layers: Sequence[KANLinear]) -> None:
+        super().__init__()
+        first = layers[0]
+        for name in ("in_features", "out_features", "spline_order", "base_activation"):
+            _same(f"layer {name}", [getattr(la, name) for la in layers])
+        _same("grid size (one G for all models and layers in this version)",
+              [la.grid_size for la in layers])  # fmt: skip
+        _same("dtype", [la.coef.dtype for la in layers])
+        _same("device", [la.coef.device for la in layers])
+        for m, la in enumerate(layers):
+            if la.symbolic is not None and la.symbolic.has_edges:
+                raise ValueError(
+                    f"model {m} has symbolic edges: a model batch does not support them yet"
+                )
+        self.in_features = first.in_features
+        self.out_features = first.out_features
+        self.spline_order = first.spline_order
+        self.base_activation = first.base_activation
+        for name in _KAN_PARAMS:
+            grads = [getattr(la, name).requires_grad for la in layers]
+            _same(f"requires_grad of {name}", grads)
+            stacked = torch.stack([getattr(la, name).detach() for la in layers])  # a copy
+            setattr(self, name, nn.Parameter(stacked, requires_grad=grads[0]))
+        for name in _KAN_BUFFERS:
+            self.register_buffer(name, torch.stack([getattr(la, name) for la in layers]))
+
+    @property
+    def n_models(self) -> int:
+        return self.coef.shape[0]
+
+    @property
+    def grid_size(self) -> int:
+        """G, shared by the M models."""
+        return self.knots.shape[-1] - 2 * self.spline_order - 1
+
+    def extra_repr(self) -> str:
+        return (
+            f"n_models={self.n_models}, in_features={self.in_features}, "
+            f"out_features={self.out_features}, grid_size={self.grid_size}, "
+            f"spline_order={self.spline_order}, base_activation={self.base_activation!r}"
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(M, batch, in) -> (M, batch, out)``; writes nothing."""
+        scale_spline = self.scale_spline * self.mask  # (M, in, out)
+        weight = self.coef * scale_spline.unsqueeze(2)  # (M, in, G+k, out)
+        y = batched_spline_product(x, self.knots, weight, self.spline_order)  # (M, batch, out)
+        if self.base_activation != "zero":  # y + act(x) @ (scale_base * mask), per model
+            y = torch.baddbmm(y, ACTIVATIONS[self.base_activation](x), self.scale_base * self.mask)
+        return y
+
+    def state_of(self, m: int) -> dict[str, Tensor]:
+        """Model m's layer state as a :class:`KANLinear` state dict (copies)."""
+        names = (*_KAN_PARAMS, *_KAN_BUFFERS)
+        return {name: getattr(self, name)[m].detach().clone() for name in names}
+
+    def load_layers(self, layers: Sequence[KANLinear]) -> None:
+        """Copy M layers' tensors into this batch layer (in place where the shapes are unchanged)."""
+        fresh = KANBatchLayer(layers)  # the same checks as stack
+        if fresh.n_models != self.n_models:
+            raise ValueError(f"expected {self.n_models} layers, got {fresh.n_models}")
+        for name in _KAN_PARAMS:
+            _copy_into(self, name, getattr(fresh, name), parameter=True)
+        for name in _KAN_BUFFERS:
+            _copy_into(self, name, getattr(fresh, name), parameter=False)
+
+
+class KANBatch(nn.Module):
+    """M KANs of one shape as one module: ``(batch, in)`` or ``(M, batch, in)`` -> ``(M, batch, out)``.
+
+    Build it with :meth:`stack` or :meth:`from_config` (see the module docstring for limits).
+    ``layers`` holds one :class:`KANBatchLayer` per KAN layer.
+    """
+
+    def __init__(self, models: Sequence[KAN]) -> None:
+        super().__init__()
+        models = _check_models(models, KAN)
+        stacks = [kan_layers(model) for model in models]
+        _same("widths", [list(model.widths) for model in models])
+        self._configs = tuple(model.config for model in models)  # per model: seed, grid_range ...
+        self.layers = nn.ModuleList(
+            KANBatchLayer([layers[i] for layers in stacks]) for i in range(len(stacks[0]))
+        )
+
+    @classmethod
+    def stack(cls, models: Sequence[KAN]) -> KANBatch:
+        """A batch holding copies of every parameter and buffer of ``models`` (unchanged)."""
+        return cls(models)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: KANConfig,
+        *,
+        seeds: Sequence[int],
+        device: torch.device | str | None = None,
+    ) -> KANBatch:
+        """M fresh KANs: model m is ``kanlab.build(config.replace(seed=seeds[m]))``."""
+        if not isinstance(config, KANConfig):
+            raise TypeError(f"KANBatch.from_config needs a KANConfig, got {type(config).__name__}")
+        seeds = _check_seeds(seeds)
+        return cls([KAN.from_config(config.replace(seed=s), device=device) for s in seeds])
+
+    @property
+    def n_models(self) -> int:
+        return len(self._configs)
+
+    @property
+    def widths(self) -> list[int]:
+        return [self.layers[0].in_features, *(layer.out_features for layer in self.layers)]
+
+    @property
+    def grid_size(self) -> int:
+        return self.layers[0].grid_size
+
+    @property
+    def spline_order(self) -> int:
+        return self.layers[0].spline_order
+
+    @property
+    def configs(self) -> tuple[KANConfig, ...]:
+        """Each model's :class:`KANConfig` as it is now (its seed and initial options, the grid
+        size of the batch)."""
+        return tuple(cfg.replace(grid_size=self.grid_size) for cfg in self._configs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x ``(batch, in)`` (shared) or ``(M, batch, in)`` -> ``(M, batch, out)``."""
+        x = _batch_input(x, self.n_models, self.widths[0], self.layers[0].coef.dtype)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def unstack(self) -> list[KAN]:
+        """M independent KANs holding exactly the batch's values (copies)."""
+        device = self.layers[0].coef.device
+        models = []
+        for m, cfg in enumerate(self.configs):
+            model = KAN.from_config(cfg, device=device)
+            state = {
+                f"layers.{i}.{name}": value
+                for i, layer in enumerate(self.layers)
+                for name, value in layer.state_of(m).items()
+            }
+            model.load_state_dict(state)
+            for i, layer in enumerate(self.layers):
+                for name in _KAN_PARAMS:
+                    getattr(model.layers[i], name).requires_grad_(
+                        getattr(layer, name).requires_grad
+                    )
+            model.train(self.training)
+            models.append(model)
+        return models
+
+    def _restack(self, models: Sequence[KAN]) -> None:
+        for i, layer in enumerate(self.layers):
+            layer.load_layers([model.layers[i] for model in models])
+
+    @torch.no_grad()
+    def update_grid(self, x: Tensor, *, grid_eps: float = 0.02) -> None:
+        """``KAN.update_grid`` on every model: x ``(batch, in)`` shared or ``(M, batch, in)``."""
+        xs = _per_model(x, self.n_models, self.widths[0], self.layers[0].coef.dtype)
+        models = self.unstack()
+        for model, xm in zip(models, xs, strict=True):
+            model.update_grid(xm, grid_eps=grid_eps)
+        self._restack(models)
+
+    @torch.no_grad()
+    def extend_grid(
+        self,
+        new_size: int,
+        x: Tensor | None = None,
+        *,
+        grid_eps: float = 0.02,
+        allow_coarsen: bool = False,
+    ) -> None:
+        """``KAN.extend_grid`` on every model (x: None, ``(batch, in)`` shared or ``(M, batch, in)``);
+        the coefficients get new Parameters (their shape changes)."""
+        xs = _per_model(x, self.n_models, self.widths[0], self.layers[0].coef.dtype)
+        models = self.unstack()
+        for model, xm in zip(models, xs, strict=True):
+            model.extend_grid(new_size, xm, grid_eps=grid_eps, allow_coarsen=allow_coarsen)
+        self._restack(models)
+
+
+# ---------------------------------------------------------------------- MLPs
+class _LinearBatch(nn.Module):
+    """M ``nn.Linear`` of one shape: ``weight`` (M, out, in), ``bias`` (M, out)."""
+
+    def __init__(self, layers: Sequence[nn.Linear]) -> None:
+        super().__init__()
+        for name in ("weight", "bias"):
+            grads = [getattr(lin, name).requires_grad for lin in layers]
+            _same(f"requires_grad of {name}", grads)
+            stacked = torch.stack([getattr(lin, name).detach() for lin in layers])  # a copy
+            setattr(self, name, nn.Parameter(stacked, requires_grad=grads[0]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(M, batch, in) -> (M, batch, out)``: ``bias + x @ weight^T`` per model."""
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+
+
+class MLPBatch(nn.Module):
+    """M MLPs of the same widths and activation as one module: ``(batch, in)`` or
+    ``(M, batch, in)`` -> ``(M, batch, out)``. ``layers`` holds one ``_LinearBatch`` per layer."""
+
+    def __init__(self, models: Sequence[MLP]) -> None:
+        super().__init__()
+        models = _check_models(models, MLP)
+        _same("widths", [list(model.widths) for model in models])
+        _same("activation", [model.activation for model in models])
+        _same("dtype", [model.layers[0].weight.dtype for model in models])
+        _same("device", [model.layers[0].weight.device for model in models])
+        self._configs = tuple(model.config for model in models)
+        self.activation = models[0].activation
+        self.layers = nn.ModuleList(
+            _LinearBatch([model.layers[i] for model in models])
+            for i in range(len(models[0].layers))
+        )
+
+    @classmethod
+    def stack(cls, models: Sequence[MLP]) -> MLPBatch:
+        """A batch holding copies of every parameter of ``models`` (unchanged)."""
+        return cls(models)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: MLPConfig,
+        *,
+        seeds: Sequence[int],
+        device: torch.device | str | None = None,
+    ) -> MLPBatch:
+        """M fresh MLPs: model m is ``kanlab.build(config.replace(seed=seeds[m]))``."""
+        if not isinstance(config, MLPConfig):
+            raise TypeError(f"MLPBatch.from_config needs an MLPConfig, got {type(config).__name__}")
+        seeds = _check_seeds(seeds)
+        return cls([MLP.from_config(config.replace(seed=s), device=device) for s in seeds])
+
+    @property
+    def n_models(self) -> int:
+        return len(self._configs)
+
+    @property
+    def widths(self) -> list[int]:
+        return list(self._configs[0].widths)
+
+    @property
+    def configs(self) -> tuple[MLPConfig, ...]:
+        return self._configs
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x ``(batch, in)`` (shared) or ``(M, batch, in)`` -> ``(M, batch, out)``."""
+        x = _batch_input(x, self.n_models, self.widths[0], self.layers[0].weight.dtype)
+        act = ACTIVATIONS[self.activation]
+        for i, lin in enumerate(self.layers):
+            x = lin(x)
+            if i < len(self.layers) - 1:
+                x = act(x)
+        return x
+
+    def unstack(self) -> list[MLP]:
+        """M independent MLPs holding exactly the batch's values (copies)."""
+        device = self.layers[0].weight.device
+        models = []
+        for m, cfg in enumerate(self._configs):
+            model = MLP.from_config(cfg, device=device)
+            state = {
+                f"layers.{i}.{name}": getattr(lin, name)[m].detach().clone()
+                for i, lin in enumerate(self.layers)
+                for name in ("weight", "bias")
+            }
+            model.load_state_dict(state)
+            for i, lin in enumerate(self.layers):
+                for name in ("weight", "bias"):
+                    getattr(model.layers[i], name).requires_grad_(getattr(lin, name).requires_grad)
+            model.train(self.training)
+            models.append(model)
+        return models
