@@ -29,6 +29,7 @@ Differences from torch, all on purpose:
   parameters' dtype. In float64 the arithmetic is torch's, operation for operation, except that dot
   products and norms are row reductions of a matrix (summation order may differ in the last bits);
 * only ``line_search_fn="strong_wolfe"`` is offered (kanlab's setting).
+* ``history_size`` defaults to 10 (kanlab's setting; torch's default is 100).
 
 How it plugs into ``fit``: the model batch's parameters (leading dimension M) go in; the closure
 computes the (M,) per-model objectives, calls ``losses.sum().backward()`` and returns them. For M = 1
@@ -44,7 +45,9 @@ from torch import Tensor
 
 __all__ = ["BatchedLBFGS", "batched_adam", "step_frozen"]
 
-_C1, _C2 = 1e-4, 0.9  # torch's strong-Wolfe constants
+# torch's strong-Wolfe constants; torch's LBFGS calls its line search without passing its own
+# ``tolerance_change``, so the zoom's bracket-width test always uses 1e-9
+_C1, _C2, _LS_TOL = 1e-4, 0.9, 1e-9
 _BR, _ZOOM, _IDLE = 0, 1, 2  # line-search phase per model
 
 
@@ -312,7 +315,7 @@ class BatchedLBFGS:
         def zoom_trial(mask: Tensor) -> Tensor:
             """The zoom loop's head for ``mask``: the models that still need a trial point get one."""
             b0, b1 = bt[:, 0], bt[:, 1]
-            small = mask & ((b1 - b0).abs() * d_norm < tol_c)
+            small = mask & ((b1 - b0).abs() * d_norm < _LS_TOL)
             need = mask & ~small
             t = _cubic(b0, bf[:, 0], bgtd[:, 0], b1, bf[:, 1], bgtd[:, 1])
             bmax, bmin = torch.maximum(b0, b1), torch.minimum(b0, b1)
