@@ -107,6 +107,11 @@ def _cubic(x1, f1, g1, x2, f2, g2, lo=None, hi=None) -> Tensor:
     )
 
 
+def _set(dst: Tensor, mask: Tensor, src: Tensor | float) -> None:
+    """``dst[m] = src[m]`` for the models in ``mask`` (one ``where``: cheaper than masked indexing)."""
+    dst.copy_(torch.where(mask.view(-1, *([1] * (dst.dim() - 1))), src, dst))
+
+
 def _put(dst: Tensor, mask: Tensor, col: Tensor, val: Tensor) -> None:
     """``dst[m, col[m]] = val[m]`` for the models in ``mask``."""
     rows = mask.nonzero().flatten()
@@ -252,12 +257,14 @@ class BatchedLBFGS:
             nonlocal g0, g_prev
             if not mask.any():
                 return
-            n_iter[mask] += 1
-            self.n_iter[mask] += 1
+            n_iter.add_(mask.long())
+            self.n_iter.add_(mask.long())
             first = mask & (self.n_iter == 1)
             later = mask & ~first
-            self.hist_len[first] = 0
-            self.H_diag[first] = 1.0
+            if first.any():
+                _set(self.hist_len, first, 0)
+                _set(self.H_diag, first, 1.0)
+                _set(self.ro, first, 0.0)  # empty slots have ro = 0: they drop out of the loops
             if later.any():  # update the memory
                 y = g - self.prev_flat_grad
                 s = self.d * self.t.to(g.dtype)[:, None]
@@ -274,43 +281,39 @@ class BatchedLBFGS:
                     self.old_dirs[r_, pos[r_]] = y[r_]
                     self.old_stps[r_, pos[r_]] = s[r_]
                     self.ro[r_, pos[r_]] = 1.0 / ys[r_]
-                    self.H_diag[upd] = ys[upd] / _dot(y, y)[upd]
-                    self.hist_len[upd & ~full] += 1
-            # two-loop recursion (newest pair first), masked by each model's history length
+                    _set(self.H_diag, upd, ys / _dot(y, y))
+                    self.hist_len.add_((upd & ~full).long())
+            # two-loop recursion (newest pair first) up to the longest history; a model's empty
+            # slots have ro = 0, so their coefficients are exactly 0 and leave q and r unchanged
+            n_hist = int(self.hist_len[mask].max())
             q = g.neg()
             al = torch.zeros(M, H, dtype=torch.float64, device=dev)
-            for i in range(H - 1, -1, -1):
-                valid = i < self.hist_len
-                if not valid.any():
-                    continue
-                a = torch.where(valid, _dot(self.old_stps[:, i], q) * self.ro[:, i], 0.0)
+            for i in range(n_hist - 1, -1, -1):
+                a = _dot(self.old_stps[:, i], q) * self.ro[:, i]
                 al[:, i] = a
                 q = q - a.to(q.dtype)[:, None] * self.old_dirs[:, i]
             r = q * self.H_diag.to(q.dtype)[:, None]
-            for i in range(H):
-                valid = i < self.hist_len
-                if not valid.any():
-                    break
+            for i in range(n_hist):
                 be = _dot(self.old_dirs[:, i], r) * self.ro[:, i]
-                coef = torch.where(valid, al[:, i] - be, 0.0)
-                r = r + coef.to(r.dtype)[:, None] * self.old_stps[:, i]
-            d_new = torch.where(first[:, None], g.neg(), r)
-            self.d[mask] = d_new[mask]
-            self.prev_flat_grad[mask] = g[mask]
-            self.prev_loss[mask] = loss[mask]
+                r = r + (al[:, i] - be).to(r.dtype)[:, None] * self.old_stps[:, i]
+            _set(self.d, mask, torch.where(first[:, None], g.neg(), r))
+            _set(self.prev_flat_grad, mask, g)
+            _set(self.prev_loss, mask, loss)
             t_first = torch.clamp(1.0 / g.abs().sum(1).double(), max=1.0) * self.lr
-            self.t[mask] = torch.where(first, t_first, torch.full_like(t_first, self.lr))[mask]
+            _set(self.t, mask, torch.where(first, t_first, self.lr))
             gtd = _dot(g, self.d)
             stop = mask & (gtd > -tol_c)
-            running[stop] = False
+            running.logical_and_(~stop)
             go = mask & ~stop
-            f0[go], g0[go], gtd0[go] = loss[go], g[go], gtd[go]
-            t_prev[go], f_prev[go], g_prev[go], gtd_prev[go] = 0.0, loss[go], g[go], gtd[go]
-            d_norm[go] = self.d[go].abs().amax(1).double()
-            max_ls[go] = self.max_eval - current_evals[go]
-            ls_iter[go], ls_evals[go] = 0, 0
-            insuf[go], ls_done[go] = False, False
-            phase[go] = _BR
+            for dst, src in ((f0, loss), (g0, g), (gtd0, gtd), (t_prev, 0.0), (f_prev, loss)):
+                _set(dst, go, src)
+            for dst, src in ((g_prev, g), (gtd_prev, gtd), (ls_iter, 0), (ls_evals, 0)):
+                _set(dst, go, src)
+            _set(d_norm, go, self.d.abs().amax(1).double())
+            _set(max_ls, go, self.max_eval - current_evals)
+            _set(insuf, go, False)
+            _set(ls_done, go, False)
+            _set(phase, go, _BR)
 
         def zoom_trial(mask: Tensor) -> Tensor:
             """The zoom loop's head for ``mask``: the models that still need a trial point get one."""
