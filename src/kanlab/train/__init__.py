@@ -22,7 +22,9 @@ grid, so the same call trains a KAN and an MLP.
 
 Modules: :mod:`~kanlab.train.history` (History, StepState, callbacks), :mod:`~kanlab.train.optim`
 (optimisers, the LBFGS loss scale, mini-batch order), :mod:`~kanlab.train.step` (the objective, one
-optimiser step, evaluation), :mod:`~kanlab.train.loop` (``fit``).
+optimiser step, evaluation), :mod:`~kanlab.train.loop` (``fit``), :mod:`~kanlab.train.batched_optim`
+(LBFGS and Adam for M models stacked on a leading dimension, each model independent; not yet used
+by ``fit``: issue 19).
 """
 
 from __future__ import annotations
