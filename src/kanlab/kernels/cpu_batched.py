@@ -10,8 +10,8 @@ per model. Model m's output is exactly what :mod:`kanlab.kernels.cpu.api` gives 
 How: small ``@njit`` loops over the models (:func:`_forward_models`, :func:`_backward_models`) call
 the per-model kernels of :mod:`kanlab.kernels.cpu` (``_forward``, ``_grad_weight``, ``_grad_x``)
 from compiled code, so one Python call serves all M models: the per-call costs of the single-model
-path (argument preparation, dispatch, autograd nodes: ~0.1-0.3 ms per layer call, most of a tiny
-model's time) are paid once per batch instead of once per model. With one torch thread (a sweep's
+path (argument preparation, dispatch, autograd nodes: most of a tiny model's time) are paid once
+per batch instead of once per model (``benchmarks/model_batch_speed.py``). With one torch thread (a sweep's
 workers) the models run serially on the calling thread with the GIL released. With more threads,
 each model runs through :mod:`kanlab.kernels.cpu.api` in turn (parallel over its samples or inputs
 on torch's team), so a large batch keeps its parallelism.
