@@ -14,9 +14,11 @@ with the same widths and activation. Both share one API:
 
 Limits of this first version (refused with an error naming the problem): one grid size G for all M
 KANs and all their layers (no padding or grouping of mixed grid sizes yet); no symbolic edges. The
-KAN forward is the batched *reference* evaluation (dense Cox-de Boor basis per model, then one
-``bmm``, :mod:`kanlab.kernels.batched_reference`): correct and differentiable, not yet the sparse
-Numba/Triton kernels with a native model dimension. ``update_grid`` / ``extend_grid`` unstack, call
+KAN spline part runs on the sparse Numba CPU kernels with a model dimension
+(:mod:`kanlab.kernels.cpu_batched`: one call for all M models) when the single-model backend
+choice picks Numba (CPU, float32/float64, Numba installed, not forced to another backend); else on
+the batched *reference* evaluation (dense Cox-de Boor basis per model, then one ``bmm``,
+:mod:`kanlab.kernels.batched_reference`; not yet Triton on GPU). ``update_grid`` / ``extend_grid`` unstack, call
 each KAN's own method and copy the results back in place (parameters keep their identity when
 their shape does not change).
 """
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 
 from kanlab._checks import check_input, check_int
 from kanlab.config import KANConfig, MLPConfig
+from kanlab.kernels.backends import choose
 from kanlab.kernels.batched_reference import batched_spline_product
 from kanlab.layers import ACTIVATIONS, KANLinear
 from kanlab.models import KAN, MLP, kan_layers
@@ -99,6 +102,15 @@ def _copy_into(module: nn.Module, name: str, value: Tensor, *, parameter: bool) 
         setattr(module, name, value.contiguous())
 
 
+def _numba_takes(x: Tensor, knots: Tensor, coef: Tensor, scale: Tensor) -> bool:
+    """Whether the batched Numba kernels run this layer call: when the single-model choice
+    (:func:`kanlab.kernels.backends.choose`, which honours ``set_backend``) picks Numba for model
+    0's tensors (CPU, float32/float64, one dtype, knots without grad); else the batched reference."""
+    if x.shape[0] == 0:
+        return False
+    return choose(x[0], knots[0], coef[0], scale[0]).name == "numba"
+
+
 # ---------------------------------------------------------------------- KANs
 class KANBatchLayer(nn.Module):
     """M :class:`KANLinear` layers of one shape as one layer ``(M, batch, in) -> (M, batch, out)``.
@@ -153,8 +165,15 @@ class KANBatchLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(M, batch, in) -> (M, batch, out)``; writes nothing."""
         scale_spline = self.scale_spline * self.mask  # (M, in, out)
-        weight = self.coef * scale_spline.unsqueeze(2)  # (M, in, G+k, out)
-        y = batched_spline_product(x, self.knots, weight, self.spline_order)  # (M, batch, out)
+        if _numba_takes(x, self.knots, self.coef, scale_spline):
+            from kanlab.kernels import cpu_batched  # (imported, and compiled, on first use only)
+
+            y = cpu_batched.batched_spline(
+                x, self.knots, self.coef, self.spline_order, self.grid_uniform, scale=scale_spline
+            )
+        else:
+            weight = self.coef * scale_spline.unsqueeze(2)  # (M, in, G+k, out)
+            y = batched_spline_product(x, self.knots, weight, self.spline_order)  # (M, batch, out)
         if self.base_activation != "zero":  # y + act(x) @ (scale_base * mask), per model
             y = torch.baddbmm(y, ACTIVATIONS[self.base_activation](x), self.scale_base * self.mask)
         return y
