@@ -1,0 +1,301 @@
+"""Batched training: :func:`fit_batch` trains the M models of a :class:`~kanlab.model_batch.KANBatch`
+or :class:`~kanlab.model_batch.MLPBatch` on one data set at once (issue 19).
+
+Each model's objective, schedule and History are those of :func:`kanlab.fit` for that model alone:
+the MSE ``sum((pred - y)^2) / (rows * outputs)`` per model (the optimisers minimise the *sum* over
+models, whose gradient on model m's slice is model m's own), the LBFGS loss scale per model and
+stage (:func:`kanlab.train.optim.loss_scale`), the same grid updates, grid extensions, mini-batch
+order and History rows. LBFGS is :class:`~kanlab.train.batched_optim.BatchedLBFGS` (kanlab's
+settings), Adam(W) torch's on the stacked parameters (exactly per model).
+
+Unlike ``fit``, a model whose loss becomes NaN/Inf does not stop the run: it is restored to its last
+parameters with a finite loss, frozen (no optimiser step, no grid update moves it; a grid extension
+between stages still refines its grid, since a batch holds one grid size), its History ends at the
+last finite row, and :attr:`BatchHistories.diverged` names the step. The others go on unchanged.
+
+Not supported yet, refused with an error naming the option: classification (cross-entropy),
+``lamb > 0``, ``knot_steps``, callbacks, ``torch.distributed`` runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from kanlab import distributed as D
+from kanlab import kernels
+from kanlab.config import FitConfig
+from kanlab.model_batch import KANBatch, MLPBatch
+from kanlab.train.batched_optim import BatchedLBFGS, batched_adam, step_frozen
+from kanlab.train.history import History
+from kanlab.train.loop import _check_data, _kind, _resolve_config
+from kanlab.train.optim import batches
+
+__all__ = ["BatchHistories", "fit_batch"]
+
+# kanlab's LBFGS settings (as kanlab.train.optim.make_optimizer gives torch's LBFGS)
+_LBFGS = {"history_size": 10, "max_iter": 20, "tolerance_grad": 1e-32, "tolerance_change": 1e-32}
+
+
+class BatchHistories(list[History]):
+    """The M Histories of :func:`fit_batch` (a list), and per model ``diverged[m]``: None, or a
+    message naming the step at which model m's loss became non-finite (it was then frozen)."""
+
+    def __init__(self, histories: Sequence[History]) -> None:
+        super().__init__(histories)
+        self.diverged: list[str | None] = [None] * len(histories)
+
+
+def fit_batch(
+    batch: KANBatch | MLPBatch,
+    data: Any,
+    config: FitConfig | None = None,
+    *,
+    callbacks: Sequence[Any] = (),
+    **overrides: Any,
+) -> BatchHistories:
+    """Train every model of ``batch`` on ``data`` (a regression Dataset) in place; one History each.
+
+    The options are :func:`kanlab.fit`'s (a :class:`FitConfig` and/or keyword overrides) and mean
+    the same; model m's History equals ``fit(batch.unstack()[m], data, config)``'s (Adam(W): to
+    rounding; LBFGS: the batched line search is torch's per model, so to rounding at first and
+    then as close as two LBFGS runs on a chaotic objective can be). ``wall_time`` is the batch's
+    clock, shared by the models. See the module docstring for divergence and what is refused.
+    """
+    if not isinstance(batch, KANBatch | MLPBatch):
+        raise TypeError(f"batch must be a KANBatch or MLPBatch, got {type(batch).__name__}")
+    cfg = _resolve_config(config, overrides)
+    _refuse_unsupported(batch, cfg, callbacks)
+    kind = _kind(data, cfg.loss)
+    if kind != "regression":
+        raise ValueError(
+            f"fit_batch supports regression (MSE) only in this version; data.kind is {kind!r}"
+        )
+    p = next(batch.parameters())
+    _check_data(batch, data, kind)
+    data = data.to(dtype=p.dtype, device=p.device) if hasattr(data, "to") else data
+    run = _BatchRun(batch, data, cfg)
+    for grid in run.stages:
+        run.start_stage(grid)
+        for s in range(cfg.steps):
+            run.step(s)
+    return run.histories
+
+
+# --------------------------------------------------------------------------- checks
+def _refuse_unsupported(batch: KANBatch | MLPBatch, cfg: FitConfig, callbacks: object) -> None:
+    kind = type(batch).__name__
+    if callbacks:
+        raise ValueError("callbacks are not supported by fit_batch yet; use fit per model")
+    if cfg.lamb > 0:
+        raise ValueError(f"lamb={cfg.lamb} > 0 (sparsity) is not supported by fit_batch yet")
+    if any(ks > 0 for ks in cfg.knot_steps_per_stage()):
+        raise ValueError(
+            f"knot_steps={cfg.knot_steps!r} (free knots): not supported by fit_batch yet"
+        )
+    if D.is_distributed():
+        raise RuntimeError("fit_batch does not support torch.distributed (data-parallel) runs yet")
+    if isinstance(batch, MLPBatch):
+        if cfg.grid_schedule is not None:
+            raise ValueError(f"grid_schedule needs a KAN batch; got {kind}")
+        return
+    before = batch.grid_size
+    for i, g in enumerate(cfg.grid_schedule or ()):
+        if g < before:
+            where = "the batch's grid" if i == 0 else f"grid_schedule[{i - 1}]"
+            raise ValueError(
+                f"grid_schedule[{i}]={g} is below {where} ({before}): grid extension would "
+                "coarsen the grid and lose what was learned; use an increasing schedule"
+            )
+        before = g
+
+
+# --------------------------------------------------------------------------- the maths
+def mse_per_model(pred: Tensor, y: Tensor) -> Tensor:
+    """(M,) mean squared errors of ``pred`` (M, rows, out) against ``y`` (rows, out): fit's
+    :func:`kanlab.train.step.data_loss_sum` divided by the rows, per model."""
+    return (pred - y).pow(2).sum(dim=(1, 2)) / y.shape[-1] / y.shape[0]
+
+
+@torch.no_grad()
+def _rmse(batch: KANBatch | MLPBatch, x: Tensor, y: Tensor) -> list[float]:
+    if x.shape[0] == 0:
+        return [math.nan] * batch.n_models
+    return [math.sqrt(float(v)) for v in mse_per_model(batch(x), y)]
+
+
+def _loss_scales(base: Tensor) -> Tensor:
+    """Per model: :func:`kanlab.train.optim.loss_scale` from the stage-start data loss ``base``."""
+    scales = [1.0 if not math.isfinite(b) or b <= 0.0 or b >= 1.0 else min(1.0 / b, 1e12)
+              for b in base.tolist()]  # fmt: skip
+    return torch.tensor(scales, dtype=torch.float64)
+
+
+# --------------------------------------------------------------------------- one run
+class _BatchRun:
+    """The state of one :func:`fit_batch` call (fit's ``_Run`` for M models)."""
+
+    def __init__(self, batch: KANBatch | MLPBatch, data: Any, cfg: FitConfig) -> None:
+        self.batch, self.data, self.cfg = batch, data, cfg
+        self.is_kan = isinstance(batch, KANBatch)
+        self.update_every = (cfg.grid_update_every or 0) if self.is_kan else 0
+        stop = cfg.stop_grid_update_step
+        self.stop_updates_at = math.inf if stop is None else stop
+        self.n_train = data.train_x.shape[0]
+        self.batches = batches(
+            self.n_train, cfg.batch_size, torch.Generator().manual_seed(cfg.seed)
+        )
+        self.stages: list[int | None] = (
+            list(cfg.grid_schedule) if cfg.grid_schedule is not None else [None]
+        )
+        M = batch.n_models
+        self.frozen = torch.zeros(M, dtype=torch.bool)
+        self.histories = BatchHistories([History(kind="regression") for _ in range(M)])
+        compile_time = self._warm_up()
+        for h in self.histories:
+            h.compile_time = compile_time
+        self.start = time.perf_counter()
+        self.step_index = 0
+
+    def _warm_up(self) -> float:
+        """fit's warm-up (the single-model kernels), plus the batched kernels' first call."""
+        p = next(self.batch.parameters())
+        if not self.is_kan or p.device.type != "cpu":
+            return 0.0
+        t0 = time.perf_counter()
+        kernels.warm_up(p.dtype)
+        x = self.data.train_x[:1].detach()
+        self.batch(x).sum().backward()  # compiles (or loads) the batched kernels
+        self.batch.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    # -- parameters ---------------------------------------------------------------------------
+    def _snapshot(self) -> list[Tensor]:
+        return [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def _restore(self, models: Tensor, state: list[Tensor]) -> None:
+        idx = models.nonzero().flatten()
+        for p, s in zip(self.params, state, strict=True):
+            p[idx] = s[idx]
+
+    def _diverge(self, models: Tensor, state: list[Tensor], what: str) -> None:
+        """Restore ``models`` to ``state``, freeze them and record why."""
+        models = models & ~self.frozen
+        if not models.any():
+            return
+        self._restore(models, state)
+        self.frozen |= models
+        for m in models.nonzero().flatten().tolist():
+            self.histories.diverged[m] = (
+                f"non-finite training loss {what} {self.step_index}; model {m} was restored to its "
+                "last parameters with a finite loss and frozen"
+            )
+
+    # -- stages and steps ---------------------------------------------------------------------
+    def start_stage(self, grid: int | None) -> None:
+        cfg, batch = self.cfg, self.batch
+        if grid is not None and grid != batch.grid_size:
+            batch.extend_grid(grid, self.data.train_x, grid_eps=cfg.grid_eps)
+        self.params = [p for p in batch.parameters() if p.requires_grad]
+        M = batch.n_models
+        if cfg.optimizer == "lbfgs":
+            self.opt: Any = BatchedLBFGS(self.params, n_models=M, lr=cfg.lr,
+                                         line_search_fn="strong_wolfe", **_LBFGS)  # fmt: skip
+            self.opt.diverged |= self.frozen.to(self.opt.diverged.device)
+            with torch.no_grad():
+                base = mse_per_model(batch(self.data.train_x), self.data.train_y)
+            self.scale = _loss_scales(base).to(base.device)
+        else:
+            self.opt = batched_adam(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    decoupled=cfg.optimizer == "adamw")  # fmt: skip
+            self.scale = None
+        self.last_good = self._snapshot()
+
+    def _objective(self, xb: Tensor, yb: Tensor) -> Tensor:
+        """(M,) objectives (fit's), differentiated: the data loss (+ LBFGS weight decay)."""
+        value = mse_per_model(self.batch(xb), yb)
+        if self.cfg.optimizer == "lbfgs" and self.cfg.weight_decay > 0:
+            wd = sum(p.pow(2).reshape(p.shape[0], -1).sum(1) for p in self.params)
+            value = value + 0.5 * self.cfg.weight_decay * wd
+        return value
+
+    def _zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def _backward(self, value: Tensor) -> None:
+        finite = torch.isfinite(value.detach())
+        torch.where(finite, value, torch.zeros_like(value)).sum().backward()
+
+    def step(self, s: int) -> None:
+        cfg, data = self.cfg, self.data
+        if self.update_every and s % self.update_every == 0 and s < self.stop_updates_at:
+            self._grid_update()
+        idx = next(self.batches)
+        xb, yb = (
+            (data.train_x, data.train_y) if idx is None else (data.train_x[idx], data.train_y[idx])
+        )
+        before = self._snapshot()
+        if cfg.optimizer == "lbfgs":
+            scale = self.scale
+
+            def closure() -> Tensor:
+                self._zero_grad()
+                value = self._objective(xb, yb) * scale
+                self._backward(value)
+                return value.detach()
+
+            obj = self.opt.step(closure)
+            bad_start = ~torch.isfinite(obj).cpu()
+            # a model that failed inside its line search is already back at its last finite iterate
+            self._diverge(bad_start, self.last_good, "at step")
+            self.frozen |= self.opt.diverged.cpu() & ~self.frozen
+            for m in (self.opt.diverged.cpu() & ~bad_start).nonzero().flatten().tolist():
+                if self.histories.diverged[m] is None:
+                    self.histories.diverged[m] = (
+                        f"non-finite training loss in the line search of step {self.step_index}; "
+                        f"model {m} stays at its last parameters with a finite loss, frozen"
+                    )
+        else:
+            self._zero_grad()
+            value = self._objective(xb, yb)
+            self._backward(value)
+            bad = ~torch.isfinite(value.detach()).cpu()
+            self._diverge(bad, self.last_good, "at step")
+            step_frozen(self.opt, self.frozen.to(self.params[0].device))
+        self.last_good = before
+        if (self.step_index + 1) % cfg.log_every == 0 or s == cfg.steps - 1:
+            self._log(before)
+        self.step_index += 1
+
+    def _grid_update(self) -> None:
+        """Every model's grid from the training inputs; frozen models keep their state."""
+        batch, frozen = self.batch, self.frozen
+        saved = [t.detach().clone() for t in batch.state_dict().values()] if frozen.any() else None
+        batch.update_grid(self.data.train_x, grid_eps=self.cfg.grid_eps)
+        if saved is not None:
+            idx = frozen.nonzero().flatten()
+            with torch.no_grad():
+                for t, s in zip(batch.state_dict().values(), saved, strict=True):
+                    t[idx] = s[idx]
+
+    def _log(self, before: list[Tensor]) -> None:
+        data = self.data
+        train = _rmse(self.batch, data.train_x, data.train_y)
+        bad = torch.tensor([not math.isfinite(v) for v in train])
+        if (bad & ~self.frozen).any():
+            self._diverge(bad, before, "after step")
+            train = _rmse(self.batch, data.train_x, data.train_y)
+        test = _rmse(self.batch, data.test_x, data.test_y)
+        grid = self.batch.grid_size if self.is_kan else None
+        elapsed = time.perf_counter() - self.start
+        for m, h in enumerate(self.histories):
+            if self.histories.diverged[m] is None:
+                row = (train[m], test[m], train[m], test[m])
+                h.append(self.step_index, row, 0.0, grid, elapsed)

@@ -1,0 +1,202 @@
+"""fit_batch (kanlab.train.batch_loop): each model of a batch against ``kanlab.fit`` on that model.
+
+Oracle: the same model (``batch.unstack()[m]`` before training) trained alone by ``kanlab.fit`` with
+the same options.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import kanlab as kl
+from kanlab import datasets
+from kanlab.model_batch import KANBatch, MLPBatch
+from kanlab.train.batch_loop import fit_batch
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+KAN_CFG = kl.KANConfig(widths=[2, 3, 1], grid_size=3, dtype="float64")
+MLP_CFG = kl.MLPConfig(widths=[2, 5, 1], dtype="float64")
+SEEDS = [0, 1, 2, 3]
+FIELDS = ("train_loss", "test_loss", "train_metric", "test_metric", "reg", "grid_size", "step")
+
+
+def data(n: int = 120) -> datasets.Dataset:
+    f = lambda x: torch.exp(torch.sin(torch.pi * x[:, 0]) + x[:, 1] ** 2)  # noqa: E731
+    return datasets.from_function(f, 2, n_train=n, n_test=n, seed=0, dtype=torch.float64)
+
+
+def close(a: list, b: list, rel: float = 1e-9) -> bool:
+    if len(a) != len(b):
+        return False
+    for u, v in zip(a, b, strict=True):
+        if u is None or v is None or isinstance(u, int):
+            if u != v:
+                return False
+        elif not math.isclose(u, v, rel_tol=rel, abs_tol=0.0):
+            return False
+    return True
+
+
+def assert_same_history(got: kl.History, want: kl.History, rel: float = 1e-9) -> None:
+    for name in FIELDS:
+        assert close(getattr(got, name), getattr(want, name), rel), (
+            name,
+            getattr(got, name)[:5],
+            getattr(want, name)[:5],
+        )
+
+
+def alone(batch, ds, **opts) -> list[kl.History]:
+    """Each model of ``batch`` (as it is now) trained alone by fit."""
+    return [kl.fit(model, ds, progress=False, **opts) for model in batch.unstack()]
+
+
+ADAM = {"optimizer": "adam", "lr": 0.02, "steps": 100, "log_every": 7}
+
+
+@pytest.mark.parametrize("grid_updates", [0, 10], ids=["no_grid_updates", "grid_updates"])
+def test_adam_matches_fit_per_model(grid_updates):
+    ds = data()
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
+    want = alone(batch, ds, grid_update_every=grid_updates, **ADAM)
+    got = fit_batch(batch, ds, grid_update_every=grid_updates, progress=False, **ADAM)
+    assert len(got) == 4 and got.diverged == [None] * 4
+    for g, w in zip(got, want, strict=True):
+        assert len(g) == 15  # steps 6, 13, ..., 97 and the last
+        assert_same_history(g, w)
+        assert g.grid_size == [3] * 15
+
+
+def test_adam_mini_batches_match_fit():
+    ds = data()
+    batch = KANBatch.from_config(KAN_CFG, seeds=[5, 6])
+    opts = {**ADAM, "steps": 30, "batch_size": 32, "seed": 4, "optimizer": "adamw"}
+    opts["weight_decay"] = 1e-3
+    want = alone(batch, ds, **opts)
+    got = fit_batch(batch, ds, progress=False, **opts)
+    for g, w in zip(got, want, strict=True):
+        assert_same_history(g, w)
+
+
+def test_lbfgs_first_step_matches_fit_then_stays_close():
+    ds = data()
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
+    opts = {"optimizer": "lbfgs", "steps": 10, "grid_update_every": 0}
+    want = alone(batch, ds, **opts)
+    got = fit_batch(batch, ds, progress=False, **opts)
+    for g, w in zip(got, want, strict=True):
+        assert len(g) == len(w) == 10
+        assert math.isclose(g.train_loss[0], w.train_loss[0], rel_tol=1e-9)
+        assert math.isclose(g.test_loss[0], w.test_loss[0], rel_tol=1e-9)
+        assert 1 / 1.5 <= g.test_loss[-1] / w.test_loss[-1] <= 1.5
+        assert g.test_loss[-1] < 0.5 * g.test_loss[0]  # it trains
+
+
+def test_grid_schedule_follows_fit():
+    ds = data()
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS[:3])
+    opts = {**ADAM, "steps": 20, "log_every": 5, "grid_schedule": (3, 5), "grid_update_every": 7}
+    want = alone(batch, ds, **opts)
+    got = fit_batch(batch, ds, progress=False, **opts)
+    for g, w in zip(got, want, strict=True):
+        assert g.grid_size == [3] * 4 + [5] * 4
+        assert_same_history(g, w)
+    assert batch.grid_size == 5
+
+
+def test_mlp_batch_adam_matches_fit():
+    ds = data()
+    batch = MLPBatch.from_config(MLP_CFG, seeds=SEEDS)
+    want = alone(batch, ds, **ADAM)
+    got = fit_batch(batch, ds, progress=False, **ADAM)
+    for g, w in zip(got, want, strict=True):
+        assert_same_history(g, w)
+        assert g.grid_size == [None] * len(g)
+
+
+def poison_after(batch: KANBatch, model: int, calls: int) -> None:
+    """From the ``calls``-th forward on, model ``model``'s output is NaN (deterministic)."""
+    count = [0]
+
+    def hook(module, inputs, out):
+        count[0] += 1
+        if count[0] > calls:
+            out = out.clone()
+            out[model] = math.nan
+        return out
+
+    batch.layers[-1].register_forward_hook(hook)
+
+
+def test_diverged_model_is_frozen_and_the_others_go_on():
+    ds = data()
+    opts = {**ADAM, "steps": 30, "log_every": 1, "grid_update_every": 10}
+    clean = KANBatch.from_config(KAN_CFG, seeds=[0, 2, 3])
+    want = fit_batch(clean, ds, progress=False, **opts)
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
+    reference = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
+    # forwards: 1 warm-up, then per step one objective and two evaluations (train, test); from the
+    # 11th step's objective on, model 1's loss is NaN
+    poison_after(batch, 1, 1 + 3 * 10)
+    got = fit_batch(batch, ds, progress=False, **opts)
+    assert got.diverged[0] is None and got.diverged[2] is None and got.diverged[3] is None
+    assert "step 10" in got.diverged[1] and "frozen" in got.diverged[1]
+    assert len(got[1]) == 10  # rows of steps 0..9, then frozen
+    for g, w in zip([got[0], got[2], got[3]], want, strict=True):
+        assert_same_history(g, w, rel=1e-12)
+    # model 1 holds its parameters before step 9 (its last finite objective was at step 9's start)
+    ref = fit_batch(reference, ds, progress=False, **{**opts, "steps": 9})
+    assert ref.diverged == [None] * 4
+    for p, q in zip(batch.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(p[1], q[1])
+        assert torch.isfinite(p).all()
+
+
+def test_model_whose_init_blows_up_is_frozen_at_once():
+    ds = data()
+    batch = KANBatch.from_config(KAN_CFG, seeds=[0, 1])
+    with torch.no_grad():
+        batch.layers[-1].scale_base[1] = 1e200  # its squared error overflows to inf
+    start = [p[1].detach().clone() for p in batch.parameters()]
+    got = fit_batch(batch, ds, progress=False, optimizer="lbfgs", steps=3, grid_update_every=2)
+    assert got.diverged[0] is None and "step 0" in got.diverged[1]
+    assert len(got[0]) == 3 and len(got[1]) == 0
+    assert got[0].test_loss[-1] < got[0].test_loss[0]
+    lone = KANBatch.from_config(KAN_CFG, seeds=[0])
+    want = fit_batch(lone, ds, progress=False, optimizer="lbfgs", steps=3, grid_update_every=2)
+    assert_same_history(got[0], want[0])
+    for p, s in zip(batch.parameters(), start, strict=True):
+        assert torch.equal(p[1], s)
+
+
+@pytest.mark.parametrize(
+    ("opts", "match"),
+    [
+        ({"lamb": 0.01}, "lamb"),
+        ({"knot_steps": 2}, "knot_steps"),
+        ({"callbacks": [print]}, "callbacks"),
+    ],
+)
+def test_unsupported_options_are_refused(opts, match):
+    batch = KANBatch.from_config(KAN_CFG, seeds=[0])
+    with pytest.raises(ValueError, match=match):
+        fit_batch(batch, data(), steps=5, **opts)
+
+
+def test_classification_refused_and_mlp_grid_schedule_refused():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(60, 2, generator=g, dtype=torch.float64)
+    ds = datasets.from_arrays(
+        x.numpy(), (x[:, 0] > 0.5).long().numpy(), test_size=0.25, seed=0,
+        kind="classification", dtype=torch.float64,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="regression"):
+        fit_batch(KANBatch.from_config(KAN_CFG.replace(widths=[2, 3, 2]), seeds=[0]), ds)
+    with pytest.raises(ValueError, match="grid_schedule needs a KAN"):
+        fit_batch(MLPBatch.from_config(MLP_CFG, seeds=[0]), data(), grid_schedule=(3, 5))
+    with pytest.raises(TypeError, match="KANBatch or MLPBatch"):
+        fit_batch(kl.build(KAN_CFG), data())
