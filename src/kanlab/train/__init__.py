@@ -23,8 +23,9 @@ grid, so the same call trains a KAN and an MLP.
 Modules: :mod:`~kanlab.train.history` (History, StepState, callbacks), :mod:`~kanlab.train.optim`
 (optimisers, the LBFGS loss scale, mini-batch order), :mod:`~kanlab.train.step` (the objective, one
 optimiser step, evaluation), :mod:`~kanlab.train.loop` (``fit``), :mod:`~kanlab.train.batched_optim`
-(LBFGS and Adam for M models stacked on a leading dimension, each model independent; not yet used
-by ``fit``: issue 19).
+(LBFGS and Adam for M models stacked on a leading dimension, each model independent),
+:mod:`~kanlab.train.batch_loop` (``fit_batch``: M models of a :mod:`kanlab.model_batch` batch
+trained as ``fit`` trains each; a first version, not yet used by ``fit`` or the sweeps: issue 19).
 """
 
 from __future__ import annotations
