@@ -20,7 +20,7 @@ Compilation: this module is imported only by the model batch's forward (never by
 kanlab``); its two loops compile at their first call per dtype (the per-model kernels they call
 are compiled or loaded from the JIT cache as for single models). Their cached code embeds the
 per-model kernels, so it is stamped with the whole :mod:`kanlab.kernels.cpu` package as well as
-this file (:func:`_stamp_with_cpu_package`): an edit of either recompiles them.
+this file (:func:`kanlab.kernels.cpu.tuning.stamp_with_package`): an edit of either recompiles them.
 """
 
 from __future__ import annotations
@@ -37,49 +37,15 @@ from kanlab.kernels.cpu.backward import _grad_weight, _grad_x
 from kanlab.kernels.cpu.forward import _forward
 from kanlab.kernels.cpu.threads import _n_threads
 from kanlab.kernels.cpu.tuning import _CACHE as _CPU_CACHE
-from kanlab.kernels.cpu.tuning import _SMALL_TABLE_BYTES, _package_stamp
+from kanlab.kernels.cpu.tuning import _large_table, stamp_with_package
 
 __all__ = ["backward", "batched_spline", "forward"]
 
 _THIS_FILE = os.path.abspath(__file__)
 
 
-def _stamp_with_cpu_package() -> bool:
-    """Stamp this file's cached functions with the :mod:`kanlab.kernels.cpu` package's stamp too
-    (the pattern of :func:`kanlab.kernels.cpu.tuning._stamp_whole_package`, for this file alone).
-    False (no caching) when Numba lacks the internal list of cache locators."""
-    from numba.core import caching
-
-    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
-    names = ("UserProvidedCacheLocator", "InTreeCacheLocator")
-    bases = [getattr(caching, n, None) or getattr(caching, "_" + n, None) for n in names]
-    classes = getattr(impl, "_locator_classes", None)
-    if not isinstance(classes, list) or None in bases:
-        return False
-    stamp = _package_stamp()
-
-    def stamped(base):
-        class Locator(base):
-            kanlab_cpu_batched = True
-
-            def get_source_stamp(self):
-                return (super().get_source_stamp(), stamp)
-
-            @classmethod
-            def from_function(cls, py_func, py_file):
-                if os.path.abspath(py_file) != _THIS_FILE:
-                    return None
-                return super().from_function(py_func, py_file)
-
-        Locator.__name__ = Locator.__qualname__ = f"KanlabCpuBatched{base.__name__}"
-        return Locator
-
-    classes[:] = [c for c in classes if not getattr(c, "kanlab_cpu_batched", False)]
-    classes[:0] = [stamped(base) for base in bases]
-    return True
-
-
-_CACHE = _CPU_CACHE and _stamp_with_cpu_package()
+# cached code embeds the per-model kernels: stamped with the kernels/cpu package too
+_CACHE = _CPU_CACHE and stamp_with_package(lambda f: os.path.abspath(f) == _THIS_FILE, "CpuBatched")
 
 
 @njit(nogil=True, cache=_CACHE)
@@ -177,22 +143,6 @@ def _uniform_flags(uniform: object, n_models: int) -> np.ndarray:
     return flags
 
 
-def _knot_arrays(knots: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """knots (M, in, n), t0 (M, in), h (M, in) as contiguous arrays (the same float ops as
-    :func:`kanlab.kernels.cpu.api._knot_arrays`, so intervals agree exactly)."""
-    n = knots.shape[2]
-    kn = knots.detach().contiguous()
-    t0 = kn[:, :, 0].contiguous()
-    h = (kn[:, :, -1] - t0) / (n - 1)
-    return kn.numpy(), t0.numpy(), h.contiguous().numpy()
-
-
-def _scale_or_ones(scale: Tensor | None, weight: Tensor) -> Tensor:
-    if scale is None:
-        return torch.ones(weight.shape[0], weight.shape[1], weight.shape[3], dtype=weight.dtype)
-    return scale.detach().contiguous()
-
-
 def forward(
     x: Tensor,
     knots: Tensor,
@@ -214,9 +164,9 @@ def forward(
             sm = None if scale is None else scale[m]
             y[m] = _api.forward(x[m], knots[m], weight[m], spline_order, bool(flags[m]), sm)
         return y
-    kn, t0, h = _knot_arrays(knots)
+    kn, t0, h = (a.numpy() for a in _api.knot_origin_and_step(knots))
     w = weight.detach().contiguous()
-    sc = _scale_or_ones(scale, w)
+    sc = _api._scale_array(scale, w)
     xs = x.detach().contiguous()
     _forward_models(xs.numpy(), t0, h, kn, w.numpy(), sc.numpy(), spline_order, flags, y.numpy())
     return y
@@ -268,11 +218,10 @@ def backward(
                 if scale is not None:
                     gs[m] = gsm
         return gx, gw, (gs if scale is not None else None)
-    kn, t0, h = _knot_arrays(knots)
+    kn, t0, h = (a.numpy() for a in _api.knot_origin_and_step(knots))
     w = weight.detach().contiguous()
-    sc = _scale_or_ones(scale, w)
-    table_bytes = w.shape[2] * w.shape[3] * w.element_size()
-    fused = need_x and need_weight and table_bytes > _SMALL_TABLE_BYTES  # as the CPU backend
+    sc = _api._scale_array(scale, w)
+    fused = need_x and need_weight and _large_table(w.numpy()[0])  # as the CPU backend
     none3 = np.empty((n_models, 0, 0), dtype=w.numpy().dtype)  # (arrays a call does not use)
     none4 = np.empty((n_models, 0, 0, 0), dtype=w.numpy().dtype)
     _backward_models(

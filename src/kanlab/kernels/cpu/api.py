@@ -31,11 +31,7 @@ def _knot_arrays(knots: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     entry = _KNOTS_CACHE.get(key)
     if entry is not None and entry[0]() is knots and entry[1] == knots._version:
         return entry[2]
-    n = knots.shape[1]
-    kn = knots.detach().contiguous()
-    t0 = kn[:, 0].contiguous()
-    h = (kn[:, -1] - t0) / (n - 1)  # same formula (same float ops) as splines.sparse_basis
-    arrays = (kn, t0, h.contiguous())
+    arrays = knot_origin_and_step(knots)
     if len(_KNOTS_CACHE) > 512:  # stale entries of freed tensors
         _KNOTS_CACHE.clear()
     try:
@@ -43,6 +39,17 @@ def _knot_arrays(knots: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     except TypeError:  # not weak-referenceable: no caching
         pass
     return arrays
+
+
+def knot_origin_and_step(knots: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """knots (..., n) -> knots, t0 (...,) and h (...,), contiguous: the first knot and the uniform
+    spacing of each row (same formula, same float ops, as :func:`kanlab.splines.sparse_basis`).
+    Leading dimensions are any: (in,) for one layer, (M, in) for a model batch."""
+    n = knots.shape[-1]
+    kn = knots.detach().contiguous()
+    t0 = kn[..., 0].contiguous()
+    h = (kn[..., -1] - t0) / (n - 1)
+    return kn, t0, h.contiguous()
 
 
 def _grid(x: Tensor, knots: Tensor) -> tuple[Tensor, ...]:
@@ -55,9 +62,10 @@ def _grid(x: Tensor, knots: Tensor) -> tuple[Tensor, ...]:
 
 
 def _scale_array(scale: Tensor | None, weight: Tensor) -> Tensor:
-    """The per-edge scale (in, out), contiguous; ones when there is none."""
+    """The per-edge scale (..., in, out) of weight (..., in, G+k, out), contiguous; ones when
+    there is none."""
     if scale is None:
-        return torch.ones(weight.shape[0], weight.shape[2], dtype=weight.dtype)
+        return torch.ones(*weight.shape[:-2], weight.shape[-1], dtype=weight.dtype)
     return scale.detach().contiguous()
 
 

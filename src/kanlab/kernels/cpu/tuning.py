@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 
 from numba import njit
 
@@ -43,12 +44,22 @@ def _package_stamp() -> bytes:
 
 
 def _stamp_whole_package() -> bool:
-    """Give the cached functions of this package the stamp (their file, the whole package).
+    """Give the cached functions of this package the stamp (their file, the whole package)."""
+    return stamp_with_package(
+        lambda py_file: os.path.dirname(os.path.abspath(py_file)) == _HERE, "Cpu"
+    )
+
+
+def stamp_with_package(accepts: Callable[[str], bool], tag: str) -> bool:
+    """Cache the functions of the files ``accepts(py_file)`` takes under the stamp (their file,
+    the whole package): for this package, and for a module elsewhere whose compiled code embeds
+    this package's kernels (:mod:`kanlab.kernels.cpu_batched`).
 
     Two cache locators, Numba's own for ``NUMBA_CACHE_DIR`` and for ``__pycache__`` with the
-    package's stamp added, are put in front of Numba's list; they decline the functions of any
-    other file. Numba keeps that list in its (internal) caching module: when this Numba has no
-    such list, returns False and nothing is cached (compiled anew in each process, never stale).
+    package's stamp added, are put in front of Numba's list (replacing those of an earlier call
+    with the same ``tag``); they decline the functions of any other file. Numba keeps that list
+    in its (internal) caching module: when this Numba has no such list, returns False and nothing
+    is cached (compiled anew in each process, never stale).
     """
     from numba.core import caching
 
@@ -62,21 +73,21 @@ def _stamp_whole_package() -> bool:
 
     def stamped(base):
         class Locator(base):
-            kanlab_cpu = True
+            kanlab_tag = tag
 
             def get_source_stamp(self):
                 return (super().get_source_stamp(), stamp)
 
             @classmethod
             def from_function(cls, py_func, py_file):
-                if os.path.dirname(os.path.abspath(py_file)) != _HERE:
+                if not accepts(py_file):
                     return None
                 return super().from_function(py_func, py_file)
 
-        Locator.__name__ = Locator.__qualname__ = f"KanlabCpu{base.__name__}"
+        Locator.__name__ = Locator.__qualname__ = f"Kanlab{tag}{base.__name__}"
         return Locator
 
-    classes[:] = [c for c in classes if not getattr(c, "kanlab_cpu", False)]
+    classes[:] = [c for c in classes if getattr(c, "kanlab_tag", None) != tag]
     classes[:0] = [stamped(base) for base in bases]
     return True
 
