@@ -11,34 +11,43 @@ restores its parameter slice after it (its moment estimates decay meanwhile; the
 unless the caller revives the model, which kanlab does not).
 
 **LBFGS** (:class:`BatchedLBFGS`): torch's ``LBFGS(line_search_fn="strong_wolfe")`` run on each model's
-slice, vectorised over models. Per model: the flat parameter and gradient vectors (rows of an (M, n)
-matrix), the search direction and step, the curvature history (rows of (M, history_size, n) buffers
-with a per-model length, oldest first), the initial-Hessian scale, the iteration and evaluation counts,
-the stopping tests (``tolerance_grad``, ``tolerance_change``, ``max_iter``, ``max_eval``), and the
-whole strong-Wolfe line search (bracketing, cubic interpolation, zoom) as a per-model state machine.
-Shared: the hyper-parameters and the closure call: one closure call evaluates every model, each at its
-own trial point; models that wait (their line search or their step has finished) sit at their current
-iterate and their results are ignored. The step ends when every model's step has ended.
+slice. Each model's step is a Python generator (:func:`_model_step`) that is torch's code line for
+line on Python floats: the stopping tests (``tolerance_grad``, ``tolerance_change``, ``max_iter``,
+``max_eval``) and the whole strong-Wolfe line search (bracketing, cubic interpolation, zoom). It
+yields what it needs of the vectors: a new direction, an evaluation at x + t d, or the acceptance of
+a step. The batch serves each kind of request for all the models that wait on it at once: the
+curvature memory and the vectorised two-loop recursion (rows of (M, history_size, n) slot buffers;
+each model's own slot order and length), one closure call for every model's trial point, and the
+row updates of x and g. Models that wait (their step has finished) sit at their current iterate.
+The step ends when every model's step has ended. Why this shape: the scalar bookkeeping costs
+what it costs torch (a few Python operations per model and evaluation, no masked tensor ops), and
+the vector work is a handful of tensor operations per request whatever M is; gradients are never
+copied (a line search holds the (M, n) gradient matrix of an evaluation; vector state is replaced,
+never written in place).
 
 Differences from torch, all on purpose:
 
-* a model whose loss or gradient at any evaluation is non-finite *drops out*: its parameters return to
-  its last accepted iterate (whose loss was finite), ``diverged[m]`` becomes True and it never moves
-  again (torch would carry NaN into its comparisons and interpolations);
-* per-model scalars (losses, steps, directional derivatives) are float64 tensors; vectors keep the
-  parameters' dtype. In float64 the arithmetic is torch's, operation for operation, except that dot
-  products and norms are row reductions of a matrix (summation order may differ in the last bits);
+* a model whose loss or directional derivative (non-finite whenever its gradient is) at any
+  evaluation is non-finite *drops out*: its parameters stay at its last accepted iterate (whose
+  loss was finite), ``diverged[m]`` becomes True and it never moves again (torch would carry NaN
+  into its comparisons and interpolations);
+* per-model scalars (losses, steps, directional derivatives) are Python floats (float64); vectors
+  keep the parameters' dtype. In float64 the arithmetic is torch's, operation for operation, except
+  that dot products are row reductions of a matrix (summation order may differ in the last bits);
 * only ``line_search_fn="strong_wolfe"`` is offered (kanlab's setting).
 * ``history_size`` defaults to 10 (kanlab's setting; torch's default is 100).
 
 How it plugs into ``fit``: the model batch's parameters (leading dimension M) go in; the closure
-computes the (M,) per-model objectives, calls ``losses.sum().backward()`` and returns them. For M = 1
-the same code is a drop-in for ``torch.optim.LBFGS`` (the tests check it against torch).
+computes the (M,) per-model objectives, calls ``losses.sum().backward()`` and returns them. For one
+model, ``BatchedLBFGS(model_params, n_models=1, stacked=False)`` is a drop-in for
+``torch.optim.LBFGS`` (``fit`` runs it so; the tests check it against torch).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Generator, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -48,7 +57,7 @@ __all__ = ["BatchedLBFGS", "batched_adam", "step_frozen"]
 # torch's strong-Wolfe constants; torch's LBFGS calls its line search without passing its own
 # ``tolerance_change``, so the zoom's bracket-width test always uses 1e-9
 _C1, _C2, _LS_TOL = 1e-4, 0.9, 1e-9
-_BR, _ZOOM, _IDLE = 0, 1, 2  # line-search phase per model
+_DIRECTION, _EVAL, _ACCEPT = 0, 1, 2  # what a model's step asks of the batch
 
 
 def batched_adam(
@@ -88,45 +97,125 @@ def step_frozen(optimizer: torch.optim.Optimizer, frozen: Tensor) -> None:
         p[idx] = s
 
 
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    return (a * b).sum(-1).double()
-
-
-def _cubic(x1, f1, g1, x2, f2, g2, lo=None, hi=None) -> Tensor:
-    """torch's ``_cubic_interpolate``, elementwise over models (bounds default to the interval)."""
-    if lo is None:
-        lo, hi = torch.minimum(x1, x2), torch.maximum(x1, x2)
+def _cubic(x1: float, f1: float, g1: float, x2: float, f2: float, g2: float,
+           lo: float | None = None, hi: float | None = None) -> float:  # fmt: skip
+    """torch's ``_cubic_interpolate`` on Python floats (bounds default to the interval)."""
+    if lo is None or hi is None:
+        lo, hi = (x1, x2) if x1 <= x2 else (x2, x1)
     d1 = g1 + g2 - 3 * (f1 - f2) / (x1 - x2)
     d2_square = d1**2 - g1 * g2
-    d2 = d2_square.clamp(min=0).sqrt()
-    fwd = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2))
-    bwd = x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2 * d2))
-    min_pos = torch.where(x1 <= x2, fwd, bwd)
-    return torch.where(
-        d2_square >= 0, torch.minimum(torch.maximum(min_pos, lo), hi), (lo + hi) / 2.0
-    )
+    if d2_square >= 0:
+        d2 = math.sqrt(d2_square)
+        if x1 <= x2:
+            min_pos = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2))
+        else:
+            min_pos = x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2 * d2))
+        return min(max(min_pos, lo), hi)
+    return (lo + hi) / 2.0
 
 
-def _set(dst: Tensor, mask: Tensor, src: Tensor | float) -> None:
-    """``dst[m] = src[m]`` for the models in ``mask`` (one ``where``: cheaper than masked indexing)."""
-    dst.copy_(torch.where(mask.view(-1, *([1] * (dst.dim() - 1))), src, dst))
+def _model_step(
+    opt: BatchedLBFGS, m: int, loss: float, lr: float, max_iter: int, max_eval: int,
+    tol_grad: float, tol_change: float,
+) -> Generator[tuple, Any, None]:  # fmt: skip
+    """Model ``m``'s part of one step, line for line torch's ``LBFGS.step`` after its first
+    evaluation, on Python floats. The vectors belong to the caller, who serves the requests that
+    this generator yields, batched over all models that wait on the same kind of request:
 
-
-def _put(dst: Tensor, mask: Tensor, col: Tensor, val: Tensor) -> None:
-    """``dst[m, col[m]] = val[m]`` for the models in ``mask``."""
-    rows = mask.nonzero().flatten()
-    dst[rows, col[rows]] = val[rows].to(dst.dtype)
+    - ``(_DIRECTION,)`` -> ``(gtd, d_norm, |g|_1, first, G)``: a new direction for m (``G``'s row m
+      is m's gradient; a gradient travels as the (M, n) matrix of its evaluation, never copied);
+    - ``(_EVAL, t)`` -> ``(f, gtd, G)``: objective, directional derivative and gradient at x + t d;
+    - ``(_ACCEPT, t, G)`` -> ``(max|g|, max|t d|)``: x <- x + t d, g <- G's row m.
+    """
+    current_evals, n_iter = 1, 0
+    while n_iter < max_iter:
+        n_iter += 1
+        gtd, d_norm, g_abs_sum, first, g = yield (_DIRECTION,)
+        prev_loss = loss
+        t = min(1.0, 1.0 / g_abs_sum if g_abs_sum > 0 else math.inf) * lr if first else lr
+        opt._t[m] = t
+        if gtd > -tol_change:
+            return
+        # torch's _strong_wolfe: bracketing ...
+        f, max_ls = loss, max_eval - current_evals
+        f_new, gtd_new, g_new = yield (_EVAL, t)
+        ls_evals, ls_iter, done = 1, 0, False
+        t_prev, f_prev, g_prev, gtd_prev = 0.0, f, g, gtd
+        while ls_iter < max_ls:
+            if f_new > (f + _C1 * t * gtd) or (ls_iter > 1 and f_new >= f_prev):
+                br, br_f, br_g = [t_prev, t], [f_prev, f_new], [g_prev, g_new]
+                br_gtd = [gtd_prev, gtd_new]
+                break
+            if abs(gtd_new) <= -_C2 * gtd:
+                br, br_f, br_g, br_gtd, done = [t], [f_new], [g_new], [gtd_new], True
+                break
+            if gtd_new >= 0:
+                br, br_f, br_g = [t_prev, t], [f_prev, f_new], [g_prev, g_new]
+                br_gtd = [gtd_prev, gtd_new]
+                break
+            tmp = t
+            t = _cubic(t_prev, f_prev, gtd_prev, t, f_new, gtd_new, t + 0.01 * (t - t_prev), t * 10)
+            t_prev, f_prev, g_prev, gtd_prev = tmp, f_new, g_new, gtd_new
+            f_new, gtd_new, g_new = yield (_EVAL, t)
+            ls_evals += 1
+            ls_iter += 1
+        if ls_iter == max_ls:
+            br, br_f, br_g = [0.0, t], [f, f_new], [g, g_new]
+        # ... and zoom
+        insuf = False
+        low, high = (0, 1) if br_f[0] <= br_f[-1] else (1, 0)
+        while not done and ls_iter < max_ls:
+            if abs(br[1] - br[0]) * d_norm < _LS_TOL:
+                break
+            t = _cubic(br[0], br_f[0], br_gtd[0], br[1], br_f[1], br_gtd[1])
+            b_max, b_min = max(br), min(br)
+            eps = 0.1 * (b_max - b_min)
+            if min(b_max - t, t - b_min) < eps:
+                if insuf or t >= b_max or t <= b_min:
+                    t = b_max - eps if abs(t - b_max) < abs(t - b_min) else b_min + eps
+                    insuf = False
+                else:
+                    insuf = True
+            else:
+                insuf = False
+            f_new, gtd_new, g_new = yield (_EVAL, t)
+            ls_evals += 1
+            ls_iter += 1
+            if f_new > (f + _C1 * t * gtd) or f_new >= br_f[low]:
+                br[high], br_f[high], br_g[high], br_gtd[high] = t, f_new, g_new, gtd_new
+                low, high = (0, 1) if br_f[0] <= br_f[1] else (1, 0)
+            else:
+                if abs(gtd_new) <= -_C2 * gtd:
+                    done = True
+                elif gtd_new * (br[high] - br[low]) >= 0:
+                    br[high], br_f[high] = br[low], br_f[low]
+                    br_g[high], br_gtd[high] = br_g[low], br_gtd[low]
+                br[low], br_f[low], br_g[low], br_gtd[low] = t, f_new, g_new, gtd_new
+        t, loss = br[low], br_f[low]
+        opt._t[m] = t
+        g_max, step_max = yield (_ACCEPT, t, br_g[low])
+        current_evals += ls_evals
+        if (
+            n_iter == max_iter
+            or current_evals >= max_eval
+            or g_max <= tol_grad
+            or step_max <= tol_change
+            or abs(loss - prev_loss) < tol_change
+        ):
+            return
 
 
 class BatchedLBFGS:
     """L-BFGS with a strong-Wolfe line search, run independently on each of M models.
 
-    ``params``: tensors whose first dimension is the model dimension (size ``n_models``).
+    ``params``: tensors whose first dimension is the model dimension (size ``n_models``); with
+    ``stacked=False`` the parameters of one model as they are (``n_models`` must be 1; ``fit``'s
+    way), whose closure may return its loss as a scalar.
     ``step(closure)``: the closure zeroes the gradients, computes the (M,) per-model losses, calls
     ``losses.sum().backward()`` and returns the losses; ``step`` returns the losses at the step's start.
     Per-model state after a step: ``diverged`` (dropped out for good), ``converged`` (gradient below
     ``tolerance_grad`` at the step's start), ``active`` (neither), ``n_iter`` and ``func_evals``
-    (totals, as torch's state), ``step_iters`` and ``step_evals`` (of the last step).
+    (totals, as torch's state), ``step_iters`` and ``step_evals`` (of the last step); (M,) CPU tensors.
     """
 
     def __init__(
@@ -141,14 +230,18 @@ class BatchedLBFGS:
         tolerance_grad: float = 1e-7,
         tolerance_change: float = 1e-9,
         line_search_fn: str | None = "strong_wolfe",
+        stacked: bool = True,
     ) -> None:
         self.params: list[Tensor] = list(params)
         if not self.params:
             raise ValueError("BatchedLBFGS got no parameters")
         if n_models < 1:
             raise ValueError(f"n_models must be >= 1, got {n_models}")
+        if not stacked and n_models != 1:
+            raise ValueError(f"stacked=False takes one model's parameters: n_models must be 1, "
+                             f"got {n_models}")  # fmt: skip
         for p in self.params:
-            if p.dim() == 0 or p.shape[0] != n_models:
+            if stacked and (p.dim() == 0 or p.shape[0] != n_models):
                 raise ValueError(
                     f"every parameter needs a leading model dimension of size n_models={n_models}, "
                     f"got shape {tuple(p.shape)}"
@@ -163,29 +256,33 @@ class BatchedLBFGS:
                 f"max_iter, max_eval and history_size must be >= 1, got {max_iter}, "
                 f"{self.max_eval}, {history_size}"
             )
+        self.stacked = stacked
         self.M, self.lr, self.max_iter, self.H = n_models, float(lr), max_iter, history_size
         self.tol_grad, self.tol_change = tolerance_grad, tolerance_change
         p0 = self.params[0]
-        self.n = sum(p[0].numel() for p in self.params)
-        M, n, H, dev = self.M, self.n, self.H, p0.device
-        vec = {"dtype": p0.dtype, "device": dev}
-        f64 = {"dtype": torch.float64, "device": dev}
-        i64 = {"dtype": torch.long, "device": dev}
-        self.n_iter = torch.zeros(M, **i64)
-        self.func_evals = torch.zeros(M, **i64)
-        self.step_iters = torch.zeros(M, **i64)
-        self.step_evals = torch.zeros(M, **i64)
-        self.diverged = torch.zeros(M, dtype=torch.bool, device=dev)
-        self.converged = torch.zeros(M, dtype=torch.bool, device=dev)
+        self.n = sum(p.numel() for p in self.params) // n_models
+        M, n, H = self.M, self.n, self.H
+        vec = {"dtype": p0.dtype, "device": p0.device}
+        zeros = torch.zeros(M, dtype=torch.long)
+        self.n_iter, self.func_evals = zeros.clone(), zeros.clone()
+        self.step_iters, self.step_evals = zeros.clone(), zeros.clone()
+        self.diverged = torch.zeros(M, dtype=torch.bool)
+        self.converged = torch.zeros(M, dtype=torch.bool)
+        # per model, across steps (as torch's state): vectors as rows, scalars as Python floats.
+        # Vector state is never written in place (a new tensor replaces it), so the line searches
+        # can hold on to gradient matrices without copying them.
         self.d = torch.zeros(M, n, **vec)
-        self.t = torch.zeros(M, **f64)
-        self.old_dirs = torch.zeros(M, H, n, **vec)
-        self.old_stps = torch.zeros(M, H, n, **vec)
-        self.ro = torch.zeros(M, H, **f64)
-        self.hist_len = torch.zeros(M, **i64)
-        self.H_diag = torch.ones(M, **f64)
         self.prev_flat_grad = torch.zeros(M, n, **vec)
-        self.prev_loss = torch.zeros(M, **f64)
+        self.old_dirs = torch.zeros(M, H, n, **vec)  # curvature pairs, in slots ...
+        self.old_stps = torch.zeros(M, H, n, **vec)
+        self._pairs = [(self.old_dirs[:, i], self.old_stps[:, i]) for i in range(H)]  # slot views
+        self._arange = torch.arange(M, device=p0.device)
+        self._order: list[list[int]] = [[] for _ in range(M)]  # ... each model's, oldest first
+        self._ro: list[list[float]] = [[0.0] * H for _ in range(M)]  # per slot
+        self._h_diag = [1.0] * M
+        self._t = [0.0] * M
+        self._n_iter = [0] * M
+        self._func_evals = [0] * M
 
     @property
     def active(self) -> Tensor:
@@ -194,12 +291,14 @@ class BatchedLBFGS:
 
     # -- flat views ------------------------------------------------------------------------------
     def _flat_params(self) -> Tensor:
-        return torch.cat([p.detach().reshape(self.M, -1) for p in self.params], 1).clone()
+        return torch.cat([p.detach().reshape(self.M, -1) for p in self.params], 1)
 
-    def _flat_grad(self) -> Tensor:
+    def _flat_grad(self) -> Tensor:  # (a new tensor: cat copies)
         return torch.cat(
             [
-                p.new_zeros(self.M, p[0].numel()) if p.grad is None else p.grad.reshape(self.M, -1)
+                p.new_zeros(self.M, p.numel() // self.M)
+                if p.grad is None
+                else p.grad.reshape(self.M, -1)
                 for p in self.params
             ],
             1,
@@ -208,220 +307,237 @@ class BatchedLBFGS:
     def _set_params(self, x: Tensor) -> None:
         off = 0
         for p in self.params:
-            k = p[0].numel()
+            k = p.numel() // self.M
             p.copy_(x[:, off : off + k].view_as(p))
             off += k
 
-    def _evaluate(self, closure: Callable[[], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
-        self._set_params(x)
+    def _evaluate(self, closure: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():
             losses = closure()
+        if isinstance(losses, Tensor) and not self.stacked and losses.dim() == 0:
+            losses = losses.reshape(1)
         if not isinstance(losses, Tensor) or losses.shape != (self.M,):
             shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
             raise ValueError(f"the closure must return the (M,) = ({self.M},) losses, got {shape}")
-        return losses.detach().double(), self._flat_grad().clone()
+        return losses.detach().double(), self._flat_grad()
+
+    def _col(self, values: list[float]) -> Tensor:
+        """(M, 1) column of per-model scalars in the vectors' dtype."""
+        return torch.tensor(values, dtype=self.d.dtype, device=self.d.device).unsqueeze(1)
+
+    def _rows(self, rows: list[int], new: Tensor, old: Tensor) -> Tensor:
+        """``old`` with ``rows`` taken from ``new`` (``new`` itself when that is every row)."""
+        if len(rows) == self.M:
+            return new
+        sel = [False] * self.M
+        for m in rows:
+            sel[m] = True
+        mask = torch.tensor(sel, device=old.device).unsqueeze(1)
+        return torch.where(mask, new, old)
 
     # -- the step --------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor]) -> Tensor:
-        M, H, dev = self.M, self.H, self.d.device
-        tol_c = self.tol_change
-        x = self._flat_params()
-        orig_loss, g = self._evaluate(closure, x)
-        loss = orig_loss.clone()
-        alive = ~self.diverged
-        self.func_evals += alive.long()
-        self.diverged |= ~(torch.isfinite(loss) & torch.isfinite(g).all(1))
-        self.converged = (g.abs().amax(1) <= self.tol_grad) & ~self.diverged
-        current_evals = alive.long()
-        n_iter = torch.zeros(M, dtype=torch.long, device=dev)
-        running = ~(self.diverged | self.converged)  # in this step (not yet stopped)
-        phase = torch.full((M,), _IDLE, dtype=torch.long, device=dev)
-        z = torch.zeros(M, dtype=torch.float64, device=dev)
-        # line-search state
-        f0, gtd0, d_norm = z.clone(), z.clone(), z.clone()
-        t_prev, f_prev, gtd_prev = z.clone(), z.clone(), z.clone()
-        g0, g_prev = torch.zeros_like(g), torch.zeros_like(g)
-        max_ls = torch.zeros_like(n_iter)
-        ls_iter, ls_evals = torch.zeros_like(n_iter), torch.zeros_like(n_iter)
-        bt = torch.zeros(M, 2, dtype=torch.float64, device=dev)
-        bf, bgtd = bt.clone(), bt.clone()
-        bg = torch.zeros(M, 2, g.shape[1], dtype=g.dtype, device=dev)
-        low, high = torch.zeros_like(n_iter), torch.ones_like(n_iter)
-        insuf = torch.zeros(M, dtype=torch.bool, device=dev)
-        ls_done = torch.zeros_like(insuf)
-        rows = torch.arange(M, device=dev)
-
-        def start_iterations(mask: Tensor) -> None:
-            """Begin an outer iteration for ``mask``: direction, step guess, line-search start."""
-            nonlocal g0, g_prev
-            if not mask.any():
-                return
-            n_iter.add_(mask.long())
-            self.n_iter.add_(mask.long())
-            first = mask & (self.n_iter == 1)
-            later = mask & ~first
-            if first.any():
-                _set(self.hist_len, first, 0)
-                _set(self.H_diag, first, 1.0)
-                _set(self.ro, first, 0.0)  # empty slots have ro = 0: they drop out of the loops
-            if later.any():  # update the memory
-                y = g - self.prev_flat_grad
-                s = self.d * self.t.to(g.dtype)[:, None]
-                ys = _dot(y, s)
-                upd = later & (ys > 1e-10)
-                if upd.any():
-                    full = upd & (self.hist_len == H)
-                    if full.any():  # drop the oldest pair
-                        self.old_dirs[full] = self.old_dirs[full].roll(-1, 1)
-                        self.old_stps[full] = self.old_stps[full].roll(-1, 1)
-                        self.ro[full] = self.ro[full].roll(-1, 1)
-                    pos = torch.where(full, H - 1, self.hist_len)
-                    r_ = upd.nonzero().flatten()
-                    self.old_dirs[r_, pos[r_]] = y[r_]
-                    self.old_stps[r_, pos[r_]] = s[r_]
-                    self.ro[r_, pos[r_]] = 1.0 / ys[r_]
-                    _set(self.H_diag, upd, ys / _dot(y, y))
-                    self.hist_len.add_((upd & ~full).long())
-            # two-loop recursion (newest pair first) up to the longest history; a model's empty
-            # slots have ro = 0, so their coefficients are exactly 0 and leave q and r unchanged
-            n_hist = int(self.hist_len[mask].max())
-            q = g.neg()
-            al = torch.zeros(M, H, dtype=torch.float64, device=dev)
-            for i in range(n_hist - 1, -1, -1):
-                a = _dot(self.old_stps[:, i], q) * self.ro[:, i]
-                al[:, i] = a
-                q = q - a.to(q.dtype)[:, None] * self.old_dirs[:, i]
-            r = q * self.H_diag.to(q.dtype)[:, None]
-            for i in range(n_hist):
-                be = _dot(self.old_dirs[:, i], r) * self.ro[:, i]
-                r = r + (al[:, i] - be).to(r.dtype)[:, None] * self.old_stps[:, i]
-            _set(self.d, mask, torch.where(first[:, None], g.neg(), r))
-            _set(self.prev_flat_grad, mask, g)
-            _set(self.prev_loss, mask, loss)
-            t_first = torch.clamp(1.0 / g.abs().sum(1).double(), max=1.0) * self.lr
-            _set(self.t, mask, torch.where(first, t_first, self.lr))
-            gtd = _dot(g, self.d)
-            stop = mask & (gtd > -tol_c)
-            running.logical_and_(~stop)
-            go = mask & ~stop
-            for dst, src in ((f0, loss), (g0, g), (gtd0, gtd), (t_prev, 0.0), (f_prev, loss)):
-                _set(dst, go, src)
-            for dst, src in ((g_prev, g), (gtd_prev, gtd), (ls_iter, 0), (ls_evals, 0)):
-                _set(dst, go, src)
-            _set(d_norm, go, self.d.abs().amax(1).double())
-            _set(max_ls, go, self.max_eval - current_evals)
-            _set(insuf, go, False)
-            _set(ls_done, go, False)
-            _set(phase, go, _BR)
-
-        def zoom_trial(mask: Tensor) -> Tensor:
-            """The zoom loop's head for ``mask``: the models that still need a trial point get one."""
-            b0, b1 = bt[:, 0], bt[:, 1]
-            small = mask & ((b1 - b0).abs() * d_norm < _LS_TOL)
-            need = mask & ~small
-            t = _cubic(b0, bf[:, 0], bgtd[:, 0], b1, bf[:, 1], bgtd[:, 1])
-            bmax, bmin = torch.maximum(b0, b1), torch.minimum(b0, b1)
-            eps = 0.1 * (bmax - bmin)
-            near = torch.minimum(bmax - t, t - bmin) < eps
-            move = near & (insuf | (t >= bmax) | (t <= bmin))
-            moved = torch.where((t - bmax).abs() < (t - bmin).abs(), bmax - eps, bmin + eps)
-            t = torch.where(move, moved, t)
-            insuf[need] = (near & ~move)[need]
-            self.t[need] = t[need]
-            return small  # these models' line searches end here
-
-        def finish_ls(mask: Tensor) -> None:
-            """End the line search of ``mask``: take the low bracket end and run the outer tests."""
-            if not mask.any():
-                return
-            phase[mask] = _IDLE
-            r_ = mask.nonzero().flatten()
-            lo_ = low[r_]
-            self.t[r_] = bt[r_, lo_]
-            loss[r_] = bf[r_, lo_]
-            g[r_] = bg[r_, lo_]
-            x[r_] = x[r_] + self.t[r_].to(x.dtype)[:, None] * self.d[r_]
-            current_evals[r_] += ls_evals[r_]
-            self.func_evals[r_] += ls_evals[r_]
-            stop = (
-                (n_iter == self.max_iter)
-                | (current_evals >= self.max_eval)
-                | (g.abs().amax(1) <= self.tol_grad)
-                | ((self.d * self.t.to(g.dtype)[:, None]).abs().amax(1) <= tol_c)
-                | ((loss - self.prev_loss).abs() < tol_c)
-            )
-            running[mask & stop] = False
-            start_iterations(mask & ~stop)
-
-        start_iterations(running.clone())
-        while (running & (phase != _IDLE)).any():
-            need = running & (phase != _IDLE)
-            trial = torch.where(need[:, None], x + self.t.to(x.dtype)[:, None] * self.d, x)
-            f_new, g_new = self._evaluate(closure, trial)
-            bad = need & ~(torch.isfinite(f_new) & torch.isfinite(g_new).all(1))
-            if bad.any():
-                self.diverged |= bad
-                running[bad] = False
-                phase[bad] = _IDLE
-                need = need & ~bad
-            gtd_new = _dot(g_new, self.d)
-            t = self.t
-            ls_evals[need] += 1
-            armijo_fail = f_new > (f0 + _C1 * t * gtd0)
-            curv_ok = gtd_new.abs() <= -_C2 * gtd0
-            # zoom: update the bracket with the new point
-            zm = need & (phase == _ZOOM)
-            ls_iter[zm] += 1
-            rep_high = zm & (armijo_fail | (f_new >= bf[rows, low]))
-            keep = zm & ~rep_high
-            ls_done[keep & curv_ok] = True
-            flip = keep & ~curv_ok & (gtd_new * (bt[rows, high] - bt[rows, low]) >= 0)
-            for arr in (bt, bf, bgtd, bg):
-                _put(arr, flip, high, arr[rows, low])
-            for arr, val in ((bt, t), (bf, f_new), (bgtd, gtd_new), (bg, g_new)):
-                _put(arr, rep_high, high, val)
-                _put(arr, keep, low, val)
-            lo_first = bf[:, 0] <= bf[:, 1]
-            low[rep_high] = torch.where(lo_first, 0, 1)[rep_high]
-            high[rep_high] = torch.where(lo_first, 1, 0)[rep_high]
-            zoom_end = zm & (ls_done | (ls_iter >= max_ls))
-            # bracketing phase
-            br = need & (phase == _BR)
-            ls_iter[br & (ls_evals > 1)] += 1
-            exhausted = br & (ls_iter == max_ls)
-            chk = br & ~exhausted
-            to_zoom1 = chk & (armijo_fail | ((ls_iter > 1) & (f_new >= f_prev)))
-            done_br = chk & ~to_zoom1 & curv_ok
-            to_zoom2 = chk & ~to_zoom1 & ~done_br & (gtd_new >= 0)
-            to_zoom = to_zoom1 | to_zoom2
-            interp = chk & ~to_zoom1 & ~done_br & ~to_zoom2
-            pair = to_zoom | exhausted
-            bt[pair] = torch.stack([torch.where(exhausted, 0.0, t_prev), t], 1)[pair]
-            bf[pair] = torch.stack([torch.where(exhausted, f0, f_prev), f_new], 1)[pair]
-            bgtd[pair] = torch.stack([torch.where(exhausted, gtd0, gtd_prev), gtd_new], 1)[pair]
-            g_lo = torch.where(exhausted[:, None], g0, g_prev)
-            bg[pair] = torch.stack([g_lo, g_new], 1)[pair]
-            one = done_br
-            bt[one], bf[one] = t[one, None].expand(-1, 2), f_new[one, None].expand(-1, 2)
-            bgtd[one] = gtd_new[one, None].expand(-1, 2)
-            bg[one] = g_new[one, None].expand(-1, 2, -1)
-            lo_first = bf[:, 0] <= bf[:, 1]
-            low[pair | one] = torch.where(lo_first, 0, 1)[pair | one]
-            high[pair | one] = torch.where(lo_first, 1, 0)[pair | one]
-            insuf[to_zoom] = False
-            phase[to_zoom] = _ZOOM
-            if interp.any():
-                new_t = _cubic(
-                    t_prev, f_prev, gtd_prev, t, f_new, gtd_new, t + 0.01 * (t - t_prev), t * 10
-                )
-                t_prev[interp], f_prev[interp] = t[interp], f_new[interp]
-                g_prev[interp], gtd_prev[interp] = g_new[interp], gtd_new[interp]
-                self.t[interp] = new_t[interp]
-            # zoom heads for the models still zooming; then end the finished line searches
-            zoomers = (zm & ~zoom_end) | to_zoom
-            small = zoom_trial(zoomers)
-            finish_ls(zoom_end | exhausted | done_br | small)
-        self._set_params(x)
-        self.step_iters, self.step_evals = n_iter, current_evals
+        M = self.M
+        self._x = self._flat_params()
+        orig_loss, G = self._evaluate(closure)
+        self._g = G
+        losses = orig_loss.tolist()
+        g_max = G.abs().amax(1).tolist()
+        self._div = div = self.diverged.tolist()
+        conv = [False] * M
+        self._iters, self._evals = [0] * M, [0] * M
+        self._gens: dict[int, Generator[tuple, Any, None]] = {}
+        self._pending: dict[int, tuple] = {}
+        for m in range(M):
+            if div[m]:
+                continue
+            self._evals[m] = 1
+            if not (math.isfinite(losses[m]) and math.isfinite(g_max[m])):
+                div[m] = True
+            elif g_max[m] <= self.tol_grad:
+                conv[m] = True
+            else:
+                gen = _model_step(self, m, losses[m], self.lr, self.max_iter, self.max_eval,
+                                  self.tol_grad, self.tol_change)  # fmt: skip
+                self._gens[m] = gen
+                self._pending[m] = next(gen)
+        pending = self._pending
+        while pending:
+            accept = [m for m, r in pending.items() if r[0] == _ACCEPT]
+            if accept:
+                self._accept(accept)
+            turn = [m for m, r in pending.items() if r[0] == _DIRECTION]
+            if turn:
+                self._direction(turn)
+            if pending:  # every model left waits for an evaluation
+                self._eval_round(closure)
+        self._set_params(self._x)
+        self._g = self._gens = None  # type: ignore[assignment]  # (release the gradients)
+        for m in range(M):
+            self._func_evals[m] += self._evals[m]
+        self.diverged = torch.tensor(div, dtype=torch.bool)
+        self.converged = torch.tensor(conv, dtype=torch.bool)
+        self.n_iter = torch.tensor(self._n_iter, dtype=torch.long)
+        self.func_evals = torch.tensor(self._func_evals, dtype=torch.long)
+        self.step_iters = torch.tensor(self._iters, dtype=torch.long)
+        self.step_evals = torch.tensor(self._evals, dtype=torch.long)
         return orig_loss
+
+    def _send(self, m: int, answer: tuple) -> None:
+        try:
+            self._pending[m] = self._gens[m].send(answer)
+        except StopIteration:
+            del self._pending[m], self._gens[m]
+
+    def _drop(self, m: int) -> None:
+        """Model m diverged: it stops where it is (its last accepted iterate) for good."""
+        self._div[m] = True
+        self._gens.pop(m).close()
+        del self._pending[m]
+
+    def _accept(self, ms: list[int]) -> None:
+        """x <- x + t d and g <- the line search's gradient, for the models ``ms``."""
+        M, d, pending = self.M, self.d, self._pending
+        ts = [0.0] * M
+        groups: dict[int, tuple[Tensor, list[int]]] = {}
+        for m in ms:
+            _, ts[m], G = pending[m]
+            groups.setdefault(id(G), (G, []))[1].append(m)
+        if M == 1:
+            t = ts[0]
+            self._x = torch.add(self._x, d, alpha=t)
+            step = d.mul(t)
+        else:  # (rows with t = 0 stay exactly where they are)
+            tcol = self._col(ts)
+            self._x = torch.addcmul(self._x, tcol, d)
+            step = d * tcol
+        g = self._g
+        for G, rows in groups.values():
+            g = self._rows(rows, G, g)
+        self._g = g
+        stats = torch.stack([g.abs().amax(1), step.abs().amax(1)]).tolist()
+        for m in ms:
+            self._send(m, (stats[0][m], stats[1][m]))
+
+    def _direction(self, ms: list[int]) -> None:
+        """A new L-BFGS direction for the models ``ms`` (each at the start of an iteration)."""
+        g = self._g
+        first, later = [], []
+        for m in ms:
+            self._iters[m] += 1
+            self._n_iter[m] += 1
+            (first if self._n_iter[m] == 1 else later).append(m)
+        for m in first:
+            self._order[m], self._h_diag[m] = [], 1.0
+        d = self.d
+        if later:
+            d = self._two_loop(later, g)
+        if first:
+            d = self._rows(first, g.neg(), d)
+        self.d = d
+        self.prev_flat_grad = self._rows(ms, g, self.prev_flat_grad)
+        stats = [torch.linalg.vecdot(g, d), d.abs().amax(1)]
+        if first:
+            stats.append(g.abs().sum(1))
+        vals = torch.stack(stats).double().tolist()
+        bad = []
+        for m in ms:
+            gtd = vals[0][m]
+            if not math.isfinite(gtd):
+                bad.append(m)
+                self._drop(m)
+                continue
+            g_abs = vals[2][m] if self._n_iter[m] == 1 else 0.0
+            self._send(m, (gtd, vals[1][m], g_abs, self._n_iter[m] == 1, g))
+        if bad:  # a finite direction for them: their trial points stay at x
+            self.d = self._rows(bad, torch.zeros_like(d), d)
+
+    def _two_loop(self, ms: list[int], g: Tensor) -> Tensor:
+        """The curvature-memory update and torch's two-loop recursion for the models ``ms``; the
+        other rows of the result are ``self.d``'s. Recursions of different lengths run side by side,
+        aligned by age (newest pair first); a model's missing pairs get ro = 0, which makes their
+        coefficients exactly 0 and leaves its vectors unchanged."""
+        M, H = self.M, self.H
+        y = g - self.prev_flat_grad
+        s = self.d * (self._t[0] if M == 1 else self._col(self._t))
+        dots = torch.stack([torch.linalg.vecdot(y, s), torch.linalg.vecdot(y, y)]).double()
+        ys, yy = dots.tolist()
+        push, slots = [], []
+        for m in ms:
+            if ys[m] > 1e-10:
+                order = self._order[m]
+                slot = order.pop(0) if len(order) == H else len(order)
+                order.append(slot)
+                self._ro[m][slot] = 1.0 / ys[m]
+                self._h_diag[m] = ys[m] / yy[m]
+                push.append(m)
+                slots.append(slot)
+        if push:
+            if len(push) == M and len(set(slots)) == 1:
+                self.old_dirs[:, slots[0]] = y
+                self.old_stps[:, slots[0]] = s
+            else:
+                r_, s_ = torch.tensor(push), torch.tensor(slots)
+                self.old_dirs[r_, s_] = y[r_]
+                self.old_stps[r_, s_] = s[r_]
+        n_old = max(len(self._order[m]) for m in ms)
+        # per model, its slots newest first, padded; rows without a pair at an age get ro = 0 and
+        # the slot list of a participating model (any slot would do; equal lists need no gather)
+        slots: list[list[int] | None] = [None] * M
+        ros = [[0.0] * n_old for _ in range(M)]
+        for m in ms:
+            order = self._order[m]
+            pad = n_old - len(order)
+            slots[m] = order[::-1] + [order[0] if order else 0] * pad
+            ros[m] = [self._ro[m][sl] for sl in order[::-1]] + [0.0] * pad
+        fill = slots[ms[0]]
+        slot_lists = [fill if sl is None else sl for sl in slots]
+        ro_t: Sequence[Tensor | float]  # per age: (M,), or a float for one model
+        if M == 1:
+            ro_t = ros[0]
+        else:
+            ro_t = torch.tensor(ros, dtype=g.dtype, device=g.device).T.unbind(0)
+        if all(sl == fill for sl in slot_lists):  # (the usual case: views made once)
+            pairs = [self._pairs[sl] for sl in fill]
+        else:
+            idx = torch.tensor(slot_lists, device=g.device).T  # (age, M)
+            rows = self._arange[None, :]
+            dirs_all, stps_all = self.old_dirs[rows, idx], self.old_stps[rows, idx]
+            pairs = list(zip(dirs_all.unbind(0), stps_all.unbind(0), strict=True))
+        q = g.neg()
+        al = []
+        # (M,) coefficients broadcast as a column; for one model, (1,) does as it is
+        col = (lambda v: v) if M == 1 else (lambda v: v.unsqueeze(1))
+        for age in range(n_old):  # newest first
+            dirs, stps = pairs[age]
+            a = col(torch.linalg.vecdot(stps, q).mul_(ro_t[age]))
+            al.append(a)
+            q = torch.addcmul(q, a, dirs, value=-1)
+        r = q * (self._h_diag[0] if M == 1 else self._col(self._h_diag))
+        for age in range(n_old - 1, -1, -1):  # oldest first
+            dirs, stps = pairs[age]
+            be = col(torch.linalg.vecdot(dirs, r).mul_(ro_t[age]))
+            r = torch.addcmul(r, al[age] - be, stps)
+        return self._rows(ms, r, self.d)
+
+    def _eval_round(self, closure: Callable[[], Tensor]) -> None:
+        """One closure call: each waiting model at its trial point x + t d, the others at x."""
+        M, d, pending = self.M, self.d, self._pending
+        ts = [0.0] * M
+        for m, r in pending.items():
+            ts[m] = r[1]
+        if M == 1:
+            trial = torch.add(self._x, d, alpha=ts[0])
+        else:
+            trial = torch.addcmul(self._x, self._col(ts), d)
+        self._set_params(trial)
+        losses, G = self._evaluate(closure)
+        vals = torch.stack([losses, torch.linalg.vecdot(G, d).double()]).tolist()
+        for m in list(pending):
+            self._evals[m] += 1
+            f, gtd = vals[0][m], vals[1][m]
+            if math.isfinite(f) and math.isfinite(gtd):
+                self._send(m, (f, gtd, G))
+            else:
+                self._drop(m)
