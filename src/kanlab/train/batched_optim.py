@@ -61,15 +61,24 @@ _DIRECTION, _EVAL, _ACCEPT = 0, 1, 2  # what a model's step asks of the batch
 
 
 def batched_adam(
-    params: Iterable[Tensor], *, lr: float, weight_decay: float = 0.0, decoupled: bool = False
+    params: Iterable[Tensor],
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    decoupled: bool = False,
+    no_decay: Sequence[Tensor] = (),
 ) -> torch.optim.Optimizer:
     """Adam (``decoupled=False``, L2 weight decay) or AdamW over stacked parameters: exactly per model.
 
     Train with the summed per-model loss. See the module docstring for why nothing more is needed, and
-    :func:`step_frozen` for models that must stop moving.
+    :func:`step_frozen` for models that must stop moving. ``no_decay``: more parameters, in a group
+    of their own without weight decay (``fit``'s free-knot logits).
     """
     cls = torch.optim.AdamW if decoupled else torch.optim.Adam
-    return cls(list(params), lr=lr, weight_decay=weight_decay)
+    groups: list[dict[str, Any]] = [{"params": list(params)}]
+    if no_decay:
+        groups.append({"params": list(no_decay), "weight_decay": 0.0})
+    return cls(groups, lr=lr, weight_decay=weight_decay)
 
 
 @torch.no_grad()
@@ -288,6 +297,16 @@ class BatchedLBFGS:
     def active(self) -> Tensor:
         """(M,) bool: models that neither diverged nor had converged at the last step's start."""
         return ~(self.diverged | self.converged)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the parameters' gradients (as ``torch.optim.Optimizer.zero_grad``)."""
+        for p in self.params:
+            if p.grad is None:
+                continue
+            if set_to_none:
+                p.grad = None
+            else:
+                p.grad.detach_().zero_()
 
     # -- flat views ------------------------------------------------------------------------------
     def _flat_params(self) -> Tensor:

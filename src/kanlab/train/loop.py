@@ -18,6 +18,7 @@ from kanlab._checks import check_choice, check_finite
 from kanlab.config import FitConfig
 from kanlab.free_knots import FreeKnotObjective
 from kanlab.models import KAN
+from kanlab.train.batched_optim import BatchedLBFGS
 from kanlab.train.history import Callback, History, StepState
 from kanlab.train.optim import batches, loss_scale, make_optimizer
 from kanlab.train.step import Objective, evaluate, one_step
@@ -43,7 +44,8 @@ def fit(
     as ``config``, as keywords (``fit(model, data, steps=50, lr=0.5)``), or both: a keyword
     overrides the config's field; an unknown keyword is a ``TypeError`` listing the valid ones.
 
-    - optimizer: "lbfgs" (torch's, strong-Wolfe line search, full batch), "adam" or "adamw".
+    - optimizer: "lbfgs" (strong-Wolfe line search, full batch: torch's algorithm, run by
+      :class:`kanlab.train.batched_optim.BatchedLBFGS` with one model), "adam" or "adamw".
     - steps: optimiser steps (per stage with ``grid_schedule``).
     - lr: learning rate (LBFGS: the initial step length of the line search).
     - batch_size: mini-batch size for Adam(W) (``None``: full batch).
@@ -289,6 +291,12 @@ class _Run:
             self.free.write_back()
         if not math.isfinite(obj):
             self._restore(f"non-finite training loss ({obj}) at step {self.step_index}")
+        if isinstance(self.opt, BatchedLBFGS) and bool(self.opt.diverged[0]):
+            # (the optimiser has put the model back at its last iterate with a finite loss)
+            raise NonFiniteLossError(
+                f"non-finite training loss in the line search of step {self.step_index}; the "
+                "model was restored to the last parameters with a finite loss"
+            )
         self.last_good = before
         if (self.step_index + 1) % cfg.log_every == 0 or s == cfg.steps - 1:
             if self._log(obj, reg):

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from kanlab import distributed as D
+from kanlab.train.batched_optim import BatchedLBFGS, batched_adam
 from kanlab.train.step import data_loss_sum
 
 __all__ = ["batches", "loss_scale", "make_optimizer"]
@@ -20,13 +21,21 @@ def make_optimizer(
     lr: float,
     weight_decay: float,
     extra: Sequence[nn.Parameter] = (),
-) -> torch.optim.Optimizer:
-    """The optimiser over ``params`` and ``extra`` (free-knot logits: never weight-decayed)."""
+) -> BatchedLBFGS | torch.optim.Optimizer:
+    """The optimiser over ``params`` and ``extra`` (free-knot logits: never weight-decayed).
+
+    The model batch's optimisers (:mod:`kanlab.train.batched_optim`) with one model, so that ``fit``
+    and ``fit_batch`` run the same code: LBFGS is :class:`BatchedLBFGS` on the model's parameters
+    as they are (``stacked=False``: a leading model dimension of 1, read through reshapes that share
+    their storage); Adam(W) is :func:`batched_adam`.
+    """
     if name == "lbfgs":  # (weight decay is a term of the closure's objective, on params only)
         # As the official KAN code: history 10, strong-Wolfe line search, up to 20 inner iterations
         # per step, and tolerances that never stop early (steps stay comparable with the paper's).
-        return torch.optim.LBFGS(
+        return BatchedLBFGS(
             [*params, *extra],
+            n_models=1,
+            stacked=False,
             lr=lr,
             history_size=10,
             max_iter=20,
@@ -34,11 +43,9 @@ def make_optimizer(
             tolerance_grad=1e-32,
             tolerance_change=1e-32,
         )
-    cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-    groups = [{"params": params}]
-    if extra:
-        groups.append({"params": list(extra), "weight_decay": 0.0})
-    return cls(groups, lr=lr, weight_decay=weight_decay)
+    return batched_adam(
+        params, lr=lr, weight_decay=weight_decay, decoupled=name == "adamw", no_decay=extra
+    )
 
 
 @torch.no_grad()

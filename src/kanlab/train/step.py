@@ -44,11 +44,12 @@ def data_loss_sum(pred: Tensor, y: Tensor, kind: str) -> Tensor:
 
 
 def one_step(
-    net: nn.Module, opt: torch.optim.Optimizer, cfg: FitConfig, data: Any, x: Tensor, y: Tensor,
+    net: nn.Module, opt: Any, cfg: FitConfig, data: Any, x: Tensor, y: Tensor,
     idx: Tensor | None, kind: str, params: list[nn.Parameter], scale: float,
 ) -> tuple[float, float]:  # fmt: skip
     """One optimiser step; returns (objective, reg) at the parameters before the step. The
-    optimiser minimises ``scale * objective`` (see :func:`kanlab.train.optim.loss_scale`).
+    optimiser (:func:`kanlab.train.optim.make_optimizer`'s) minimises ``scale * objective`` (see
+    :func:`kanlab.train.optim.loss_scale`); LBFGS takes the closure's scalar as its one model's loss.
 
     ``x, y`` are this rank's rows of the full training set (used when ``idx`` is None); ``idx`` is a
     global mini-batch, of which this rank takes its contiguous block. The data term is this rank's
