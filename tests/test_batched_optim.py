@@ -306,3 +306,31 @@ def test_lbfgs_line_search_branches_match_torch(problem, steps, settings):
     first run in rounding noise near the minimum, so that case compares the first step only."""
     params, losses = wiggly_problem(8, **problem)
     assert_matches_torch(params, losses, steps, **settings)
+
+
+def test_lbfgs_eight_models_equal_eight_single_model_optimisers_as_fit_runs_them():
+    """Batched over 8 models == 8 one-model optimisers on unstacked parameters (``stacked=False``,
+    fit's way, the closure returning a scalar) over the first step, within 1e-9."""
+    params, losses = mlp_problem(list(range(8)))
+    opt, batched = run_batched(fresh(params), losses, 1, **KANLAB)
+    for m in range(8):
+        mine = [p[m].detach().clone().requires_grad_() for p in params]
+        solo = BatchedLBFGS(mine, n_models=1, stacked=False, **KANLAB)
+
+        def closure(mine=mine, m=m, solo=solo):
+            solo.zero_grad()
+            loss = losses(*[w[None] for w in mine], idx=slice(m, m + 1))[0]
+            loss.backward()
+            return loss.detach()
+
+        start = float(solo.step(closure)[0])
+        assert start == float(losses(*params)[m].detach())
+        for pb, ps in zip(batched[0], mine, strict=True):
+            assert close(pb[m], ps.detach()), (m, (pb[m] - ps).abs().max())
+        assert int(solo.step_iters[0]) == int(opt.step_iters[m]) == 20
+        assert int(solo.step_evals[0]) == int(opt.step_evals[m])
+
+
+def test_lbfgs_single_model_rejects_a_stack():
+    with pytest.raises(ValueError, match="n_models must be 1, got 2"):
+        BatchedLBFGS([torch.zeros(2, 3)], n_models=2, stacked=False)
