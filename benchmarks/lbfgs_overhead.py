@@ -6,7 +6,8 @@
 The problem is cheap on purpose (per model: a 100-parameter ripple-and-Rosenbrock objective), so
 that the optimiser's own work dominates: overhead per closure call = (step time - time inside the
 closure) / closure calls. kanlab's settings (history 10, 20 iterations, tolerances 1e-32), float64,
-1 thread. ``--baseline`` takes another version of ``batched_optim.py`` (e.g. ``git show
+1 thread. Times are this thread's CPU time (``time.thread_time``), not wall clock, so that other
+jobs on a shared machine do not count. ``--baseline`` takes another version of ``batched_optim.py`` (e.g. ``git show
 0fbc5c9:src/kanlab/train/batched_optim.py > old.py``) and times it side by side. Implementations
 are interleaved over rounds; medians. Prints a Markdown table, writes JSON.
 """
@@ -47,18 +48,18 @@ def time_batched(cls, n_models: int, steps: int) -> tuple[float, int]:
 
     def closure() -> torch.Tensor:
         nonlocal inside, calls
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         w.grad = None
         out = losses(w)
         out.sum().backward()
-        inside += time.perf_counter() - t0
+        inside += time.thread_time() - t0
         calls += 1
         return out.detach()
 
-    t0 = time.perf_counter()
+    t0 = time.thread_time()
     for _ in range(steps):
         opt.step(closure)
-    total = time.perf_counter() - t0
+    total = time.thread_time() - t0
     return (total - inside) / calls * 1e3, calls
 
 
@@ -70,18 +71,18 @@ def time_torch(steps: int) -> tuple[float, int]:
 
     def closure() -> torch.Tensor:
         nonlocal inside, calls
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         opt.zero_grad()
         out = losses(w).sum()
         out.backward()
-        inside += time.perf_counter() - t0
+        inside += time.thread_time() - t0
         calls += 1
         return out
 
-    t0 = time.perf_counter()
+    t0 = time.thread_time()
     for _ in range(steps):
         opt.step(closure)
-    total = time.perf_counter() - t0
+    total = time.thread_time() - t0
     return (total - inside) / calls * 1e3, calls
 
 

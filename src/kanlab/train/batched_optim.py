@@ -49,6 +49,7 @@ import math
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -285,9 +286,11 @@ class BatchedLBFGS:
         self.old_dirs = torch.zeros(M, H, n, **vec)  # curvature pairs, in slots ...
         self.old_stps = torch.zeros(M, H, n, **vec)
         self._pairs = [(self.old_dirs[:, i], self.old_stps[:, i]) for i in range(H)]  # slot views
+        self._pairs1 = [(a.view(-1), b.view(-1)) for a, b in self._pairs] if M == 1 else []
         self._arange = torch.arange(M, device=p0.device)
-        self._order: list[list[int]] = [[] for _ in range(M)]  # ... each model's, oldest first
-        self._ro: list[list[float]] = [[0.0] * H for _ in range(M)]  # per slot
+        # ... each model's, by age (newest first): its slots and ro = 1 / y.s
+        self._slot_age: list[list[int]] = [[] for _ in range(M)]
+        self._ro_age: list[list[float]] = [[] for _ in range(M)]
         self._h_diag = [1.0] * M
         self._t = [0.0] * M
         self._n_iter = [0] * M
@@ -340,19 +343,18 @@ class BatchedLBFGS:
             raise ValueError(f"the closure must return the (M,) = ({self.M},) losses, got {shape}")
         return losses.detach().double(), self._flat_grad()
 
-    def _col(self, values: list[float]) -> Tensor:
-        """(M, 1) column of per-model scalars in the vectors' dtype."""
-        return torch.tensor(values, dtype=self.d.dtype, device=self.d.device).unsqueeze(1)
+    def _col(self, values: list[float] | np.ndarray) -> Tensor:
+        """(M, 1) column of per-model scalars in the vectors' dtype and device."""
+        v = torch.from_numpy(np.asarray(values, dtype=np.float64))
+        return v.to(dtype=self.d.dtype, device=self.d.device).unsqueeze(1)
 
     def _rows(self, rows: list[int], new: Tensor, old: Tensor) -> Tensor:
         """``old`` with ``rows`` taken from ``new`` (``new`` itself when that is every row)."""
         if len(rows) == self.M:
             return new
-        sel = [False] * self.M
-        for m in rows:
-            sel[m] = True
-        mask = torch.tensor(sel, device=old.device).unsqueeze(1)
-        return torch.where(mask, new, old)
+        sel = np.zeros(self.M, dtype=bool)
+        sel[rows] = True
+        return torch.where(torch.from_numpy(sel).to(old.device).unsqueeze(1), new, old)
 
     # -- the step --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -418,13 +420,13 @@ class BatchedLBFGS:
     def _accept(self, ms: list[int]) -> None:
         """x <- x + t d and g <- the line search's gradient, for the models ``ms``."""
         M, d, pending = self.M, self.d, self._pending
-        ts = [0.0] * M
+        ts = np.zeros(M)
         groups: dict[int, tuple[Tensor, list[int]]] = {}
         for m in ms:
             _, ts[m], G = pending[m]
             groups.setdefault(id(G), (G, []))[1].append(m)
         if M == 1:
-            t = ts[0]
+            t = float(ts[0])
             self._x = torch.add(self._x, d, alpha=t)
             step = d.mul(t)
         else:  # (rows with t = 0 stay exactly where they are)
@@ -448,7 +450,7 @@ class BatchedLBFGS:
             self._n_iter[m] += 1
             (first if self._n_iter[m] == 1 else later).append(m)
         for m in first:
-            self._order[m], self._h_diag[m] = [], 1.0
+            self._slot_age[m], self._ro_age[m], self._h_diag[m] = [], [], 1.0
         d = self.d
         if later:
             d = self._two_loop(later, g)
@@ -479,75 +481,85 @@ class BatchedLBFGS:
         coefficients exactly 0 and leaves its vectors unchanged."""
         M, H = self.M, self.H
         y = g - self.prev_flat_grad
-        s = self.d * (self._t[0] if M == 1 else self._col(self._t))
-        dots = torch.stack([torch.linalg.vecdot(y, s), torch.linalg.vecdot(y, y)]).double()
-        ys, yy = dots.tolist()
+        if M == 1:  # one model: 1-d vectors and torch's dot, as torch's LBFGS
+            s = self.d * self._t[0]
+            y1, s1 = y.view(-1), s.view(-1)
+            ys, yy = ([v] for v in torch.stack([torch.dot(y1, s1), torch.dot(y1, y1)]).tolist())
+        else:
+            s = self.d * self._col(self._t)
+            dots = torch.stack([torch.linalg.vecdot(y, s), torch.linalg.vecdot(y, y)])
+            ys, yy = dots.double().tolist()
         push, slots = [], []
-        for m in ms:
+        for m in ms:  # a new pair, in the model's oldest slot once its memory is full
             if ys[m] > 1e-10:
-                order = self._order[m]
-                slot = order.pop(0) if len(order) == H else len(order)
-                order.append(slot)
-                self._ro[m][slot] = 1.0 / ys[m]
+                ages, ros = self._slot_age[m], self._ro_age[m]
+                slot = ages[-1] if len(ages) == H else len(ages)
+                ages.insert(0, slot)
+                ros.insert(0, 1.0 / ys[m])
+                del ages[H:], ros[H:]
                 self._h_diag[m] = ys[m] / yy[m]
                 push.append(m)
                 slots.append(slot)
         if push:
-            if len(push) == M and len(set(slots)) == 1:
+            if len(push) == M and all(sl == slots[0] for sl in slots):
                 self.old_dirs[:, slots[0]] = y
                 self.old_stps[:, slots[0]] = s
             else:
                 r_, s_ = torch.tensor(push), torch.tensor(slots)
                 self.old_dirs[r_, s_] = y[r_]
                 self.old_stps[r_, s_] = s[r_]
-        n_old = max(len(self._order[m]) for m in ms)
-        # per model, its slots newest first, padded; rows without a pair at an age get ro = 0 and
-        # the slot list of a participating model (any slot would do; equal lists need no gather)
-        slots: list[list[int] | None] = [None] * M
-        ros = [[0.0] * n_old for _ in range(M)]
-        for m in ms:
-            order = self._order[m]
-            pad = n_old - len(order)
-            slots[m] = order[::-1] + [order[0] if order else 0] * pad
-            ros[m] = [self._ro[m][sl] for sl in order[::-1]] + [0.0] * pad
-        fill = slots[ms[0]]
-        slot_lists = [fill if sl is None else sl for sl in slots]
         ro_t: Sequence[Tensor | float]  # per age: (M,), or a float for one model
         if M == 1:
-            ro_t = ros[0]
+            ro_t, g_, dot = self._ro_age[0], g.view(-1), torch.dot
+            pairs = [self._pairs1[sl] for sl in self._slot_age[0]]
         else:
-            ro_t = torch.tensor(ros, dtype=g.dtype, device=g.device).T.unbind(0)
-        if all(sl == fill for sl in slot_lists):  # (the usual case: views made once)
-            pairs = [self._pairs[sl] for sl in fill]
-        else:
-            idx = torch.tensor(slot_lists, device=g.device).T  # (age, M)
-            rows = self._arange[None, :]
-            dirs_all, stps_all = self.old_dirs[rows, idx], self.old_stps[rows, idx]
-            pairs = list(zip(dirs_all.unbind(0), stps_all.unbind(0), strict=True))
-        q = g.neg()
+            # per model and age: the slot and ro; a model without a pair at an age (or not in ms)
+            # gets ro = 0 and the slot of a model with the longest history (any slot would do,
+            # and equal slots need no gather)
+            fill = max((self._slot_age[m] for m in ms), key=len)
+            n_old, chosen = len(fill), set(ms)
+            slot_rows, ro_rows = [], []
+            for m in range(M):
+                ages = self._slot_age[m] if m in chosen else []
+                slot_rows.append(ages + fill[len(ages) :])
+                ro_rows.append(self._ro_age[m] + [0.0] * (n_old - len(ages)) if ages else
+                               [0.0] * n_old)  # fmt: skip
+            ro_np = np.array(ro_rows, dtype=np.float64).reshape(M, n_old).T.copy()
+            ro_t = torch.from_numpy(ro_np).to(dtype=g.dtype, device=g.device).unbind(0)
+            g_, dot = g, torch.linalg.vecdot
+            if all(row == fill for row in slot_rows):  # (the usual case: views made once)
+                pairs = [self._pairs[sl] for sl in fill]
+            else:
+                idx = torch.tensor(slot_rows, device=g.device).T  # (age, M)
+                at = self._arange[None, :]
+                dirs_all, stps_all = self.old_dirs[at, idx], self.old_stps[at, idx]
+                pairs = list(zip(dirs_all.unbind(0), stps_all.unbind(0), strict=True))
+        n_old = len(pairs)
+        q = g_.neg()
         al = []
-        # (M,) coefficients broadcast as a column; for one model, (1,) does as it is
+        # (M,) coefficients broadcast as a column; one model's are 0-d
         col = (lambda v: v) if M == 1 else (lambda v: v.unsqueeze(1))
         for age in range(n_old):  # newest first
             dirs, stps = pairs[age]
-            a = col(torch.linalg.vecdot(stps, q).mul_(ro_t[age]))
+            a = col(dot(stps, q).mul_(ro_t[age]))
             al.append(a)
             q = torch.addcmul(q, a, dirs, value=-1)
         r = q * (self._h_diag[0] if M == 1 else self._col(self._h_diag))
         for age in range(n_old - 1, -1, -1):  # oldest first
             dirs, stps = pairs[age]
-            be = col(torch.linalg.vecdot(dirs, r).mul_(ro_t[age]))
+            be = col(dot(dirs, r).mul_(ro_t[age]))
             r = torch.addcmul(r, al[age] - be, stps)
+        r = r.view(M, -1)
         return self._rows(ms, r, self.d)
 
     def _eval_round(self, closure: Callable[[], Tensor]) -> None:
         """One closure call: each waiting model at its trial point x + t d, the others at x."""
         M, d, pending = self.M, self.d, self._pending
-        ts = [0.0] * M
+        ts = np.zeros(M)
         for m, r in pending.items():
             ts[m] = r[1]
         if M == 1:
-            trial = torch.add(self._x, d, alpha=ts[0])
+            trial = torch.add(self._x, d, alpha=float(ts[0]))
         else:
             trial = torch.addcmul(self._x, self._col(ts), d)
         self._set_params(trial)
