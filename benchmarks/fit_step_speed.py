@@ -7,7 +7,8 @@ KAN [2, 5, 1], grid 5, k = 3, float64, 1000 training points of exp(sin(pi x) + y
 grid updates, 1 thread: what the optimiser and the model cost per step, nothing else. Each tree runs
 in its own worker process (``PYTHONPATH=<tree>``), which warms up (kernel compilation, the first
 steps) and then times one ``fit`` call per round; the trees' rounds are interleaved and medians
-reported. Prints a Markdown table, writes JSON.
+reported, wall clock and the process's CPU time (robust to other jobs on a shared machine).
+Prints a Markdown table, writes JSON.
 """
 
 from __future__ import annotations
@@ -38,16 +39,20 @@ def worker(rounds: int, lbfgs_steps: int, adam_steps: int) -> None:
     def once(name: str) -> float:
         optimizer, lr, steps = runs[name]
         model = kl.KAN([2, 5, 1], grid_size=5, seed=0, dtype=torch.float64)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         kl.fit(model, ds, optimizer=optimizer, lr=lr, steps=steps, grid_update_every=0,
                log_every=steps, progress=False)  # fmt: skip
-        return (time.perf_counter() - t0) / steps * 1e3
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return wall / steps * 1e3, cpu / steps * 1e3
 
     for name in runs:  # warm-up
         once(name)
     for _ in range(rounds):
         line = input()  # the parent says when: the trees take turns
-        print(json.dumps({name: once(name) for name in runs}), flush=True)
+        row = {}
+        for name in runs:
+            row[name], row[f"{name}_cpu"] = once(name)
+        print(json.dumps(row), flush=True)
         if line == "last":
             break
 
@@ -72,7 +77,8 @@ def main() -> None:
                "--lbfgs-steps", str(args.lbfgs_steps), "--adam-steps", str(args.adam_steps)]  # fmt: skip
         procs[name] = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                        text=True)  # fmt: skip
-    times: dict[str, dict[str, list[float]]] = {n: {"lbfgs": [], "adam": []} for n in trees}
+    keys = ("lbfgs", "adam", "lbfgs_cpu", "adam_cpu")
+    times: dict[str, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in trees}
     for r in range(args.rounds):
         for name, proc in procs.items():
             proc.stdin.write("last\n" if r == args.rounds - 1 else "go\n")
@@ -84,13 +90,14 @@ def main() -> None:
         proc.wait()
     print(f"KAN [2,5,1] G=5 float64, 1000 points, 1 thread, median of {args.rounds} rounds "
           f"({args.lbfgs_steps} LBFGS / {args.adam_steps} Adam steps per fit)")  # fmt: skip
-    print("| tree | ms / LBFGS step | ms / Adam step |")
-    print("|---|---|---|")
+    print("| tree | ms / LBFGS step | ms / Adam step | CPU ms / LBFGS step | CPU ms / Adam step |")
+    print("|---|---|---|---|---|")
     rows = []
     for name, ts in times.items():
-        lb, ad = statistics.median(ts["lbfgs"]), statistics.median(ts["adam"])
-        rows.append({"tree": name, "src": trees[name], "lbfgs_ms": lb, "adam_ms": ad, "raw": ts})
-        print(f"| {name} | {lb:.2f} | {ad:.3f} |")
+        med = {k: statistics.median(v) for k, v in ts.items()}
+        rows.append({"tree": name, "src": trees[name], "median_ms": med, "raw": ts})
+        print(f"| {name} | {med['lbfgs']:.2f} | {med['adam']:.3f} | {med['lbfgs_cpu']:.2f} | "
+              f"{med['adam_cpu']:.3f} |")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rows": rows}, indent=1))
     print(f"wrote {args.out}")

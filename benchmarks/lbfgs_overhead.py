@@ -5,9 +5,11 @@
 
 The problem is cheap on purpose (per model: a 100-parameter ripple-and-Rosenbrock objective), so
 that the optimiser's own work dominates: overhead per closure call = (step time - time inside the
-closure) / closure calls. kanlab's settings (history 10, 20 iterations, tolerances 1e-32), float64,
-1 thread. Times are this thread's CPU time (``time.thread_time``), not wall clock, so that other
-jobs on a shared machine do not count. ``--baseline`` takes another version of ``batched_optim.py`` (e.g. ``git show
+closure) / closure calls; for scale, the last column is what one closure call of a real problem
+costs (a batch of M KANs [2, 5, 1] on 1000 points, forward + backward). kanlab's settings
+(history 10, 20 iterations, tolerances 1e-32), float64, 1 thread. Times are this thread's CPU
+time (``time.thread_time``), not wall clock, so that other jobs on a shared machine do not count.
+``--baseline`` takes another version of ``batched_optim.py`` (e.g. ``git show
 0fbc5c9:src/kanlab/train/batched_optim.py > old.py``) and times it side by side. Implementations
 are interleaved over rounds; medians. Prints a Markdown table, writes JSON.
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+import kanlab as kl
 from kanlab.train.batched_optim import BatchedLBFGS
 
 KANLAB = {"history_size": 10, "max_iter": 20, "tolerance_grad": 1e-32, "tolerance_change": 1e-32}
@@ -86,6 +89,29 @@ def time_torch(steps: int) -> tuple[float, int]:
     return (total - inside) / calls * 1e3, calls
 
 
+def model_eval_ms(n_models: int, reps: int = 20) -> float:
+    """For scale: one forward + backward of the summed MSE of M batched KANs [2, 5, 1] (grid 5,
+    float64) on 1000 shared points, as ``fit_batch``'s closure does it (CPU time, ms)."""
+    from kanlab.model_batch import KANBatch
+
+    batch = KANBatch.stack(
+        [kl.KAN([2, 5, 1], grid_size=5, seed=s, dtype=torch.float64) for s in range(n_models)]
+    )
+    x = torch.rand(1000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
+    y = torch.sin(torch.pi * x[:, :1]) + x[:, 1:] ** 2
+
+    def once() -> None:
+        for p in batch.parameters():
+            p.grad = None
+        ((batch(x) - y) ** 2).mean((1, 2)).sum().backward()
+
+    once()
+    t0 = time.thread_time()
+    for _ in range(reps):
+        once()
+    return (time.thread_time() - t0) / reps * 1e3
+
+
 def load(path: Path):
     spec = importlib.util.spec_from_file_location("baseline_batched_optim", path)
     module = importlib.util.module_from_spec(spec)
@@ -122,13 +148,16 @@ def main() -> None:
             times[k].append(ms)
     print(f"torch {torch.__version__}, 1 thread, float64, {args.steps} LBFGS steps, "
           f"median of {args.rounds}")  # fmt: skip
-    print("| optimiser | closure calls | overhead ms / closure call | per model |")
-    print("|---|---|---|---|")
+    evals = {m: model_eval_ms(m) for m in models}
+    print("| optimiser | closure calls | overhead ms / closure call | per model | "
+          "KAN [2,5,1] batch fwd+bwd ms (for scale) |")  # fmt: skip
+    print("|---|---|---|---|---|")
     rows = []
     for k, ts in times.items():
         ms, m = statistics.median(ts), int(k.rsplit("=", 1)[1])
-        rows.append({"run": k, "calls": calls[k], "overhead_ms_per_call": ms, "n_models": m})
-        print(f"| {k} | {calls[k]} | {ms:.3f} | {ms / m:.4f} |")
+        rows.append({"run": k, "calls": calls[k], "overhead_ms_per_call": ms, "n_models": m,
+                     "model_eval_ms": evals[m]})  # fmt: skip
+        print(f"| {k} | {calls[k]} | {ms:.3f} | {ms / m:.4f} | {evals[m]:.3f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"torch": torch.__version__, "rows": rows}, indent=1))
     print(f"wrote {args.out}")
