@@ -394,7 +394,7 @@ class BatchedLBFGS:
             if pending:  # every model left waits for an evaluation
                 self._eval_round(closure)
         self._set_params(self._x)
-        self._g = self._gens = None  # type: ignore[assignment]  # (release the gradients)
+        self._x = self._g = self._gens = None  # type: ignore[assignment]  # (release them)
         for m in range(M):
             self._func_evals[m] += self._evals[m]
         self.diverged = torch.tensor(div, dtype=torch.bool)
