@@ -52,10 +52,11 @@ def make_optimizer(
 def loss_scale(model: nn.Module, x: Tensor, y: Tensor, kind: str, n_global: int) -> float:
     """A constant factor for the LBFGS objective of one stage: 1 / (data loss at the stage start).
 
-    torch's LBFGS skips its curvature update when ``y.s <= 1e-10`` (a fixed threshold); near the
-    accuracies the KAN paper reaches (MSE ~ 1e-10) that would disable the quasi-Newton update and
-    stall training. A constant factor changes neither the minimiser nor the strong-Wolfe steps.
-    Only ever scales up (never below 1), at most by 1e12.
+    LBFGS (torch's rule, which BatchedLBFGS follows) skips its curvature update when
+    ``y.s <= 1e-10`` (a fixed threshold); near the accuracies the KAN paper reaches (MSE ~ 1e-10)
+    that would disable the quasi-Newton update and stall training. A constant factor changes
+    neither the minimiser nor the strong-Wolfe steps. Only ever scales up (never below 1), at most
+    by 1e12.
     """
     base = float(D.all_reduce_sum(data_loss_sum(model(x), y, kind)) / n_global)
     if not math.isfinite(base) or base <= 0.0 or base >= 1.0:
