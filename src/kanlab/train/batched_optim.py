@@ -348,6 +348,12 @@ class BatchedLBFGS:
         v = torch.from_numpy(np.asarray(values, dtype=np.float64))
         return v.to(dtype=self.d.dtype, device=self.d.device).unsqueeze(1)
 
+    def _rowdot(self, a: Tensor, b: Tensor) -> Tensor:
+        """(M,) row dot products; for one model torch's ``dot``, as torch's LBFGS."""
+        if self.M == 1:
+            return torch.dot(a.view(-1), b.view(-1)).view(1)
+        return torch.linalg.vecdot(a, b)
+
     def _rows(self, rows: list[int], new: Tensor, old: Tensor) -> Tensor:
         """``old`` with ``rows`` taken from ``new`` (``new`` itself when that is every row)."""
         if len(rows) == self.M:
@@ -458,7 +464,7 @@ class BatchedLBFGS:
             d = self._rows(first, g.neg(), d)
         self.d = d
         self.prev_flat_grad = self._rows(ms, g, self.prev_flat_grad)
-        stats = [torch.linalg.vecdot(g, d), d.abs().amax(1)]
+        stats = [self._rowdot(g, d), d.abs().amax(1)]
         if first:
             stats.append(g.abs().sum(1))
         vals = torch.stack(stats).double().tolist()
@@ -564,7 +570,7 @@ class BatchedLBFGS:
             trial = torch.addcmul(self._x, self._col(ts), d)
         self._set_params(trial)
         losses, G = self._evaluate(closure)
-        vals = torch.stack([losses, torch.linalg.vecdot(G, d).double()]).tolist()
+        vals = torch.stack([losses, self._rowdot(G, d).double()]).tolist()
         for m in list(pending):
             self._evals[m] += 1
             f, gtd = vals[0][m], vals[1][m]
