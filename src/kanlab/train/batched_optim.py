@@ -511,7 +511,7 @@ class BatchedLBFGS:
                 self.old_dirs[:, slots[0]] = y
                 self.old_stps[:, slots[0]] = s
             else:
-                r_, s_ = torch.tensor(push), torch.tensor(slots)
+                r_, s_ = torch.from_numpy(np.array(push)), torch.from_numpy(np.array(slots))
                 self.old_dirs[r_, s_] = y[r_]
                 self.old_stps[r_, s_] = s[r_]
         ro_t: Sequence[Tensor | float]  # per age: (M,), or a float for one model
@@ -536,7 +536,7 @@ class BatchedLBFGS:
             if all(row == fill for row in slot_rows):  # (the usual case: views made once)
                 pairs = [self._pairs[sl] for sl in fill]
             else:
-                idx = torch.tensor(slot_rows, device=g.device).T  # (age, M)
+                idx = torch.from_numpy(np.array(slot_rows).T.copy()).to(g.device)  # (age, M)
                 at = self._arange[None, :]
                 dirs_all, stps_all = self.old_dirs[at, idx], self.old_stps[at, idx]
                 pairs = list(zip(dirs_all.unbind(0), stps_all.unbind(0), strict=True))
