@@ -76,9 +76,14 @@ def test_unbatchable_trials_are_groups_of_one():
     t = _trials(seeds=1)[0]
     sparse = [dataclasses.replace(t, seed=s, fit=t.fit.replace(lamb=0.01)) for s in range(3)]
     knots = [dataclasses.replace(t, seed=s, fit=t.fit.replace(knot_steps=1)) for s in range(2)]
-    for s in (*sparse, *knots):
+    adam = t.fit.replace(optimizer="adam", lr=0.01)
+    minibatch = [dataclasses.replace(t, seed=s, fit=adam.replace(batch_size=16)) for s in range(2)]
+    odd = (*sparse, *knots, *minibatch)
+    for s in odd:
         assert batch_key(s) is None
-    assert group_trials([*sparse, *knots]) == [[s] for s in (*sparse, *knots)]
+    assert group_trials(odd) == [[s] for s in odd]
+    full_batch = [dataclasses.replace(t, seed=s, fit=adam) for s in range(2)]
+    assert batch_key(full_batch[0]) is not None and len(group_trials(full_batch)) == 1
 
 
 def test_max_size_splits_large_groups_in_order():

@@ -5,10 +5,12 @@ split seed), the model family and configuration (widths, spline order, grid, act
 the fit configuration (optimiser, steps, grid schedule, grid updates, ...). :func:`batch_key` says
 so as a string; :func:`group_trials` cuts a list of trials into such groups.
 
-A trial whose fit the batched trainer cannot run (:func:`kanlab.train.fit_batch` refuses sparsity
-``lamb > 0``, free knots and classification) gets no key (``None``) and a group of its own; the
-runner trains those one by one, as before. The runner still falls back to single fits if
-``fit_batch`` refuses a group for a reason decided only once the data is loaded.
+A trial whose fit the batched trainer cannot run as it runs alone gets no key (``None``) and a group
+of its own; the runner trains those one by one, as before: what :func:`kanlab.train.fit_batch`
+refuses (sparsity ``lamb > 0``, free knots, classification), and mini-batches (``batch_size``: fit
+draws them in an order seeded by the trial's seed; a batch shares one order). The runner still
+falls back to single fits if ``fit_batch`` refuses a group for a reason decided only once the data
+is loaded.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ def _batchable(trial: Trial) -> bool:
     f = trial.fit
     if f.lamb > 0 or f.loss == "cross_entropy" or trial.task.kind == "classification":
         return False
+    if f.batch_size is not None:  # mini-batches: fit's order follows each trial's own seed, but a
+        return False  # batch shares one order, so seeds would not train as they do alone
     knot_steps = f.knot_steps if isinstance(f.knot_steps, tuple) else (f.knot_steps,)
     return not any(k > 0 for k in knot_steps)
 
