@@ -14,6 +14,7 @@ import torch
 import kanlab as kl
 from kanlab import datasets
 from kanlab.model_batch import KANBatch, MLPBatch
+from kanlab.train import StepState
 from kanlab.train.batch_loop import fit_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -178,7 +179,6 @@ def test_model_whose_init_blows_up_is_frozen_at_once():
     [
         ({"lamb": 0.01}, "lamb"),
         ({"knot_steps": 2}, "knot_steps"),
-        ({"callbacks": [print]}, "callbacks"),
     ],
 )
 def test_unsupported_options_are_refused(opts, match):
@@ -187,16 +187,143 @@ def test_unsupported_options_are_refused(opts, match):
         fit_batch(batch, data(), steps=5, **opts)
 
 
-def test_classification_refused_and_mlp_grid_schedule_refused():
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(60, 2, generator=g, dtype=torch.float64)
-    ds = datasets.from_arrays(
-        x.numpy(), (x[:, 0] > 0.5).long().numpy(), test_size=0.25, seed=0,
-        kind="classification", dtype=torch.float64,
-    )  # fmt: skip
-    with pytest.raises(ValueError, match="regression"):
-        fit_batch(KANBatch.from_config(KAN_CFG.replace(widths=[2, 3, 2]), seeds=[0]), ds)
+def test_bad_batch_and_mlp_grid_schedule_refused():
     with pytest.raises(ValueError, match="grid_schedule needs a KAN"):
         fit_batch(MLPBatch.from_config(MLP_CFG, seeds=[0]), data(), grid_schedule=(3, 5))
     with pytest.raises(TypeError, match="KANBatch or MLPBatch"):
         fit_batch(kl.build(KAN_CFG), data())
+
+
+def classes(n: int = 160) -> datasets.Dataset:
+    """Three classes from the angle of a point around (0.5, 0.5), with noise."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 2, generator=g, dtype=torch.float64)
+    angle = torch.atan2(x[:, 1] - 0.5, x[:, 0] - 0.5) + 0.3 * torch.randn(n, generator=g)
+    y = ((angle + math.pi) / (2 * math.pi) * 3).long().clamp(0, 2)
+    return datasets.from_arrays(
+        x.numpy(), y.numpy(), test_size=0.25, seed=0, kind="classification", dtype=torch.float64
+    )
+
+
+CLS_CFG = KAN_CFG.replace(widths=[2, 3, 3])
+
+
+@pytest.mark.parametrize("family", ["kan", "mlp"])
+def test_classification_adam_matches_fit(family):
+    ds = classes()
+    if family == "kan":
+        batch = KANBatch.from_config(CLS_CFG, seeds=SEEDS)
+    else:
+        batch = MLPBatch.from_config(MLP_CFG.replace(widths=[2, 5, 3]), seeds=SEEDS)
+    opts = {**ADAM, "steps": 40, "lr": 0.05, "log_every": 4}
+    want = alone(batch, ds, **opts)
+    got = fit_batch(batch, ds, progress=False, **opts)
+    for g, w in zip(got, want, strict=True):
+        assert g.kind == w.kind == "classification"
+        assert_same_history(g, w)
+        assert all(0.0 <= a <= 1.0 for a in g.test_metric)
+    assert got[0].train_loss[-1] < got[0].train_loss[0]  # it trains
+    assert len({tuple(g.train_loss) for g in got}) == 4  # the models differ
+
+
+def test_classification_lbfgs_first_step_matches_fit():
+    ds = classes()
+    batch = KANBatch.from_config(CLS_CFG, seeds=SEEDS[:3])
+    opts = {"optimizer": "lbfgs", "steps": 3, "grid_update_every": 2}
+    want = alone(batch, ds, **opts)
+    got = fit_batch(batch, ds, progress=False, **opts)
+    for g, w in zip(got, want, strict=True):
+        assert math.isclose(g.train_loss[0], w.train_loss[0], rel_tol=1e-9)
+        assert math.isclose(g.test_loss[0], w.test_loss[0], rel_tol=1e-9)
+        assert g.train_metric[0] == w.train_metric[0]
+
+
+class Recorder:
+    """A callback that records what it sees and stops model ``stop_model`` from ``stop_at`` on."""
+
+    def __init__(self, x: torch.Tensor, stop_model: int = -1, stop_at: int = 0) -> None:
+        self.x, self.stop_model, self.stop_at = x, stop_model, stop_at
+        self.seen: dict[int, list[tuple]] = {}
+
+    def __call__(self, state: StepState) -> bool:
+        with torch.no_grad():
+            out = state.model(self.x).flatten().tolist()
+        row = (state.step, state.loss, state.reg, state.stage, state.grid_size, len(state.history))
+        self.seen.setdefault(state.model_index, []).append((row, out))
+        return state.model_index == self.stop_model and state.step >= self.stop_at
+
+
+def same_rows(got: list[tuple], want: list[tuple]) -> None:
+    assert len(got) == len(want)
+    for (g, g_out), (w, w_out) in zip(got, want, strict=True):
+        assert g[0] == w[0] and g[3:] == w[3:], (g, w)
+        assert close(list(g[1:3]), list(w[1:3])), (g, w)
+        assert close(g_out, w_out), (g_out, w_out)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_callbacks_per_model_and_one_model_stopped_early(optimizer):
+    ds = data()
+    probe = ds.test_x[:5]
+    opts = {"optimizer": optimizer, "steps": 8, "log_every": 2, "grid_update_every": 3}
+    if optimizer == "adam":
+        opts.update(lr=0.02, steps=20)
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS[:3])
+    solo_models = batch.unstack()
+    # each model alone, by fit, with the same callback (model 1 stops after the step-3 row)
+    solo = []
+    for m, model in enumerate(solo_models):
+        rec = Recorder(probe, stop_model=0 if m == 1 else -1, stop_at=3)
+        solo.append((kl.fit(model, ds, progress=False, callbacks=[rec], **opts), rec.seen[0]))
+    rec = Recorder(probe, stop_model=1, stop_at=3)
+    seen_twice = Recorder(probe)  # a second callback sees every state too
+    got = fit_batch(batch, ds, progress=False, callbacks=[rec, seen_twice], **opts)
+    assert got.stopped == [None, 3, None] and got.diverged == [None] * 3
+    assert len(got[1]) == 2 and len(got[0]) == len(got[2]) == opts["steps"] // 2
+    for m in range(3):
+        hist, seen = solo[m]
+        assert got[m].step == hist.step
+        if optimizer == "adam":
+            assert_same_history(got[m], hist)
+            same_rows(rec.seen[m], seen)
+        else:  # LBFGS: the first logged row to rounding (it amplifies rounding later)
+            assert close(got[m].test_loss[:1], hist.test_loss[:1])
+            same_rows(rec.seen[m][:1], seen[:1])
+        assert rec.seen[m] == seen_twice.seen[m]
+        assert [r[0][5] for r in rec.seen[m]] == list(range(1, len(got[m]) + 1))
+    # model 1 stayed where its callback stopped it: fit's model 1 after its run
+    with torch.no_grad():
+        out = batch(probe)[1].flatten()
+        want = solo_models[1](probe).flatten()
+    assert close(out.tolist(), want.tolist(), rel=1e-6 if optimizer == "lbfgs" else 1e-9)
+
+
+def test_all_models_stopped_ends_the_run():
+    ds = data()
+    batch = KANBatch.from_config(KAN_CFG, seeds=[0, 1])
+    calls = []
+
+    def stop_all(state: StepState) -> bool:
+        calls.append((state.model_index, state.step))
+        return True
+
+    got = fit_batch(batch, ds, progress=False, callbacks=[stop_all], grid_schedule=(3, 5), **ADAM)
+    assert calls == [(0, 6), (1, 6)]
+    assert got.stopped == [6, 6] and [len(h) for h in got] == [1, 1]
+    assert batch.grid_size == 3  # the second stage never started
+
+
+def test_unstack_one_is_model_m_of_unstack():
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
+    x = data().test_x
+    for m, model in enumerate(batch.unstack()):
+        assert torch.equal(batch.unstack_one(m)(x), model(x))
+    with pytest.raises(ValueError, match="m=4"):
+        batch.unstack_one(4)
+    mlps = MLPBatch.from_config(MLP_CFG, seeds=SEEDS)
+    assert torch.equal(mlps.unstack_one(2)(x), mlps.unstack()[2](x))
+
+
+def test_callbacks_must_be_callable():
+    with pytest.raises(TypeError, match="callbacks must be callables"):
+        fit_batch(KANBatch.from_config(KAN_CFG, seeds=[0]), data(), callbacks=[1], steps=2)

@@ -68,6 +68,13 @@ def _same(name: str, values: Sequence[object]) -> None:
             )
 
 
+def _check_index(m: object, n_models: int) -> int:
+    m = check_int("model index m", m, minimum=0)
+    if m >= n_models:
+        raise ValueError(f"model index m={m} is out of range for a batch of {n_models} models")
+    return m
+
+
 def _batch_input(x: object, n_models: int, n_in: int, dtype: torch.dtype) -> Tensor:
     """x ``(batch, in)`` (shared) or ``(M, batch, in)`` -> ``(M, batch, in)`` (a view if shared)."""
     x = check_input(x, n_in, dtype=dtype)
@@ -261,24 +268,23 @@ class KANBatch(nn.Module):
 
     def unstack(self) -> list[KAN]:
         """M independent KANs holding exactly the batch's values (copies)."""
-        device = self.layers[0].coef.device
-        models = []
-        for m, cfg in enumerate(self.configs):
-            model = KAN.from_config(cfg, device=device)
-            state = {
-                f"layers.{i}.{name}": value
-                for i, layer in enumerate(self.layers)
-                for name, value in layer.state_of(m).items()
-            }
-            model.load_state_dict(state)
-            for i, layer in enumerate(self.layers):
-                for name in _KAN_PARAMS:
-                    getattr(model.layers[i], name).requires_grad_(
-                        getattr(layer, name).requires_grad
-                    )
-            model.train(self.training)
-            models.append(model)
-        return models
+        return [self.unstack_one(m) for m in range(self.n_models)]
+
+    def unstack_one(self, m: int) -> KAN:
+        """Model m alone: an independent KAN holding exactly its values in the batch (copies)."""
+        m = _check_index(m, self.n_models)
+        model = KAN.from_config(self.configs[m], device=self.layers[0].coef.device)
+        state = {
+            f"layers.{i}.{name}": value
+            for i, layer in enumerate(self.layers)
+            for name, value in layer.state_of(m).items()
+        }
+        model.load_state_dict(state)
+        for i, layer in enumerate(self.layers):
+            for name in _KAN_PARAMS:
+                getattr(model.layers[i], name).requires_grad_(getattr(layer, name).requires_grad)
+        model.train(self.training)
+        return model
 
     def _restack(self, models: Sequence[KAN]) -> None:
         for i, layer in enumerate(self.layers):
@@ -389,19 +395,20 @@ class MLPBatch(nn.Module):
 
     def unstack(self) -> list[MLP]:
         """M independent MLPs holding exactly the batch's values (copies)."""
-        device = self.layers[0].weight.device
-        models = []
-        for m, cfg in enumerate(self._configs):
-            model = MLP.from_config(cfg, device=device)
-            state = {
-                f"layers.{i}.{name}": getattr(lin, name)[m].detach().clone()
-                for i, lin in enumerate(self.layers)
-                for name in ("weight", "bias")
-            }
-            model.load_state_dict(state)
-            for i, lin in enumerate(self.layers):
-                for name in ("weight", "bias"):
-                    getattr(model.layers[i], name).requires_grad_(getattr(lin, name).requires_grad)
-            model.train(self.training)
-            models.append(model)
-        return models
+        return [self.unstack_one(m) for m in range(self.n_models)]
+
+    def unstack_one(self, m: int) -> MLP:
+        """Model m alone: an independent MLP holding exactly its values in the batch (copies)."""
+        m = _check_index(m, self.n_models)
+        model = MLP.from_config(self._configs[m], device=self.layers[0].weight.device)
+        state = {
+            f"layers.{i}.{name}": getattr(lin, name)[m].detach().clone()
+            for i, lin in enumerate(self.layers)
+            for name in ("weight", "bias")
+        }
+        model.load_state_dict(state)
+        for i, lin in enumerate(self.layers):
+            for name in ("weight", "bias"):
+                getattr(model.layers[i], name).requires_grad_(getattr(lin, name).requires_grad)
+        model.train(self.training)
+        return model

@@ -2,8 +2,9 @@
 or :class:`~kanlab.model_batch.MLPBatch` on one data set at once (issue 19).
 
 Each model's objective, schedule and History are those of :func:`kanlab.fit` for that model alone:
-the MSE ``sum((pred - y)^2) / (rows * outputs)`` per model (the optimisers minimise the *sum* over
-models, whose gradient on model m's slice is model m's own), the LBFGS loss scale per model and
+the MSE ``sum((pred - y)^2) / (rows * outputs)`` or, on a classification data set, the mean
+cross-entropy against the labels (shared by all models) per model (the optimisers minimise the *sum*
+over models, whose gradient on model m's slice is model m's own), the LBFGS loss scale per model and
 stage (:func:`kanlab.train.optim.loss_scale`), the same grid updates, grid extensions, mini-batch
 order and History rows. LBFGS is :class:`~kanlab.train.batched_optim.BatchedLBFGS` (kanlab's
 settings), Adam(W) torch's on the stacked parameters (exactly per model).
@@ -13,8 +14,15 @@ parameters with a finite loss, frozen (no optimiser step, no grid update moves i
 between stages still refines its grid, since a batch holds one grid size), its History ends at the
 last finite row, and :attr:`BatchHistories.diverged` names the step. The others go on unchanged.
 
-Not supported yet, refused with an error naming the option: classification (cross-entropy),
-``lamb > 0``, ``knot_steps``, callbacks, ``torch.distributed`` runs.
+Callbacks are called when ``fit`` calls them (after each History row), once per model still
+training, with that model's :class:`~kanlab.train.StepState` (``model_index`` = m; ``model`` a
+standalone copy of model m, built only when there are callbacks). One returning True stops that
+model only: it is frozen from then on, like a diverged one (its History ends at that row;
+:attr:`BatchHistories.stopped` holds the step), and the others go on. The run ends early once every
+model is frozen.
+
+Not supported yet, refused with an error naming the option: ``lamb > 0``, ``knot_steps``,
+``torch.distributed`` runs.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from kanlab import distributed as D
@@ -32,8 +41,8 @@ from kanlab import kernels
 from kanlab.config import FitConfig
 from kanlab.model_batch import KANBatch, MLPBatch
 from kanlab.train.batched_optim import BatchedLBFGS, batched_adam, step_frozen
-from kanlab.train.history import History
-from kanlab.train.loop import _check_data, _kind, _resolve_config
+from kanlab.train.history import Callback, History, StepState
+from kanlab.train.loop import _check_callbacks, _check_data, _kind, _resolve_config
 from kanlab.train.optim import batches
 
 __all__ = ["BatchHistories", "fit_batch"]
@@ -44,11 +53,13 @@ _LBFGS = {"history_size": 10, "max_iter": 20, "tolerance_grad": 1e-32, "toleranc
 
 class BatchHistories(list[History]):
     """The M Histories of :func:`fit_batch` (a list), and per model ``diverged[m]``: None, or a
-    message naming the step at which model m's loss became non-finite (it was then frozen)."""
+    message naming the step at which model m's loss became non-finite (it was then frozen), and
+    ``stopped[m]``: None, or the step after which a callback stopped model m."""
 
     def __init__(self, histories: Sequence[History]) -> None:
         super().__init__(histories)
         self.diverged: list[str | None] = [None] * len(histories)
+        self.stopped: list[int | None] = [None] * len(histories)
 
 
 def fit_batch(
@@ -56,42 +67,42 @@ def fit_batch(
     data: Any,
     config: FitConfig | None = None,
     *,
-    callbacks: Sequence[Any] = (),
+    callbacks: Sequence[Callback] = (),
     **overrides: Any,
 ) -> BatchHistories:
-    """Train every model of ``batch`` on ``data`` (a regression Dataset) in place; one History each.
+    """Train every model of ``batch`` on ``data`` (a kanlab Dataset) in place; one History each.
 
     The options are :func:`kanlab.fit`'s (a :class:`FitConfig` and/or keyword overrides) and mean
     the same; model m's History equals ``fit(batch.unstack()[m], data, config)``'s (Adam(W): to
     rounding; LBFGS: the batched line search is torch's per model, so to rounding at first and
     then as close as two LBFGS runs on a chaotic objective can be). ``wall_time`` is the batch's
-    clock, shared by the models. See the module docstring for divergence and what is refused.
+    clock, shared by the models. See the module docstring for divergence, callbacks and what is
+    refused.
     """
     if not isinstance(batch, KANBatch | MLPBatch):
         raise TypeError(f"batch must be a KANBatch or MLPBatch, got {type(batch).__name__}")
     cfg = _resolve_config(config, overrides)
-    _refuse_unsupported(batch, cfg, callbacks)
+    _refuse_unsupported(batch, cfg)
+    callbacks = _check_callbacks(callbacks)
     kind = _kind(data, cfg.loss)
-    if kind != "regression":
-        raise ValueError(
-            f"fit_batch supports regression (MSE) only in this version; data.kind is {kind!r}"
-        )
     p = next(batch.parameters())
     _check_data(batch, data, kind)
     data = data.to(dtype=p.dtype, device=p.device) if hasattr(data, "to") else data
-    run = _BatchRun(batch, data, cfg)
-    for grid in run.stages:
-        run.start_stage(grid)
+    run = _BatchRun(batch, data, kind, cfg, callbacks)
+    for stage, grid in enumerate(run.stages):
+        if run.frozen.all():
+            break
+        run.start_stage(stage, grid)
         for s in range(cfg.steps):
             run.step(s)
+            if run.frozen.all():  # every model diverged or was stopped by a callback
+                break
     return run.histories
 
 
 # --------------------------------------------------------------------------- checks
-def _refuse_unsupported(batch: KANBatch | MLPBatch, cfg: FitConfig, callbacks: object) -> None:
+def _refuse_unsupported(batch: KANBatch | MLPBatch, cfg: FitConfig) -> None:
     kind = type(batch).__name__
-    if callbacks:
-        raise ValueError("callbacks are not supported by fit_batch yet; use fit per model")
     if cfg.lamb > 0:
         raise ValueError(f"lamb={cfg.lamb} > 0 (sparsity) is not supported by fit_batch yet")
     if any(ks > 0 for ks in cfg.knot_steps_per_stage()):
@@ -122,11 +133,45 @@ def mse_per_model(pred: Tensor, y: Tensor) -> Tensor:
     return (pred - y).pow(2).sum(dim=(1, 2)) / y.shape[-1] / y.shape[0]
 
 
+def data_loss_per_model(pred: Tensor, y: Tensor, kind: str) -> Tensor:
+    """(M,) mean data losses of ``pred`` (M, rows, out): the MSE (:func:`mse_per_model`), or for
+    ``kind == "classification"`` the mean cross-entropy against the labels ``y`` (rows,), shared by
+    all models: fit's :func:`kanlab.train.step.data_loss_sum` divided by the rows, per model."""
+    if kind == "classification":
+        target = y.unsqueeze(0).expand(pred.shape[0], -1)  # (M, rows)
+        ce = F.cross_entropy(pred.transpose(1, 2), target, reduction="none")  # (M, rows)
+        return ce.sum(1) / y.shape[0]
+    return mse_per_model(pred, y)
+
+
+Row = tuple[float, float, float, float]
+
+
 @torch.no_grad()
-def _rmse(batch: KANBatch | MLPBatch, x: Tensor, y: Tensor) -> list[float]:
-    if x.shape[0] == 0:
-        return [math.nan] * batch.n_models
-    return [math.sqrt(float(v)) for v in mse_per_model(batch(x), y)]
+def _evaluate(batch: KANBatch | MLPBatch, data: Any, kind: str) -> list[Row]:
+    """Per model, fit's :func:`kanlab.train.step.evaluate`: (train_loss, test_loss, train_metric,
+    test_metric); RMSE for regression, cross-entropy and accuracy for classification."""
+    M = batch.n_models
+    cols: list[list[float]] = []
+    for split in ("train", "test"):
+        x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
+        n = x.shape[0]
+        if n == 0:
+            cols.append([math.nan] * M)
+            cols.append([math.nan] * M)
+            continue
+        pred = batch(x)
+        loss = data_loss_per_model(pred, y, kind).tolist()
+        if kind == "classification":
+            hits = (pred.argmax(-1) == y).sum(1).tolist()
+            cols.append(loss)
+            cols.append([float(h) / n for h in hits])
+        else:
+            rmse = [math.sqrt(v) for v in loss]
+            cols.append(rmse)
+            cols.append(rmse)
+    train_loss, train_metric, test_loss, test_metric = cols
+    return list(zip(train_loss, test_loss, train_metric, test_metric, strict=True))
 
 
 def _loss_scales(base: Tensor) -> Tensor:
@@ -140,8 +185,12 @@ def _loss_scales(base: Tensor) -> Tensor:
 class _BatchRun:
     """The state of one :func:`fit_batch` call (fit's ``_Run`` for M models)."""
 
-    def __init__(self, batch: KANBatch | MLPBatch, data: Any, cfg: FitConfig) -> None:
-        self.batch, self.data, self.cfg = batch, data, cfg
+    def __init__(
+        self, batch: KANBatch | MLPBatch, data: Any, kind: str, cfg: FitConfig,
+        callbacks: tuple[Callback, ...],
+    ) -> None:  # fmt: skip
+        self.batch, self.data, self.kind, self.cfg = batch, data, kind, cfg
+        self.callbacks = callbacks
         self.is_kan = isinstance(batch, KANBatch)
         self.update_every = (cfg.grid_update_every or 0) if self.is_kan else 0
         stop = cfg.stop_grid_update_step
@@ -155,7 +204,7 @@ class _BatchRun:
         )
         M = batch.n_models
         self.frozen = torch.zeros(M, dtype=torch.bool)
-        self.histories = BatchHistories([History(kind="regression") for _ in range(M)])
+        self.histories = BatchHistories([History(kind=kind) for _ in range(M)])
         compile_time = self._warm_up()
         for h in self.histories:
             h.compile_time = compile_time
@@ -198,10 +247,11 @@ class _BatchRun:
             )
 
     # -- stages and steps ---------------------------------------------------------------------
-    def start_stage(self, grid: int | None) -> None:
+    def start_stage(self, stage: int, grid: int | None) -> None:
         cfg, batch = self.cfg, self.batch
         if grid is not None and grid != batch.grid_size:
             batch.extend_grid(grid, self.data.train_x, grid_eps=cfg.grid_eps)
+        self.stage = stage
         self.params = [p for p in batch.parameters() if p.requires_grad]
         M = batch.n_models
         if cfg.optimizer == "lbfgs":
@@ -209,7 +259,8 @@ class _BatchRun:
                                          line_search_fn="strong_wolfe", **_LBFGS)  # fmt: skip
             self.opt.diverged |= self.frozen.to(self.opt.diverged.device)
             with torch.no_grad():
-                base = mse_per_model(batch(self.data.train_x), self.data.train_y)
+                pred = batch(self.data.train_x)
+                base = data_loss_per_model(pred, self.data.train_y, self.kind)
             self.scale = _loss_scales(base).to(base.device)
         else:
             self.opt = batched_adam(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -217,13 +268,20 @@ class _BatchRun:
             self.scale = None
         self.last_good = self._snapshot()
 
-    def _objective(self, xb: Tensor, yb: Tensor) -> Tensor:
-        """(M,) objectives (fit's), differentiated: the data loss (+ LBFGS weight decay)."""
-        value = mse_per_model(self.batch(xb), yb)
+    def _objective(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+        """(M,) objectives (fit's), differentiated: the data loss (+ LBFGS weight decay); and the
+        (M,) regularisers before ``lamb`` (zeros: sparsity is not supported yet)."""
+        value = data_loss_per_model(self.batch(xb), yb, self.kind)
         if self.cfg.optimizer == "lbfgs" and self.cfg.weight_decay > 0:
             wd = sum(p.pow(2).reshape(p.shape[0], -1).sum(1) for p in self.params)
             value = value + 0.5 * self.cfg.weight_decay * wd
-        return value
+        return value, torch.zeros_like(value)
+
+    def _first(self, value: Tensor, reg: Tensor) -> None:
+        """Keep the step's first objective and regulariser per model (a callback's ``loss``,
+        ``reg``; History's ``reg``)."""
+        if self.first is None:
+            self.first = (value.detach().tolist(), reg.detach().tolist())
 
     def _zero_grad(self) -> None:
         for p in self.params:
@@ -242,29 +300,33 @@ class _BatchRun:
             (data.train_x, data.train_y) if idx is None else (data.train_x[idx], data.train_y[idx])
         )
         before = self._snapshot()
+        self.first: tuple[list[float], list[float]] | None = None
         if cfg.optimizer == "lbfgs":
             scale = self.scale
 
             def closure() -> Tensor:
                 self._zero_grad()
-                value = self._objective(xb, yb) * scale
+                value, reg = self._objective(xb, yb)
+                self._first(value, reg)
+                value = value * scale
                 self._backward(value)
                 return value.detach()
 
             obj = self.opt.step(closure)
             bad_start = ~torch.isfinite(obj).cpu()
             # a model that failed inside its line search is already back at its last finite iterate
+            in_search = self.opt.diverged.cpu() & ~self.frozen & ~bad_start
             self._diverge(bad_start, self.last_good, "at step")
-            self.frozen |= self.opt.diverged.cpu() & ~self.frozen
-            for m in (self.opt.diverged.cpu() & ~bad_start).nonzero().flatten().tolist():
-                if self.histories.diverged[m] is None:
-                    self.histories.diverged[m] = (
-                        f"non-finite training loss in the line search of step {self.step_index}; "
-                        f"model {m} stays at its last parameters with a finite loss, frozen"
-                    )
+            self.frozen |= in_search
+            for m in in_search.nonzero().flatten().tolist():
+                self.histories.diverged[m] = (
+                    f"non-finite training loss in the line search of step {self.step_index}; "
+                    f"model {m} stays at its last parameters with a finite loss, frozen"
+                )
         else:
             self._zero_grad()
-            value = self._objective(xb, yb)
+            value, reg = self._objective(xb, yb)
+            self._first(value, reg)
             self._backward(value)
             bad = ~torch.isfinite(value.detach()).cpu()
             self._diverge(bad, self.last_good, "at step")
@@ -286,16 +348,34 @@ class _BatchRun:
                     t[idx] = s[idx]
 
     def _log(self, before: list[Tensor]) -> None:
-        data = self.data
-        train = _rmse(self.batch, data.train_x, data.train_y)
-        bad = torch.tensor([not math.isfinite(v) for v in train])
+        """Evaluate, record a History row per model still training, run the callbacks."""
+        rows = _evaluate(self.batch, self.data, self.kind)
+        bad = torch.tensor([not math.isfinite(row[0]) for row in rows])
         if (bad & ~self.frozen).any():
             self._diverge(bad, before, "after step")
-            train = _rmse(self.batch, data.train_x, data.train_y)
-        test = _rmse(self.batch, data.test_x, data.test_y)
+            rows = _evaluate(self.batch, self.data, self.kind)
         grid = self.batch.grid_size if self.is_kan else None
         elapsed = time.perf_counter() - self.start
-        for m, h in enumerate(self.histories):
-            if self.histories.diverged[m] is None:
-                row = (train[m], test[m], train[m], test[m])
-                h.append(self.step_index, row, 0.0, grid, elapsed)
+        assert self.first is not None  # (set by the step's first objective)
+        obj, reg = self.first
+        training = (~self.frozen).nonzero().flatten().tolist()
+        for m in training:
+            self.histories[m].append(self.step_index, rows[m], reg[m], grid, elapsed)
+        if not self.callbacks:
+            return
+        stop = torch.zeros_like(self.frozen)
+        for m in training:
+            state = StepState(self.step_index, self.batch.unstack_one(m), self.histories[m],
+                              obj[m], reg[m], self.stage, grid, model_index=m)  # fmt: skip
+            stop[m] = any([bool(cb(state)) for cb in self.callbacks])  # every callback sees it
+        self._stop(stop)
+
+    def _stop(self, models: Tensor) -> None:
+        """Freeze ``models`` (a callback asked them to stop); the others go on."""
+        if not models.any():
+            return
+        self.frozen |= models
+        if self.cfg.optimizer == "lbfgs":  # a dropped-out model never moves again
+            self.opt.diverged |= models.to(self.opt.diverged.device)
+        for m in models.nonzero().flatten().tolist():
+            self.histories.stopped[m] = self.step_index
