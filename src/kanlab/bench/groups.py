@@ -7,7 +7,7 @@ so as a string; :func:`group_trials` cuts a list of trials into such groups.
 
 A trial whose fit the batched trainer cannot run as it runs alone gets no key (``None``) and a group
 of its own; the runner trains those one by one, as before: what :func:`kanlab.train.fit_batch`
-refuses (sparsity ``lamb > 0``, free knots, classification), and mini-batches (``batch_size``: fit
+refuses (sparsity ``lamb > 0``, free knots), and mini-batches (``batch_size``: fit
 draws them in an order seeded by the trial's seed; a batch shares one order). The runner still
 falls back to single fits if ``fit_batch`` refuses a group for a reason decided only once the data
 is loaded.
@@ -27,7 +27,7 @@ __all__ = ["batch_key", "group_trials"]
 
 def _batchable(trial: Trial) -> bool:
     f = trial.fit
-    if f.lamb > 0 or f.loss == "cross_entropy" or trial.task.kind == "classification":
+    if f.lamb > 0:
         return False
     if f.batch_size is not None:  # mini-batches: fit's order follows each trial's own seed, but a
         return False  # batch shares one order, so seeds would not train as they do alone

@@ -125,9 +125,10 @@ def run_trial_group(trials: Sequence[Trial]) -> list[dict[str, Any]]:
     ``diverged`` row (the batch trains the others on); an error of the whole batch gives each trial
     a ``failed`` row. ``extra["batch"]``: ``size`` M, ``index`` m, the batch's own ``wall_time`` and
     ``time_per_step``; the row's ``wall_time``/``time_per_step`` are those divided by M (the
-    amortised cost of one model, comparable across batch sizes). A single trial, and a group that
-    ``fit_batch`` refuses with a ``ValueError`` (an option it does not support), train one by one
-    with :func:`run_trial` (then ``extra["batch"]["fallback"]`` names the reason)."""
+    amortised cost of one model, comparable across batch sizes). A single trial, and a group for
+    which ``fit_batch`` raises a ``ValueError`` (an option it does not support; a bad input to one
+    model), train one by one with :func:`run_trial` (then ``extra["batch"]`` has ``group``, the
+    group's size, and ``fallback``, the reason), so each trial gets its own status and error."""
     from kanlab import train
     from kanlab.train import batch_loop  # looked up at call time (tests replace its fit_batch)
 
@@ -155,8 +156,9 @@ def run_trial_group(trials: Sequence[Trial]) -> list[dict[str, Any]]:
             hists = batch_loop.fit_batch(
                 batch, prepared.data, trials[0].fit, callbacks=[log_errors]
             )
-        except ValueError as err:  # refused (an option fit_batch does not support): one by one
-            reason = f"fit_batch refused the group: {err}"
+        except ValueError as err:  # refused (an option it does not support), or a model's bad
+            # input (e.g. a grid update on non-finite values): one by one, each trial its own row
+            reason = f"fit_batch raised ValueError ({err}); trained one by one"
             return [_fell_back(run_trial(t), M, reason) for t in trials]
         trained = batch.unstack()
         for m, row in enumerate(rows):
