@@ -3,10 +3,14 @@
     with make_executor("local") as ex, ResultStore("run/results.sqlite") as store:
         summary = run_trials(trials, store, ex)
 
-Workers only compute (:func:`run_trial` returns a plain dict); the parent process writes every result
-to the store the moment its future completes, one durable commit per trial. A trial that raises is
-recorded as ``failed`` with its error text, one whose loss turns NaN/Inf as ``diverged``; neither stops
-the sweep. Trials already finished in the store are skipped, so re-running resumes a killed sweep.
+Trials that can share a fit (the seeds of one configuration: :mod:`kanlab.bench.groups`) are one
+task on the executor: :func:`run_trial_group` trains them as one model batch (``fit_batch``) and
+returns one row per trial, as :func:`run_trial` would (``batch=False``: one trial per task).
+Workers only compute (plain dicts); the parent process writes every result to the store the moment
+its future completes, one durable commit per trial. A trial that raises is recorded as ``failed``
+with its error text, one whose loss turns NaN/Inf as ``diverged``; neither stops the sweep. Trials
+already finished in the store are skipped, so re-running resumes a killed sweep (the unfinished
+trials regrouped).
 
 Executors (:func:`make_executor`):
 
