@@ -14,8 +14,9 @@ import torch
 import kanlab as kl
 from kanlab import datasets
 from kanlab.model_batch import KANBatch, MLPBatch
+from kanlab.regularization import regularizer_from_norms
 from kanlab.train import StepState
-from kanlab.train.batch_loop import fit_batch
+from kanlab.train.batch_loop import fit_batch, regularizer_per_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -177,7 +178,6 @@ def test_model_whose_init_blows_up_is_frozen_at_once():
 @pytest.mark.parametrize(
     ("opts", "match"),
     [
-        ({"lamb": 0.01}, "lamb"),
         ({"knot_steps": 2}, "knot_steps"),
     ],
 )
@@ -327,3 +327,74 @@ def test_unstack_one_is_model_m_of_unstack():
 def test_callbacks_must_be_callable():
     with pytest.raises(TypeError, match="callbacks must be callables"):
         fit_batch(KANBatch.from_config(KAN_CFG, seeds=[0]), data(), callbacks=[1], steps=2)
+
+
+def test_regularizer_per_model_is_the_single_model_one():
+    g = torch.Generator().manual_seed(3)
+    norms = [torch.rand(4, 3, 2, generator=g, dtype=torch.float64) for _ in range(2)]
+    norms[1][2] = 0.0  # a model whose layer is all zero (the eps keeps it finite)
+    l1 = torch.tensor([1.0, 0.5, 0.0, 2.0], dtype=torch.float64)
+    ent = torch.tensor([2.0, 0.0, 1.0, 3.0], dtype=torch.float64)
+    got = regularizer_per_model(norms, lamb_l1=l1, lamb_entropy=ent)
+    assert got.shape == (4,)
+    for m in range(4):
+        want = regularizer_from_norms(
+            [n[m] for n in norms], lamb_l1=float(l1[m]), lamb_entropy=float(ent[m])
+        )
+        assert math.isclose(float(got[m]), float(want), rel_tol=1e-12)
+
+
+def per_model_lamb() -> list[kl.FitConfig]:
+    base = kl.FitConfig(grid_update_every=5, progress=False)
+    return [
+        base.replace(lamb=0.0),
+        base.replace(lamb=1e-3),
+        base.replace(lamb=1e-2, lamb_entropy=0.0),
+        base.replace(lamb=1e-2, lamb_l1=0.5),
+    ]
+
+
+def test_per_model_lamb_adam_matches_fit_with_that_lamb():
+    ds = data()
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
+    cfgs = [c.replace(**{**ADAM, "steps": 40}) for c in per_model_lamb()]
+    want = [kl.fit(model, ds, c) for model, c in zip(batch.unstack(), cfgs, strict=True)]
+    got = fit_batch(batch, ds, cfgs)
+    assert got[0].reg == [0.0] * len(got[0])  # lamb 0: not computed, as in fit
+    assert all(r > 0 for h in got[1:] for r in h.reg)
+    for g, w in zip(got, want, strict=True):
+        assert_same_history(g, w)
+
+
+def test_per_model_lamb_lbfgs_first_step_matches_fit():
+    ds = data()
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
+    cfgs = [c.replace(optimizer="lbfgs", steps=2) for c in per_model_lamb()]
+    want = [kl.fit(model, ds, c) for model, c in zip(batch.unstack(), cfgs, strict=True)]
+    got = fit_batch(batch, ds, cfgs)
+    for g, w in zip(got, want, strict=True):
+        assert close(g.reg[:1], w.reg[:1]) and close(g.test_loss[:1], w.test_loss[:1])
+
+
+def test_one_lamb_for_all_models_matches_fit():
+    ds = data()
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS[:2])
+    opts = {**ADAM, "steps": 20, "lamb": 1e-2}
+    want = alone(batch, ds, **opts)
+    got = fit_batch(batch, ds, progress=False, **opts)
+    for g, w in zip(got, want, strict=True):
+        assert_same_history(g, w)
+
+
+def test_per_model_configs_may_differ_only_in_the_sparsity_weights():
+    batch = KANBatch.from_config(KAN_CFG, seeds=[0, 1, 2])
+    base = kl.FitConfig(steps=2)
+    with pytest.raises(ValueError, match=r"config\[2\]\.lr=0\.5 differs from config\[0\]\.lr=1\.0"):
+        fit_batch(batch, data(), [base, base.replace(lamb=0.1), base.replace(lr=0.5)])
+    with pytest.raises(ValueError, match="sequence of 2 FitConfigs but the batch has 3"):
+        fit_batch(batch, data(), [base, base])
+    with pytest.raises(TypeError, match=r"config\[1\] must be a FitConfig"):
+        fit_batch(batch, data(), [base, {"lamb": 0.1}, base])
+    mlps = MLPBatch.from_config(MLP_CFG, seeds=[0, 1])
+    with pytest.raises(ValueError, match=r"lamb=0\.1 > 0 \(model 1.*needs a KAN batch"):
+        fit_batch(mlps, data(), [base, base.replace(lamb=0.1)])

@@ -21,7 +21,13 @@ model only: it is frozen from then on, like a diverged one (its History ends at 
 :attr:`BatchHistories.stopped` holds the step), and the others go on. The run ends early once every
 model is frozen.
 
-Not supported yet, refused with an error naming the option: ``lamb > 0``, ``knot_steps``,
+Sparsity regularisation (``lamb > 0``, KAN only) is fit's, per model: the objective is
+``loss + lamb * reg`` with :mod:`kanlab.regularization`'s regulariser on each model's edge
+activations (:func:`regularizer_per_model`), History's ``reg`` the regulariser before ``lamb``
+(0.0 for a model whose ``lamb`` is 0). The weights ``lamb``, ``lamb_l1`` and ``lamb_entropy`` may
+differ per model: give ``config`` as a sequence of M FitConfigs equal in every other field.
+
+Not supported yet, refused with an error naming the option: ``knot_steps`` (free knots),
 ``torch.distributed`` runs.
 """
 
@@ -40,12 +46,16 @@ from kanlab import distributed as D
 from kanlab import kernels
 from kanlab.config import FitConfig
 from kanlab.model_batch import KANBatch, MLPBatch
+from kanlab.regularization import EPS
 from kanlab.train.batched_optim import BatchedLBFGS, batched_adam, step_frozen
 from kanlab.train.history import Callback, History, StepState
 from kanlab.train.loop import _check_callbacks, _check_data, _kind, _resolve_config
 from kanlab.train.optim import batches
 
-__all__ = ["BatchHistories", "fit_batch"]
+__all__ = ["PER_MODEL_OPTIONS", "BatchHistories", "fit_batch", "regularizer_per_model"]
+
+#: the FitConfig fields that may differ between the models of one fit_batch call
+PER_MODEL_OPTIONS = ("lamb", "lamb_l1", "lamb_entropy")
 
 # kanlab's LBFGS settings (as kanlab.train.optim.make_optimizer gives torch's LBFGS)
 _LBFGS = {"history_size": 10, "max_iter": 20, "tolerance_grad": 1e-32, "tolerance_change": 1e-32}
@@ -65,7 +75,7 @@ class BatchHistories(list[History]):
 def fit_batch(
     batch: KANBatch | MLPBatch,
     data: Any,
-    config: FitConfig | None = None,
+    config: FitConfig | Sequence[FitConfig] | None = None,
     *,
     callbacks: Sequence[Callback] = (),
     **overrides: Any,
@@ -73,7 +83,10 @@ def fit_batch(
     """Train every model of ``batch`` on ``data`` (a kanlab Dataset) in place; one History each.
 
     The options are :func:`kanlab.fit`'s (a :class:`FitConfig` and/or keyword overrides) and mean
-    the same; model m's History equals ``fit(batch.unstack()[m], data, config)``'s (Adam(W): to
+    the same; ``config`` may also be a sequence of M FitConfigs (model m trains with
+    ``config[m]``, the overrides applied to each) that differ only in :data:`PER_MODEL_OPTIONS`
+    (the sparsity weights; any other difference is an error naming the field and the models).
+    Model m's History equals ``fit(batch.unstack()[m], data, config)``'s (Adam(W): to
     rounding; LBFGS: the batched line search is torch's per model, so to rounding at first and
     then as close as two LBFGS runs on a chaotic objective can be). ``wall_time`` is the batch's
     clock, shared by the models. See the module docstring for divergence, callbacks and what is
@@ -81,14 +94,15 @@ def fit_batch(
     """
     if not isinstance(batch, KANBatch | MLPBatch):
         raise TypeError(f"batch must be a KANBatch or MLPBatch, got {type(batch).__name__}")
-    cfg = _resolve_config(config, overrides)
-    _refuse_unsupported(batch, cfg)
+    cfgs = _resolve_configs(config, overrides, batch.n_models)
+    cfg = cfgs[0]
+    _refuse_unsupported(batch, cfgs)
     callbacks = _check_callbacks(callbacks)
     kind = _kind(data, cfg.loss)
     p = next(batch.parameters())
     _check_data(batch, data, kind)
     data = data.to(dtype=p.dtype, device=p.device) if hasattr(data, "to") else data
-    run = _BatchRun(batch, data, kind, cfg, callbacks)
+    run = _BatchRun(batch, data, kind, cfgs, callbacks)
     for stage, grid in enumerate(run.stages):
         if run.frozen.all():
             break
@@ -101,10 +115,43 @@ def fit_batch(
 
 
 # --------------------------------------------------------------------------- checks
-def _refuse_unsupported(batch: KANBatch | MLPBatch, cfg: FitConfig) -> None:
+def _resolve_configs(config: object, overrides: dict[str, Any], n_models: int) -> list[FitConfig]:
+    """Model m's FitConfig: ``config`` (one for all, or one per model) with the ``overrides``;
+    per-model configs may differ only in :data:`PER_MODEL_OPTIONS`."""
+    if not isinstance(config, Sequence) or isinstance(config, str | bytes):
+        return [_resolve_config(config, overrides)] * n_models  # type: ignore[arg-type]
+    configs = list(config)
+    if len(configs) != n_models:
+        raise ValueError(
+            f"config is a sequence of {len(configs)} FitConfigs but the batch has {n_models} models"
+        )
+    for m, c in enumerate(configs):
+        if not isinstance(c, FitConfig):
+            raise TypeError(f"config[{m}] must be a FitConfig, got {type(c).__name__}")
+    cfgs = [_resolve_config(c, overrides) for c in configs]
+    for name in FitConfig.field_names():
+        if name in PER_MODEL_OPTIONS:
+            continue
+        first = getattr(cfgs[0], name)
+        for m, c in enumerate(cfgs):
+            if getattr(c, name) != first:
+                raise ValueError(
+                    f"config[{m}].{name}={getattr(c, name)!r} differs from config[0].{name}="
+                    f"{first!r}: the FitConfigs of one batch may differ only in "
+                    f"{', '.join(PER_MODEL_OPTIONS)}"
+                )
+    return cfgs
+
+
+def _refuse_unsupported(batch: KANBatch | MLPBatch, cfgs: Sequence[FitConfig]) -> None:
     kind = type(batch).__name__
-    if cfg.lamb > 0:
-        raise ValueError(f"lamb={cfg.lamb} > 0 (sparsity) is not supported by fit_batch yet")
+    cfg = cfgs[0]
+    for m, c in enumerate(cfgs):
+        if c.lamb > 0 and isinstance(batch, MLPBatch):
+            raise ValueError(
+                f"lamb={c.lamb} > 0 (model {m}; sparsity on edge activations) needs a KAN batch; "
+                f"got {kind}"
+            )
     if any(ks > 0 for ks in cfg.knot_steps_per_stage()):
         raise ValueError(
             f"knot_steps={cfg.knot_steps!r} (free knots): not supported by fit_batch yet"
@@ -127,6 +174,25 @@ def _refuse_unsupported(batch: KANBatch | MLPBatch, cfg: FitConfig) -> None:
 
 
 # --------------------------------------------------------------------------- the maths
+def regularizer_per_model(
+    norms: Sequence[Tensor], *, lamb_l1: Tensor, lamb_entropy: Tensor, eps: float = EPS
+) -> Tensor:
+    """(M,) regularisers: :func:`kanlab.regularization.regularizer_from_norms` per model.
+
+    ``norms``: one ``(M, out, in)`` tensor of edge norms per layer (model m's slice is what the
+    single-model function takes); ``lamb_l1``, ``lamb_entropy``: (M,) weights, one per model.
+    """
+    if len(norms) == 0:
+        raise ValueError("need at least one layer's activations")
+    total = norms[0].new_zeros(norms[0].shape[0])
+    for n in norms:
+        flat = n.reshape(n.shape[0], -1)  # (M, out*in)
+        total_norm = flat.sum(1)
+        p = flat / (total_norm + eps).unsqueeze(1)
+        total = total + lamb_l1 * total_norm - lamb_entropy * (p * torch.log(p + eps)).sum(1)
+    return total
+
+
 def mse_per_model(pred: Tensor, y: Tensor) -> Tensor:
     """(M,) mean squared errors of ``pred`` (M, rows, out) against ``y`` (rows, out): fit's
     :func:`kanlab.train.step.data_loss_sum` divided by the rows, per model."""
@@ -186,11 +252,17 @@ class _BatchRun:
     """The state of one :func:`fit_batch` call (fit's ``_Run`` for M models)."""
 
     def __init__(
-        self, batch: KANBatch | MLPBatch, data: Any, kind: str, cfg: FitConfig,
+        self, batch: KANBatch | MLPBatch, data: Any, kind: str, cfgs: Sequence[FitConfig],
         callbacks: tuple[Callback, ...],
     ) -> None:  # fmt: skip
+        cfg = cfgs[0]
         self.batch, self.data, self.kind, self.cfg = batch, data, kind, cfg
         self.callbacks = callbacks
+        p = next(batch.parameters())
+        weights = {name: torch.tensor([getattr(c, name) for c in cfgs], dtype=p.dtype,
+                                      device=p.device) for name in PER_MODEL_OPTIONS}  # fmt: skip
+        self.lamb, self.lamb_l1, self.lamb_entropy = (weights[n] for n in PER_MODEL_OPTIONS)
+        self.sparse = bool((self.lamb > 0).any())  # fit: norms only when lamb > 0
         self.is_kan = isinstance(batch, KANBatch)
         self.update_every = (cfg.grid_update_every or 0) if self.is_kan else 0
         stop = cfg.stop_grid_update_step
@@ -269,13 +341,23 @@ class _BatchRun:
         self.last_good = self._snapshot()
 
     def _objective(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
-        """(M,) objectives (fit's), differentiated: the data loss (+ LBFGS weight decay); and the
-        (M,) regularisers before ``lamb`` (zeros: sparsity is not supported yet)."""
-        value = data_loss_per_model(self.batch(xb), yb, self.kind)
+        """(M,) objectives (fit's), differentiated: the data loss (+ lamb * reg, + LBFGS weight
+        decay); and the (M,) regularisers before ``lamb`` (0 where ``lamb`` is 0, as in fit)."""
+        if self.sparse:
+            acts = self.batch.activations(xb)  # type: ignore[union-attr]  (KAN batches only)
+            pred = acts[-1].sum(-1)
+            norms = [a.abs().sum(dim=1) / xb.shape[0] for a in acts]  # (M, out, in) each
+            reg = regularizer_per_model(norms, lamb_l1=self.lamb_l1, lamb_entropy=self.lamb_entropy)
+            reg = torch.where(self.lamb > 0, reg, torch.zeros_like(reg))
+            extra = self.lamb * reg
+        else:
+            pred = self.batch(xb)
+            reg = extra = pred.new_zeros(pred.shape[0])
+        data_term = data_loss_per_model(pred, yb, self.kind)
         if self.cfg.optimizer == "lbfgs" and self.cfg.weight_decay > 0:
             wd = sum(p.pow(2).reshape(p.shape[0], -1).sum(1) for p in self.params)
-            value = value + 0.5 * self.cfg.weight_decay * wd
-        return value, torch.zeros_like(value)
+            extra = extra + 0.5 * self.cfg.weight_decay * wd
+        return data_term + extra, reg
 
     def _first(self, value: Tensor, reg: Tensor) -> None:
         """Keep the step's first objective and regulariser per model (a callback's ``loss``,
