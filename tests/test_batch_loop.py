@@ -164,6 +164,9 @@ def test_diverged_model_is_frozen_and_the_others_go_on():
     for p, q in zip(batch.parameters(), reference.parameters(), strict=True):
         assert torch.equal(p[1], q[1])
         assert torch.isfinite(p).all()
+    # ... and its grid too (the grid update of step 10 is undone with the parameters)
+    for p, q in zip(batch.buffers(), reference.buffers(), strict=True):
+        assert torch.equal(p[1], q[1])
 
 
 def test_model_whose_init_blows_up_is_frozen_at_once():
@@ -183,16 +186,10 @@ def test_model_whose_init_blows_up_is_frozen_at_once():
         assert torch.equal(p[1], s)
 
 
-@pytest.mark.parametrize(
-    ("opts", "match"),
-    [
-        ({"knot_steps": 2}, "knot_steps"),
-    ],
-)
-def test_unsupported_options_are_refused(opts, match):
-    batch = KANBatch.from_config(KAN_CFG, seeds=[0])
-    with pytest.raises(ValueError, match=match):
-        fit_batch(batch, data(), steps=5, **opts)
+def test_kan_only_options_are_refused_for_mlps():
+    batch = MLPBatch.from_config(MLP_CFG, seeds=[0])
+    with pytest.raises(ValueError, match=r"knot_steps=2 > 0 \(free knots\) needs a KAN batch"):
+        fit_batch(batch, data(), steps=5, knot_steps=2)
 
 
 def test_bad_batch_and_mlp_grid_schedule_refused():
@@ -406,3 +403,36 @@ def test_per_model_configs_may_differ_only_in_the_sparsity_weights():
     mlps = MLPBatch.from_config(MLP_CFG, seeds=[0, 1])
     with pytest.raises(ValueError, match=r"lamb=0\.1 > 0 \(model 1.*needs a KAN batch"):
         fit_batch(mlps, data(), [base, base.replace(lamb=0.1)])
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_free_knots_match_fit_per_model(optimizer):
+    ds = data()
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
+    opts = {**ADAM, "optimizer": optimizer, "steps": 12, "log_every": 3, "grid_update_every": 4}
+    opts.update(grid_schedule=(3, 5), knot_steps=(5, 3), weight_decay=1e-3)
+    want = alone(batch, ds, **opts)
+    got = fit_batch(batch, ds, progress=False, **opts)
+    for g, w in zip(got, want, strict=True):
+        assert_same_history(g, w)
+    # each model's knots moved on their own (non-uniform, not the grid update's)
+    models = batch.unstack()
+    for layer in batch.layers:
+        assert not layer.grid_uniform.any()
+    assert not torch.equal(batch.layers[0].knots[0], batch.layers[0].knots[1])
+    x = ds.test_x
+    with torch.no_grad():
+        out = batch(x)
+    for m, model in enumerate(models):
+        assert torch.allclose(out[m], model(x), rtol=0, atol=1e-12)
+
+
+def test_free_knots_lbfgs_first_step_matches_fit():
+    ds = data()
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
+    opts = {"optimizer": "lbfgs", "steps": 3, "knot_steps": 2, "grid_update_every": 1}
+    want = alone(batch, ds, **opts)
+    got = fit_batch(batch, ds, progress=False, **opts)
+    for g, w in zip(got, want, strict=True):
+        assert close(g.test_loss[:2], w.test_loss[:2])  # step 0 and the first free-knot step
+        assert 1 / 1.5 <= g.test_loss[-1] / w.test_loss[-1] <= 1.5

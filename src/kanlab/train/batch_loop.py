@@ -27,8 +27,11 @@ activations (:func:`regularizer_per_model`), History's ``reg`` the regulariser b
 (0.0 for a model whose ``lamb`` is 0). The weights ``lamb``, ``lamb_l1`` and ``lamb_entropy`` may
 differ per model: give ``config`` as a sequence of M FitConfigs equal in every other field.
 
-Not supported yet, refused with an error naming the option: ``knot_steps`` (free knots),
-``torch.distributed`` runs.
+Free knots (``knot_steps``, KAN only) are fit's, per model (:mod:`kanlab.train.batch_free_knots`):
+the last ``knot_steps`` of a stage also train each model's interior knots, with a fresh optimiser
+and no grid updates.
+
+Not supported yet, refused with an error naming the option: ``torch.distributed`` runs.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from kanlab import kernels
 from kanlab.config import FitConfig
 from kanlab.model_batch import KANBatch, MLPBatch
 from kanlab.regularization import EPS
+from kanlab.train.batch_free_knots import BatchFreeKnots
 from kanlab.train.batched_optim import BatchedLBFGS, batched_adam, step_frozen
 from kanlab.train.history import Callback, History, StepState
 from kanlab.train.loop import _check_callbacks, _check_data, _kind, _resolve_config
@@ -152,15 +156,15 @@ def _refuse_unsupported(batch: KANBatch | MLPBatch, cfgs: Sequence[FitConfig]) -
                 f"lamb={c.lamb} > 0 (model {m}; sparsity on edge activations) needs a KAN batch; "
                 f"got {kind}"
             )
-    if any(ks > 0 for ks in cfg.knot_steps_per_stage()):
-        raise ValueError(
-            f"knot_steps={cfg.knot_steps!r} (free knots): not supported by fit_batch yet"
-        )
     if D.is_distributed():
         raise RuntimeError("fit_batch does not support torch.distributed (data-parallel) runs yet")
     if isinstance(batch, MLPBatch):
         if cfg.grid_schedule is not None:
             raise ValueError(f"grid_schedule needs a KAN batch; got {kind}")
+        if any(ks > 0 for ks in cfg.knot_steps_per_stage()):
+            raise ValueError(
+                f"knot_steps={cfg.knot_steps!r} > 0 (free knots) needs a KAN batch; got {kind}"
+            )
         return
     before = batch.grid_size
     for i, g in enumerate(cfg.grid_schedule or ()):
@@ -274,6 +278,7 @@ class _BatchRun:
         self.stages: list[int | None] = (
             list(cfg.grid_schedule) if cfg.grid_schedule is not None else [None]
         )
+        self.knot_plan = cfg.knot_steps_per_stage()
         M = batch.n_models
         self.frozen = torch.zeros(M, dtype=torch.bool)
         self.histories = BatchHistories([History(kind=kind) for _ in range(M)])
@@ -296,14 +301,19 @@ class _BatchRun:
         return time.perf_counter() - t0
 
     # -- parameters ---------------------------------------------------------------------------
+    def _state(self) -> list[Tensor]:
+        """What a restore puts back: the trained tensors and the buffers (grids), as fit's
+        state-dict snapshot (plus the free-knot logits in a free-knot phase)."""
+        return [*self.opt_params, *self.batch.buffers()]
+
     def _snapshot(self) -> list[Tensor]:
-        return [p.detach().clone() for p in self.params]
+        return [t.detach().clone() for t in self._state()]
 
     @torch.no_grad()
     def _restore(self, models: Tensor, state: list[Tensor]) -> None:
         idx = models.nonzero().flatten()
-        for p, s in zip(self.params, state, strict=True):
-            p[idx] = s[idx]
+        for t, s in zip(self._state(), state, strict=True):
+            t[idx] = s[idx].to(t.device)
 
     def _diverge(self, models: Tensor, state: list[Tensor], what: str) -> None:
         """Restore ``models`` to ``state``, freeze them and record why."""
@@ -325,20 +335,41 @@ class _BatchRun:
             batch.extend_grid(grid, self.data.train_x, grid_eps=cfg.grid_eps)
         self.stage = stage
         self.params = [p for p in batch.parameters() if p.requires_grad]
-        M = batch.n_models
+        self.free: BatchFreeKnots | None = None
+        self.knot_steps = self.knot_plan[stage]
+        self._make_optimizer(self.params, [])
         if cfg.optimizer == "lbfgs":
-            self.opt: Any = BatchedLBFGS(self.params, n_models=M, lr=cfg.lr,
-                                         line_search_fn="strong_wolfe", **_LBFGS)  # fmt: skip
-            self.opt.diverged |= self.frozen.to(self.opt.diverged.device)
             with torch.no_grad():
                 pred = batch(self.data.train_x)
                 base = data_loss_per_model(pred, self.data.train_y, self.kind)
             self.scale = _loss_scales(base).to(base.device)
         else:
-            self.opt = batched_adam(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                    decoupled=cfg.optimizer == "adamw")  # fmt: skip
             self.scale = None
         self.last_good = self._snapshot()
+
+    def _make_optimizer(self, params: list[Tensor], logits: list[Tensor]) -> None:
+        """fit's optimiser (make_optimizer) over ``params`` and free-knot ``logits`` (never
+        weight-decayed); frozen models stay frozen."""
+        cfg = self.cfg
+        self.opt_params = [*params, *logits]
+        if cfg.optimizer == "lbfgs":
+            self.opt: Any = BatchedLBFGS(self.opt_params, n_models=self.batch.n_models, lr=cfg.lr,
+                                         line_search_fn="strong_wolfe", **_LBFGS)  # fmt: skip
+            self.opt.diverged |= self.frozen.to(self.opt.diverged.device)
+        else:
+            self.opt = batched_adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    decoupled=cfg.optimizer == "adamw")  # fmt: skip
+            if logits:
+                self.opt.add_param_group({"params": logits, "weight_decay": 0.0})
+
+    def _free_knots(self) -> None:
+        """From now to the stage's end the knots train too (fit's ``_free_knots``), with a fresh
+        optimiser; the LBFGS loss scale stays the stage's."""
+        self.free = BatchFreeKnots(self.batch)  # type: ignore[arg-type]  (KAN batches only)
+        logits = list(self.free.logits)
+        self.last_good = [*self.last_good[: len(self.params)], *(t.detach().clone() for t in logits),
+                          *self.last_good[len(self.params) :]]  # fmt: skip
+        self._make_optimizer(self.params, logits)
 
     def _objective(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
         """(M,) objectives (fit's), differentiated: the data loss (+ lamb * reg, + LBFGS weight
@@ -351,7 +382,7 @@ class _BatchRun:
             reg = torch.where(self.lamb > 0, reg, torch.zeros_like(reg))
             extra = self.lamb * reg
         else:
-            pred = self.batch(xb)
+            pred = self.batch(xb) if self.free is None else self.free(xb)
             reg = extra = pred.new_zeros(pred.shape[0])
         data_term = data_loss_per_model(pred, yb, self.kind)
         if self.cfg.optimizer == "lbfgs" and self.cfg.weight_decay > 0:
@@ -366,7 +397,7 @@ class _BatchRun:
             self.first = (value.detach().tolist(), reg.detach().tolist())
 
     def _zero_grad(self) -> None:
-        for p in self.params:
+        for p in self.opt_params:
             p.grad = None
 
     def _backward(self, value: Tensor) -> None:
@@ -375,8 +406,11 @@ class _BatchRun:
 
     def step(self, s: int) -> None:
         cfg, data = self.cfg, self.data
+        if self.knot_steps and s == cfg.steps - self.knot_steps:  # free knots to the stage's end
+            self._free_knots()
         if self.update_every and s % self.update_every == 0 and s < self.stop_updates_at:
-            self._grid_update()
+            if self.free is None:
+                self._grid_update()
         idx = next(self.batches)
         xb, yb = (
             (data.train_x, data.train_y) if idx is None else (data.train_x[idx], data.train_y[idx])
@@ -394,8 +428,11 @@ class _BatchRun:
                 self._backward(value)
                 return value.detach()
 
+            moving = ~self.frozen
             obj = self.opt.step(closure)
             bad_start = ~torch.isfinite(obj).cpu()
+            if self.free is not None:  # (a model that diverged in its search: its last iterate)
+                self.free.write_back(moving & ~bad_start)
             # a model that failed inside its line search is already back at its last finite iterate
             in_search = self.opt.diverged.cpu() & ~self.frozen & ~bad_start
             self._diverge(bad_start, self.last_good, "at step")
@@ -413,6 +450,8 @@ class _BatchRun:
             bad = ~torch.isfinite(value.detach()).cpu()
             self._diverge(bad, self.last_good, "at step")
             step_frozen(self.opt, self.frozen.to(self.params[0].device))
+            if self.free is not None:
+                self.free.write_back(~self.frozen)
         self.last_good = before
         if (self.step_index + 1) % cfg.log_every == 0 or s == cfg.steps - 1:
             self._log(before)
