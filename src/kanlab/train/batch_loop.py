@@ -10,7 +10,7 @@ order and History rows. LBFGS is :class:`~kanlab.train.batched_optim.BatchedLBFG
 settings), Adam(W) torch's on the stacked parameters (exactly per model).
 
 Unlike ``fit``, a model whose loss becomes NaN/Inf does not stop the run: it is restored to its last
-parameters with a finite loss, frozen (no optimiser step, no grid update moves it; a grid extension
+parameters (and grid) with a finite loss, frozen (no optimiser step, no grid update moves it; a grid extension
 between stages still refines its grid, since a batch holds one grid size), its History ends at the
 last finite row, and :attr:`BatchHistories.diverged` names the step. The others go on unchanged.
 
