@@ -14,14 +14,16 @@ import torch
 import kanlab as kl
 from kanlab import datasets
 from kanlab.model_batch import KANBatch, MLPBatch
+from kanlab.regularization import regularizer_from_norms
 from kanlab.train import StepState
-from kanlab.train.batch_loop import fit_batch
+from kanlab.train.batch_loop import fit_batch, regularizer_per_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 KAN_CFG = kl.KANConfig(widths=[2, 3, 1], grid_size=3, dtype="float64")
 MLP_CFG = kl.MLPConfig(widths=[2, 5, 1], dtype="float64")
 SEEDS = [0, 1, 2, 3]
+EIGHT = list(range(8))  # the issue's equivalence tests: 8 models batched
 FIELDS = ("train_loss", "test_loss", "train_metric", "test_metric", "reg", "grid_size", "step")
 
 
@@ -62,10 +64,10 @@ ADAM = {"optimizer": "adam", "lr": 0.02, "steps": 100, "log_every": 7}
 @pytest.mark.parametrize("grid_updates", [0, 10], ids=["no_grid_updates", "grid_updates"])
 def test_adam_matches_fit_per_model(grid_updates):
     ds = data()
-    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
+    batch = KANBatch.from_config(KAN_CFG, seeds=EIGHT)
     want = alone(batch, ds, grid_update_every=grid_updates, **ADAM)
     got = fit_batch(batch, ds, grid_update_every=grid_updates, progress=False, **ADAM)
-    assert len(got) == 4 and got.diverged == [None] * 4
+    assert len(got) == 8 and got.diverged == [None] * 8
     for g, w in zip(got, want, strict=True):
         assert len(g) == 15  # steps 6, 13, ..., 97 and the last
         assert_same_history(g, w)
@@ -83,30 +85,36 @@ def test_adam_mini_batches_match_fit():
         assert_same_history(g, w)
 
 
+@pytest.mark.slow
 def test_lbfgs_first_step_matches_fit_then_stays_close():
     ds = data()
-    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
-    opts = {"optimizer": "lbfgs", "steps": 10, "grid_update_every": 0}
+    batch = KANBatch.from_config(KAN_CFG, seeds=EIGHT)
+    opts = {"optimizer": "lbfgs", "steps": 20, "grid_update_every": 0}
     want = alone(batch, ds, **opts)
     got = fit_batch(batch, ds, progress=False, **opts)
     for g, w in zip(got, want, strict=True):
-        assert len(g) == len(w) == 10
+        assert len(g) == len(w) == 20
         assert math.isclose(g.train_loss[0], w.train_loss[0], rel_tol=1e-9)
         assert math.isclose(g.test_loss[0], w.test_loss[0], rel_tol=1e-9)
         assert 1 / 1.5 <= g.test_loss[-1] / w.test_loss[-1] <= 1.5
         assert g.test_loss[-1] < 0.5 * g.test_loss[0]  # it trains
 
 
+@pytest.mark.slow
 def test_grid_schedule_follows_fit():
     ds = data()
-    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS[:3])
-    opts = {**ADAM, "steps": 20, "log_every": 5, "grid_schedule": (3, 5), "grid_update_every": 7}
+    batch = KANBatch.from_config(KAN_CFG, seeds=EIGHT)
+    opts = {**ADAM, "steps": 20, "log_every": 5, "grid_schedule": (3, 5, 10)}
+    opts["grid_update_every"] = 7
     want = alone(batch, ds, **opts)
     got = fit_batch(batch, ds, progress=False, **opts)
     for g, w in zip(got, want, strict=True):
-        assert g.grid_size == [3] * 4 + [5] * 4
+        assert g.grid_size == [3] * 4 + [5] * 4 + [10] * 4
         assert_same_history(g, w)
-    assert batch.grid_size == 5
+    assert batch.grid_size == 10
+    # each model its own adapted grid (from its own layer-1 outputs)
+    knots = batch.layers[1].knots
+    assert not torch.equal(knots[0], knots[1])
 
 
 def test_mlp_batch_adam_matches_fit():
@@ -136,25 +144,29 @@ def poison_after(batch: KANBatch, model: int, calls: int) -> None:
 def test_diverged_model_is_frozen_and_the_others_go_on():
     ds = data()
     opts = {**ADAM, "steps": 30, "log_every": 1, "grid_update_every": 10}
-    clean = KANBatch.from_config(KAN_CFG, seeds=[0, 2, 3])
-    want = fit_batch(clean, ds, progress=False, **opts)
-    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
-    reference = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
+    healthy = [s for s in EIGHT if s != 1]
+    clean = KANBatch.from_config(KAN_CFG, seeds=healthy)
+    want = [*alone(clean, ds, **opts)]
+    batch = KANBatch.from_config(KAN_CFG, seeds=EIGHT)
+    reference = KANBatch.from_config(KAN_CFG, seeds=EIGHT)
     # forwards: 1 warm-up, then per step one objective and two evaluations (train, test); from the
     # 11th step's objective on, model 1's loss is NaN
     poison_after(batch, 1, 1 + 3 * 10)
     got = fit_batch(batch, ds, progress=False, **opts)
-    assert got.diverged[0] is None and got.diverged[2] is None and got.diverged[3] is None
+    assert [got.diverged[m] for m in healthy] == [None] * 7
     assert "step 10" in got.diverged[1] and "frozen" in got.diverged[1]
     assert len(got[1]) == 10  # rows of steps 0..9, then frozen
-    for g, w in zip([got[0], got[2], got[3]], want, strict=True):
-        assert_same_history(g, w, rel=1e-12)
+    for g, w in zip([got[m] for m in healthy], want, strict=True):  # each as its solo fit
+        assert_same_history(g, w)
     # model 1 holds its parameters before step 9 (its last finite objective was at step 9's start)
     ref = fit_batch(reference, ds, progress=False, **{**opts, "steps": 9})
-    assert ref.diverged == [None] * 4
+    assert ref.diverged == [None] * 8
     for p, q in zip(batch.parameters(), reference.parameters(), strict=True):
         assert torch.equal(p[1], q[1])
         assert torch.isfinite(p).all()
+    # ... and its grid too (the grid update of step 10 is undone with the parameters)
+    for p, q in zip(batch.buffers(), reference.buffers(), strict=True):
+        assert torch.equal(p[1], q[1])
 
 
 def test_model_whose_init_blows_up_is_frozen_at_once():
@@ -174,17 +186,10 @@ def test_model_whose_init_blows_up_is_frozen_at_once():
         assert torch.equal(p[1], s)
 
 
-@pytest.mark.parametrize(
-    ("opts", "match"),
-    [
-        ({"lamb": 0.01}, "lamb"),
-        ({"knot_steps": 2}, "knot_steps"),
-    ],
-)
-def test_unsupported_options_are_refused(opts, match):
-    batch = KANBatch.from_config(KAN_CFG, seeds=[0])
-    with pytest.raises(ValueError, match=match):
-        fit_batch(batch, data(), steps=5, **opts)
+def test_kan_only_options_are_refused_for_mlps():
+    batch = MLPBatch.from_config(MLP_CFG, seeds=[0])
+    with pytest.raises(ValueError, match=r"knot_steps=2 > 0 \(free knots\) needs a KAN batch"):
+        fit_batch(batch, data(), steps=5, knot_steps=2)
 
 
 def test_bad_batch_and_mlp_grid_schedule_refused():
@@ -327,3 +332,107 @@ def test_unstack_one_is_model_m_of_unstack():
 def test_callbacks_must_be_callable():
     with pytest.raises(TypeError, match="callbacks must be callables"):
         fit_batch(KANBatch.from_config(KAN_CFG, seeds=[0]), data(), callbacks=[1], steps=2)
+
+
+def test_regularizer_per_model_is_the_single_model_one():
+    g = torch.Generator().manual_seed(3)
+    norms = [torch.rand(4, 3, 2, generator=g, dtype=torch.float64) for _ in range(2)]
+    norms[1][2] = 0.0  # a model whose layer is all zero (the eps keeps it finite)
+    l1 = torch.tensor([1.0, 0.5, 0.0, 2.0], dtype=torch.float64)
+    ent = torch.tensor([2.0, 0.0, 1.0, 3.0], dtype=torch.float64)
+    got = regularizer_per_model(norms, lamb_l1=l1, lamb_entropy=ent)
+    assert got.shape == (4,)
+    for m in range(4):
+        want = regularizer_from_norms(
+            [n[m] for n in norms], lamb_l1=float(l1[m]), lamb_entropy=float(ent[m])
+        )
+        assert math.isclose(float(got[m]), float(want), rel_tol=1e-12)
+
+
+def per_model_lamb() -> list[kl.FitConfig]:
+    base = kl.FitConfig(grid_update_every=5, progress=False)
+    return [
+        base.replace(lamb=0.0),
+        base.replace(lamb=1e-3),
+        base.replace(lamb=1e-2, lamb_entropy=0.0),
+        base.replace(lamb=1e-2, lamb_l1=0.5),
+    ]
+
+
+def test_per_model_lamb_adam_matches_fit_with_that_lamb():
+    ds = data()
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
+    cfgs = [c.replace(**{**ADAM, "steps": 40}) for c in per_model_lamb()]
+    want = [kl.fit(model, ds, c) for model, c in zip(batch.unstack(), cfgs, strict=True)]
+    got = fit_batch(batch, ds, cfgs)
+    assert got[0].reg == [0.0] * len(got[0])  # lamb 0: not computed, as in fit
+    assert all(r > 0 for h in got[1:] for r in h.reg)
+    for g, w in zip(got, want, strict=True):
+        assert_same_history(g, w)
+
+
+def test_per_model_lamb_lbfgs_first_step_matches_fit():
+    ds = data()
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
+    cfgs = [c.replace(optimizer="lbfgs", steps=2) for c in per_model_lamb()]
+    want = [kl.fit(model, ds, c) for model, c in zip(batch.unstack(), cfgs, strict=True)]
+    got = fit_batch(batch, ds, cfgs)
+    for g, w in zip(got, want, strict=True):
+        assert close(g.reg[:1], w.reg[:1]) and close(g.test_loss[:1], w.test_loss[:1])
+
+
+def test_one_lamb_for_all_models_matches_fit():
+    ds = data()
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS[:2])
+    opts = {**ADAM, "steps": 20, "lamb": 1e-2}
+    want = alone(batch, ds, **opts)
+    got = fit_batch(batch, ds, progress=False, **opts)
+    for g, w in zip(got, want, strict=True):
+        assert_same_history(g, w)
+
+
+def test_per_model_configs_may_differ_only_in_the_sparsity_weights():
+    batch = KANBatch.from_config(KAN_CFG, seeds=[0, 1, 2])
+    base = kl.FitConfig(steps=2)
+    with pytest.raises(ValueError, match=r"config\[2\]\.lr=0\.5 differs from config\[0\]\.lr=1\.0"):
+        fit_batch(batch, data(), [base, base.replace(lamb=0.1), base.replace(lr=0.5)])
+    with pytest.raises(ValueError, match="sequence of 2 FitConfigs but the batch has 3"):
+        fit_batch(batch, data(), [base, base])
+    with pytest.raises(TypeError, match=r"config\[1\] must be a FitConfig"):
+        fit_batch(batch, data(), [base, {"lamb": 0.1}, base])
+    mlps = MLPBatch.from_config(MLP_CFG, seeds=[0, 1])
+    with pytest.raises(ValueError, match=r"lamb=0\.1 > 0 \(model 1.*needs a KAN batch"):
+        fit_batch(mlps, data(), [base, base.replace(lamb=0.1)])
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_free_knots_match_fit_per_model(optimizer):
+    ds = data()
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
+    opts = {**ADAM, "optimizer": optimizer, "steps": 12, "log_every": 3, "grid_update_every": 4}
+    opts.update(grid_schedule=(3, 5), knot_steps=(5, 3), weight_decay=1e-3)
+    want = alone(batch, ds, **opts)
+    got = fit_batch(batch, ds, progress=False, **opts)
+    for g, w in zip(got, want, strict=True):
+        assert_same_history(g, w)
+    # each model's knots moved on their own (non-uniform, not the grid update's)
+    models = batch.unstack()
+    for layer in batch.layers:
+        assert not layer.grid_uniform.any()
+    assert not torch.equal(batch.layers[0].knots[0], batch.layers[0].knots[1])
+    x = ds.test_x
+    with torch.no_grad():
+        out = batch(x)
+    for m, model in enumerate(models):
+        assert torch.allclose(out[m], model(x), rtol=0, atol=1e-12)
+
+
+def test_free_knots_lbfgs_first_step_matches_fit():
+    ds = data()
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
+    opts = {"optimizer": "lbfgs", "steps": 3, "knot_steps": 2, "grid_update_every": 1}
+    want = alone(batch, ds, **opts)
+    got = fit_batch(batch, ds, progress=False, **opts)
+    for g, w in zip(got, want, strict=True):
+        assert close(g.test_loss[:2], w.test_loss[:2])  # step 0 and the first free-knot step
+        assert 1 / 1.5 <= g.test_loss[-1] / w.test_loss[-1] <= 1.5

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from kanlab._checks import check_input, check_int
 from kanlab.config import KANConfig, MLPConfig
 from kanlab.kernels.backends import choose
-from kanlab.kernels.batched_reference import batched_spline_product
+from kanlab.kernels.batched_reference import batched_basis, batched_spline_product
 from kanlab.layers import ACTIVATIONS, KANLinear
 from kanlab.models import KAN, MLP, kan_layers
 
@@ -185,6 +185,18 @@ class KANBatchLayer(nn.Module):
             y = torch.baddbmm(y, ACTIVATIONS[self.base_activation](x), self.scale_base * self.mask)
         return y
 
+    def activations(self, x: Tensor) -> Tensor:
+        """Edge outputs ``phi_{o,i}(x_i)`` per model: ``(M, batch, in) -> (M, batch, out, in)``
+        (``KANLinear.activations`` per model, on the batched reference basis); summing over the
+        last dimension gives ``forward(x)`` to rounding. Differentiable; writes nothing."""
+        weight = self.coef * (self.scale_spline * self.mask).unsqueeze(2)  # (M, in, G+k, out)
+        basis = batched_basis(x, self.knots, self.spline_order)  # (M, batch, in, G+k)
+        phi = torch.einsum("mbig,migo->mboi", basis, weight)
+        if self.base_activation != "zero":
+            base = ACTIVATIONS[self.base_activation](x)  # (M, batch, in)
+            phi = phi + base.unsqueeze(2) * (self.scale_base * self.mask).transpose(1, 2)[:, None]
+        return phi
+
     def state_of(self, m: int) -> dict[str, Tensor]:
         """Model m's layer state as a :class:`KANLinear` state dict (copies)."""
         names = (*_KAN_PARAMS, *_KAN_BUFFERS)
@@ -265,6 +277,18 @@ class KANBatch(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x
+
+    def activations(self, x: Tensor) -> list[Tensor]:
+        """Edge outputs of every layer per model: a list of ``(M, batch, widths[l+1], widths[l])``
+        (``KAN.activations`` per model; x as in forward). The last one summed over its last
+        dimension is the batch's output."""
+        x = _batch_input(x, self.n_models, self.widths[0], self.layers[0].coef.dtype)
+        acts = []
+        for layer in self.layers:
+            phi = layer.activations(x)
+            acts.append(phi)
+            x = phi.sum(-1)
+        return acts
 
     def unstack(self) -> list[KAN]:
         """M independent KANs holding exactly the batch's values (copies)."""
