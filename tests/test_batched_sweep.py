@@ -101,6 +101,18 @@ def test_group_rows_are_the_single_trial_rows():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("options", [{"lamb": 0.01}, {"knot_steps": 1}], ids=["lamb", "knots"])
+def test_sparse_and_free_knot_kans_train_batched(options):
+    kans = [t for t in _float64(_trials()) if t.family == "kan"]
+    (group,) = group_trials([dataclasses.replace(t, fit=t.fit.replace(**options)) for t in kans])
+    rows = run_trial_group(group)
+    for m, (row, alone) in enumerate(zip(rows, [run_trial(t) for t in group], strict=True)):
+        assert row["status"] == alone["status"] == "ok", (row["error"], alone["error"])
+        assert row["extra"]["batch"]["size"] == 2 and "fallback" not in row["extra"]["batch"]
+        assert _close(row["test_metric"], alone["test_metric"], 1e-7), m
+
+
+@pytest.mark.slow
 def test_a_diverging_trial_among_healthy_ones(monkeypatch):
     real = runner.build
 

@@ -74,16 +74,18 @@ def test_every_difference_but_the_seed_splits_groups():
 
 def test_unbatchable_trials_are_groups_of_one():
     t = _trials(seeds=1)[0]
-    sparse = [dataclasses.replace(t, seed=s, fit=t.fit.replace(lamb=0.01)) for s in range(3)]
-    knots = [dataclasses.replace(t, seed=s, fit=t.fit.replace(knot_steps=1)) for s in range(2)]
     adam = t.fit.replace(optimizer="adam", lr=0.01)
-    minibatch = [dataclasses.replace(t, seed=s, fit=adam.replace(batch_size=16)) for s in range(2)]
-    odd = (*sparse, *knots, *minibatch)
-    for s in odd:
+    minibatch = [dataclasses.replace(t, seed=s, fit=adam.replace(batch_size=16)) for s in range(3)]
+    for s in minibatch:
         assert batch_key(s) is None
-    assert group_trials(odd) == [[s] for s in odd]
+    assert group_trials(minibatch) == [[s] for s in minibatch]
     full_batch = [dataclasses.replace(t, seed=s, fit=adam) for s in range(2)]
     assert batch_key(full_batch[0]) is not None and len(group_trials(full_batch)) == 1
+    # sparsity and free knots train batched (fit_batch takes them); their seeds share a batch
+    for fit in (t.fit.replace(lamb=0.01), t.fit.replace(knot_steps=1)):
+        same = [dataclasses.replace(t, seed=s, fit=fit) for s in range(3)]
+        assert batch_key(same[0]) is not None and group_trials(same) == [same]
+        assert batch_key(same[0]) != batch_key(t)
 
 
 def test_max_size_splits_large_groups_in_order():

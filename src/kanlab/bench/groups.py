@@ -6,11 +6,9 @@ the fit configuration (optimiser, steps, grid schedule, grid updates, ...). :fun
 so as a string; :func:`group_trials` cuts a list of trials into such groups.
 
 A trial whose fit the batched trainer cannot run as it runs alone gets no key (``None``) and a group
-of its own; the runner trains those one by one, as before: what :func:`kanlab.train.fit_batch`
-refuses (sparsity ``lamb > 0``, free knots), and mini-batches (``batch_size``: fit
-draws them in an order seeded by the trial's seed; a batch shares one order). The runner still
-falls back to single fits if ``fit_batch`` refuses a group for a reason decided only once the data
-is loaded.
+of its own, trained alone as before: mini-batches (``batch_size``: fit draws them in an order seeded
+by the trial's seed; a batch shares one order). The runner falls back to single fits if
+``fit_batch`` refuses a group (a ``ValueError``, e.g. an option it does not support).
 """
 
 from __future__ import annotations
@@ -26,13 +24,9 @@ __all__ = ["batch_key", "group_trials"]
 
 
 def _batchable(trial: Trial) -> bool:
-    f = trial.fit
-    if f.lamb > 0:
-        return False
-    if f.batch_size is not None:  # mini-batches: fit's order follows each trial's own seed, but a
-        return False  # batch shares one order, so seeds would not train as they do alone
-    knot_steps = f.knot_steps if isinstance(f.knot_steps, tuple) else (f.knot_steps,)
-    return not any(k > 0 for k in knot_steps)
+    # mini-batches: fit draws them in an order seeded by each trial's own seed, but a batch shares
+    # one order, so its seeds would not train as they do alone
+    return trial.fit.batch_size is None
 
 
 def batch_key(trial: Trial) -> str | None:
