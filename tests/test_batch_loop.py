@@ -14,13 +14,16 @@ import torch
 import kanlab as kl
 from kanlab import datasets
 from kanlab.model_batch import KANBatch, MLPBatch
-from kanlab.train.batch_loop import fit_batch
+from kanlab.regularization import regularizer_from_norms
+from kanlab.train import StepState
+from kanlab.train.batch_loop import fit_batch, regularizer_per_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 KAN_CFG = kl.KANConfig(widths=[2, 3, 1], grid_size=3, dtype="float64")
 MLP_CFG = kl.MLPConfig(widths=[2, 5, 1], dtype="float64")
 SEEDS = [0, 1, 2, 3]
+EIGHT = list(range(8))  # the issue's equivalence tests: 8 models batched
 FIELDS = ("train_loss", "test_loss", "train_metric", "test_metric", "reg", "grid_size", "step")
 
 
@@ -61,10 +64,10 @@ ADAM = {"optimizer": "adam", "lr": 0.02, "steps": 100, "log_every": 7}
 @pytest.mark.parametrize("grid_updates", [0, 10], ids=["no_grid_updates", "grid_updates"])
 def test_adam_matches_fit_per_model(grid_updates):
     ds = data()
-    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
+    batch = KANBatch.from_config(KAN_CFG, seeds=EIGHT)
     want = alone(batch, ds, grid_update_every=grid_updates, **ADAM)
     got = fit_batch(batch, ds, grid_update_every=grid_updates, progress=False, **ADAM)
-    assert len(got) == 4 and got.diverged == [None] * 4
+    assert len(got) == 8 and got.diverged == [None] * 8
     for g, w in zip(got, want, strict=True):
         assert len(g) == 15  # steps 6, 13, ..., 97 and the last
         assert_same_history(g, w)
@@ -82,30 +85,36 @@ def test_adam_mini_batches_match_fit():
         assert_same_history(g, w)
 
 
+@pytest.mark.slow
 def test_lbfgs_first_step_matches_fit_then_stays_close():
     ds = data()
-    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
-    opts = {"optimizer": "lbfgs", "steps": 10, "grid_update_every": 0}
+    batch = KANBatch.from_config(KAN_CFG, seeds=EIGHT)
+    opts = {"optimizer": "lbfgs", "steps": 20, "grid_update_every": 0}
     want = alone(batch, ds, **opts)
     got = fit_batch(batch, ds, progress=False, **opts)
     for g, w in zip(got, want, strict=True):
-        assert len(g) == len(w) == 10
+        assert len(g) == len(w) == 20
         assert math.isclose(g.train_loss[0], w.train_loss[0], rel_tol=1e-9)
         assert math.isclose(g.test_loss[0], w.test_loss[0], rel_tol=1e-9)
         assert 1 / 1.5 <= g.test_loss[-1] / w.test_loss[-1] <= 1.5
         assert g.test_loss[-1] < 0.5 * g.test_loss[0]  # it trains
 
 
+@pytest.mark.slow
 def test_grid_schedule_follows_fit():
     ds = data()
-    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS[:3])
-    opts = {**ADAM, "steps": 20, "log_every": 5, "grid_schedule": (3, 5), "grid_update_every": 7}
+    batch = KANBatch.from_config(KAN_CFG, seeds=EIGHT)
+    opts = {**ADAM, "steps": 20, "log_every": 5, "grid_schedule": (3, 5, 10)}
+    opts["grid_update_every"] = 7
     want = alone(batch, ds, **opts)
     got = fit_batch(batch, ds, progress=False, **opts)
     for g, w in zip(got, want, strict=True):
-        assert g.grid_size == [3] * 4 + [5] * 4
+        assert g.grid_size == [3] * 4 + [5] * 4 + [10] * 4
         assert_same_history(g, w)
-    assert batch.grid_size == 5
+    assert batch.grid_size == 10
+    # each model its own adapted grid (from its own layer-1 outputs)
+    knots = batch.layers[1].knots
+    assert not torch.equal(knots[0], knots[1])
 
 
 def test_mlp_batch_adam_matches_fit():
@@ -135,25 +144,29 @@ def poison_after(batch: KANBatch, model: int, calls: int) -> None:
 def test_diverged_model_is_frozen_and_the_others_go_on():
     ds = data()
     opts = {**ADAM, "steps": 30, "log_every": 1, "grid_update_every": 10}
-    clean = KANBatch.from_config(KAN_CFG, seeds=[0, 2, 3])
-    want = fit_batch(clean, ds, progress=False, **opts)
-    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
-    reference = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
+    healthy = [s for s in EIGHT if s != 1]
+    clean = KANBatch.from_config(KAN_CFG, seeds=healthy)
+    want = [*alone(clean, ds, **opts)]
+    batch = KANBatch.from_config(KAN_CFG, seeds=EIGHT)
+    reference = KANBatch.from_config(KAN_CFG, seeds=EIGHT)
     # forwards: 1 warm-up, then per step one objective and two evaluations (train, test); from the
     # 11th step's objective on, model 1's loss is NaN
     poison_after(batch, 1, 1 + 3 * 10)
     got = fit_batch(batch, ds, progress=False, **opts)
-    assert got.diverged[0] is None and got.diverged[2] is None and got.diverged[3] is None
+    assert [got.diverged[m] for m in healthy] == [None] * 7
     assert "step 10" in got.diverged[1] and "frozen" in got.diverged[1]
     assert len(got[1]) == 10  # rows of steps 0..9, then frozen
-    for g, w in zip([got[0], got[2], got[3]], want, strict=True):
-        assert_same_history(g, w, rel=1e-12)
+    for g, w in zip([got[m] for m in healthy], want, strict=True):  # each as its solo fit
+        assert_same_history(g, w)
     # model 1 holds its parameters before step 9 (its last finite objective was at step 9's start)
     ref = fit_batch(reference, ds, progress=False, **{**opts, "steps": 9})
-    assert ref.diverged == [None] * 4
+    assert ref.diverged == [None] * 8
     for p, q in zip(batch.parameters(), reference.parameters(), strict=True):
         assert torch.equal(p[1], q[1])
         assert torch.isfinite(p).all()
+    # ... and its grid too (the grid update of step 10 is undone with the parameters)
+    for p, q in zip(batch.buffers(), reference.buffers(), strict=True):
+        assert torch.equal(p[1], q[1])
 
 
 def test_model_whose_init_blows_up_is_frozen_at_once():
@@ -173,30 +186,253 @@ def test_model_whose_init_blows_up_is_frozen_at_once():
         assert torch.equal(p[1], s)
 
 
-@pytest.mark.parametrize(
-    ("opts", "match"),
-    [
-        ({"lamb": 0.01}, "lamb"),
-        ({"knot_steps": 2}, "knot_steps"),
-        ({"callbacks": [print]}, "callbacks"),
-    ],
-)
-def test_unsupported_options_are_refused(opts, match):
-    batch = KANBatch.from_config(KAN_CFG, seeds=[0])
-    with pytest.raises(ValueError, match=match):
-        fit_batch(batch, data(), steps=5, **opts)
+def test_kan_only_options_are_refused_for_mlps():
+    batch = MLPBatch.from_config(MLP_CFG, seeds=[0])
+    with pytest.raises(ValueError, match=r"knot_steps=2 > 0 \(free knots\) needs a KAN batch"):
+        fit_batch(batch, data(), steps=5, knot_steps=2)
 
 
-def test_classification_refused_and_mlp_grid_schedule_refused():
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(60, 2, generator=g, dtype=torch.float64)
-    ds = datasets.from_arrays(
-        x.numpy(), (x[:, 0] > 0.5).long().numpy(), test_size=0.25, seed=0,
-        kind="classification", dtype=torch.float64,
-    )  # fmt: skip
-    with pytest.raises(ValueError, match="regression"):
-        fit_batch(KANBatch.from_config(KAN_CFG.replace(widths=[2, 3, 2]), seeds=[0]), ds)
+def test_bad_batch_and_mlp_grid_schedule_refused():
     with pytest.raises(ValueError, match="grid_schedule needs a KAN"):
         fit_batch(MLPBatch.from_config(MLP_CFG, seeds=[0]), data(), grid_schedule=(3, 5))
     with pytest.raises(TypeError, match="KANBatch or MLPBatch"):
         fit_batch(kl.build(KAN_CFG), data())
+
+
+def classes(n: int = 160) -> datasets.Dataset:
+    """Three classes from the angle of a point around (0.5, 0.5), with noise."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 2, generator=g, dtype=torch.float64)
+    angle = torch.atan2(x[:, 1] - 0.5, x[:, 0] - 0.5) + 0.3 * torch.randn(n, generator=g)
+    y = ((angle + math.pi) / (2 * math.pi) * 3).long().clamp(0, 2)
+    return datasets.from_arrays(
+        x.numpy(), y.numpy(), test_size=0.25, seed=0, kind="classification", dtype=torch.float64
+    )
+
+
+CLS_CFG = KAN_CFG.replace(widths=[2, 3, 3])
+
+
+@pytest.mark.parametrize("family", ["kan", "mlp"])
+def test_classification_adam_matches_fit(family):
+    ds = classes()
+    if family == "kan":
+        batch = KANBatch.from_config(CLS_CFG, seeds=SEEDS)
+    else:
+        batch = MLPBatch.from_config(MLP_CFG.replace(widths=[2, 5, 3]), seeds=SEEDS)
+    opts = {**ADAM, "steps": 40, "lr": 0.05, "log_every": 4}
+    want = alone(batch, ds, **opts)
+    got = fit_batch(batch, ds, progress=False, **opts)
+    for g, w in zip(got, want, strict=True):
+        assert g.kind == w.kind == "classification"
+        assert_same_history(g, w)
+        assert all(0.0 <= a <= 1.0 for a in g.test_metric)
+    assert got[0].train_loss[-1] < got[0].train_loss[0]  # it trains
+    assert len({tuple(g.train_loss) for g in got}) == 4  # the models differ
+
+
+def test_classification_lbfgs_first_step_matches_fit():
+    ds = classes()
+    batch = KANBatch.from_config(CLS_CFG, seeds=SEEDS[:3])
+    opts = {"optimizer": "lbfgs", "steps": 3, "grid_update_every": 2}
+    want = alone(batch, ds, **opts)
+    got = fit_batch(batch, ds, progress=False, **opts)
+    for g, w in zip(got, want, strict=True):
+        assert math.isclose(g.train_loss[0], w.train_loss[0], rel_tol=1e-9)
+        assert math.isclose(g.test_loss[0], w.test_loss[0], rel_tol=1e-9)
+        assert g.train_metric[0] == w.train_metric[0]
+
+
+class Recorder:
+    """A callback that records what it sees and stops model ``stop_model`` from ``stop_at`` on."""
+
+    def __init__(self, x: torch.Tensor, stop_model: int = -1, stop_at: int = 0) -> None:
+        self.x, self.stop_model, self.stop_at = x, stop_model, stop_at
+        self.seen: dict[int, list[tuple]] = {}
+
+    def __call__(self, state: StepState) -> bool:
+        with torch.no_grad():
+            out = state.model(self.x).flatten().tolist()
+        row = (state.step, state.loss, state.reg, state.stage, state.grid_size, len(state.history))
+        self.seen.setdefault(state.model_index, []).append((row, out))
+        return state.model_index == self.stop_model and state.step >= self.stop_at
+
+
+def same_rows(got: list[tuple], want: list[tuple]) -> None:
+    assert len(got) == len(want)
+    for (g, g_out), (w, w_out) in zip(got, want, strict=True):
+        assert g[0] == w[0] and g[3:] == w[3:], (g, w)
+        assert close(list(g[1:3]), list(w[1:3])), (g, w)
+        assert close(g_out, w_out), (g_out, w_out)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_callbacks_per_model_and_one_model_stopped_early(optimizer):
+    ds = data()
+    probe = ds.test_x[:5]
+    opts = {"optimizer": optimizer, "steps": 8, "log_every": 2, "grid_update_every": 3}
+    if optimizer == "adam":
+        opts.update(lr=0.02, steps=20)
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS[:3])
+    solo_models = batch.unstack()
+    # each model alone, by fit, with the same callback (model 1 stops after the step-3 row)
+    solo = []
+    for m, model in enumerate(solo_models):
+        rec = Recorder(probe, stop_model=0 if m == 1 else -1, stop_at=3)
+        solo.append((kl.fit(model, ds, progress=False, callbacks=[rec], **opts), rec.seen[0]))
+    rec = Recorder(probe, stop_model=1, stop_at=3)
+    seen_twice = Recorder(probe)  # a second callback sees every state too
+    got = fit_batch(batch, ds, progress=False, callbacks=[rec, seen_twice], **opts)
+    assert got.stopped == [None, 3, None] and got.diverged == [None] * 3
+    assert len(got[1]) == 2 and len(got[0]) == len(got[2]) == opts["steps"] // 2
+    for m in range(3):
+        hist, seen = solo[m]
+        assert got[m].step == hist.step
+        if optimizer == "adam":
+            assert_same_history(got[m], hist)
+            same_rows(rec.seen[m], seen)
+        else:  # LBFGS: the first logged row to rounding (it amplifies rounding later)
+            assert close(got[m].test_loss[:1], hist.test_loss[:1])
+            same_rows(rec.seen[m][:1], seen[:1])
+        assert rec.seen[m] == seen_twice.seen[m]
+        assert [r[0][5] for r in rec.seen[m]] == list(range(1, len(got[m]) + 1))
+    # model 1 stayed where its callback stopped it: fit's model 1 after its run
+    with torch.no_grad():
+        out = batch(probe)[1].flatten()
+        want = solo_models[1](probe).flatten()
+    assert close(out.tolist(), want.tolist(), rel=1e-6 if optimizer == "lbfgs" else 1e-9)
+
+
+def test_all_models_stopped_ends_the_run():
+    ds = data()
+    batch = KANBatch.from_config(KAN_CFG, seeds=[0, 1])
+    calls = []
+
+    def stop_all(state: StepState) -> bool:
+        calls.append((state.model_index, state.step))
+        return True
+
+    got = fit_batch(batch, ds, progress=False, callbacks=[stop_all], grid_schedule=(3, 5), **ADAM)
+    assert calls == [(0, 6), (1, 6)]
+    assert got.stopped == [6, 6] and [len(h) for h in got] == [1, 1]
+    assert batch.grid_size == 3  # the second stage never started
+
+
+def test_unstack_one_is_model_m_of_unstack():
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
+    x = data().test_x
+    for m, model in enumerate(batch.unstack()):
+        assert torch.equal(batch.unstack_one(m)(x), model(x))
+    with pytest.raises(ValueError, match="m=4"):
+        batch.unstack_one(4)
+    mlps = MLPBatch.from_config(MLP_CFG, seeds=SEEDS)
+    assert torch.equal(mlps.unstack_one(2)(x), mlps.unstack()[2](x))
+
+
+def test_callbacks_must_be_callable():
+    with pytest.raises(TypeError, match="callbacks must be callables"):
+        fit_batch(KANBatch.from_config(KAN_CFG, seeds=[0]), data(), callbacks=[1], steps=2)
+
+
+def test_regularizer_per_model_is_the_single_model_one():
+    g = torch.Generator().manual_seed(3)
+    norms = [torch.rand(4, 3, 2, generator=g, dtype=torch.float64) for _ in range(2)]
+    norms[1][2] = 0.0  # a model whose layer is all zero (the eps keeps it finite)
+    l1 = torch.tensor([1.0, 0.5, 0.0, 2.0], dtype=torch.float64)
+    ent = torch.tensor([2.0, 0.0, 1.0, 3.0], dtype=torch.float64)
+    got = regularizer_per_model(norms, lamb_l1=l1, lamb_entropy=ent)
+    assert got.shape == (4,)
+    for m in range(4):
+        want = regularizer_from_norms(
+            [n[m] for n in norms], lamb_l1=float(l1[m]), lamb_entropy=float(ent[m])
+        )
+        assert math.isclose(float(got[m]), float(want), rel_tol=1e-12)
+
+
+def per_model_lamb() -> list[kl.FitConfig]:
+    base = kl.FitConfig(grid_update_every=5, progress=False)
+    return [
+        base.replace(lamb=0.0),
+        base.replace(lamb=1e-3),
+        base.replace(lamb=1e-2, lamb_entropy=0.0),
+        base.replace(lamb=1e-2, lamb_l1=0.5),
+    ]
+
+
+def test_per_model_lamb_adam_matches_fit_with_that_lamb():
+    ds = data()
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
+    cfgs = [c.replace(**{**ADAM, "steps": 40}) for c in per_model_lamb()]
+    want = [kl.fit(model, ds, c) for model, c in zip(batch.unstack(), cfgs, strict=True)]
+    got = fit_batch(batch, ds, cfgs)
+    assert got[0].reg == [0.0] * len(got[0])  # lamb 0: not computed, as in fit
+    assert all(r > 0 for h in got[1:] for r in h.reg)
+    for g, w in zip(got, want, strict=True):
+        assert_same_history(g, w)
+
+
+def test_per_model_lamb_lbfgs_first_step_matches_fit():
+    ds = data()
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
+    cfgs = [c.replace(optimizer="lbfgs", steps=2) for c in per_model_lamb()]
+    want = [kl.fit(model, ds, c) for model, c in zip(batch.unstack(), cfgs, strict=True)]
+    got = fit_batch(batch, ds, cfgs)
+    for g, w in zip(got, want, strict=True):
+        assert close(g.reg[:1], w.reg[:1]) and close(g.test_loss[:1], w.test_loss[:1])
+
+
+def test_one_lamb_for_all_models_matches_fit():
+    ds = data()
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS[:2])
+    opts = {**ADAM, "steps": 20, "lamb": 1e-2}
+    want = alone(batch, ds, **opts)
+    got = fit_batch(batch, ds, progress=False, **opts)
+    for g, w in zip(got, want, strict=True):
+        assert_same_history(g, w)
+
+
+def test_per_model_configs_may_differ_only_in_the_sparsity_weights():
+    batch = KANBatch.from_config(KAN_CFG, seeds=[0, 1, 2])
+    base = kl.FitConfig(steps=2)
+    with pytest.raises(ValueError, match=r"config\[2\]\.lr=0\.5 differs from config\[0\]\.lr=1\.0"):
+        fit_batch(batch, data(), [base, base.replace(lamb=0.1), base.replace(lr=0.5)])
+    with pytest.raises(ValueError, match="sequence of 2 FitConfigs but the batch has 3"):
+        fit_batch(batch, data(), [base, base])
+    with pytest.raises(TypeError, match=r"config\[1\] must be a FitConfig"):
+        fit_batch(batch, data(), [base, {"lamb": 0.1}, base])
+    mlps = MLPBatch.from_config(MLP_CFG, seeds=[0, 1])
+    with pytest.raises(ValueError, match=r"lamb=0\.1 > 0 \(model 1.*needs a KAN batch"):
+        fit_batch(mlps, data(), [base, base.replace(lamb=0.1)])
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_free_knots_match_fit_per_model(optimizer):
+    ds = data()
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
+    opts = {**ADAM, "optimizer": optimizer, "steps": 12, "log_every": 3, "grid_update_every": 4}
+    opts.update(grid_schedule=(3, 5), knot_steps=(5, 3), weight_decay=1e-3)
+    want = alone(batch, ds, **opts)
+    got = fit_batch(batch, ds, progress=False, **opts)
+    for g, w in zip(got, want, strict=True):
+        assert_same_history(g, w)
+    # each model's knots moved on their own (non-uniform, not the grid update's)
+    models = batch.unstack()
+    for layer in batch.layers:
+        assert not layer.grid_uniform.any()
+    assert not torch.equal(batch.layers[0].knots[0], batch.layers[0].knots[1])
+    x = ds.test_x
+    with torch.no_grad():
+        out = batch(x)
+    for m, model in enumerate(models):
+        assert torch.allclose(out[m], model(x), rtol=0, atol=1e-12)
+
+
+def test_free_knots_lbfgs_first_step_matches_fit():
+    ds = data()
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS)
+    opts = {"optimizer": "lbfgs", "steps": 3, "knot_steps": 2, "grid_update_every": 1}
+    want = alone(batch, ds, **opts)
+    got = fit_batch(batch, ds, progress=False, **opts)
+    for g, w in zip(got, want, strict=True):
+        assert close(g.test_loss[:2], w.test_loss[:2])  # step 0 and the first free-knot step
+        assert 1 / 1.5 <= g.test_loss[-1] / w.test_loss[-1] <= 1.5

@@ -8,7 +8,14 @@ import pytest
 
 import kanlab as kl
 from kanlab import train
-from kanlab.bench.runner import SerialExecutor, make_executor, run_trial, run_trials
+from kanlab.bench.groups import group_trials
+from kanlab.bench.runner import (
+    SerialExecutor,
+    make_executor,
+    run_trial,
+    run_trial_group,
+    run_trials,
+)
 from kanlab.bench.store import ResultStore
 from kanlab.bench.sweep import expand, parse_sweep
 
@@ -101,9 +108,12 @@ def test_dask_local_cluster(tmp_path):
     with make_executor("dask-local", workers=2) as ex, ResultStore(tmp_path / "r.sqlite") as store:
         summary = run_trials(trials, store, ex)
         assert summary.ok == len(trials), [r["error"] for r in store.rows()]
-        # the results equal a serial run's: same data, same seeds, deterministic CPU training
-        serial = {t.key: run_trial(t)["test_error"] for t in trials}
+        # batched on Dask too (the 2 seeds of each configuration), and the results equal a serial
+        # run's of the same groups: same data, same seeds, deterministic CPU training
+        serial = {t.key: r["test_error"] for g in group_trials(trials)
+                  for t, r in zip(g, run_trial_group(g), strict=True)}  # fmt: skip
         for row in store.rows():
+            assert row["extra"]["batch"]["size"] == 2 and "fallback" not in row["extra"]["batch"]
             assert row["test_error"] == pytest.approx(serial[row["key"]], rel=1e-5)
 
 
@@ -115,6 +125,19 @@ def test_local_process_pool(tmp_path):
         assert summary.ok == len(trials) == 2, [r["error"] for r in store.rows()]
         serial = {t.key: run_trial(t)["test_error"] for t in trials}  # same result in-process
         for row in store.rows():
+            assert row["test_error"] == pytest.approx(serial[row["key"]], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_local_process_pool_batched(tmp_path):
+    trials = _trials()  # 2 configurations x 2 seeds: two batches of 2 on two workers
+    with make_executor("local", workers=2) as ex, ResultStore(tmp_path / "r.sqlite") as store:
+        summary = run_trials(trials, store, ex)
+        assert summary.ok == len(trials) == 4, [r["error"] for r in store.rows()]
+        serial = {t.key: r["test_error"] for g in group_trials(trials)
+                  for t, r in zip(g, run_trial_group(g), strict=True)}  # fmt: skip
+        for row in store.rows():
+            assert row["extra"]["batch"]["size"] == 2 and "fallback" not in row["extra"]["batch"]
             assert row["test_error"] == pytest.approx(serial[row["key"]], rel=1e-5)
 
 

@@ -222,7 +222,8 @@ depths = [1]
 """
 
 # The real CLI with kanlab.train.fit replaced (the runner looks it up at call time; --executor serial
-# runs the trials in this process) so trials fail the same way on any machine, without training.
+# runs the trials in this process) so trials fail the same way on any machine, without training;
+# fit_batch too (a batch it refuses with a ValueError trains one by one through fit).
 FAILING_FIT = """
 import sys
 import kanlab.train
@@ -232,6 +233,13 @@ def fit(model, data, config=None, **kwargs):
         raise ValueError("need at least 2 rows, got 1")
     return real_fit(model, data, config, **kwargs)
 kanlab.train.fit = fit
+import kanlab.train.batch_loop as batch_loop
+real_fit_batch = batch_loop.fit_batch
+def fit_batch(batch, data, config=None, **kwargs):  # a batch refused: its trials go through fit
+    if sys.argv[1] == "all" or type(batch).__name__ == "KANBatch":
+        raise ValueError("need at least 2 rows, got 1")
+    return real_fit_batch(batch, data, config, **kwargs)
+batch_loop.fit_batch = fit_batch
 from kanlab.cli import main
 main(sys.argv[2:])
 """

@@ -109,6 +109,13 @@ def compare(
         ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar over trials.")] = True,
+    batch: Annotated[
+        bool,
+        typer.Option(
+            help="Train the seeds of a configuration as one model batch (--no-batch: "
+            "each model trained alone, as before)."
+        ),
+    ] = True,
 ) -> None:
     """Run a KAN-vs-MLP sweep (resuming a previous run in the same folder), then write its report."""
     from kanlab import bench
@@ -152,8 +159,9 @@ def compare(
     _log_to_stderr("kanlab.bench")  # e.g. "compiling CPU kernels (first run only)..." (cold cache)
     with _run_folder_guard(run_dir):
         summary, db = bench.run_sweep(
-            sweep, run_dir, tasks=task_list, executor=executor, workers=workers, progress=progress
-        )
+            sweep, run_dir, tasks=task_list, executor=executor, workers=workers, progress=progress,
+            batch=batch,
+        )  # fmt: skip
     typer.echo(
         f"{summary.total} trials: {summary.skipped} already done, {summary.ok} ok, "
         f"{summary.diverged} diverged, {summary.failed} failed in {summary.wall_time:.1f} s",

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from kanlab._checks import check_input, check_int
 from kanlab.config import KANConfig, MLPConfig
 from kanlab.kernels.backends import choose
-from kanlab.kernels.batched_reference import batched_spline_product
+from kanlab.kernels.batched_reference import batched_basis, batched_spline_product
 from kanlab.layers import ACTIVATIONS, KANLinear
 from kanlab.models import KAN, MLP, kan_layers
 
@@ -66,6 +66,13 @@ def _same(name: str, values: Sequence[object]) -> None:
                 f"all models of a batch must have the same {name}: model 0 has {values[0]!r}, "
                 f"model {m} has {v!r}"
             )
+
+
+def _check_index(m: object, n_models: int) -> int:
+    m = check_int("model index m", m, minimum=0)
+    if m >= n_models:
+        raise ValueError(f"model index m={m} is out of range for a batch of {n_models} models")
+    return m
 
 
 def _batch_input(x: object, n_models: int, n_in: int, dtype: torch.dtype) -> Tensor:
@@ -178,6 +185,18 @@ class KANBatchLayer(nn.Module):
             y = torch.baddbmm(y, ACTIVATIONS[self.base_activation](x), self.scale_base * self.mask)
         return y
 
+    def activations(self, x: Tensor) -> Tensor:
+        """Edge outputs ``phi_{o,i}(x_i)`` per model: ``(M, batch, in) -> (M, batch, out, in)``
+        (``KANLinear.activations`` per model, on the batched reference basis); summing over the
+        last dimension gives ``forward(x)`` to rounding. Differentiable; writes nothing."""
+        weight = self.coef * (self.scale_spline * self.mask).unsqueeze(2)  # (M, in, G+k, out)
+        basis = batched_basis(x, self.knots, self.spline_order)  # (M, batch, in, G+k)
+        phi = torch.einsum("mbig,migo->mboi", basis, weight)
+        if self.base_activation != "zero":
+            base = ACTIVATIONS[self.base_activation](x)  # (M, batch, in)
+            phi = phi + base.unsqueeze(2) * (self.scale_base * self.mask).transpose(1, 2)[:, None]
+        return phi
+
     def state_of(self, m: int) -> dict[str, Tensor]:
         """Model m's layer state as a :class:`KANLinear` state dict (copies)."""
         names = (*_KAN_PARAMS, *_KAN_BUFFERS)
@@ -259,26 +278,37 @@ class KANBatch(nn.Module):
             x = layer(x)
         return x
 
+    def activations(self, x: Tensor) -> list[Tensor]:
+        """Edge outputs of every layer per model: a list of ``(M, batch, widths[l+1], widths[l])``
+        (``KAN.activations`` per model; x as in forward). The last one summed over its last
+        dimension is the batch's output."""
+        x = _batch_input(x, self.n_models, self.widths[0], self.layers[0].coef.dtype)
+        acts = []
+        for layer in self.layers:
+            phi = layer.activations(x)
+            acts.append(phi)
+            x = phi.sum(-1)
+        return acts
+
     def unstack(self) -> list[KAN]:
         """M independent KANs holding exactly the batch's values (copies)."""
-        device = self.layers[0].coef.device
-        models = []
-        for m, cfg in enumerate(self.configs):
-            model = KAN.from_config(cfg, device=device)
-            state = {
-                f"layers.{i}.{name}": value
-                for i, layer in enumerate(self.layers)
-                for name, value in layer.state_of(m).items()
-            }
-            model.load_state_dict(state)
-            for i, layer in enumerate(self.layers):
-                for name in _KAN_PARAMS:
-                    getattr(model.layers[i], name).requires_grad_(
-                        getattr(layer, name).requires_grad
-                    )
-            model.train(self.training)
-            models.append(model)
-        return models
+        return [self.unstack_one(m) for m in range(self.n_models)]
+
+    def unstack_one(self, m: int) -> KAN:
+        """Model m alone: an independent KAN holding exactly its values in the batch (copies)."""
+        m = _check_index(m, self.n_models)
+        model = KAN.from_config(self.configs[m], device=self.layers[0].coef.device)
+        state = {
+            f"layers.{i}.{name}": value
+            for i, layer in enumerate(self.layers)
+            for name, value in layer.state_of(m).items()
+        }
+        model.load_state_dict(state)
+        for i, layer in enumerate(self.layers):
+            for name in _KAN_PARAMS:
+                getattr(model.layers[i], name).requires_grad_(getattr(layer, name).requires_grad)
+        model.train(self.training)
+        return model
 
     def _restack(self, models: Sequence[KAN]) -> None:
         for i, layer in enumerate(self.layers):
@@ -389,19 +419,20 @@ class MLPBatch(nn.Module):
 
     def unstack(self) -> list[MLP]:
         """M independent MLPs holding exactly the batch's values (copies)."""
-        device = self.layers[0].weight.device
-        models = []
-        for m, cfg in enumerate(self._configs):
-            model = MLP.from_config(cfg, device=device)
-            state = {
-                f"layers.{i}.{name}": getattr(lin, name)[m].detach().clone()
-                for i, lin in enumerate(self.layers)
-                for name in ("weight", "bias")
-            }
-            model.load_state_dict(state)
-            for i, lin in enumerate(self.layers):
-                for name in ("weight", "bias"):
-                    getattr(model.layers[i], name).requires_grad_(getattr(lin, name).requires_grad)
-            model.train(self.training)
-            models.append(model)
-        return models
+        return [self.unstack_one(m) for m in range(self.n_models)]
+
+    def unstack_one(self, m: int) -> MLP:
+        """Model m alone: an independent MLP holding exactly its values in the batch (copies)."""
+        m = _check_index(m, self.n_models)
+        model = MLP.from_config(self._configs[m], device=self.layers[0].weight.device)
+        state = {
+            f"layers.{i}.{name}": getattr(lin, name)[m].detach().clone()
+            for i, lin in enumerate(self.layers)
+            for name in ("weight", "bias")
+        }
+        model.load_state_dict(state)
+        for i, lin in enumerate(self.layers):
+            for name in ("weight", "bias"):
+                getattr(model.layers[i], name).requires_grad_(getattr(lin, name).requires_grad)
+        model.train(self.training)
+        return model

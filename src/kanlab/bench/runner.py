@@ -3,10 +3,14 @@
     with make_executor("local") as ex, ResultStore("run/results.sqlite") as store:
         summary = run_trials(trials, store, ex)
 
-Workers only compute (:func:`run_trial` returns a plain dict); the parent process writes every result
-to the store the moment its future completes, one durable commit per trial. A trial that raises is
-recorded as ``failed`` with its error text, one whose loss turns NaN/Inf as ``diverged``; neither stops
-the sweep. Trials already finished in the store are skipped, so re-running resumes a killed sweep.
+Trials that can share a fit (the seeds of one configuration: :mod:`kanlab.bench.groups`) are one
+task on the executor: :func:`run_trial_group` trains them as one model batch (``fit_batch``) and
+returns one row per trial, as :func:`run_trial` would (``batch=False``: one trial per task).
+Workers only compute (plain dicts); the parent process writes every result to the store the moment
+its future completes, one durable commit per trial. A trial that raises is recorded as ``failed``
+with its error text, one whose loss turns NaN/Inf as ``diverged``; neither stops the sweep. Trials
+already finished in the store are skipped, so re-running resumes a killed sweep (the unfinished
+trials regrouped).
 
 Executors (:func:`make_executor`):
 
@@ -43,16 +47,19 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
 from typing import Any
 
 from kanlab import __version__
 from kanlab.bench.lock import RunLock
+from kanlab.bench.prepare import measure
 from kanlab.bench.store import FINISHED_STATUSES, ResultStore
 from kanlab.bench.sweep import Sweep, Trial, expand
 from kanlab.bench.tasks import Task, error_from_metric, load
 from kanlab.bench.warm import warm_executor
+from kanlab.model_batch import KANBatch, MLPBatch
 from kanlab.models import build, count_flops, count_params
 
 __all__ = [
@@ -63,11 +70,13 @@ __all__ = [
     "make_executor",
     "run_sweep",
     "run_trial",
+    "run_trial_group",
     "run_trials",
     "stop_on_signals",
 ]
 
 EXECUTORS = ("local", "serial", "dask-local", "dask://HOST:PORT")
+MAX_BATCH = 64  # trials per model batch at most (a configuration with more seeds is split)
 
 
 # ------------------------------------------------------------------------------------ one trial
@@ -82,20 +91,14 @@ def run_trial(trial: Trial) -> dict[str, Any]:
     target's units (or the accuracy); ``extra["test_nrmse"]``/``extra["train_nrmse"]`` the RMSE in
     standardised units (see :mod:`kanlab.bench.prepare`); ``extra["stages"]`` the same per grid
     stage (measured on the model at each logged step, so exact for any number of outputs);
-    ``extra["scaling"]`` what was done to the data."""
+    ``extra["scaling"]`` what was done to the data; ``extra["batch"]`` ``{"size": 1, "index": 0}``
+    (trained alone by :func:`kanlab.fit`; see :func:`run_trial_group`)."""
     from kanlab import train  # looked up at call time (tests replace train.fit)
-    from kanlab.bench.prepare import measure, prepare
 
     start = time.perf_counter()
-    row: dict[str, Any] = {"status": "ok", "error": None}
+    row = _new_row()
     try:
-        raw = load(trial.task, n_train=trial.data.n_train, n_test=trial.data.n_test,
-                   seed=trial.data.seed)  # fmt: skip
-        row["metric"] = "accuracy" if raw.kind == "classification" else "rmse"
-        grid_range = (
-            trial.model.layer_options(0)["grid_range"] if trial.family == "kan" else (-1.0, 1.0)
-        )
-        prepared = prepare(raw, trial.family, grid_range=grid_range)
+        raw, prepared = _prepared(trial, row)
         model = build(trial.model)
         row["params"] = count_params(model)  # at the first grid; replaced after training
         logged: list[dict[str, float]] = []  # errors in data units at each History row
@@ -104,32 +107,153 @@ def run_trial(trial: Trial) -> dict[str, Any]:
             logged.append(measure(state.model, prepared, raw))
 
         hist = train.fit(model, prepared.data, trial.fit, callbacks=[log_errors])
-        final = measure(model, prepared, raw)
-        row.update(
-            params=count_params(model),
-            flops=count_flops(model, mode="sparse"),
-            flops_dense=count_flops(model, mode="dense"),
-            train_metric=final["train_metric"],
-            test_metric=final["test_metric"],
-            steps=hist.step[-1] + 1,
-            time_per_step=hist.time_per_step,
-        )
-        row["test_error"] = error_from_metric(row["test_metric"], raw.kind)
-        # One logged row per grid stage: the KAN's error at each grid size (a free scaling curve).
-        row["extra"] = {
-            "stages": [{"grid": g, **errs} for g, errs in zip(hist.grid_size, logged, strict=True)],
-            "scaling": prepared.scaling,
-            **{k: v for k, v in final.items() if k.endswith("_nrmse")},
-        }
-        row["extra"]["compile_time"] = hist.compile_time  # kernels compiled/loaded: not per step
-        if not math.isfinite(row["test_metric"]):
-            row.update(status="diverged", error="non-finite test metric after training")
+        row.update(_trained(model, hist, logged, prepared, raw))
     except train.NonFiniteLossError as err:
         row.update(status="diverged", error=str(err))
     except Exception as err:  # a failed trial is recorded, never stops the sweep
-        tb = traceback.format_exception(type(err), err, err.__traceback__, limit=-3)
-        row.update(status="failed", error="".join(tb).strip()[-2000:])
+        row.update(_failure(err))
     row["wall_time"] = time.perf_counter() - start
+    row.setdefault("extra", {})["batch"] = {"size": 1, "index": 0}
+    return row
+
+
+def run_trial_group(trials: Sequence[Trial]) -> list[dict[str, Any]]:
+    """Train ``trials`` (one :func:`~kanlab.bench.groups.batch_key`: the seeds of one
+    configuration) as one model batch; -> one store row per trial, in order, each the row
+    :func:`run_trial` makes (same keys and meanings), plus ``extra["batch"]``.
+
+    The data is loaded and prepared once; model m is ``build(trials[m].model)`` (bit for bit),
+    stacked into a :class:`~kanlab.model_batch.KANBatch`/:class:`~kanlab.model_batch.MLPBatch` and
+    trained by :func:`kanlab.train.fit_batch` with the trials' (shared) fit configuration; the
+    per-stage errors come from its per-model callbacks. A model whose loss turns non-finite gets a
+    ``diverged`` row (the batch trains the others on); an error of the whole batch gives each trial
+    a ``failed`` row. ``extra["batch"]``: ``size`` M, ``index`` m, the batch's own ``wall_time`` and
+    ``time_per_step``; the row's ``wall_time``/``time_per_step`` are those divided by M (the
+    amortised cost of one model, comparable across batch sizes). A single trial, and a group for
+    which ``fit_batch`` raises a ``ValueError`` (an option it does not support; a bad input to one
+    model), train one by one with :func:`run_trial` (then ``extra["batch"]`` has ``group``, the
+    group's size, and ``fallback``, the reason), so each trial gets its own status and error."""
+    from kanlab import train
+    from kanlab.train import batch_loop  # looked up at call time (tests replace its fit_batch)
+
+    trials = list(trials)
+    if len(trials) == 1:
+        return [run_trial(trials[0])]
+    _check_group(trials)
+    M = len(trials)
+    start = time.perf_counter()
+    rows = [_new_row() for _ in trials]
+    hist = None
+    try:
+        raw, prepared = _prepared(trials[0], rows[0])
+        for row in rows:
+            row["metric"] = rows[0]["metric"]
+        models = [build(t.model) for t in trials]
+        batch = (KANBatch if trials[0].family == "kan" else MLPBatch).stack(models)
+        params = count_params(models[0])  # at the first grid, as run_trial's diverged rows
+        logged: list[list[dict[str, float]]] = [[] for _ in trials]
+
+        def log_errors(state: train.StepState) -> None:
+            logged[state.model_index].append(measure(state.model, prepared, raw))
+
+        try:
+            hists = batch_loop.fit_batch(
+                batch, prepared.data, trials[0].fit, callbacks=[log_errors]
+            )
+        except ValueError as err:  # refused (an option it does not support), or a model's bad
+            # input (e.g. a grid update on non-finite values): one by one, each trial its own row
+            reason = f"fit_batch raised ValueError ({err}); trained one by one"
+            return [_fell_back(run_trial(t), M, reason) for t in trials]
+        trained = batch.unstack()
+        for m, row in enumerate(rows):
+            row["params"] = params
+            if hists.diverged[m] is not None:
+                row.update(status="diverged", error=hists.diverged[m])
+                continue
+            hist = hists[m]
+            try:
+                row.update(_trained(trained[m], hist, logged[m], prepared, raw))
+            except Exception as err:  # measuring one model failed: that trial only
+                row.update(_failure(err))
+    except Exception as err:  # the batch as a whole failed: every trial is recorded as failed
+        failure = _failure(err)
+        for row in rows:
+            row.update(failure)
+    wall = time.perf_counter() - start
+    per_step = hist.time_per_step if hist is not None else math.nan  # the batch's (shared clock)
+    for m, row in enumerate(rows):
+        row["wall_time"] = wall / M
+        if "time_per_step" in row:
+            row["time_per_step"] = per_step / M
+        info = {"size": M, "index": m, "wall_time": wall, "time_per_step": per_step}
+        row.setdefault("extra", {})["batch"] = info
+    return rows
+
+
+def _check_group(trials: Sequence[Trial]) -> None:
+    from kanlab.bench.groups import batch_key
+
+    keys = [batch_key(t) for t in trials]
+    if not trials or keys[0] is None or any(k != keys[0] for k in keys):
+        labels = [f"{t.label} seed {t.seed}" for t in trials]
+        raise ValueError(
+            f"trials cannot share one batch (batch keys {keys}): {labels}; "
+            "group them with kanlab.bench.groups.group_trials"
+        )
+
+
+def _new_row() -> dict[str, Any]:
+    return {"status": "ok", "error": None}
+
+
+def _prepared(trial: Trial, row: dict[str, Any]) -> tuple[Any, Any]:
+    """(raw data, data prepared for the trial's family); sets ``row["metric"]``."""
+    from kanlab.bench.prepare import prepare
+
+    raw = load(trial.task, n_train=trial.data.n_train, n_test=trial.data.n_test,
+               seed=trial.data.seed)  # fmt: skip
+    row["metric"] = "accuracy" if raw.kind == "classification" else "rmse"
+    grid_range = (
+        trial.model.layer_options(0)["grid_range"] if trial.family == "kan" else (-1.0, 1.0)
+    )
+    return raw, prepare(raw, trial.family, grid_range=grid_range)
+
+
+def _trained(
+    model: Any, hist: Any, logged: Sequence[dict[str, float]], prepared: Any, raw: Any
+) -> dict[str, Any]:
+    """The row's results for a trained ``model`` and its History (``logged``: the errors in data
+    units at each History row)."""
+    final = measure(model, prepared, raw)
+    out: dict[str, Any] = dict(
+        params=count_params(model),
+        flops=count_flops(model, mode="sparse"),
+        flops_dense=count_flops(model, mode="dense"),
+        train_metric=final["train_metric"],
+        test_metric=final["test_metric"],
+        steps=hist.step[-1] + 1,
+        time_per_step=hist.time_per_step,
+    )
+    out["test_error"] = error_from_metric(out["test_metric"], raw.kind)
+    # One logged row per grid stage: the KAN's error at each grid size (a free scaling curve).
+    out["extra"] = {
+        "stages": [{"grid": g, **errs} for g, errs in zip(hist.grid_size, logged, strict=True)],
+        "scaling": prepared.scaling,
+        **{k: v for k, v in final.items() if k.endswith("_nrmse")},
+    }
+    out["extra"]["compile_time"] = hist.compile_time  # kernels compiled/loaded: not per step
+    if not math.isfinite(out["test_metric"]):
+        out.update(status="diverged", error="non-finite test metric after training")
+    return out
+
+
+def _failure(err: BaseException) -> dict[str, Any]:
+    tb = traceback.format_exception(type(err), err, err.__traceback__, limit=-3)
+    return {"status": "failed", "error": "".join(tb).strip()[-2000:]}
+
+
+def _fell_back(row: dict[str, Any], group_size: int, reason: str) -> dict[str, Any]:
+    row["extra"]["batch"].update(group=group_size, fallback=reason)
     return row
 
 
@@ -311,26 +435,50 @@ def _failed(err: BaseException) -> dict[str, Any]:
     return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
 
 
+GroupFn = Callable[[Sequence[Trial]], list[dict[str, Any]]]
+
+
+def _each_trial(trial_fn: Callable[[Trial], dict[str, Any]], group: Sequence[Trial]) -> list[Any]:
+    """A group run one trial at a time by ``trial_fn`` (an exception fails that trial only)."""
+    out: list[Any] = []
+    for trial in group:
+        try:
+            out.append(trial_fn(trial))
+        except Exception as err:
+            out.append(_failed(err))
+    return out
+
+
+def _checked(group: Sequence[Trial], results: Any) -> list[dict[str, Any]]:
+    if not isinstance(results, list) or len(results) != len(group):
+        raise RuntimeError(
+            f"a group of {len(group)} trials returned {type(results).__name__} "
+            f"{len(results) if isinstance(results, list) else ''}: expected one row per trial"
+        )
+    return results
+
+
 def _completed(
-    executor: Executor, trials: Sequence[Trial], trial_fn: Callable[[Trial], dict[str, Any]]
+    executor: Executor, groups: Sequence[Sequence[Trial]], group_fn: GroupFn
 ) -> Iterator[tuple[Trial, dict[str, Any]]]:
-    """(trial, result) pairs in order of completion. An exception from the executor itself (a
-    worker process that died, a lost Dask worker) becomes a ``failed`` result."""
+    """(trial, result) pairs, group by group in order of completion (one future per group). An
+    exception from the executor itself (a worker process that died, a lost Dask worker) or from
+    ``group_fn`` becomes a ``failed`` result for every trial of its group."""
+
+    def pairs(group: Sequence[Trial], get: Callable[[], Any]) -> list[tuple[Trial, Any]]:
+        try:
+            return list(zip(group, _checked(group, get()), strict=True))
+        except Exception as err:
+            return [(t, _failed(err)) for t in group]
+
     if isinstance(executor, SerialExecutor):  # one at a time, so each is stored before the next
-        for trial in trials:
-            try:
-                yield trial, trial_fn(trial)
-            except Exception as err:
-                yield trial, _failed(err)
+        for group in groups:
+            yield from pairs(group, lambda g=group: group_fn(g))
         return
-    futures: dict[Future, Trial] = {executor.submit(trial_fn, t): t for t in trials}
+    futures: dict[Future, Sequence[Trial]] = {executor.submit(group_fn, g): g for g in groups}
     try:
         for fut in as_completed(futures):
-            trial = futures.pop(fut)
-            try:
-                yield trial, fut.result()
-            except Exception as err:
-                yield trial, _failed(err)
+            yield from pairs(futures.pop(fut), fut.result)
     finally:
         for fut in futures:
             fut.cancel()
@@ -399,16 +547,32 @@ def run_trials(
     progress: bool = False,
     on_result: Callable[[Trial, dict[str, Any]], None] | None = None,
     trial_fn: Callable[[Trial], dict[str, Any]] = run_trial,
+    group_fn: GroupFn | None = None,
+    batch: bool = True,
+    max_batch: int = MAX_BATCH,
 ) -> RunSummary:
     """Run the trials not yet finished in ``store`` on ``executor``; record each as it completes.
 
+    ``batch`` (default): the pending trials are grouped by
+    :func:`~kanlab.bench.groups.group_trials` (the seeds of one configuration, at most
+    ``max_batch`` per group) and each group is one task on the executor, trained as one model batch
+    by ``group_fn`` (default :func:`run_trial_group`; with a custom ``trial_fn`` and no
+    ``group_fn``, the group's trials run one by one through ``trial_fn``); its rows are committed
+    one per trial when the group completes. ``batch=False``: one task per trial, as before.
+
     ``progress`` shows a tqdm bar over trials; ``on_result`` is called in this process after each
     result is committed. An exception raised by the executor itself (e.g. a worker process that
-    died) is recorded as a ``failed`` trial as well. A ``KeyboardInterrupt`` comes out as
-    :class:`Interrupted` with the summary of the trials committed until then."""
+    died) is recorded as ``failed`` for the trials of its task. A ``KeyboardInterrupt`` comes out as
+    :class:`Interrupted` with the summary of the trials committed until then; a rerun runs only the
+    trials not finished (regrouped), so no trial is recorded twice."""
+    from kanlab.bench.groups import group_trials
+
     start = time.perf_counter()
     done = store.finished_keys(FINISHED_STATUSES)
     pending = [t for t in trials if t.key not in done]
+    groups = group_trials(pending, max_size=max_batch) if batch else [[t] for t in pending]
+    if group_fn is None:
+        group_fn = run_trial_group if trial_fn is run_trial else partial(_each_trial, trial_fn)
     warm_executor(executor, pending)  # a cold JIT cache: the kernels compiled before the bar starts
     counts = {"ok": 0, "failed": 0, "diverged": 0}
     bar = None
@@ -422,7 +586,7 @@ def run_trials(
         return RunSummary(total=len(trials), skipped=len(trials) - len(pending),
                           wall_time=time.perf_counter() - start, **counts)  # fmt: skip
 
-    completed = _completed(executor, pending, trial_fn)
+    completed = _completed(executor, groups, group_fn)
     try:
         for trial, result in completed:
             store.put(trial.key, _store_row(trial, result))
@@ -450,9 +614,19 @@ def run_sweep(
     executor: str | None = "local",
     workers: int | None = None,
     progress: bool = False,
+    batch: bool = True,
 ) -> tuple[RunSummary, Path]:
     """Expand ``sweep`` (optionally on ``tasks``), run it into ``run_dir/results.sqlite`` and return
-    the summary and the store's path. ``run_dir/sweep.json`` records the sweep as run.
+    the summary and the store's path. ``run_dir/sweep.json`` records the sweep as run (with
+    ``"batching"``: whether the seeds of a configuration trained as one model batch, see
+    :func:`run_trials`; each row's ``extra["batch"]`` says how it was trained).
+
+    Batching is not part of a trial's key, nor of the folder's settings: a trial trained in a batch
+    is the same configuration, initialised bit for bit as alone and trained on the same objective
+    by the same optimiser, per model; only rounding differs (LBFGS: equal to ~1e-9 over the first
+    step, then as two runs of a chaotic optimiser may part, like runs on another CPU or thread
+    count, which are not in the key either). So a folder resumes across ``batch`` on/off, and the
+    seeds of a configuration stay one configuration in the reports.
 
     A run folder holds one sweep configuration (:mod:`~kanlab.bench.identity`; more seeds extend
     it): a ``SweepError`` naming the differences (e.g. ``train.steps 15 -> 45``) refuses a folder
@@ -479,7 +653,8 @@ def run_sweep(
                 "run into another folder (kanlab compare picks one: bench.resolve_run_dir)"
             )
         record = sweep_record(run_dir, sweep, tasks, settings)
+        record["batching"] = {"enabled": batch, "max_size": MAX_BATCH}
         (run_dir / "sweep.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         with make_executor(executor, workers=workers) as ex:
-            summary = run_trials(trials, store, ex, progress=progress)
+            summary = run_trials(trials, store, ex, progress=progress, batch=batch)
     return summary, db

@@ -2,19 +2,36 @@
 or :class:`~kanlab.model_batch.MLPBatch` on one data set at once (issue 19).
 
 Each model's objective, schedule and History are those of :func:`kanlab.fit` for that model alone:
-the MSE ``sum((pred - y)^2) / (rows * outputs)`` per model (the optimisers minimise the *sum* over
-models, whose gradient on model m's slice is model m's own), the LBFGS loss scale per model and
+the MSE ``sum((pred - y)^2) / (rows * outputs)`` or, on a classification data set, the mean
+cross-entropy against the labels (shared by all models) per model (the optimisers minimise the *sum*
+over models, whose gradient on model m's slice is model m's own), the LBFGS loss scale per model and
 stage (:func:`kanlab.train.optim.loss_scale`), the same grid updates, grid extensions, mini-batch
 order and History rows. LBFGS is :class:`~kanlab.train.batched_optim.BatchedLBFGS` (kanlab's
 settings), Adam(W) torch's on the stacked parameters (exactly per model).
 
 Unlike ``fit``, a model whose loss becomes NaN/Inf does not stop the run: it is restored to its last
-parameters with a finite loss, frozen (no optimiser step, no grid update moves it; a grid extension
+parameters (and grid) with a finite loss, frozen (no optimiser step, no grid update moves it; a grid extension
 between stages still refines its grid, since a batch holds one grid size), its History ends at the
 last finite row, and :attr:`BatchHistories.diverged` names the step. The others go on unchanged.
 
-Not supported yet, refused with an error naming the option: classification (cross-entropy),
-``lamb > 0``, ``knot_steps``, callbacks, ``torch.distributed`` runs.
+Callbacks are called when ``fit`` calls them (after each History row), once per model still
+training, with that model's :class:`~kanlab.train.StepState` (``model_index`` = m; ``model`` a
+standalone copy of model m, built only when there are callbacks). One returning True stops that
+model only: it is frozen from then on, like a diverged one (its History ends at that row;
+:attr:`BatchHistories.stopped` holds the step), and the others go on. The run ends early once every
+model is frozen.
+
+Sparsity regularisation (``lamb > 0``, KAN only) is fit's, per model: the objective is
+``loss + lamb * reg`` with :mod:`kanlab.regularization`'s regulariser on each model's edge
+activations (:func:`regularizer_per_model`), History's ``reg`` the regulariser before ``lamb``
+(0.0 for a model whose ``lamb`` is 0). The weights ``lamb``, ``lamb_l1`` and ``lamb_entropy`` may
+differ per model: give ``config`` as a sequence of M FitConfigs equal in every other field.
+
+Free knots (``knot_steps``, KAN only) are fit's, per model (:mod:`kanlab.train.batch_free_knots`):
+the last ``knot_steps`` of a stage also train each model's interior knots, with a fresh optimiser
+and no grid updates.
+
+Not supported yet, refused with an error naming the option: ``torch.distributed`` runs.
 """
 
 from __future__ import annotations
@@ -25,18 +42,24 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from kanlab import distributed as D
 from kanlab import kernels
 from kanlab.config import FitConfig
 from kanlab.model_batch import KANBatch, MLPBatch
+from kanlab.regularization import EPS
+from kanlab.train.batch_free_knots import BatchFreeKnots
 from kanlab.train.batched_optim import BatchedLBFGS, batched_adam, step_frozen
-from kanlab.train.history import History
-from kanlab.train.loop import _check_data, _kind, _resolve_config
+from kanlab.train.history import Callback, History, StepState
+from kanlab.train.loop import _check_callbacks, _check_data, _kind, _resolve_config
 from kanlab.train.optim import batches
 
-__all__ = ["BatchHistories", "fit_batch"]
+__all__ = ["PER_MODEL_OPTIONS", "BatchHistories", "fit_batch", "regularizer_per_model"]
+
+#: the FitConfig fields that may differ between the models of one fit_batch call
+PER_MODEL_OPTIONS = ("lamb", "lamb_l1", "lamb_entropy")
 
 # kanlab's LBFGS settings (as kanlab.train.optim.make_optimizer gives torch's LBFGS)
 _LBFGS = {"history_size": 10, "max_iter": 20, "tolerance_grad": 1e-32, "tolerance_change": 1e-32}
@@ -44,65 +67,104 @@ _LBFGS = {"history_size": 10, "max_iter": 20, "tolerance_grad": 1e-32, "toleranc
 
 class BatchHistories(list[History]):
     """The M Histories of :func:`fit_batch` (a list), and per model ``diverged[m]``: None, or a
-    message naming the step at which model m's loss became non-finite (it was then frozen)."""
+    message naming the step at which model m's loss became non-finite (it was then frozen), and
+    ``stopped[m]``: None, or the step after which a callback stopped model m."""
 
     def __init__(self, histories: Sequence[History]) -> None:
         super().__init__(histories)
         self.diverged: list[str | None] = [None] * len(histories)
+        self.stopped: list[int | None] = [None] * len(histories)
 
 
 def fit_batch(
     batch: KANBatch | MLPBatch,
     data: Any,
-    config: FitConfig | None = None,
+    config: FitConfig | Sequence[FitConfig] | None = None,
     *,
-    callbacks: Sequence[Any] = (),
+    callbacks: Sequence[Callback] = (),
     **overrides: Any,
 ) -> BatchHistories:
-    """Train every model of ``batch`` on ``data`` (a regression Dataset) in place; one History each.
+    """Train every model of ``batch`` on ``data`` (a kanlab Dataset) in place; one History each.
 
     The options are :func:`kanlab.fit`'s (a :class:`FitConfig` and/or keyword overrides) and mean
-    the same; model m's History equals ``fit(batch.unstack()[m], data, config)``'s (Adam(W): to
+    the same; ``config`` may also be a sequence of M FitConfigs (model m trains with
+    ``config[m]``, the overrides applied to each) that differ only in :data:`PER_MODEL_OPTIONS`
+    (the sparsity weights; any other difference is an error naming the field and the models).
+    Model m's History equals ``fit(batch.unstack()[m], data, config)``'s (Adam(W): to
     rounding; LBFGS: the batched line search is torch's per model, so to rounding at first and
     then as close as two LBFGS runs on a chaotic objective can be). ``wall_time`` is the batch's
-    clock, shared by the models. See the module docstring for divergence and what is refused.
+    clock, shared by the models. See the module docstring for divergence, callbacks and what is
+    refused.
     """
     if not isinstance(batch, KANBatch | MLPBatch):
         raise TypeError(f"batch must be a KANBatch or MLPBatch, got {type(batch).__name__}")
-    cfg = _resolve_config(config, overrides)
-    _refuse_unsupported(batch, cfg, callbacks)
+    cfgs = _resolve_configs(config, overrides, batch.n_models)
+    cfg = cfgs[0]
+    _refuse_unsupported(batch, cfgs)
+    callbacks = _check_callbacks(callbacks)
     kind = _kind(data, cfg.loss)
-    if kind != "regression":
-        raise ValueError(
-            f"fit_batch supports regression (MSE) only in this version; data.kind is {kind!r}"
-        )
     p = next(batch.parameters())
     _check_data(batch, data, kind)
     data = data.to(dtype=p.dtype, device=p.device) if hasattr(data, "to") else data
-    run = _BatchRun(batch, data, cfg)
-    for grid in run.stages:
-        run.start_stage(grid)
+    run = _BatchRun(batch, data, kind, cfgs, callbacks)
+    for stage, grid in enumerate(run.stages):
+        if run.frozen.all():
+            break
+        run.start_stage(stage, grid)
         for s in range(cfg.steps):
             run.step(s)
+            if run.frozen.all():  # every model diverged or was stopped by a callback
+                break
     return run.histories
 
 
 # --------------------------------------------------------------------------- checks
-def _refuse_unsupported(batch: KANBatch | MLPBatch, cfg: FitConfig, callbacks: object) -> None:
-    kind = type(batch).__name__
-    if callbacks:
-        raise ValueError("callbacks are not supported by fit_batch yet; use fit per model")
-    if cfg.lamb > 0:
-        raise ValueError(f"lamb={cfg.lamb} > 0 (sparsity) is not supported by fit_batch yet")
-    if any(ks > 0 for ks in cfg.knot_steps_per_stage()):
+def _resolve_configs(config: object, overrides: dict[str, Any], n_models: int) -> list[FitConfig]:
+    """Model m's FitConfig: ``config`` (one for all, or one per model) with the ``overrides``;
+    per-model configs may differ only in :data:`PER_MODEL_OPTIONS`."""
+    if not isinstance(config, Sequence) or isinstance(config, str | bytes):
+        return [_resolve_config(config, overrides)] * n_models  # type: ignore[arg-type]
+    configs = list(config)
+    if len(configs) != n_models:
         raise ValueError(
-            f"knot_steps={cfg.knot_steps!r} (free knots): not supported by fit_batch yet"
+            f"config is a sequence of {len(configs)} FitConfigs but the batch has {n_models} models"
         )
+    for m, c in enumerate(configs):
+        if not isinstance(c, FitConfig):
+            raise TypeError(f"config[{m}] must be a FitConfig, got {type(c).__name__}")
+    cfgs = [_resolve_config(c, overrides) for c in configs]
+    for name in FitConfig.field_names():
+        if name in PER_MODEL_OPTIONS:
+            continue
+        first = getattr(cfgs[0], name)
+        for m, c in enumerate(cfgs):
+            if getattr(c, name) != first:
+                raise ValueError(
+                    f"config[{m}].{name}={getattr(c, name)!r} differs from config[0].{name}="
+                    f"{first!r}: the FitConfigs of one batch may differ only in "
+                    f"{', '.join(PER_MODEL_OPTIONS)}"
+                )
+    return cfgs
+
+
+def _refuse_unsupported(batch: KANBatch | MLPBatch, cfgs: Sequence[FitConfig]) -> None:
+    kind = type(batch).__name__
+    cfg = cfgs[0]
+    for m, c in enumerate(cfgs):
+        if c.lamb > 0 and isinstance(batch, MLPBatch):
+            raise ValueError(
+                f"lamb={c.lamb} > 0 (model {m}; sparsity on edge activations) needs a KAN batch; "
+                f"got {kind}"
+            )
     if D.is_distributed():
         raise RuntimeError("fit_batch does not support torch.distributed (data-parallel) runs yet")
     if isinstance(batch, MLPBatch):
         if cfg.grid_schedule is not None:
             raise ValueError(f"grid_schedule needs a KAN batch; got {kind}")
+        if any(ks > 0 for ks in cfg.knot_steps_per_stage()):
+            raise ValueError(
+                f"knot_steps={cfg.knot_steps!r} > 0 (free knots) needs a KAN batch; got {kind}"
+            )
         return
     before = batch.grid_size
     for i, g in enumerate(cfg.grid_schedule or ()):
@@ -116,17 +178,70 @@ def _refuse_unsupported(batch: KANBatch | MLPBatch, cfg: FitConfig, callbacks: o
 
 
 # --------------------------------------------------------------------------- the maths
+def regularizer_per_model(
+    norms: Sequence[Tensor], *, lamb_l1: Tensor, lamb_entropy: Tensor, eps: float = EPS
+) -> Tensor:
+    """(M,) regularisers: :func:`kanlab.regularization.regularizer_from_norms` per model.
+
+    ``norms``: one ``(M, out, in)`` tensor of edge norms per layer (model m's slice is what the
+    single-model function takes); ``lamb_l1``, ``lamb_entropy``: (M,) weights, one per model.
+    """
+    if len(norms) == 0:
+        raise ValueError("need at least one layer's activations")
+    total = norms[0].new_zeros(norms[0].shape[0])
+    for n in norms:
+        flat = n.reshape(n.shape[0], -1)  # (M, out*in)
+        total_norm = flat.sum(1)
+        p = flat / (total_norm + eps).unsqueeze(1)
+        total = total + lamb_l1 * total_norm - lamb_entropy * (p * torch.log(p + eps)).sum(1)
+    return total
+
+
 def mse_per_model(pred: Tensor, y: Tensor) -> Tensor:
     """(M,) mean squared errors of ``pred`` (M, rows, out) against ``y`` (rows, out): fit's
     :func:`kanlab.train.step.data_loss_sum` divided by the rows, per model."""
     return (pred - y).pow(2).sum(dim=(1, 2)) / y.shape[-1] / y.shape[0]
 
 
+def data_loss_per_model(pred: Tensor, y: Tensor, kind: str) -> Tensor:
+    """(M,) mean data losses of ``pred`` (M, rows, out): the MSE (:func:`mse_per_model`), or for
+    ``kind == "classification"`` the mean cross-entropy against the labels ``y`` (rows,), shared by
+    all models: fit's :func:`kanlab.train.step.data_loss_sum` divided by the rows, per model."""
+    if kind == "classification":
+        target = y.unsqueeze(0).expand(pred.shape[0], -1)  # (M, rows)
+        ce = F.cross_entropy(pred.transpose(1, 2), target, reduction="none")  # (M, rows)
+        return ce.sum(1) / y.shape[0]
+    return mse_per_model(pred, y)
+
+
+Row = tuple[float, float, float, float]
+
+
 @torch.no_grad()
-def _rmse(batch: KANBatch | MLPBatch, x: Tensor, y: Tensor) -> list[float]:
-    if x.shape[0] == 0:
-        return [math.nan] * batch.n_models
-    return [math.sqrt(float(v)) for v in mse_per_model(batch(x), y)]
+def _evaluate(batch: KANBatch | MLPBatch, data: Any, kind: str) -> list[Row]:
+    """Per model, fit's :func:`kanlab.train.step.evaluate`: (train_loss, test_loss, train_metric,
+    test_metric); RMSE for regression, cross-entropy and accuracy for classification."""
+    M = batch.n_models
+    cols: list[list[float]] = []
+    for split in ("train", "test"):
+        x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
+        n = x.shape[0]
+        if n == 0:
+            cols.append([math.nan] * M)
+            cols.append([math.nan] * M)
+            continue
+        pred = batch(x)
+        loss = data_loss_per_model(pred, y, kind).tolist()
+        if kind == "classification":
+            hits = (pred.argmax(-1) == y).sum(1).tolist()
+            cols.append(loss)
+            cols.append([float(h) / n for h in hits])
+        else:
+            rmse = [math.sqrt(v) for v in loss]
+            cols.append(rmse)
+            cols.append(rmse)
+    train_loss, train_metric, test_loss, test_metric = cols
+    return list(zip(train_loss, test_loss, train_metric, test_metric, strict=True))
 
 
 def _loss_scales(base: Tensor) -> Tensor:
@@ -140,8 +255,18 @@ def _loss_scales(base: Tensor) -> Tensor:
 class _BatchRun:
     """The state of one :func:`fit_batch` call (fit's ``_Run`` for M models)."""
 
-    def __init__(self, batch: KANBatch | MLPBatch, data: Any, cfg: FitConfig) -> None:
-        self.batch, self.data, self.cfg = batch, data, cfg
+    def __init__(
+        self, batch: KANBatch | MLPBatch, data: Any, kind: str, cfgs: Sequence[FitConfig],
+        callbacks: tuple[Callback, ...],
+    ) -> None:  # fmt: skip
+        cfg = cfgs[0]
+        self.batch, self.data, self.kind, self.cfg = batch, data, kind, cfg
+        self.callbacks = callbacks
+        p = next(batch.parameters())
+        weights = {name: torch.tensor([getattr(c, name) for c in cfgs], dtype=p.dtype,
+                                      device=p.device) for name in PER_MODEL_OPTIONS}  # fmt: skip
+        self.lamb, self.lamb_l1, self.lamb_entropy = (weights[n] for n in PER_MODEL_OPTIONS)
+        self.sparse = bool((self.lamb > 0).any())  # fit: norms only when lamb > 0
         self.is_kan = isinstance(batch, KANBatch)
         self.update_every = (cfg.grid_update_every or 0) if self.is_kan else 0
         stop = cfg.stop_grid_update_step
@@ -153,9 +278,10 @@ class _BatchRun:
         self.stages: list[int | None] = (
             list(cfg.grid_schedule) if cfg.grid_schedule is not None else [None]
         )
+        self.knot_plan = cfg.knot_steps_per_stage()
         M = batch.n_models
         self.frozen = torch.zeros(M, dtype=torch.bool)
-        self.histories = BatchHistories([History(kind="regression") for _ in range(M)])
+        self.histories = BatchHistories([History(kind=kind) for _ in range(M)])
         compile_time = self._warm_up()
         for h in self.histories:
             h.compile_time = compile_time
@@ -175,14 +301,19 @@ class _BatchRun:
         return time.perf_counter() - t0
 
     # -- parameters ---------------------------------------------------------------------------
+    def _state(self) -> list[Tensor]:
+        """What a restore puts back: the trained tensors and the buffers (grids), as fit's
+        state-dict snapshot (plus the free-knot logits in a free-knot phase)."""
+        return [*self.opt_params, *self.batch.buffers()]
+
     def _snapshot(self) -> list[Tensor]:
-        return [p.detach().clone() for p in self.params]
+        return [t.detach().clone() for t in self._state()]
 
     @torch.no_grad()
     def _restore(self, models: Tensor, state: list[Tensor]) -> None:
         idx = models.nonzero().flatten()
-        for p, s in zip(self.params, state, strict=True):
-            p[idx] = s[idx]
+        for t, s in zip(self._state(), state, strict=True):
+            t[idx] = s[idx].to(t.device)
 
     def _diverge(self, models: Tensor, state: list[Tensor], what: str) -> None:
         """Restore ``models`` to ``state``, freeze them and record why."""
@@ -198,35 +329,75 @@ class _BatchRun:
             )
 
     # -- stages and steps ---------------------------------------------------------------------
-    def start_stage(self, grid: int | None) -> None:
+    def start_stage(self, stage: int, grid: int | None) -> None:
         cfg, batch = self.cfg, self.batch
         if grid is not None and grid != batch.grid_size:
             batch.extend_grid(grid, self.data.train_x, grid_eps=cfg.grid_eps)
+        self.stage = stage
         self.params = [p for p in batch.parameters() if p.requires_grad]
-        M = batch.n_models
+        self.free: BatchFreeKnots | None = None
+        self.knot_steps = self.knot_plan[stage]
+        self._make_optimizer(self.params, [])
         if cfg.optimizer == "lbfgs":
-            self.opt: Any = BatchedLBFGS(self.params, n_models=M, lr=cfg.lr,
-                                         line_search_fn="strong_wolfe", **_LBFGS)  # fmt: skip
-            self.opt.diverged |= self.frozen.to(self.opt.diverged.device)
             with torch.no_grad():
-                base = mse_per_model(batch(self.data.train_x), self.data.train_y)
+                pred = batch(self.data.train_x)
+                base = data_loss_per_model(pred, self.data.train_y, self.kind)
             self.scale = _loss_scales(base).to(base.device)
         else:
-            self.opt = batched_adam(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                    decoupled=cfg.optimizer == "adamw")  # fmt: skip
             self.scale = None
         self.last_good = self._snapshot()
 
-    def _objective(self, xb: Tensor, yb: Tensor) -> Tensor:
-        """(M,) objectives (fit's), differentiated: the data loss (+ LBFGS weight decay)."""
-        value = mse_per_model(self.batch(xb), yb)
+    def _make_optimizer(self, params: list[Tensor], logits: list[Tensor]) -> None:
+        """fit's optimiser (make_optimizer) over ``params`` and free-knot ``logits`` (never
+        weight-decayed); frozen models stay frozen."""
+        cfg = self.cfg
+        self.opt_params = [*params, *logits]
+        if cfg.optimizer == "lbfgs":
+            self.opt: Any = BatchedLBFGS(self.opt_params, n_models=self.batch.n_models, lr=cfg.lr,
+                                         line_search_fn="strong_wolfe", **_LBFGS)  # fmt: skip
+            self.opt.diverged |= self.frozen.to(self.opt.diverged.device)
+        else:
+            self.opt = batched_adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    decoupled=cfg.optimizer == "adamw")  # fmt: skip
+            if logits:
+                self.opt.add_param_group({"params": logits, "weight_decay": 0.0})
+
+    def _free_knots(self) -> None:
+        """From now to the stage's end the knots train too (fit's ``_free_knots``), with a fresh
+        optimiser; the LBFGS loss scale stays the stage's."""
+        self.free = BatchFreeKnots(self.batch)  # type: ignore[arg-type]  (KAN batches only)
+        logits = list(self.free.logits)
+        self.last_good = [*self.last_good[: len(self.params)], *(t.detach().clone() for t in logits),
+                          *self.last_good[len(self.params) :]]  # fmt: skip
+        self._make_optimizer(self.params, logits)
+
+    def _objective(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+        """(M,) objectives (fit's), differentiated: the data loss (+ lamb * reg, + LBFGS weight
+        decay); and the (M,) regularisers before ``lamb`` (0 where ``lamb`` is 0, as in fit)."""
+        if self.sparse:
+            acts = self.batch.activations(xb)  # type: ignore[union-attr]  (KAN batches only)
+            pred = acts[-1].sum(-1)
+            norms = [a.abs().sum(dim=1) / xb.shape[0] for a in acts]  # (M, out, in) each
+            reg = regularizer_per_model(norms, lamb_l1=self.lamb_l1, lamb_entropy=self.lamb_entropy)
+            reg = torch.where(self.lamb > 0, reg, torch.zeros_like(reg))
+            extra = self.lamb * reg
+        else:
+            pred = self.batch(xb) if self.free is None else self.free(xb)
+            reg = extra = pred.new_zeros(pred.shape[0])
+        data_term = data_loss_per_model(pred, yb, self.kind)
         if self.cfg.optimizer == "lbfgs" and self.cfg.weight_decay > 0:
             wd = sum(p.pow(2).reshape(p.shape[0], -1).sum(1) for p in self.params)
-            value = value + 0.5 * self.cfg.weight_decay * wd
-        return value
+            extra = extra + 0.5 * self.cfg.weight_decay * wd
+        return data_term + extra, reg
+
+    def _first(self, value: Tensor, reg: Tensor) -> None:
+        """Keep the step's first objective and regulariser per model (a callback's ``loss``,
+        ``reg``; History's ``reg``)."""
+        if self.first is None:
+            self.first = (value.detach().tolist(), reg.detach().tolist())
 
     def _zero_grad(self) -> None:
-        for p in self.params:
+        for p in self.opt_params:
             p.grad = None
 
     def _backward(self, value: Tensor) -> None:
@@ -235,40 +406,52 @@ class _BatchRun:
 
     def step(self, s: int) -> None:
         cfg, data = self.cfg, self.data
+        if self.knot_steps and s == cfg.steps - self.knot_steps:  # free knots to the stage's end
+            self._free_knots()
         if self.update_every and s % self.update_every == 0 and s < self.stop_updates_at:
-            self._grid_update()
+            if self.free is None:
+                self._grid_update()
         idx = next(self.batches)
         xb, yb = (
             (data.train_x, data.train_y) if idx is None else (data.train_x[idx], data.train_y[idx])
         )
         before = self._snapshot()
+        self.first: tuple[list[float], list[float]] | None = None
         if cfg.optimizer == "lbfgs":
             scale = self.scale
 
             def closure() -> Tensor:
                 self._zero_grad()
-                value = self._objective(xb, yb) * scale
+                value, reg = self._objective(xb, yb)
+                self._first(value, reg)
+                value = value * scale
                 self._backward(value)
                 return value.detach()
 
+            moving = ~self.frozen
             obj = self.opt.step(closure)
             bad_start = ~torch.isfinite(obj).cpu()
+            if self.free is not None:  # (a model that diverged in its search: its last iterate)
+                self.free.write_back(moving & ~bad_start)
             # a model that failed inside its line search is already back at its last finite iterate
+            in_search = self.opt.diverged.cpu() & ~self.frozen & ~bad_start
             self._diverge(bad_start, self.last_good, "at step")
-            self.frozen |= self.opt.diverged.cpu() & ~self.frozen
-            for m in (self.opt.diverged.cpu() & ~bad_start).nonzero().flatten().tolist():
-                if self.histories.diverged[m] is None:
-                    self.histories.diverged[m] = (
-                        f"non-finite training loss in the line search of step {self.step_index}; "
-                        f"model {m} stays at its last parameters with a finite loss, frozen"
-                    )
+            self.frozen |= in_search
+            for m in in_search.nonzero().flatten().tolist():
+                self.histories.diverged[m] = (
+                    f"non-finite training loss in the line search of step {self.step_index}; "
+                    f"model {m} stays at its last parameters with a finite loss, frozen"
+                )
         else:
             self._zero_grad()
-            value = self._objective(xb, yb)
+            value, reg = self._objective(xb, yb)
+            self._first(value, reg)
             self._backward(value)
             bad = ~torch.isfinite(value.detach()).cpu()
             self._diverge(bad, self.last_good, "at step")
             step_frozen(self.opt, self.frozen.to(self.params[0].device))
+            if self.free is not None:
+                self.free.write_back(~self.frozen)
         self.last_good = before
         if (self.step_index + 1) % cfg.log_every == 0 or s == cfg.steps - 1:
             self._log(before)
@@ -286,16 +469,34 @@ class _BatchRun:
                     t[idx] = s[idx]
 
     def _log(self, before: list[Tensor]) -> None:
-        data = self.data
-        train = _rmse(self.batch, data.train_x, data.train_y)
-        bad = torch.tensor([not math.isfinite(v) for v in train])
+        """Evaluate, record a History row per model still training, run the callbacks."""
+        rows = _evaluate(self.batch, self.data, self.kind)
+        bad = torch.tensor([not math.isfinite(row[0]) for row in rows])
         if (bad & ~self.frozen).any():
             self._diverge(bad, before, "after step")
-            train = _rmse(self.batch, data.train_x, data.train_y)
-        test = _rmse(self.batch, data.test_x, data.test_y)
+            rows = _evaluate(self.batch, self.data, self.kind)
         grid = self.batch.grid_size if self.is_kan else None
         elapsed = time.perf_counter() - self.start
-        for m, h in enumerate(self.histories):
-            if self.histories.diverged[m] is None:
-                row = (train[m], test[m], train[m], test[m])
-                h.append(self.step_index, row, 0.0, grid, elapsed)
+        assert self.first is not None  # (set by the step's first objective)
+        obj, reg = self.first
+        training = (~self.frozen).nonzero().flatten().tolist()
+        for m in training:
+            self.histories[m].append(self.step_index, rows[m], reg[m], grid, elapsed)
+        if not self.callbacks:
+            return
+        stop = torch.zeros_like(self.frozen)
+        for m in training:
+            state = StepState(self.step_index, self.batch.unstack_one(m), self.histories[m],
+                              obj[m], reg[m], self.stage, grid, model_index=m)  # fmt: skip
+            stop[m] = any([bool(cb(state)) for cb in self.callbacks])  # every callback sees it
+        self._stop(stop)
+
+    def _stop(self, models: Tensor) -> None:
+        """Freeze ``models`` (a callback asked them to stop); the others go on."""
+        if not models.any():
+            return
+        self.frozen |= models
+        if self.cfg.optimizer == "lbfgs":  # a dropped-out model never moves again
+            self.opt.diverged |= models.to(self.opt.diverged.device)
+        for m in models.nonzero().flatten().tolist():
+            self.histories.stopped[m] = self.step_index

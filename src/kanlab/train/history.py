@@ -81,7 +81,11 @@ class History:
 
 @dataclass(frozen=True)
 class StepState:
-    """What a callback sees after a logged step; return True from the callback to stop training."""
+    """What a callback sees after a logged step; return True from the callback to stop training.
+
+    ``model_index``: which model of a batch this is (:func:`kanlab.train.fit_batch` calls the
+    callbacks once per model still training; True then stops that model only); 0 in ``fit``.
+    """
 
     step: int  # global step index (0-based, counting across grid-schedule stages)
     model: nn.Module
@@ -90,6 +94,7 @@ class StepState:
     reg: float
     stage: int  # index into grid_schedule (0 without one)
     grid_size: int | None
+    model_index: int = 0
 
 
 Callback = Callable[[StepState], bool | None]

@@ -1,0 +1,75 @@
+"""Which trials can share one batched fit (issue 19): the seeds of one configuration.
+
+Trials share a batch iff everything but the seed is the same: the task and its data (identity, sizes,
+split seed), the model family and configuration (widths, spline order, grid, activations, ...) and
+the fit configuration (optimiser, steps, grid schedule, grid updates, ...). :func:`batch_key` says
+so as a string; :func:`group_trials` cuts a list of trials into such groups.
+
+A trial whose fit the batched trainer cannot run as it runs alone gets no key (``None``) and a group
+of its own, trained alone as before: mini-batches (``batch_size``: fit draws them in an order seeded
+by the trial's seed; a batch shares one order). The runner falls back to single fits if
+``fit_batch`` refuses a group (a ``ValueError``, e.g. an option it does not support).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+
+from kanlab.bench.sweep import TRAINING_SEMANTICS, Trial
+
+__all__ = ["batch_key", "group_trials"]
+
+
+def _batchable(trial: Trial) -> bool:
+    # mini-batches: fit draws them in an order seeded by each trial's own seed, but a batch shares
+    # one order, so its seeds would not train as they do alone
+    return trial.fit.batch_size is None
+
+
+def batch_key(trial: Trial) -> str | None:
+    """A key equal for two trials iff they can train in one batch (``None``: this trial cannot be
+    batched). It hashes the task's identity and data, the family, the model and fit configurations
+    in full except their seed (so widths, spline order, grid, grid schedule and activations, and every
+    fit option), and the training semantics; the trial's comparison label (``group``) is left out."""
+    if not isinstance(trial, Trial):
+        raise TypeError(f"batch_key needs a Trial, got {type(trial).__name__}")
+    if not _batchable(trial):
+        return None
+    model = {k: v for k, v in trial.model.to_dict().items() if k != "seed"}
+    fit = {k: v for k, v in trial.fit.to_dict().items() if k != "seed"}
+    what = {
+        "task": trial.task.spec(),
+        "data": dataclasses.asdict(trial.data),
+        "family": trial.family,
+        "model": model,
+        "fit": fit,
+        "semantics": TRAINING_SEMANTICS,
+    }
+    text = json.dumps(what, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def group_trials(trials: Sequence[Trial], *, max_size: int = 64) -> list[list[Trial]]:
+    """``trials`` cut into batches: each group's trials share a :func:`batch_key`, at most
+    ``max_size`` per group (a larger set is split in order); an unbatchable trial is a group of one.
+
+    Stable: groups come in the order of their first trial, and trials keep their order within a
+    group; every trial is in exactly one group."""
+    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+        raise ValueError(f"max_size must be an int >= 1, got {max_size!r}")
+    groups: list[list[Trial]] = []
+    open_group: dict[str, list[Trial]] = {}  # batch key -> its last group, while not full
+    for trial in trials:
+        key = batch_key(trial)
+        if key is None:
+            groups.append([trial])
+            continue
+        group = open_group.get(key)
+        if group is None or len(group) >= max_size:
+            group = open_group[key] = []
+            groups.append(group)
+        group.append(trial)
+    return groups

@@ -1,0 +1,100 @@
+"""Grouping trials into batches: the seeds of one configuration share a batch, nothing else does."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from kanlab.bench.groups import batch_key, group_trials
+from kanlab.bench.sweep import expand, parse_sweep
+
+
+def _trials(**over):
+    spec = {
+        "name": "tiny", "tasks": ["paper/xy"], "seeds": 3,
+        "data": {"n_train": 48, "n_test": 48}, "train": {"steps": 2},
+        "kan": {"hidden": [[2], [3]], "grids": [[3], [3, 4]]}, "mlp": {"depths": [1, 2]},
+    }  # fmt: skip
+    spec.update(over)
+    return expand(parse_sweep(spec))
+
+
+def _config_without_seed(t):
+    c = t.config()
+    del c["seed"]
+    return c
+
+
+def test_groups_are_exactly_the_seeds_of_one_configuration():
+    trials = _trials()
+    groups = group_trials(trials)
+    # every trial exactly once
+    flat = [t for g in groups for t in g]
+    assert sorted(t.key for t in flat) == sorted(t.key for t in trials) and len(flat) == len(trials)
+    for g in groups:
+        assert len(g) == 3 and [t.seed for t in g] == [0, 1, 2]
+        assert len({batch_key(t) for t in g}) == 1
+        assert all(_config_without_seed(t) == _config_without_seed(g[0]) for t in g)
+    # different configurations never share a group
+    firsts = [_config_without_seed(g[0]) for g in groups]
+    assert all(a != b for i, a in enumerate(firsts) for b in firsts[i + 1 :])
+    assert len({batch_key(g[0]) for g in groups}) == len(groups)
+
+
+def test_grouping_is_stable():
+    trials = _trials()
+    groups = group_trials(trials)
+    first_index = [min(trials.index(t) for t in g) for g in groups]
+    assert first_index == sorted(first_index)  # groups in the order of their first trial
+    for g in groups:
+        idx = [trials.index(t) for t in g]
+        assert idx == sorted(idx)  # trials in their order within a group
+    assert group_trials(list(reversed(trials)))[0][0] == trials[-1]
+
+
+def test_every_difference_but_the_seed_splits_groups():
+    t = _trials(seeds=1)[0]
+    assert t.family == "kan"
+    other_seed = dataclasses.replace(t, seed=7)
+    assert batch_key(other_seed) == batch_key(t)
+    assert batch_key(dataclasses.replace(t, group="another label")) == batch_key(t)
+    variants = [
+        dataclasses.replace(t, model=t.model.replace(spline_order=2)),
+        dataclasses.replace(t, model=t.model.replace(base_activation="identity")),
+        dataclasses.replace(t, fit=t.fit.replace(lr=0.5)),
+        dataclasses.replace(t, fit=t.fit.replace(grid_update_every=5)),
+        dataclasses.replace(t, fit=t.fit.replace(log_every=1)),
+        dataclasses.replace(t, data=dataclasses.replace(t.data, seed=t.data.seed + 1)),
+    ]
+    for v in variants:
+        assert batch_key(v) != batch_key(t), v
+    assert len(group_trials([t, *variants, other_seed])) == len(variants) + 1
+
+
+def test_unbatchable_trials_are_groups_of_one():
+    t = _trials(seeds=1)[0]
+    adam = t.fit.replace(optimizer="adam", lr=0.01)
+    minibatch = [dataclasses.replace(t, seed=s, fit=adam.replace(batch_size=16)) for s in range(3)]
+    for s in minibatch:
+        assert batch_key(s) is None
+    assert group_trials(minibatch) == [[s] for s in minibatch]
+    full_batch = [dataclasses.replace(t, seed=s, fit=adam) for s in range(2)]
+    assert batch_key(full_batch[0]) is not None and len(group_trials(full_batch)) == 1
+    # sparsity and free knots train batched (fit_batch takes them); their seeds share a batch
+    for fit in (t.fit.replace(lamb=0.01), t.fit.replace(knot_steps=1)):
+        same = [dataclasses.replace(t, seed=s, fit=fit) for s in range(3)]
+        assert batch_key(same[0]) is not None and group_trials(same) == [same]
+        assert batch_key(same[0]) != batch_key(t)
+
+
+def test_max_size_splits_large_groups_in_order():
+    t = _trials(seeds=1)[0]
+    many = [dataclasses.replace(t, seed=s) for s in range(10)]
+    groups = group_trials(many, max_size=4)
+    assert [[x.seed for x in g] for g in groups] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="max_size"):
+            group_trials(many, max_size=bad)
+    with pytest.raises(TypeError, match="Trial"):
+        batch_key("not a trial")
