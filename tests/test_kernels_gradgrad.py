@@ -104,6 +104,7 @@ def check_backend(backend: str, k: int, adapted: bool, scaled: bool, *, checks=T
 
 
 @needs_numba
+@pytest.mark.slow  # gradgradcheck: 2-20 s a case on the shared 2-core machine
 @pytest.mark.parametrize(("k", "adapted", "scaled"), CASES)
 def test_numba_gradcheck_and_gradgradcheck(k, adapted, scaled):
     """The Numba kernels' first and second derivatives (on main: "Trying to backward through
