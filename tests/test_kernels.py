@@ -415,17 +415,21 @@ def test_in_place_change_of_knots_is_seen_by_the_cpu_kernels():
     assert not torch.allclose(before, after)
 
 
-def test_second_derivatives_are_refused_clearly():
+def test_second_derivatives_through_the_numba_kernels_match_the_reference():
+    # (was: second derivatives refused; the backward op now has an autograd formula,
+    # tests/test_kernels_gradgrad.py checks them in float64)
     pytest.importorskip("numba")
     layer = kl.KANLinear(3, 4, grid_size=5)
     x = (torch.rand(8, 3) * 2 - 1).requires_grad_(True)
-    kernels.set_backend("numba")
-    try:
-        (gx,) = torch.autograd.grad(layer(x).sum(), x, create_graph=True)
-        with pytest.raises(RuntimeError, match="no autograd formula"):
-            gx.sum().backward()
-    finally:
-        kernels.set_backend(None)
+    got = []
+    for name in ("numba", "reference"):
+        kernels.set_backend(name)
+        try:
+            (gx,) = torch.autograd.grad(layer(x).sum(), x, create_graph=True)
+            got.append(torch.autograd.grad(gx.square().sum(), x)[0])
+        finally:
+            kernels.set_backend(None)
+    torch.testing.assert_close(got[0], got[1], rtol=1e-4, atol=1e-4)
 
 
 def test_empty_batch():

@@ -49,6 +49,9 @@ __all__ = [
     "TILES_MAX_BASIS",
     "backward",
     "cardinal_polynomials",
+    "derivative_forward",
+    "derivative_input",
+    "derivative_table",
     "forward",
     "strategy",
 ]
@@ -614,3 +617,250 @@ def backward(
             w, s, gt, gs, n_basis, n_out, BLOCK_O=block_o
         )
     return gx, gt, gs
+
+
+# ---------------------------------------------------------------- higher derivatives (kernels)
+# For the autograd formulas of second and higher order (kanlab.kernels.sparse): the same products
+# with the M-th derivative of the basis, B^(M), and a per-(sample, input) factor a. Plain sparse
+# kernels (gathers and atomic adds, one strategy): first-order training never runs them.
+@triton.jit
+def _derivative_tile(x, j, u, h, krow_ptr, n_knots, cols,
+                     K: tl.constexpr, M: tl.constexpr, UNIFORM: tl.constexpr):  # fmt: skip
+    """(B, KP): column c is the M-th derivative of basis j - K + c (order K) at x (columns past K
+    zero): the recursion in the local coordinate u (uniform knots) or on the knots up to degree
+    K - M, then M levels of ``D B_{a,p} = p B_{a,p-1} / (t_{a+p} - t_a) - p B_{a+1,p-1} /
+    (t_{a+p+1} - t_{a+1})`` (``(B_{a,p-1} - B_{a+1,p-1}) / h`` on uniform knots)."""
+    xe = x[:, None]
+    vals = tl.where(cols[None, :] == 0, 1.0, 0.0) + tl.zeros_like(xe)
+    for p in tl.static_range(1, K + 1):
+        lower = _shift_right(vals, cols)  # column c: B_{a, p-1} (vals itself: B_{a+1, p-1})
+        if UNIFORM:
+            if p > K - M:
+                new = (lower - vals) / h
+            else:
+                c = cols[None, :].to(x.dtype)
+                ue = u[:, None]
+                new = ((ue + (p - c)) * lower + ((c + 1) - ue) * vals) / p
+        else:
+            a = j[:, None] - p + cols[None, :]
+            t_a = _knot(krow_ptr, a, n_knots)
+            t_a1 = _knot(krow_ptr, a + 1, n_knots)
+            t_ap = _knot(krow_ptr, a + p, n_knots)
+            t_ap1 = _knot(krow_ptr, a + p + 1, n_knots)
+            if p > K - M:
+                new = p * (_safe_div(lower, t_ap - t_a) - _safe_div(vals, t_ap1 - t_a1))
+            else:
+                new = (
+                    _safe_div(xe - t_a, t_ap - t_a) * lower
+                    + _safe_div(t_ap1 - xe, t_ap1 - t_a1) * vals
+                )
+        vals = tl.where(cols[None, :] <= p, new, 0.0)
+    if M > K:
+        vals = tl.zeros_like(vals)
+    return vals
+
+
+@triton.jit
+def _derivative_locate(x, krow_ptr, n_knots, n_steps, cols,
+                       K: tl.constexpr, M: tl.constexpr, UNIFORM: tl.constexpr):  # fmt: skip
+    """(j, inside, tile) of each x: its interval, whether it lies inside the knots, and the
+    :func:`_derivative_tile`."""
+    if UNIFORM:
+        j, u, inside, h = _locate_uniform(x, krow_ptr, n_knots)
+    else:
+        j, inside = _locate_adapted(x, krow_ptr, n_knots, n_steps)
+        u = x
+        h = x
+    return j, inside, _derivative_tile(x, j, u, h, krow_ptr, n_knots, cols, K, M, UNIFORM)
+
+
+@triton.jit
+def _derivative_r(x, j, inside, tile, n_basis, cols, r: tl.constexpr, K: tl.constexpr):
+    """Column r of the tile: 0 where its basis function does not exist or x lies outside the
+    knots, NaN where x is NaN; and the flat coefficient row it multiplies."""
+    idx = j - K + r
+    keep = ((idx >= 0) & (idx < n_basis) & inside) | (x != x)
+    v = tl.where(keep, _column(tile, cols, r), 0.0)
+    return v, tl.minimum(tl.maximum(idx, 0), n_basis - 1).to(tl.int64)
+
+
+@triton.jit
+def _derivative_forward_kernel(
+    x_ptr, knots_ptr, a_ptr, w_ptr, s_ptr, y_ptr,
+    batch, n_in, n_knots, n_basis, n_out, n_steps,
+    K: tl.constexpr, KP: tl.constexpr, M: tl.constexpr, UNIFORM: tl.constexpr,
+    HAS_A: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_O: tl.constexpr,
+):  # fmt: skip
+    """One program per (block of samples, block of outputs):
+    ``y[b, o] = sum_i a[b, i] s[i, o] sum_g B^(M)_g(x[b, i]) W[i, g, o]``."""
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
+    cols = tl.arange(0, KP)
+    mask_b = offs_b < batch
+    mask_o = offs_o < n_out
+    mask = mask_b[:, None] & mask_o[None, :]
+    acc = tl.zeros((BLOCK_B, BLOCK_O), dtype=y_ptr.dtype.element_ty)
+    for i in range(0, n_in):
+        pair = offs_b.to(tl.int64) * n_in + i
+        x = tl.load(x_ptr + pair, mask=mask_b, other=0.0)
+        j, inside, tile = _derivative_locate(x, knots_ptr + i * n_knots, n_knots, n_steps, cols,
+                                             K, M, UNIFORM)  # fmt: skip
+        part = tl.zeros((BLOCK_B, BLOCK_O), dtype=y_ptr.dtype.element_ty)
+        for r in tl.static_range(K + 1):
+            v, row = _derivative_r(x, j, inside, tile, n_basis, cols, r, K)
+            row = row + i * n_basis
+            w = tl.load(w_ptr + row[:, None] * n_out + offs_o[None, :], mask=mask, other=0.0)
+            part += v[:, None] * w
+        if HAS_A:
+            part = part * tl.load(a_ptr + pair, mask=mask_b, other=0.0)[:, None]
+        if HAS_SCALE:
+            part = part * tl.load(s_ptr + i * n_out + offs_o, mask=mask_o, other=0.0)[None, :]
+        acc += part
+    tl.store(y_ptr + offs_b[:, None].to(tl.int64) * n_out + offs_o[None, :], acc, mask=mask)
+
+
+@triton.jit
+def _derivative_pairs_kernel(
+    x_ptr, knots_ptr, a_ptr, w_ptr, s_ptr, gy_ptr,
+    d_ptr,  # (batch, in), CONTRACT: sum_o gy s sum_g B^(M)_g W
+    gt_ptr,  # (in, n_basis, out) zeroed, TABLE: += a B^(M)_g gy (atomic adds)
+    batch, n_in, n_knots, n_basis, n_out, n_steps,
+    K: tl.constexpr, KP: tl.constexpr, M: tl.constexpr, UNIFORM: tl.constexpr,
+    HAS_A: tl.constexpr, HAS_SCALE: tl.constexpr, CONTRACT: tl.constexpr, TABLE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_O: tl.constexpr,
+):  # fmt: skip
+    """One program per (block of samples, input): the contraction of each pair with gy, or the
+    unscaled table's atomic adds."""
+    i = tl.program_id(1)
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, KP)
+    mask_b = offs_b < batch
+    pair = offs_b.to(tl.int64) * n_in + i
+    x = tl.load(x_ptr + pair, mask=mask_b, other=0.0)
+    j, inside, tile = _derivative_locate(x, knots_ptr + i * n_knots, n_knots, n_steps, cols,
+                                         K, M, UNIFORM)  # fmt: skip
+    if HAS_A:
+        f = tl.load(a_ptr + pair, mask=mask_b, other=0.0)
+    acc = tl.zeros((BLOCK_B,), dtype=x_ptr.dtype.element_ty)
+    for o0 in range(0, n_out, BLOCK_O):
+        offs_o = o0 + tl.arange(0, BLOCK_O)
+        mask_o = offs_o < n_out
+        mask = mask_b[:, None] & mask_o[None, :]
+        gy = tl.load(
+            gy_ptr + offs_b[:, None].to(tl.int64) * n_out + offs_o[None, :], mask=mask, other=0.0
+        )
+        if CONTRACT and HAS_SCALE:
+            gys = gy * tl.load(s_ptr + i * n_out + offs_o, mask=mask_o, other=0.0)[None, :]
+        else:
+            gys = gy
+        for r in tl.static_range(K + 1):
+            v, row = _derivative_r(x, j, inside, tile, n_basis, cols, r, K)
+            ptrs = (row + i * n_basis)[:, None] * n_out + offs_o[None, :]
+            if CONTRACT:
+                w = tl.load(w_ptr + ptrs, mask=mask, other=0.0)
+                acc += v * tl.sum(w * gys, axis=1)
+            if TABLE:
+                if HAS_A:
+                    v = v * f
+                tl.atomic_add(gt_ptr + ptrs, v[:, None] * gy, mask=mask)
+    if CONTRACT:
+        tl.store(d_ptr + pair, acc, mask=mask_b)
+
+
+def _derivative_setup(x: Tensor, knots: Tensor, spline_order: int, uniform: bool, order: int):
+    knots = knots.detach().contiguous()
+    k = spline_order
+    meta = {"K": k, "KP": max(2, triton.next_power_of_2(k + 1)), "M": order, "UNIFORM": uniform}
+    return knots, knots.shape[1], meta
+
+
+def derivative_forward(
+    a: Tensor | None,
+    x: Tensor,
+    knots: Tensor,
+    weight: Tensor,
+    spline_order: int,
+    uniform: bool,
+    scale: Tensor | None,
+    order: int,
+) -> Tensor:
+    """``y[b, o] = sum_i a[b, i] scale[i, o] sum_g B^(order)_g(x[b, i]) weight[i, g, o]``
+    (batch, out); a (batch, in) or None (ones)."""
+    batch, n_in = x.shape
+    _, n_basis, n_out = weight.shape
+    y = torch.zeros(batch, n_out, dtype=x.dtype, device=x.device)
+    if batch == 0:
+        return y
+    knots, n_knots, meta = _derivative_setup(x, knots, spline_order, uniform, order)
+    xc = x.detach().contiguous()
+    w = weight.detach().contiguous()
+    block_o = _block_o(n_out)
+    _derivative_forward_kernel[(triton.cdiv(batch, _BLOCK_B), triton.cdiv(n_out, block_o))](
+        xc, knots, xc if a is None else a.detach().contiguous(), w,
+        w if scale is None else scale.detach().contiguous(), y,
+        batch, n_in, n_knots, n_basis, n_out, n_knots.bit_length(), **meta,
+        HAS_A=a is not None, HAS_SCALE=scale is not None, BLOCK_B=_BLOCK_B, BLOCK_O=block_o,
+    )  # fmt: skip
+    return y
+
+
+def _derivative_pairs(a, grad_y, x, knots, weight, spline_order, uniform, scale, order, table):
+    batch, n_in = x.shape
+    _, n_basis, n_out = weight.shape
+    out = torch.zeros(weight.shape if table else x.shape, dtype=x.dtype, device=x.device)
+    if batch == 0:
+        return out
+    knots, n_knots, meta = _derivative_setup(x, knots, spline_order, uniform, order)
+    xc = x.detach().contiguous()
+    w = weight.detach().contiguous()
+    _derivative_pairs_kernel[(triton.cdiv(batch, _BLOCK_B), n_in)](
+        xc, knots, xc if a is None else a.detach().contiguous(), w,
+        w if scale is None else scale.detach().contiguous(), grad_y.detach().contiguous(),
+        xc if table else out, out if table else w,
+        batch, n_in, n_knots, n_basis, n_out, n_knots.bit_length(), **meta,
+        HAS_A=a is not None, HAS_SCALE=scale is not None, CONTRACT=not table, TABLE=table,
+        BLOCK_B=_BLOCK_B, BLOCK_O=_block_o(n_out),
+    )  # fmt: skip
+    return out
+
+
+def derivative_input(
+    grad_y: Tensor,
+    x: Tensor,
+    knots: Tensor,
+    weight: Tensor,
+    spline_order: int,
+    uniform: bool,
+    scale: Tensor | None,
+    order: int,
+) -> Tensor:
+    """``d[b, i] = sum_o grad_y[b, o] scale[i, o] sum_g B^(order)_g(x[b, i]) weight[i, g, o]``
+    (batch, in)."""
+    return _derivative_pairs(
+        None, grad_y, x, knots, weight, spline_order, uniform, scale, order, False
+    )
+
+
+def derivative_table(
+    a: Tensor | None,
+    grad_y: Tensor,
+    x: Tensor,
+    knots: Tensor,
+    weight: Tensor,
+    spline_order: int,
+    uniform: bool,
+    scale: Tensor | None,
+    order: int,
+) -> tuple[Tensor, Tensor | None]:
+    """With ``U[i, g, o] = sum_b a[b, i] B^(order)_g(x[b, i]) grad_y[b, o]`` (a None: ones):
+    ``U * scale`` (in, G+k, out) and ``sum_g U * weight`` (in, out; None without a scale)."""
+    gt = _derivative_pairs(a, grad_y, x, knots, weight, spline_order, uniform, scale, order, True)
+    if scale is None:
+        return gt, None
+    gs = torch.zeros(scale.shape, dtype=scale.dtype, device=scale.device)
+    block_o = _block_o(weight.shape[2])
+    _finalize_kernel[(weight.shape[0], triton.cdiv(weight.shape[2], block_o))](
+        weight.detach().contiguous(), scale.detach().contiguous(), gt, gs, weight.shape[1],
+        weight.shape[2], BLOCK_O=block_o,
+    )  # fmt: skip
+    return gt, gs

@@ -11,12 +11,13 @@ import torch
 from torch import Tensor
 
 from kanlab.kernels.cpu import buffers as _buffers
+from kanlab.kernels.cpu import derivatives as _derivatives
 from kanlab.kernels.cpu.backward import _grad_weight, _grad_x
 from kanlab.kernels.cpu.forward import _forward
 from kanlab.kernels.cpu.threads import _dispatch, _n_threads
 from kanlab.kernels.cpu.tuning import _large_table
 
-__all__ = ["backward", "forward"]
+__all__ = ["backward", "derivative_forward", "derivative_input", "derivative_table", "forward"]
 
 
 # Per-knots arrays (knots, t0, h), cached by tensor identity and in-place version: the grid of a layer
@@ -125,3 +126,74 @@ def backward(
         args = (xs, t0, h, kn, w, sc, gy, spline_order, uniform, gx)
         _dispatch(_grad_x, args, x.shape[0], n_threads)
     return gx, gw, (gs if scale is not None else None)
+
+
+# ------------------------------------------------------------ higher derivatives (kanlab.kernels.sparse)
+def _factor_array(a: Tensor | None, x: Tensor) -> Tensor:
+    """The per-(sample, input) factor (batch, in), contiguous; no rows when there is none (ones)."""
+    if a is None:
+        return x.new_empty(0, x.shape[1])
+    return a.detach().contiguous()
+
+
+def derivative_forward(
+    a: Tensor | None,
+    x: Tensor,
+    knots: Tensor,
+    weight: Tensor,
+    spline_order: int,
+    uniform: bool,
+    scale: Tensor | None,
+    order: int,
+) -> Tensor:
+    """``y[b, o] = sum_i a[b, i] scale[i, o] sum_g B^(order)_g(x[b, i]) weight[i, g, o]``
+    (batch, out); a (batch, in) or None (ones)."""
+    xs, t0, h, kn = _grid(x, knots)
+    w = weight.detach().contiguous()
+    y = torch.empty(x.shape[0], w.shape[2], dtype=x.dtype)
+    args = (xs, t0, h, kn, _factor_array(a, x), w, _scale_array(scale, w))
+    _derivatives._product(*(t.numpy() for t in args), spline_order, uniform, order, y.numpy())
+    return y
+
+
+def derivative_input(
+    grad_y: Tensor,
+    x: Tensor,
+    knots: Tensor,
+    weight: Tensor,
+    spline_order: int,
+    uniform: bool,
+    scale: Tensor | None,
+    order: int,
+) -> Tensor:
+    """``d[b, i] = sum_o grad_y[b, o] scale[i, o] sum_g B^(order)_g(x[b, i]) weight[i, g, o]``
+    (batch, in)."""
+    xs, t0, h, kn = _grid(x, knots)
+    w = weight.detach().contiguous()
+    d = torch.empty(x.shape, dtype=x.dtype)
+    args = (xs, t0, h, kn, grad_y.detach().contiguous(), w, _scale_array(scale, w))
+    _derivatives._contract(*(t.numpy() for t in args), spline_order, uniform, order, d.numpy())
+    return d
+
+
+def derivative_table(
+    a: Tensor | None,
+    grad_y: Tensor,
+    x: Tensor,
+    knots: Tensor,
+    weight: Tensor,
+    spline_order: int,
+    uniform: bool,
+    scale: Tensor | None,
+    order: int,
+) -> tuple[Tensor, Tensor]:
+    """With ``U[i, g, o] = sum_b a[b, i] B^(order)_g(x[b, i]) grad_y[b, o]`` (a None: ones):
+    ``U * scale`` (in, G+k, out) and ``sum_g U * weight`` (in, out)."""
+    xs, t0, h, kn = _grid(x, knots)
+    w = weight.detach().contiguous()
+    gw = torch.empty(w.shape, dtype=w.dtype)
+    gs = torch.empty(w.shape[0], w.shape[2], dtype=w.dtype)
+    args = (xs, t0, h, kn, _factor_array(a, x), grad_y.detach().contiguous(), w)
+    arrays = (*(t.numpy() for t in args), _scale_array(scale, w).numpy())
+    _derivatives._table(*arrays, spline_order, uniform, order, gs.numpy(), gw.numpy())
+    return gw, gs
