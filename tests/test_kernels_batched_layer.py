@@ -86,7 +86,7 @@ def run(x, coef, ss, sb, knots, mask, uniform, k, act):
 
 @pytest.mark.parametrize("kinds", ["uuu", "aaa", "uau"])
 @pytest.mark.parametrize("shared", [False, True], ids=["per-model-x", "shared-x"])
-@pytest.mark.parametrize("k", [3, 2, 1])
+@pytest.mark.parametrize("k", [3, 2, 1, 0])
 def test_forward_and_gradients_equal_the_reference(kinds, shared, k):
     x, coef, ss, sb, knots, mask, uniform = case(kinds, k=k, shared=shared, grid=6)
     y = run(x, coef, ss, sb, knots, mask, uniform, k, "silu")
