@@ -170,13 +170,14 @@ class KANBatchLayer(nn.Module):
         """Whether the fused layer kernel (:mod:`kanlab.kernels.cpu_batched_layer`) runs this call:
         where the batched Numba kernels would (:func:`_numba_takes`), on one thread, for grids of
         at most ``MAX_DENSE_BASIS`` basis functions and the base activations it fuses."""
-        from kanlab.kernels.cpu_batched_layer import takes
-
-        n_basis = self.coef.shape[2]
-        if not takes(n_basis, self.base_activation) or torch.get_num_threads() != 1:
+        if torch.get_num_threads() != 1:
             return False
         xm = x if x.dim() == 2 else x[0]
-        return _numba_takes(xm[None], self.knots, self.coef, self.scale_spline)
+        if not _numba_takes(xm[None], self.knots, self.coef, self.scale_spline):
+            return False  # (also without Numba: the module below imports it)
+        from kanlab.kernels.cpu_batched_layer import takes
+
+        return takes(self.coef.shape[2], self.base_activation)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(M, batch, in)``, or ``(batch, in)`` shared by the M models, -> ``(M, batch, out)``;
