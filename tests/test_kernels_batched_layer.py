@@ -99,6 +99,18 @@ def test_forward_and_gradients_equal_the_reference(kinds, shared, k):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10, msg=name)
 
 
+def test_one_model_with_its_own_x():
+    """M = 1 and x (1, batch, in): the kernel takes it as one shared row (its input gradient is
+    accumulated, so it must start at zero)."""
+    x, coef, ss, sb, knots, mask, uniform = case("a", seed=11)
+    for _ in range(3):  # fresh allocations each time: garbage would show
+        y = run(x, coef, ss, sb, knots, mask, uniform, 3, "silu")
+        expected = reference(x, coef, ss, sb, knots, mask, 3, "silu")
+        (got,) = torch.autograd.grad(y.square().sum(), (x,))
+        (want,) = torch.autograd.grad(expected.square().sum(), (x,))
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("act", ["identity", "zero", "relu"])
 def test_other_base_activations(act):
     x, coef, ss, sb, knots, mask, uniform = case("ua", seed=3)

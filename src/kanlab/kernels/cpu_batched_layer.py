@@ -499,7 +499,10 @@ class _FusedLayer(torch.autograd.Function):
         need_x = ctx.needs_input_grad[0]
         dtype = torch_to_numpy_dtype(coef.dtype)
         # numpy allocations: a few microseconds less each than torch.zeros (called per step)
-        gx = np.zeros(xs.shape if need_x else (1, 0, xs.shape[2]), dtype=dtype)
+        if not need_x:
+            gx = np.zeros((1, 0, xs.shape[2]), dtype=dtype)
+        else:  # a per-model x's gradient is written whole; a shared x's is a sum
+            gx = (np.empty if xs.shape[0] > 1 else np.zeros)(xs.shape, dtype=dtype)
         gcoef = np.zeros(coef.shape, dtype=dtype)
         gss = np.zeros(scale_spline.shape, dtype=dtype)
         gsb = np.zeros(scale_base.shape, dtype=dtype)
