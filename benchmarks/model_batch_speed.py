@@ -1,11 +1,19 @@
-"""Per-model cost of one forward+backward of an MSE: a model batch vs a Python loop over models.
+"""Issue 19's per-evaluation table: ms per model-evaluation, single models against model batches.
 
-For M = 1, 8, 64 models of widths [2, 5, 1] (default) on 1000 shared points, float64, one torch
-thread: the time of ``sum_m mse(batch(x)[m], y)`` forward + backward (``kanlab.model_batch``)
-divided by M, next to the loop ``for model in models: mse(model(x), y).backward()`` over single
-models (kanlab's own fast kernels) divided by M; KANs on uniform grids and after ``update_grid``
-(adapted grids, each model on its own data), and MLPs of the same widths. Medians of ``--repeats``
-timings of ``--inner`` evaluations each, all in one run. Prints a table and writes JSON to ``--out``.
+One model-evaluation = forward + backward of an MSE w.r.t. all of a model's parameters on
+``--points`` shared points (float64, one torch/Numba thread). Rows, for each ``--widths``:
+
+- single models (kanlab's own fast kernels, one model per call): KAN on a uniform grid, KAN after
+  ``update_grid`` (adapted grid), MLP of the same widths;
+- model batches (``kanlab.model_batch``: ``sum_m mse(batch(x)[m], y)`` forward + backward, divided
+  by M) of the same KANs (uniform, adapted: each model's grid adapted to its own data) and MLPs, at
+  M = ``--models`` (1, 8, 64, 256).
+
+Columns: ms per model-evaluation, and how many times faster than the single-model KAN on a uniform
+grid (issue 19's "1.0 ms" row, measured here in the same run) and than the single-model MLP.
+Medians of ``--repeats`` timings of ``--inner`` evaluations each, all in one run. ``--clock cpu``
+times the calling thread's CPU time (``time.thread_time``) instead of wall time: on a machine shared
+with other jobs it is not inflated by waiting for a core. Prints a table, writes JSON to ``--out``.
 
     PYTHONPATH=src python benchmarks/model_batch_speed.py --out /tmp/model_batch_speed.json
 """
@@ -24,27 +32,29 @@ import torch
 import kanlab as kl
 from kanlab.model_batch import KANBatch, MLPBatch
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
-def median_ms(step: Callable[[], None], *, repeats: int, inner: int) -> float:
+
+def median_ms(step: Callable[[], None], *, repeats: int, inner: int, clock: str) -> float:
     """Median over ``repeats`` of the mean time of ``inner`` calls of ``step``, in ms."""
+    now = CLOCKS[clock]
     step()  # warm-up (kernel compilation, allocator)
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = now()
         for _ in range(inner):
             step()
-        times.append((time.perf_counter() - t0) / inner * 1e3)
+        times.append((now() - t0) / inner * 1e3)
     return statistics.median(times)
 
 
-def loop_step(models: list, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    params = [p for model in models for p in model.parameters()]
+def single_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    params = list(model.parameters())
 
     def step() -> None:
         for p in params:
             p.grad = None
-        for model in models:
-            torch.mean((model(x) - y) ** 2).backward()
+        torch.mean((model(x) - y) ** 2).backward()
 
     return step
 
@@ -76,41 +86,64 @@ def models_for(family: str, widths: list[int], n_models: int, adapted: bool) -> 
     return models
 
 
+FAMILIES = (("KAN uniform", "kan", False), ("KAN adapted", "kan", True), ("MLP", "mlp", False))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--widths", type=int, nargs="+", default=[2, 5, 1])
-    parser.add_argument("--models", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument(
+        "--widths", nargs="+", default=["2,5,1", "4,4,2,1"], help="comma-separated, e.g. 2,5,1"
+    )
+    parser.add_argument("--models", type=int, nargs="+", default=[1, 8, 64, 256])
     parser.add_argument("--points", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--inner", type=int, default=0, help="evaluations per timing (0: auto)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     parser.add_argument("--out", type=Path, default=Path("/tmp/model_batch_speed.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(args.points, args.widths[0], generator=g, dtype=torch.float64) * 2 - 1
-    y = torch.rand(args.points, args.widths[-1], generator=g, dtype=torch.float64)
     rows = []
-    header = f"{'model':<18}{'M':>5}{'loop ms/model':>15}{'batch ms/model':>16}{'loop/batch':>12}"
+    header = f"{'model':<16}{'kind':<8}{'M':>5}{'ms/model-eval':>15}{'vs KAN':>9}{'vs MLP':>9}"
     print(
-        f"widths {args.widths}, {args.points} points, float64, 1 thread; forward+backward of an MSE"
+        f"{args.points} points, float64, 1 thread, {args.clock} clock; forward+backward of an "
+        f"MSE; 'vs': times faster than the single-model KAN (uniform grid) / MLP"
     )
-    print(header)
-    print("-" * len(header))
-    for family, adapted in (("kan", False), ("kan", True), ("mlp", False)):
-        name = {"kan": "KAN adapted" if adapted else "KAN uniform", "mlp": "MLP"}[family]
-        for n_models in args.models:
-            models = models_for(family, args.widths, n_models, adapted)
-            batch = (MLPBatch if family == "mlp" else KANBatch).stack(models)
-            inner = args.inner or max(1, 64 // n_models)
-            loop = median_ms(loop_step(models, x, y), repeats=args.repeats, inner=inner) / n_models
-            batched = median_ms(batch_step(batch, x, y), repeats=args.repeats, inner=inner)
-            batched /= n_models
-            rows.append({"model": name, "widths": args.widths, "n_models": n_models,
-                         "loop_ms_per_model": loop, "batch_ms_per_model": batched})  # fmt: skip
-            print(f"{name:<18}{n_models:>5}{loop:>15.4f}{batched:>16.4f}{loop / batched:>12.2f}")
+    for spec in args.widths:
+        widths = [int(w) for w in spec.split(",")]
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(args.points, widths[0], generator=g, dtype=torch.float64) * 2 - 1
+        y = torch.rand(args.points, widths[-1], generator=g, dtype=torch.float64)
+        timed = []  # (name, kind, M, ms per model-evaluation)
+        for name, family, adapted in FAMILIES:
+            (model,) = models_for(family, widths, 1, adapted)
+            inner = args.inner or 32
+            ms = median_ms(single_step(model, x, y), repeats=args.repeats, inner=inner,
+                           clock=args.clock)  # fmt: skip
+            timed.append((name, "single", 1, ms))
+        for name, family, adapted in FAMILIES:
+            for n_models in args.models:
+                models = models_for(family, widths, n_models, adapted)
+                batch = (MLPBatch if family == "mlp" else KANBatch).stack(models)
+                inner = args.inner or max(1, 64 // n_models)
+                ms = median_ms(batch_step(batch, x, y), repeats=args.repeats, inner=inner,
+                               clock=args.clock)  # fmt: skip
+                timed.append((name, "batch", n_models, ms / n_models))
+        kan_ms = timed[0][3]
+        mlp_ms = timed[2][3]
+        print(f"\nwidths {widths}")
+        print(header)
+        print("-" * len(header))
+        for name, kind, n_models, ms in timed:
+            rows.append({"widths": widths, "model": name, "kind": kind, "n_models": n_models,
+                         "ms_per_model_eval": ms, "x_faster_than_single_kan": kan_ms / ms,
+                         "x_faster_than_single_mlp": mlp_ms / ms})  # fmt: skip
+            print(
+                f"{name:<16}{kind:<8}{n_models:>5}{ms:>15.4f}{kan_ms / ms:>9.2f}{mlp_ms / ms:>9.2f}"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"points": args.points, "threads": 1, "dtype": "float64",
-                                    "repeats": args.repeats, "rows": rows}, indent=2))  # fmt: skip
+                                    "clock": args.clock, "repeats": args.repeats,
+                                    "rows": rows}, indent=2))  # fmt: skip
     print(f"wrote {args.out}")
 
 

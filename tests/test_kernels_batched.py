@@ -176,7 +176,10 @@ def test_kan_batch_runs_the_batched_kernels_and_agrees_with_the_reference(monkey
     from kanlab.model_batch import KANBatch
 
     cb = _cb()
-    models = [kl.build(kl.KANConfig(widths=[2, 3, 1], dtype="float64", seed=s)) for s in (0, 1)]
+    # grid 30: more basis functions than the fused layer kernel takes (cpu_batched_layer), so the
+    # batch runs these kernels (its small grids: tests/test_kernels_batched_layer.py)
+    cfg = kl.KANConfig(widths=[2, 3, 1], grid_size=30, dtype="float64")
+    models = [kl.build(cfg.replace(seed=s)) for s in (0, 1)]
     models[1].update_grid(torch.rand(100, 2, dtype=F64) * 0.8 - 0.1)
     batch = KANBatch.stack(models)
     x = torch.rand(50, 2, generator=torch.Generator().manual_seed(2), dtype=F64) * 2.4 - 1.2

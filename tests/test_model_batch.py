@@ -270,12 +270,17 @@ def test_benchmark_script_writes_a_row_per_family_and_size(tmp_path):
     out = tmp_path / "speed.json"
     env = {**os.environ, "PYTHONPATH": str(root / "src")}
     cmd = [sys.executable, str(root / "benchmarks" / "model_batch_speed.py"), "--models", "1", "2",
-           "--points", "40", "--repeats", "1", "--inner", "1", "--out", str(out)]  # fmt: skip
+           "--widths", "2,3,1", "--points", "40", "--repeats", "1", "--inner", "1",
+           "--out", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["model"], r["n_models"]) for r in rows] == [
-        (name, m) for name in ("KAN uniform", "KAN adapted", "MLP") for m in (1, 2)
+    families = ("KAN uniform", "KAN adapted", "MLP")
+    assert [(r["model"], r["kind"], r["n_models"]) for r in rows] == [
+        *((name, "single", 1) for name in families),
+        *((name, "batch", m) for name in families for m in (1, 2)),
     ]
-    assert all(r["loop_ms_per_model"] > 0 and r["batch_ms_per_model"] > 0 for r in rows)
-    assert "loop/batch" in proc.stdout
+    assert all(r["widths"] == [2, 3, 1] and r["ms_per_model_eval"] > 0 for r in rows)
+    assert rows[0]["x_faster_than_single_kan"] == 1.0
+    assert rows[2]["x_faster_than_single_mlp"] == 1.0
+    assert "vs KAN" in proc.stdout and "vs MLP" in proc.stdout

@@ -13,8 +13,12 @@ with the same widths and activation. Both share one API:
 - ``batch.unstack()``: M independent models holding exactly the batch's values.
 
 Limits of this first version (refused with an error naming the problem): one grid size G for all M
-KANs and all their layers (no padding or grouping of mixed grid sizes yet); no symbolic edges. The
-KAN spline part runs on the sparse Numba CPU kernels with a model dimension
+KANs and all their layers (no padding or grouping of mixed grid sizes yet); no symbolic edges. On one
+thread and small grids (G+k <= 24 basis functions; base activation silu, identity, relu or zero)
+each KAN layer is one fused Numba call for all M models, spline, base branch, scales and mask
+(:mod:`kanlab.kernels.cpu_batched_layer`; a shared x is read, and its basis computed, once for
+all models on one grid). Otherwise the KAN spline part runs on the sparse Numba CPU kernels with a
+model dimension
 (:mod:`kanlab.kernels.cpu_batched`: one call for all M models) when the single-model backend
 choice picks Numba (CPU, float32/float64, Numba installed, not forced to another backend); else on
 the batched *reference* evaluation (dense Cox-de Boor basis per model, then one ``bmm``,
@@ -169,8 +173,32 @@ class KANBatchLayer(nn.Module):
             f"spline_order={self.spline_order}, base_activation={self.base_activation!r}"
         )
 
+    def _fused(self, x: Tensor) -> bool:
+        """Whether the fused layer kernel (:mod:`kanlab.kernels.cpu_batched_layer`) runs this call:
+        where the batched Numba kernels would (:func:`_numba_takes`), on one thread, for grids of
+        at most ``MAX_DENSE_BASIS`` basis functions and the base activations it fuses."""
+        if torch.get_num_threads() != 1:
+            return False
+        xm = x if x.dim() == 2 else x[0]
+        if not _numba_takes(xm[None], self.knots, self.coef, self.scale_spline):
+            return False  # (also without Numba: the module below imports it)
+        from kanlab.kernels.cpu_batched_layer import takes
+
+        return takes(self.coef.shape[2], self.base_activation)
+
     def forward(self, x: Tensor) -> Tensor:
-        """``(M, batch, in) -> (M, batch, out)``; writes nothing."""
+        """``(M, batch, in)``, or ``(batch, in)`` shared by the M models, -> ``(M, batch, out)``;
+        writes nothing."""
+        if self._fused(x):
+            from kanlab.kernels import cpu_batched_layer  # (imported, and compiled, on first use)
+
+            return cpu_batched_layer.kan_layer(
+                x, self.knots, self.coef, self.scale_spline, self.scale_base, self.mask,
+                self.grid_uniform, spline_order=self.spline_order,
+                base_activation=self.base_activation,
+            )  # fmt: skip
+        if x.dim() == 2:  # shared: the other kernels take one row per model
+            x = x.unsqueeze(0).expand(self.n_models, *x.shape)
         scale_spline = self.scale_spline * self.mask  # (M, in, out)
         if _numba_takes(x, self.knots, self.coef, scale_spline):
             from kanlab.kernels import cpu_batched  # (imported, and compiled, on first use only)
@@ -273,7 +301,10 @@ class KANBatch(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x ``(batch, in)`` (shared) or ``(M, batch, in)`` -> ``(M, batch, out)``."""
+        shared = isinstance(x, Tensor) and x.dim() == 2
         x = _batch_input(x, self.n_models, self.widths[0], self.layers[0].coef.dtype)
+        if shared:  # the first layer takes a shared x as it is (its kernels read it once)
+            x = x[0]
         for layer in self.layers:
             x = layer(x)
         return x
