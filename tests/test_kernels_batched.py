@@ -135,9 +135,12 @@ def test_several_threads_take_the_per_model_path_with_the_same_results():
     cb = _cb()
     y1 = cb.batched_spline(x, knots, weight, 3, False, scale=scale)
     g1 = torch.autograd.grad(y1.sum(), (x, weight, scale))
-    torch.set_num_threads(2)  # (the one_thread fixture restores the count)
-    y2 = cb.batched_spline(x, knots, weight, 3, False, scale=scale)
-    g2 = torch.autograd.grad(y2.sum(), (x, weight, scale))
+    torch.set_num_threads(2)
+    try:
+        y2 = cb.batched_spline(x, knots, weight, 3, False, scale=scale)
+        g2 = torch.autograd.grad(y2.sum(), (x, weight, scale))
+    finally:
+        torch.set_num_threads(1)  # the module's later tests run on one thread, as alone
     torch.testing.assert_close(y2, y1, rtol=0, atol=1e-13)
     for a, b in zip(g2, g1, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
