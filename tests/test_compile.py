@@ -162,3 +162,40 @@ def test_compile_shares_are_balanced():
         assert sorted(len(s) for s in shares) == sizes
         assert sorted(p for s in shares for _, p in s) == sorted(p for _, p in parts)
     assert [(torch.float32, "grad_weight")] in _shares(parts, 2)
+
+
+_BATCH_STEP = """
+import torch
+from numba.core import event
+import kanlab
+from kanlab import kernels
+from kanlab.kernels.warm import BATCH_PARTS
+from kanlab.model_batch import KANBatch
+
+torch.set_num_threads(1)  # the fused kernels' condition
+assert kernels.warm_up(torch.float64, BATCH_PARTS).cold == BATCH_PARTS  # a cold cache
+batch = KANBatch.from_config(kanlab.KANConfig(widths=(2, 3, 1), dtype="float64"), seeds=[0, 1])
+compiled = []
+
+class Listener(event.Listener):
+    def on_start(self, ev):
+        compiled.append(ev)
+
+    def on_end(self, ev):
+        pass
+
+with event.install_listener("numba:compile", Listener()):
+    batch(torch.rand(7, 2, dtype=torch.float64)).sum().backward()
+print(len(compiled))
+"""
+
+
+@pytest.mark.slow
+def test_warm_up_of_the_batch_parts_compiles_what_a_model_batch_runs(tmp_path):
+    """On a cold cache, ``warm_up(dtype, BATCH_PARTS)`` compiles what a model batch's training step
+    runs: the step then compiles nothing (a batched sweep's workers warm these parts before the
+    trials, instead of compiling them inside their first trial's clock)."""
+    proc = subprocess.run([sys.executable, "-c", _BATCH_STEP], capture_output=True, text=True,
+                          timeout=600, env=_env(tmp_path / "cache"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "0"

@@ -28,14 +28,16 @@ import torch
 from kanlab import kernels
 from kanlab.bench.sweep import Trial
 from kanlab.config import KANConfig, torch_dtype
-from kanlab.kernels.warm import COMPILING, compiled_message
+from kanlab.kernels.warm import ALL_PARTS, COMPILING, compiled_message
 
 __all__ = ["warm_executor"]
 
 _log = logging.getLogger("kanlab.bench")
 # Relative compile time of each part (measured: ~14 s coefficient gradient, ~10 s forward, ~5 s
 # input gradient for float32 on the development machine, idle); shares are balanced on these.
-_COST = {"grad_weight": 14.0, "forward": 10.0, "grad_x": 5.0}
+# The fused kernels of model batches (a batched sweep's): ~4 s forward, ~6 s backward (float64).
+_COST = {"grad_weight": 14.0, "forward": 10.0, "grad_x": 5.0, "batch_forward": 4.0,
+         "batch_backward": 6.0}  # fmt: skip
 
 
 def _dtypes(trials: Sequence[Trial]) -> list[torch.dtype]:
@@ -79,12 +81,12 @@ def warm_executor(executor: Executor, trials: Sequence[Trial]) -> float | None:
 
     if isinstance(executor, SerialExecutor):
         start = time.perf_counter()
-        cold = [kernels.warm_up(d, notify=_log.info).cold for d in dtypes]
+        cold = [kernels.warm_up(d, ALL_PARTS, notify=_log.info).cold for d in dtypes]
         return time.perf_counter() - start if any(cold) else None
     if not isinstance(executor, ProcessPoolExecutor):
         return None
     try:
-        probes = [executor.submit(kernels.warm_up, d, compile=False) for d in dtypes]
+        probes = [executor.submit(kernels.warm_up, d, ALL_PARTS, compile=False) for d in dtypes]
         cold = [
             (d, p) for d, probe in zip(dtypes, probes, strict=True) for p in probe.result().cold
         ]

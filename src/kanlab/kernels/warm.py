@@ -10,7 +10,10 @@ so that a run can compile (or load from the cache) before its clock starts, say 
 compiling, and record how long it took.
 
 Parts (:data:`PARTS`): ``forward`` (the forward kernel), ``grad_weight`` (the coefficient and scale
-gradients), ``grad_x`` (the input gradient); a training step runs all three. Numba compiles under
+gradients), ``grad_x`` (the input gradient); a training step runs all three. :data:`BATCH_PARTS`:
+``batch_forward`` and ``batch_backward``, the fused kernels of a model batch's layers
+(:mod:`~kanlab.kernels.cpu_batched_layer`, ~10 s together, float64, idle), which ``fit_batch``
+and a batched sweep warm as well; ``fit`` does not need them. Numba compiles under
 one lock per process, so one process compiles one kernel at a time: to use several cores, warm
 different parts in different processes, which then load the others' from the JIT cache
 (:mod:`kanlab.bench.warm` does this for a sweep's worker processes).
@@ -34,9 +37,19 @@ import torch
 
 from kanlab.kernels.backends import FAST_DTYPES, kernels_of, select_backend
 
-__all__ = ["COMPILING", "PARTS", "WarmUp", "compiled_message", "warm_up"]
+__all__ = [
+    "ALL_PARTS",
+    "BATCH_PARTS",
+    "COMPILING",
+    "PARTS",
+    "WarmUp",
+    "compiled_message",
+    "warm_up",
+]
 
 PARTS = ("forward", "grad_weight", "grad_x")
+BATCH_PARTS = ("batch_forward", "batch_backward")
+ALL_PARTS = PARTS + BATCH_PARTS
 COMPILING = "compiling CPU kernels (first run only)..."
 _READY: set[tuple[torch.dtype, str, bool]] = set()  # (dtype, part, on the team) warmed here
 _LOCK = threading.Lock()
@@ -89,9 +102,25 @@ def _tiny_problem(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     return x, knots, weight, torch.ones(1, 1, dtype=dtype), torch.ones(2, 1, dtype=dtype)
 
 
+def _batch_call(part: str, dtype: torch.dtype) -> None:
+    """One model batch layer (M = 1, G = 5, k = 3, SiLU) through the fused kernels."""
+    from kanlab.kernels.cpu_batched_layer import kan_layer
+
+    x, knots, weight, scale, _ = _tiny_problem(dtype)
+    coef = weight.unsqueeze(0).requires_grad_(part == "batch_backward")
+    y = kan_layer(x, knots.unsqueeze(0), coef, scale.unsqueeze(0), scale.unsqueeze(0),
+                  scale.unsqueeze(0), torch.ones(1, dtype=torch.bool), spline_order=3,
+                  base_activation="silu")  # fmt: skip
+    if part == "batch_backward":
+        y.sum().backward()
+
+
 def _call(part: str, dtype: torch.dtype) -> None:
     from kanlab.kernels.cpu import tuning
 
+    if part in BATCH_PARTS:
+        _batch_call(part, dtype)
+        return
     api = kernels_of("numba")  # kanlab.kernels.cpu.api (a BackendError if it does not import)
     x, knots, weight, scale, gy = _tiny_problem(dtype)
     if part == "forward":
@@ -131,17 +160,18 @@ def warm_up(
     this process, before anything is timed; a no-op for parts already warmed here. Returns what
     it did: seconds spent, the parts that were not in the cache.
 
-    ``parts``: some of :data:`PARTS` (default: all three). ``compile=False`` loads what is cached
-    and compiles nothing: the other parts are returned in ``cold`` (a probe). ``notify`` gets
+    ``parts``: some of :data:`ALL_PARTS` (default: :data:`PARTS`, what ``fit`` runs).
+    ``compile=False`` loads what is cached and compiles nothing: the other parts are returned in
+    ``cold`` (a probe). ``notify`` gets
     "compiling CPU kernels (first run only)..." when a compilation starts and "compiled in 41.2 s"
     at the end; nothing when everything came from the cache. A no-op (``WarmUp(0.0)``) when CPU
     calls in this dtype do not run the Numba kernels (Numba not installed, another backend
     forced, another dtype).
     """
     parts = PARTS if parts is None else tuple(parts)
-    unknown = [p for p in parts if p not in PARTS]
+    unknown = [p for p in parts if p not in ALL_PARTS]
     if unknown:
-        raise ValueError(f"unknown kernel part(s) {unknown}; valid: {', '.join(PARTS)}")
+        raise ValueError(f"unknown kernel part(s) {unknown}; valid: {', '.join(ALL_PARTS)}")
     if dtype not in FAST_DTYPES or select_backend(torch.empty(1, 1, dtype=dtype)).name != "numba":
         return WarmUp(0.0)
     start = time.perf_counter()

@@ -48,6 +48,7 @@ from torch import Tensor
 from kanlab import distributed as D
 from kanlab import kernels
 from kanlab.config import FitConfig
+from kanlab.kernels.warm import ALL_PARTS
 from kanlab.model_batch import KANBatch, MLPBatch
 from kanlab.regularization import EPS
 from kanlab.train.batch_free_knots import BatchFreeKnots
@@ -294,7 +295,7 @@ class _BatchRun:
         if not self.is_kan or p.device.type != "cpu":
             return 0.0
         t0 = time.perf_counter()
-        kernels.warm_up(p.dtype)
+        kernels.warm_up(p.dtype, ALL_PARTS)  # the fused batch kernels too
         x = self.data.train_x[:1].detach()
         self.batch(x).sum().backward()  # compiles (or loads) the batched kernels
         self.batch.zero_grad(set_to_none=True)
