@@ -27,6 +27,8 @@ import typer
 
 if TYPE_CHECKING:
     from kanlab.bench.runner import RunSummary
+    from kanlab.bench.sweep import Sweep
+    from kanlab.bench.tasks import Task
 
 __all__ = ["CLIError", "app", "main"]
 
@@ -109,8 +111,18 @@ def compare(
         ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar over trials.")] = True,
+    estimate_only: Annotated[
+        bool,
+        typer.Option(
+            "--estimate-only",
+            help="Print the run's estimated cost (measured on this machine now) and exit.",
+        ),
+    ] = False,
 ) -> None:
-    """Run a KAN-vs-MLP sweep (resuming a previous run in the same folder), then write its report."""
+    """Run a KAN-vs-MLP sweep (resuming a previous run in the same folder), then write its report.
+
+    Before training, prints an estimate of the trials still to run, from throughput measured now
+    (kanlab.bench.estimate); the paper suite's also gives the unbatched one beside it."""
     from kanlab import bench
     from kanlab.datasets import KINDS
 
@@ -149,7 +161,10 @@ def compare(
     if moved:
         typer.echo(moved, err=True)
     typer.echo(f"kanlab compare: suite {sweep.name!r} -> {run_dir}", err=True)
-    _log_to_stderr("kanlab.bench")  # e.g. "compiling CPU kernels (first run only)..." (cold cache)
+    _log_to_stderr("kanlab.bench")
+    _print_estimate(sweep, task_list, run_dir, workers=workers, only=estimate_only)
+    if estimate_only:
+        return  # e.g. "compiling CPU kernels (first run only)..." (cold cache)
     with _run_folder_guard(run_dir):
         summary, db = bench.run_sweep(
             sweep, run_dir, tasks=task_list, executor=executor, workers=workers, progress=progress
@@ -166,6 +181,41 @@ def compare(
         )
         typer.secho(msg, err=True, fg=typer.colors.RED)
         raise typer.Exit(1)
+
+
+def _print_estimate(
+    sweep: Sweep, tasks: list[Task] | None, run_dir: Path, *, workers: int | None, only: bool
+) -> None:
+    """Print the estimated cost of the trials of ``sweep`` not yet finished in ``run_dir`` (none:
+    nothing printed, or a line saying so with ``only``); the paper suite's unbatched one as well."""
+    import warnings
+
+    from kanlab import bench
+    from kanlab.bench.estimate import estimate
+    from kanlab.bench.store import FINISHED_STATUSES
+    from kanlab.bench.sweep import SizeMatchWarning
+
+    with warnings.catch_warnings():
+        if not only:  # the run's own expansion says them (once)
+            warnings.simplefilter("ignore", SizeMatchWarning)
+        trials = bench.expand(sweep, tasks)
+    db = run_dir / "results.sqlite"
+    done: set[str] = set()
+    if db.exists():
+        with bench.ResultStore(db, create=False) as store:
+            done = set(store.finished_keys(FINISHED_STATUSES))
+    pending = [t for t in trials if t.key not in done]
+    if not pending:
+        if only:
+            typer.echo(f"estimate: nothing to run (all {len(trials)} trials finished)", err=True)
+        return
+    n = workers or os.cpu_count() or 1
+    batched = estimate(pending, workers=n, batched=True)
+    typer.echo(batched.line(), err=True)
+    if sweep.name == "paper":  # the ratio batched/unbatched, measured the same way
+        single = estimate(pending, workers=n, batched=False)
+        ratio = single.core_seconds / batched.core_seconds if batched.core_seconds > 0 else 0.0
+        typer.echo(f"{single.line()}: {ratio:.1f}x the batched", err=True)
 
 
 @contextlib.contextmanager
