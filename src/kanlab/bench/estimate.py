@@ -27,8 +27,7 @@ iterations (~22 evaluations); early steps of a fresh model use them all, as do m
 (kanlab's tolerances are 1e-32), so early steps are representative. To keep the calibration to
 seconds, shapes are grouped into *kinds* (the same family, layer count, M, rows, optimiser,
 activation, dtype, adapted grid); per kind only the cheapest and the most expensive shape by sparse
-FLOPs per sample (and the median one when there are more than two) are measured, the others are
-interpolated linearly in FLOPs between their measured neighbours (:func:`interpolate`; flagged
+FLOPs per sample are measured, the others are interpolated linearly in FLOPs between them (:func:`interpolate`; flagged
 ``measured=False`` in :attr:`Estimate.throughput`). Measurements are cached per shape in ``cache``
 across calls.
 
@@ -202,15 +201,14 @@ def interpolate(measured: Sequence[Throughput], shape: Shape) -> Throughput:
 
 
 def _representatives(shapes: Sequence[Shape]) -> list[Shape]:
-    """Per kind: the cheapest and dearest shape by FLOPs, and the median one if there are more."""
+    """Per kind: the cheapest and the dearest shape by FLOPs (one if they are the same)."""
     kinds: dict[Hashable, list[Shape]] = {}
     for s in shapes:
         kinds.setdefault(s.kind, []).append(s)
     out: list[Shape] = []
     for members in kinds.values():
         members = sorted(set(members), key=lambda s: (s.flops, s.widths))
-        picks = {0, len(members) - 1, len(members) // 2}
-        out.extend(members[i] for i in sorted(picks))
+        out.extend(dict.fromkeys((members[0], members[-1])))
     return out
 
 
