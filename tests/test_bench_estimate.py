@@ -266,3 +266,20 @@ def test_compare_prints_the_estimate_before_training_and_not_when_done(tmp_path)
     n = len(_trials(seeds=1))
     assert only.returncode == 0
     assert f"estimate: nothing to run (all {n} trials finished)" in only.stderr
+
+
+def test_a_failing_calibration_is_one_line(tmp_path, monkeypatch, capsys):
+    import kanlab.bench.estimate as est_mod
+    from kanlab.cli import main
+
+    def broken(trial, n_models, **kw):
+        raise RuntimeError("no kernels here")
+
+    monkeypatch.setattr(est_mod, "calibrate", broken)
+    sweep = tmp_path / "tiny.toml"
+    sweep.write_text(TINY.format(name="tiny"))
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "--suite", str(sweep), "--estimate-only", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert "Error: cannot estimate the run: RuntimeError: no kernels here" in err

@@ -210,12 +210,17 @@ def _print_estimate(
             typer.echo(f"estimate: nothing to run (all {len(trials)} trials finished)", err=True)
         return
     n = workers or os.cpu_count() or 1
-    batched = estimate(pending, workers=n, batched=True)
-    typer.echo(batched.line(), err=True)
-    if sweep.name == "paper":  # the ratio batched/unbatched, measured the same way
-        single = estimate(pending, workers=n, batched=False)
-        ratio = single.core_seconds / batched.core_seconds if batched.core_seconds > 0 else 0.0
-        typer.echo(f"{single.line()}: {ratio:.1f}x the batched", err=True)
+    try:
+        batched = estimate(pending, workers=n, batched=True)
+        typer.echo(batched.line(), err=True)
+        if sweep.name == "paper":  # the ratio batched/unbatched, measured the same way
+            single = estimate(pending, workers=n, batched=False)
+            ratio = single.core_seconds / batched.core_seconds if batched.core_seconds > 0 else 0
+            typer.echo(f"{single.line()}: {ratio:.1f}x the batched", err=True)
+    except Exception as err:  # the estimate only informs: the run goes on without it
+        if only:
+            raise CLIError(f"cannot estimate the run: {type(err).__name__}: {err}") from None
+        typer.echo(f"estimate: not available ({type(err).__name__}: {err})", err=True)
 
 
 @contextlib.contextmanager
