@@ -124,6 +124,7 @@ def compare(
     Before training, prints an estimate of the trials still to run, from throughput measured now
     (kanlab.bench.estimate); the paper suite's also gives the unbatched one beside it."""
     from kanlab import bench
+    from kanlab.bench.lock import RunLock
     from kanlab.datasets import KINDS
 
     if task_kind is not None and task_kind not in KINDS:
@@ -157,15 +158,20 @@ def compare(
     if total_steps is not None:
         sweep = sweep.replace(total_steps=total_steps)
     _check_folder(out / sweep.name, "--out")
-    run_dir, moved = bench.resolve_run_dir(out, sweep, task_list)  # one configuration per folder
+    try:  # one configuration per folder
+        run_dir, moved = bench.resolve_run_dir(out, sweep, task_list)
+    except bench.StoreError:  # e.g. "database is locked": a run in that folder holds its store
+        with _run_folder_guard(out / sweep.name), RunLock(out / sweep.name):
+            pass  # in use: that is the error to show
+        raise
     if moved:
         typer.echo(moved, err=True)
     typer.echo(f"kanlab compare: suite {sweep.name!r} -> {run_dir}", err=True)
-    _log_to_stderr("kanlab.bench")
-    _print_estimate(sweep, task_list, run_dir, workers=workers, only=estimate_only)
-    if estimate_only:
-        return  # e.g. "compiling CPU kernels (first run only)..." (cold cache)
+    _log_to_stderr("kanlab.bench")  # e.g. "compiling CPU kernels (first run only)..." (cold cache)
     with _run_folder_guard(run_dir):
+        _print_estimate(sweep, task_list, run_dir, workers=workers, only=estimate_only)
+        if estimate_only:
+            return
         summary, db = bench.run_sweep(
             sweep, run_dir, tasks=task_list, executor=executor, workers=workers, progress=progress
         )
@@ -192,17 +198,20 @@ def _print_estimate(
 
     from kanlab import bench
     from kanlab.bench.estimate import estimate
+    from kanlab.bench.lock import RunLock
     from kanlab.bench.store import FINISHED_STATUSES
     from kanlab.bench.sweep import SizeMatchWarning
 
     with warnings.catch_warnings():
         if not only:  # the run's own expansion says them (once)
             warnings.simplefilter("ignore", SizeMatchWarning)
-        trials = bench.expand(sweep, tasks)
+        trials = bench.expand(sweep, tasks)  # validates the sweep before anything is written
+    if not only:  # a folder the run cannot create fails now, not after the calibration
+        run_dir.mkdir(parents=True, exist_ok=True)
     db = run_dir / "results.sqlite"
     done: set[str] = set()
-    if db.exists():
-        with bench.ResultStore(db, create=False) as store:
+    if db.exists():  # read under the folder's lock: RunInUseError if a run is in it now
+        with RunLock(run_dir), bench.ResultStore(db, create=False) as store:
             done = set(store.finished_keys(FINISHED_STATUSES))
     pending = [t for t in trials if t.key not in done]
     if not pending:
