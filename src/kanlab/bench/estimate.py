@@ -29,7 +29,8 @@ seconds, shapes are grouped into *kinds* (the same family, layer count, M, rows,
 activation, dtype, adapted grid); per kind only the cheapest and the most expensive shape by sparse
 FLOPs per sample are measured, the others are interpolated linearly in FLOPs between them (:func:`interpolate`; flagged
 ``measured=False`` in :attr:`Estimate.throughput`). Measurements are cached per shape in ``cache``
-across calls.
+across calls. A cold JIT cache is compiled first, announced on the ``kanlab.bench`` logger as
+the runner announces it (``compiling CPU kernels (first run only)...``).
 
 Left out (each small next to the steps of a trial of 45+ LBFGS steps): loading and preparing the
 data, the per-stage evaluations (loss scale, logged errors), building models, storing results,
@@ -41,6 +42,7 @@ trials run with one torch thread), so a few large groups on many workers are not
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -234,6 +236,21 @@ def _groups(trials: Sequence[Trial], batched: bool, max_size: int) -> list[list[
 
 
 # --------------------------------------------------------------------------- measuring
+def _warm_kernels(trials: Sequence[Trial]) -> None:
+    """Load (or compile, saying so on the ``kanlab.bench`` logger, as the runner does) the CPU
+    kernels of the KAN trials' dtypes before anything is timed."""
+    import torch
+
+    from kanlab import kernels
+    from kanlab.config import torch_dtype
+
+    log = logging.getLogger("kanlab.bench")
+    dtypes = {torch_dtype(t.model.dtype) or torch.get_default_dtype()
+              for t in trials if t.family == "kan"}  # fmt: skip
+    for dtype in sorted(dtypes, key=str):
+        kernels.warm_up(dtype, notify=log.info)
+
+
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
     import torch
@@ -315,6 +332,7 @@ def estimate(
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    real = measure is None
     if measure is None:
 
         def measure(trial: Trial, n_models: int) -> tuple[float, float]:
@@ -329,7 +347,10 @@ def estimate(
     start = timer()
     measured_now = 0
     with _one_thread():  # as trials run (and many threads on a busy machine only contend)
-        for s in _representatives(list(example)):
+        todo = [s for s in _representatives(list(example)) if s not in cache]
+        if real and todo:  # a cold JIT cache compiles here, first: said on the bench logger
+            _warm_kernels([example[s] for s in todo])
+        for s in todo:
             if s not in cache:
                 cache[s] = measure(example[s], s.n_models)
                 measured_now += 1
