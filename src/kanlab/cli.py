@@ -124,7 +124,6 @@ def compare(
     Before training, prints an estimate of the trials still to run, from throughput measured now
     (kanlab.bench.estimate); the paper suite's also gives the unbatched one beside it."""
     from kanlab import bench
-    from kanlab.bench.lock import RunLock
     from kanlab.datasets import KINDS
 
     if task_kind is not None and task_kind not in KINDS:
@@ -158,12 +157,7 @@ def compare(
     if total_steps is not None:
         sweep = sweep.replace(total_steps=total_steps)
     _check_folder(out / sweep.name, "--out")
-    try:  # one configuration per folder
-        run_dir, moved = bench.resolve_run_dir(out, sweep, task_list)
-    except bench.StoreError:  # e.g. "database is locked": a run in that folder holds its store
-        with _run_folder_guard(out / sweep.name), RunLock(out / sweep.name):
-            pass  # in use: that is the error to show
-        raise
+    run_dir, moved = bench.resolve_run_dir(out, sweep, task_list)  # one configuration per folder
     if moved:
         typer.echo(moved, err=True)
     typer.echo(f"kanlab compare: suite {sweep.name!r} -> {run_dir}", err=True)
