@@ -157,7 +157,8 @@ def compare(
     if total_steps is not None:
         sweep = sweep.replace(total_steps=total_steps)
     _check_folder(out / sweep.name, "--out")
-    run_dir, moved = bench.resolve_run_dir(out, sweep, task_list)  # one configuration per folder
+    with _run_folder_guard(out / sweep.name):  # in use by another run: one line, at once
+        run_dir, moved = bench.resolve_run_dir(out, sweep, task_list)  # one configuration/folder
     if moved:
         typer.echo(moved, err=True)
     typer.echo(f"kanlab compare: suite {sweep.name!r} -> {run_dir}", err=True)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kanlab import __version__
+from kanlab.bench.lock import RunLock
 from kanlab.bench.store import ResultStore, config_key
 from kanlab.bench.sweep import TRAINING_SEMANTICS, Sweep, data_spec
 from kanlab.bench.tasks import Task, resolve_tasks
@@ -137,7 +138,9 @@ def resolve_run_dir(
     db = base / "results.sqlite"
     if not db.is_file():
         return base, None
-    with ResultStore(db, create=False) as store:
+    # Under the folder's lock: a run in progress there is RunInUseError at once, never a read of a
+    # store whose writer holds it (a stopped writer would make this open wait, then fail).
+    with RunLock(base), ResultStore(db, create=False) as store:
         found = store.settings()
     if found is None or found[0] == fp:
         return base, None
