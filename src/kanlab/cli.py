@@ -185,10 +185,17 @@ def compare(
 
 
 def _print_estimate(
-    sweep: Sweep, tasks: list[Task] | None, run_dir: Path, *, workers: int | None, only: bool
+    sweep: Sweep,
+    tasks: list[Task] | None,
+    run_dir: Path,
+    *,
+    workers: int | None,
+    only: bool,
+    batched: bool = True,
 ) -> None:
     """Print the estimated cost of the trials of ``sweep`` not yet finished in ``run_dir`` (none:
-    nothing printed, or a line saying so with ``only``); the paper suite's unbatched one as well."""
+    nothing printed, or a line saying so with ``only``), ``batched`` or not as the run trains; for
+    the paper suite the other one as well, with their ratio."""
     import warnings
 
     from kanlab import bench
@@ -215,12 +222,13 @@ def _print_estimate(
         return
     n = workers or os.cpu_count() or 1
     try:
-        batched = estimate(pending, workers=n, batched=True)
-        typer.echo(batched.line(), err=True)
-        if sweep.name == "paper":  # the ratio batched/unbatched, measured the same way
-            single = estimate(pending, workers=n, batched=False)
-            ratio = single.core_seconds / batched.core_seconds if batched.core_seconds > 0 else 0
-            typer.echo(f"{single.line()}: {ratio:.1f}x the batched", err=True)
+        first = estimate(pending, workers=n, batched=batched)  # the way this run trains
+        typer.echo(first.line(), err=True)
+        if sweep.name == "paper":  # the other way beside it, measured the same way: the ratio
+            other = estimate(pending, workers=n, batched=not batched)
+            b, u = (first, other) if batched else (other, first)
+            ratio = u.core_seconds / b.core_seconds if b.core_seconds > 0 else 0
+            typer.echo(f"{other.line()} (unbatched/batched: {ratio:.1f}x)", err=True)
     except Exception as err:  # the estimate only informs: the run goes on without it
         if only:
             raise CLIError(f"cannot estimate the run: {type(err).__name__}: {err}") from None
