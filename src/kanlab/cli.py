@@ -27,6 +27,8 @@ import typer
 
 if TYPE_CHECKING:
     from kanlab.bench.runner import RunSummary
+    from kanlab.bench.sweep import Sweep
+    from kanlab.bench.tasks import Task
 
 __all__ = ["CLIError", "app", "main"]
 
@@ -116,8 +118,18 @@ def compare(
             "each model trained alone, as before)."
         ),
     ] = True,
+    estimate_only: Annotated[
+        bool,
+        typer.Option(
+            "--estimate-only",
+            help="Print the run's estimated cost (measured on this machine now) and exit.",
+        ),
+    ] = False,
 ) -> None:
-    """Run a KAN-vs-MLP sweep (resuming a previous run in the same folder), then write its report."""
+    """Run a KAN-vs-MLP sweep (resuming a previous run in the same folder), then write its report.
+
+    Before training, prints an estimate of the trials still to run, from throughput measured now
+    (kanlab.bench.estimate); the paper suite's also gives the unbatched one beside it."""
     from kanlab import bench
     from kanlab.datasets import KINDS
 
@@ -159,6 +171,11 @@ def compare(
     typer.echo(f"kanlab compare: suite {sweep.name!r} -> {run_dir}", err=True)
     _log_to_stderr("kanlab.bench")  # e.g. "compiling CPU kernels (first run only)..." (cold cache)
     with _run_folder_guard(run_dir):
+        _print_estimate(
+            sweep, task_list, run_dir, workers=workers, only=estimate_only, batched=batch
+        )
+        if estimate_only:
+            return
         summary, db = bench.run_sweep(
             sweep, run_dir, tasks=task_list, executor=executor, workers=workers, progress=progress,
             batch=batch,
@@ -175,6 +192,57 @@ def compare(
         )
         typer.secho(msg, err=True, fg=typer.colors.RED)
         raise typer.Exit(1)
+
+
+def _print_estimate(
+    sweep: Sweep,
+    tasks: list[Task] | None,
+    run_dir: Path,
+    *,
+    workers: int | None,
+    only: bool,
+    batched: bool = True,
+) -> None:
+    """Print the estimated cost of the trials of ``sweep`` not yet finished in ``run_dir`` (none:
+    nothing printed, or a line saying so with ``only``), ``batched`` or not as the run trains; for
+    the paper suite the other one as well, with their ratio."""
+    import warnings
+
+    from kanlab import bench
+    from kanlab.bench.estimate import estimate
+    from kanlab.bench.lock import RunLock
+    from kanlab.bench.store import FINISHED_STATUSES
+    from kanlab.bench.sweep import SizeMatchWarning
+
+    with warnings.catch_warnings():
+        if not only:  # the run's own expansion says them (once)
+            warnings.simplefilter("ignore", SizeMatchWarning)
+        trials = bench.expand(sweep, tasks)  # validates the sweep before anything is written
+    if not only:  # a folder the run cannot create fails now, not after the calibration
+        run_dir.mkdir(parents=True, exist_ok=True)
+    db = run_dir / "results.sqlite"
+    done: set[str] = set()
+    if db.exists():  # read under the folder's lock: RunInUseError if a run is in it now
+        with RunLock(run_dir), bench.ResultStore(db, create=False) as store:
+            done = set(store.finished_keys(FINISHED_STATUSES))
+    pending = [t for t in trials if t.key not in done]
+    if not pending:
+        if only:
+            typer.echo(f"estimate: nothing to run (all {len(trials)} trials finished)", err=True)
+        return
+    n = workers or os.cpu_count() or 1
+    try:
+        first = estimate(pending, workers=n, batched=batched)  # the way this run trains
+        typer.echo(first.line(), err=True)
+        if sweep.name == "paper":  # the other way beside it, measured the same way: the ratio
+            other = estimate(pending, workers=n, batched=not batched)
+            b, u = (first, other) if batched else (other, first)
+            ratio = u.core_seconds / b.core_seconds if b.core_seconds > 0 else 0
+            typer.echo(f"{other.line()} (unbatched/batched: {ratio:.1f}x)", err=True)
+    except Exception as err:  # the estimate only informs: the run goes on without it
+        if only:
+            raise CLIError(f"cannot estimate the run: {type(err).__name__}: {err}") from None
+        typer.echo(f"estimate: not available ({type(err).__name__}: {err})", err=True)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,374 @@
+"""How long a sweep will take, from throughput measured just now: :func:`estimate`.
+
+    est = estimate(pending, workers=2, batched=True)
+    print(est.line())  # estimate: 90 trials in 30 batched groups, ~0.05 core-hours (...)
+
+The model. Trials run in *groups*: with ``batched=True`` the runner's groups
+(:func:`kanlab.bench.groups.group_trials`: trials that differ only in seed, trained by one
+``fit_batch``), else one trial per group (one ``fit`` each). A group of M models costs
+
+    group seconds = total optimiser steps x step_seconds(shape, M)
+                    + (grid updates + grid extensions) x update_seconds(shape, M)
+
+where a *shape* is what a step's cost depends on: family, widths, M, training rows, optimiser, MLP
+activation, dtype, and whether a KAN's grid is adapted (``grid_update_every > 0``: the interval
+search of a non-uniform grid costs about 2x a uniform one's). A KAN's grid size G is not part of
+it: the sparse kernels cost O(rows x in x (k+1) x out) per evaluation whatever G is
+(``DESIGN.md``, "How the fast layer works"). Grid updates per stage: steps ``s`` below
+``stop_grid_update_step`` with ``s % grid_update_every == 0``; an extension between stages is
+counted as one more update (both re-fit every coefficient table on the training inputs).
+
+Measured: for each shape, :func:`calibrate` trains a real model (``fit`` for M = 1, ``fit_batch``
+on a KANBatch/MLPBatch otherwise) of a representative trial's configuration on that trial's own
+prepared data for ``steps`` LBFGS (or Adam) steps, with one torch thread as trials run, after a
+forward/backward that loads the kernels and one timed grid update that adapts the grid; the step
+time is the History's (fit's clock starts after its one-time warm-up). An LBFGS step is up to 20
+iterations (~22 evaluations); early steps of a fresh model use them all, as do most later ones
+(kanlab's tolerances are 1e-32), so early steps are representative. To keep the calibration to
+seconds, shapes are grouped into *kinds* (the same family, layer count, M, rows, optimiser,
+activation, dtype, adapted grid); per kind only the cheapest and the most expensive shape by sparse
+FLOPs per sample are measured, the others are interpolated linearly in FLOPs between them (:func:`interpolate`; flagged
+``measured=False`` in :attr:`Estimate.throughput`). Measurements are cached per shape in ``cache``
+across calls. A cold JIT cache is compiled first, announced on the ``kanlab.bench`` logger as
+the runner announces it (``compiling CPU kernels (first run only)...``).
+
+Left out (each small next to the steps of a trial of 45+ LBFGS steps): loading and preparing the
+data, the per-stage evaluations (loss scale, logged errors), building models, storing results,
+starting worker processes and loading their kernels; the cost of a line search that ends early. The
+wall time on ``workers`` packs the groups longest first onto the least busy worker (one core each:
+trials run with one torch thread), so a few large groups on many workers are not divided.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass
+
+from kanlab.bench.sweep import Trial
+from kanlab.config import FitConfig, KANConfig
+from kanlab.models import count_flops
+
+__all__ = [
+    "Estimate",
+    "Shape",
+    "Throughput",
+    "calibrate",
+    "estimate",
+    "grid_updates",
+    "group_seconds",
+    "interpolate",
+    "makespan",
+    "shape_of",
+]
+
+Measure = Callable[[Trial, int], tuple[float, float]]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the cost of one optimiser step of a group depends on (see the module docstring)."""
+
+    family: str  # "kan" or "mlp"
+    widths: tuple[int, ...]
+    n_models: int  # M: models trained together (1: fit, unbatched)
+    n_train: int  # training rows (full-batch LBFGS evaluates all of them)
+    optimizer: str
+    activation: str  # an MLP's activation; "" for a KAN
+    dtype: str  # the model config's dtype ("" : torch's default)
+    adapted: bool  # a KAN whose grid is updated, hence non-uniform, while it trains
+    flops: int  # sparse forward FLOPs per sample of one model (interpolation coordinate)
+
+    @property
+    def kind(self) -> tuple[Hashable, ...]:
+        """Shapes of one kind are interpolated between by FLOPs."""
+        fields = (self.family, len(self.widths) - 1, self.n_models, self.n_train, self.optimizer,
+                  self.activation, self.dtype, self.adapted)  # fmt: skip
+        return fields
+
+    @property
+    def label(self) -> str:
+        w = ",".join(map(str, self.widths))
+        return f"{self.family}[{w}] x{self.n_models}"
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """The measured (or interpolated) cost of one shape."""
+
+    shape: Shape
+    step_seconds: float  # one optimiser step of all M models together
+    update_seconds: float  # one grid update of all M models (0 for an MLP)
+    measured: bool  # False: interpolated between measured shapes of its kind
+
+    @property
+    def model_steps_per_second(self) -> float:
+        """Optimiser steps per second, counted per model (M per group step)."""
+        return self.shape.n_models / self.step_seconds if self.step_seconds > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The estimated cost of running ``trials`` (see the module docstring for the model)."""
+
+    trials: int
+    groups: int
+    batched: bool
+    workers: int
+    core_seconds: float  # the sum of every group's estimated seconds (one core each)
+    wall_seconds: float  # on ``workers`` cores: groups packed longest first
+    calibration_seconds: float  # what measuring took, now (0 when everything was cached)
+    measured: int  # shapes measured (the others interpolated)
+    throughput: tuple[Throughput, ...]  # per shape
+    method: str  # how it was measured, one line
+
+    def line(self) -> str:
+        """One line for a person: ``estimate: 15,012 trials in 5,004 batched groups, ...``."""
+        how = "batched groups" if self.batched else "unbatched fits"
+        return (
+            f"estimate: {self.trials:,} trials in {self.groups:,} {how}, "
+            f"~{_hours(self.core_seconds)} core-hours (~{_duration(self.wall_seconds)} on "
+            f"{self.workers} worker{'s' if self.workers != 1 else ''}), from throughput measured "
+            f"just now ({self.calibration_seconds:.1f} s, {self.measured} of "
+            f"{len(self.throughput)} shapes)"
+        )
+
+
+def _hours(seconds: float) -> str:
+    h = seconds / 3600
+    return f"{h:,.1f}" if h >= 1 else f"{h:.2g}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:,.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.0f} s"
+
+
+# --------------------------------------------------------------------------- pure arithmetic
+def grid_updates(fit: FitConfig, family: str) -> int:
+    """Grid updates plus grid extensions a trial with ``fit`` runs (0 for an MLP)."""
+    if family != "kan":
+        return 0
+    per_stage = 0
+    every = fit.grid_update_every or 0
+    if every > 0:
+        stop = fit.steps if fit.stop_grid_update_step is None else fit.stop_grid_update_step
+        per_stage = len(range(0, min(fit.steps, stop), every))
+    return per_stage * fit.n_stages + (fit.n_stages - 1)
+
+
+def group_seconds(group: Sequence[Trial], tp: Throughput) -> float:
+    """Estimated seconds of one group (trained together): its longest trial's steps and updates."""
+    steps = max(t.total_steps for t in group)
+    updates = max(grid_updates(t.fit, t.family) for t in group)
+    return steps * tp.step_seconds + updates * tp.update_seconds
+
+
+def makespan(costs: Sequence[float], workers: int) -> float:
+    """Seconds until ``costs`` (one job each, one worker at a time) finish on ``workers``: longest
+    job first onto the least busy worker (LPT; within 4/3 of the best packing)."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    loads = [0.0] * min(workers, max(1, len(costs)))
+    for c in sorted(costs, reverse=True):
+        i = loads.index(min(loads))
+        loads[i] += c
+    return max(loads)
+
+
+def interpolate(measured: Sequence[Throughput], shape: Shape) -> Throughput:
+    """``shape``'s cost, linear in FLOPs between the measured shapes of its kind that bracket it
+    (the nearest one outside their range; costs never decrease with FLOPs)."""
+    pts = sorted((t for t in measured if t.shape.kind == shape.kind), key=lambda t: t.shape.flops)
+    if not pts:
+        raise ValueError(f"no measured shape of the kind of {shape.label} to interpolate from")
+    lo = max((t for t in pts if t.shape.flops <= shape.flops), default=pts[0],
+             key=lambda t: t.shape.flops)  # fmt: skip
+    hi = min((t for t in pts if t.shape.flops >= shape.flops), default=pts[-1],
+             key=lambda t: t.shape.flops)  # fmt: skip
+    span = hi.shape.flops - lo.shape.flops
+    f = 0.0 if span <= 0 else (shape.flops - lo.shape.flops) / span
+
+    def mix(a: float, b: float) -> float:
+        return a + f * max(b - a, 0.0)
+
+    return Throughput(shape, mix(lo.step_seconds, hi.step_seconds),
+                      mix(lo.update_seconds, hi.update_seconds), measured=False)  # fmt: skip
+
+
+def _representatives(shapes: Sequence[Shape]) -> list[Shape]:
+    """Per kind: the cheapest and the dearest shape by FLOPs (one if they are the same)."""
+    kinds: dict[Hashable, list[Shape]] = {}
+    for s in shapes:
+        kinds.setdefault(s.kind, []).append(s)
+    out: list[Shape] = []
+    for members in kinds.values():
+        members = sorted(set(members), key=lambda s: (s.flops, s.widths))
+        out.extend(dict.fromkeys((members[0], members[-1])))
+    return out
+
+
+# --------------------------------------------------------------------------- shapes and groups
+def shape_of(trial: Trial, n_models: int) -> Shape:
+    """The shape of ``trial`` trained in a group of ``n_models``."""
+    model, fit = trial.model, trial.fit
+    is_kan = isinstance(model, KANConfig)
+    return Shape(
+        family=trial.family, widths=tuple(model.widths), n_models=n_models,
+        n_train=trial.data.n_train, optimizer=fit.optimizer,
+        activation="" if is_kan else str(model.activation), dtype=str(model.dtype or ""),
+        adapted=is_kan and bool(fit.grid_update_every), flops=count_flops(model, mode="sparse"),
+    )  # fmt: skip
+
+
+def _groups(trials: Sequence[Trial], batched: bool, max_size: int) -> list[list[Trial]]:
+    if not batched:
+        return [[t] for t in trials]
+    from kanlab.bench.groups import group_trials
+
+    return group_trials(list(trials), max_size=max_size)
+
+
+# --------------------------------------------------------------------------- measuring
+def _warm_kernels(trials: Sequence[Trial]) -> None:
+    """Load (or compile, saying so on the ``kanlab.bench`` logger, as the runner does) the CPU
+    kernels of the KAN trials' dtypes before anything is timed."""
+    import torch
+
+    from kanlab import kernels
+    from kanlab.config import torch_dtype
+
+    log = logging.getLogger("kanlab.bench")
+    dtypes = {torch_dtype(t.model.dtype) or torch.get_default_dtype()
+              for t in trials if t.family == "kan"}  # fmt: skip
+    for dtype in sorted(dtypes, key=str):
+        kernels.warm_up(dtype, notify=log.info)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def calibrate(
+    trial: Trial, n_models: int, *, steps: int = 1, timer: Callable[[], float] = time.perf_counter
+) -> tuple[float, float]:
+    """Seconds of one optimiser step and of one grid update (0 for an MLP) of ``n_models`` models
+    of ``trial``'s configuration trained together on its prepared data, measured now by a real
+    ``fit`` (M = 1) or ``fit_batch`` of ``steps`` steps (see the module docstring)."""
+    import torch
+
+    from kanlab.bench.prepare import prepare
+    from kanlab.bench.tasks import load
+    from kanlab.model_batch import KANBatch, MLPBatch
+    from kanlab.models import build
+    from kanlab.train import fit
+    from kanlab.train.batch_loop import fit_batch
+
+    raw = load(trial.task, n_train=trial.data.n_train, n_test=trial.data.n_test,
+               seed=trial.data.seed)  # fmt: skip
+    is_kan = trial.family == "kan"
+    grid_range = trial.model.layer_options(0)["grid_range"] if is_kan else (-1.0, 1.0)
+    data = prepare(raw, trial.family, grid_range=grid_range).data
+    seeds = list(range(trial.seed, trial.seed + n_models))
+    if n_models == 1:
+        model = build(trial.model)
+    else:
+        cls = KANBatch if is_kan else MLPBatch
+        model = cls.from_config(trial.model, seeds=seeds)
+    p = next(model.parameters())
+    x = data.train_x.to(dtype=p.dtype)
+
+    def warm() -> None:  # loads (or compiles) the kernels a step runs: not part of a step
+        model(x).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    warm()
+    update = 0.0
+    if is_kan:
+        start = timer()
+        with torch.no_grad():
+            model.update_grid(x, grid_eps=trial.fit.grid_eps)  # adapts the grid, as training does
+        update = timer() - start
+        warm()  # a non-uniform grid runs other kernels
+    cfg = trial.fit.replace(steps=steps, grid_schedule=None, grid_update_every=0,
+                            log_every=steps, progress=False, seed=trial.seed)  # fmt: skip
+    # the History's clock starts after fit's one-time warm-up (kernels, torch's compiler import)
+    hist = fit(model, data, cfg) if n_models == 1 else fit_batch(model, data, cfg)[0]
+    return hist.wall_time[-1] / steps, update
+
+
+def estimate(
+    trials: Sequence[Trial],
+    *,
+    workers: int,
+    batched: bool,
+    max_group: int = 64,
+    steps: int = 1,
+    measure: Measure | None = None,
+    cache: dict[Shape, tuple[float, float]] | None = None,
+    timer: Callable[[], float] = time.perf_counter,
+) -> Estimate:
+    """The estimated core and wall seconds of running ``trials`` on ``workers`` cores, batched
+    (the runner's groups of at most ``max_group``) or one ``fit`` each, from throughput measured
+    now (``steps`` optimiser steps per measured shape; see the module docstring).
+
+    ``measure(trial, M) -> (step seconds, update seconds)`` replaces :func:`calibrate` (tests);
+    ``cache`` (shape -> those seconds) is read and filled, so later calls measure nothing twice."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    real = measure is None
+    if measure is None:
+
+        def measure(trial: Trial, n_models: int) -> tuple[float, float]:
+            return calibrate(trial, n_models, steps=steps, timer=timer)
+
+    cache = {} if cache is None else cache
+    groups = _groups(trials, batched, max_group)
+    shaped = [(shape_of(g[0], len(g)), g) for g in groups]
+    example = {}
+    for s, g in shaped:
+        example.setdefault(s, g[0])
+    start = timer()
+    measured_now = 0
+    with _one_thread():  # as trials run (and many threads on a busy machine only contend)
+        todo = [s for s in _representatives(list(example)) if s not in cache]
+        if real and todo:  # a cold JIT cache compiles here, first: said on the bench logger
+            _warm_kernels([example[s] for s in todo])
+        for s in todo:
+            if s not in cache:
+                cache[s] = measure(example[s], s.n_models)
+                measured_now += 1
+    calibration = timer() - start if measured_now else 0.0
+    measured = [Throughput(s, *cache[s], measured=True) for s in example if s in cache]
+    table = {t.shape: t for t in measured}
+    for s in example:
+        if s not in table:
+            table[s] = interpolate(measured, s)
+    costs = [group_seconds(g, table[s]) for s, g in shaped]
+    how = "batched" if batched else "unbatched"
+    method = (
+        f"{steps} optimiser step(s) of a real {how} fit per measured shape, on its trial's data; "
+        f"{len(measured)} of {len(table)} shapes measured, the others interpolated in FLOPs"
+    )
+    return Estimate(
+        trials=len(trials), groups=len(groups), batched=batched, workers=workers,
+        core_seconds=sum(costs), wall_seconds=makespan(costs, workers) if costs else 0.0,
+        calibration_seconds=calibration, measured=len(measured),
+        throughput=tuple(table[s] for s in example), method=method,
+    )  # fmt: skip
