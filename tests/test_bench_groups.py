@@ -8,6 +8,7 @@ import pytest
 
 from kanlab.bench.groups import batch_key, group_trials
 from kanlab.bench.sweep import expand, parse_sweep
+from kanlab.bench.tasks import get_task
 
 
 def _trials(**over):
@@ -70,6 +71,19 @@ def test_every_difference_but_the_seed_splits_groups():
     for v in variants:
         assert batch_key(v) != batch_key(t), v
     assert len(group_trials([t, *variants, other_seed])) == len(variants) + 1
+
+
+def test_tasks_share_a_batch_when_everything_else_is_equal():
+    """Each model of a batch trains on its own task's data: trials of different tasks with one
+    model and fit configuration (and data sizes) share a key; a given kind splits them."""
+    t = _trials(seeds=1)[0]
+    other_task = dataclasses.replace(t, task=get_task("paper/exp_sin_sq"))
+    assert other_task.task != t.task and batch_key(other_task) == batch_key(t)
+    assert group_trials([t, other_task]) == [[t, other_task]]
+    sizes = dataclasses.replace(t, data=dataclasses.replace(t.data, n_train=t.data.n_train + 1))
+    kind = dataclasses.replace(t, task=dataclasses.replace(t.task, kind="regression"))
+    for v in (sizes, kind):
+        assert batch_key(v) != batch_key(t), v
 
 
 def test_unbatchable_trials_are_groups_of_one():

@@ -118,48 +118,92 @@ def run_trial(trial: Trial) -> dict[str, Any]:
 
 
 def run_trial_group(trials: Sequence[Trial]) -> list[dict[str, Any]]:
-    """Train ``trials`` (one :func:`~kanlab.bench.groups.batch_key`: the seeds of one
-    configuration) as one model batch; -> one store row per trial, in order, each the row
-    :func:`run_trial` makes (same keys and meanings), plus ``extra["batch"]``.
+    """Train ``trials`` (one :func:`~kanlab.bench.groups.batch_key`: one model and fit
+    configuration, any seeds and tasks) as one model batch; -> one store row per trial, in order,
+    each the row :func:`run_trial` makes (same keys and meanings), plus ``extra["batch"]``.
 
-    The data is loaded and prepared once; model m is ``build(trials[m].model)`` (bit for bit),
-    stacked into a :class:`~kanlab.model_batch.KANBatch`/:class:`~kanlab.model_batch.MLPBatch` and
-    trained by :func:`kanlab.train.fit_batch` with the trials' (shared) fit configuration; the
-    per-stage errors come from its per-model callbacks. A model whose loss turns non-finite gets a
-    ``diverged`` row (the batch trains the others on); an error of the whole batch gives each trial
-    a ``failed`` row. ``extra["batch"]``: ``size`` M, ``index`` m, the batch's own ``wall_time`` and
-    ``time_per_step``; the row's ``wall_time``/``time_per_step`` are those divided by M (the
-    amortised cost of one model, comparable across batch sizes). A single trial, and a group for
-    which ``fit_batch`` raises a ``ValueError`` (an option it does not support; a bad input to one
-    model), train one by one with :func:`run_trial` (then ``extra["batch"]`` has ``group``, the
-    group's size, and ``fallback``, the reason), so each trial gets its own status and error."""
-    from kanlab import train
-    from kanlab.train import batch_loop  # looked up at call time (tests replace its fit_batch)
-
+    Each task's data is loaded and prepared once; model m is ``build(trials[m].model)`` (bit for
+    bit), stacked into a :class:`~kanlab.model_batch.KANBatch`/:class:`~kanlab.model_batch.MLPBatch`
+    and trained by :func:`kanlab.train.fit_batch` with the trials' (shared) fit configuration, on
+    the task's data when they share one (the seeds of a configuration) and else each on its own
+    task's data; the per-stage errors come from its per-model callbacks. Trials whose data differ
+    in kind or size (e.g. a CSV file's rows) go to separate batches. A model whose loss turns
+    non-finite gets a ``diverged`` row (the batch trains the others on); an error of the whole batch
+    gives each trial a ``failed`` row. ``extra["batch"]``: ``size`` M, ``index`` m, the batch's own
+    ``wall_time`` and ``time_per_step``; the row's ``wall_time``/``time_per_step`` are those divided
+    by M (the amortised cost of one model, comparable across batch sizes). A single trial, and a
+    group for which ``fit_batch`` raises a ``ValueError`` (an option it does not support; a bad
+    input to one model), train one by one with :func:`run_trial` (then ``extra["batch"]`` has
+    ``group``, the group's size, and ``fallback``, the reason), so each trial gets its own status
+    and error."""
     trials = list(trials)
     if len(trials) == 1:
         return [run_trial(trials[0])]
     _check_group(trials)
-    M = len(trials)
     start = time.perf_counter()
     rows = [_new_row() for _ in trials]
+    try:
+        data = _group_data(trials, rows)
+    except Exception as err:  # loading or preparing failed: each trial alone says why
+        reason = f"data not loaded for the batch ({type(err).__name__}: {err}); trained one by one"
+        return [_fell_back(run_trial(t), len(trials), reason) for t in trials]
+    parts: dict[tuple, list[int]] = {}  # data of one kind and size -> the trials' indices
+    for m, (raw, _) in enumerate(data):
+        shape = (raw.kind, tuple(raw.train_x.shape), tuple(raw.test_x.shape))
+        parts.setdefault(shape, []).append(m)
+    out: list[dict[str, Any]] = [{} for _ in trials]
+    for idx in parts.values():
+        if len(idx) == 1:
+            out[idx[0]] = run_trial(trials[idx[0]])
+            continue
+        sub = _train_batch([trials[m] for m in idx], [rows[m] for m in idx],
+                           [data[m] for m in idx], start)  # fmt: skip
+        for m, row in zip(idx, sub, strict=True):
+            out[m] = row
+    return out
+
+
+def _group_data(trials: Sequence[Trial], rows: Sequence[dict[str, Any]]) -> list[tuple[Any, Any]]:
+    """(raw, prepared) data of each trial; one object per distinct task (seeds share it)."""
+    cache: dict[Any, tuple[Any, Any]] = {}
+    out = []
+    for trial, row in zip(trials, rows, strict=True):
+        key = (trial.task, trial.data)
+        if key not in cache:
+            cache[key] = _prepared(trial, row)
+        raw = cache[key][0]
+        row["metric"] = "accuracy" if raw.kind == "classification" else "rmse"
+        out.append(cache[key])
+    return out
+
+
+def _train_batch(
+    trials: Sequence[Trial],
+    rows: Sequence[dict[str, Any]],
+    data: Sequence[tuple[Any, Any]],
+    start: float,
+) -> list[dict[str, Any]]:
+    """:func:`run_trial_group`'s batch of trials whose data have one kind and size (``start``: the
+    group's clock, data loading included, as a single trial's)."""
+    from kanlab import train
+    from kanlab.train import batch_loop  # looked up at call time (tests replace its fit_batch)
+
+    M = len(trials)
     hist = None
     try:
-        raw, prepared = _prepared(trials[0], rows[0])
-        for row in rows:
-            row["metric"] = rows[0]["metric"]
         models = [build(t.model) for t in trials]
         batch = (KANBatch if trials[0].family == "kan" else MLPBatch).stack(models)
         params = count_params(models[0])  # at the first grid, as run_trial's diverged rows
         logged: list[list[dict[str, float]]] = [[] for _ in trials]
 
         def log_errors(state: train.StepState) -> None:
+            raw, prepared = data[state.model_index]
             logged[state.model_index].append(measure(state.model, prepared, raw))
 
+        shared = all(d is data[0] for d in data)  # one task: the shared-input path (faster)
+        fit_data = data[0][1].data if shared else [p.data for _, p in data]
         try:
-            hists = batch_loop.fit_batch(
-                batch, prepared.data, trials[0].fit, callbacks=[log_errors]
-            )
+            hists = batch_loop.fit_batch(batch, fit_data, trials[0].fit, callbacks=[log_errors])
         except ValueError as err:  # refused (an option it does not support), or a model's bad
             # input (e.g. a grid update on non-finite values): one by one, each trial its own row
             reason = f"fit_batch raised ValueError ({err}); trained one by one"
@@ -171,6 +215,7 @@ def run_trial_group(trials: Sequence[Trial]) -> list[dict[str, Any]]:
                 row.update(status="diverged", error=hists.diverged[m])
                 continue
             hist = hists[m]
+            raw, prepared = data[m]
             try:
                 row.update(_trained(trained[m], hist, logged[m], prepared, raw))
             except Exception as err:  # measuring one model failed: that trial only
@@ -187,7 +232,7 @@ def run_trial_group(trials: Sequence[Trial]) -> list[dict[str, Any]]:
             row["time_per_step"] = per_step / M
         info = {"size": M, "index": m, "wall_time": wall, "time_per_step": per_step}
         row.setdefault("extra", {})["batch"] = info
-    return rows
+    return list(rows)
 
 
 def _check_group(trials: Sequence[Trial]) -> None:
