@@ -29,8 +29,8 @@ def _grid(knots: Tensor, spline_order: int) -> Tensor:
 
 class BatchFreeKnots(nn.Module):
     """Trainable interior knots for every model of ``batch``: ``logits`` holds one ``(M, in, G)``
-    parameter per layer; calling it maps x ``(rows, in)`` (shared) to ``(M, rows, out)``, the
-    batch's function with the knots the logits give."""
+    parameter per layer; calling it maps x ``(rows, in)`` (shared) or ``(M, rows, in)`` (one per
+    model) to ``(M, rows, out)``, the batch's function with the knots the logits give."""
 
     def __init__(self, batch: KANBatch) -> None:
         super().__init__()
@@ -61,9 +61,9 @@ class BatchFreeKnots(nn.Module):
         return out
 
     def forward(self, x: Tensor) -> Tensor:
-        """x ``(rows, in)`` shared by the models -> ``(M, rows, out)``."""
+        """x ``(rows, in)`` shared by the models, or ``(M, rows, in)`` -> ``(M, rows, out)``."""
         batch = self.batch
-        h = x.unsqueeze(0).expand(batch.n_models, *x.shape)  # (M, rows, in)
+        h = x if x.dim() == 3 else x.unsqueeze(0).expand(batch.n_models, *x.shape)  # (M, rows, in)
         for layer, knots in zip(batch.layers, self.knots(), strict=True):
             weight = layer.coef * (layer.scale_spline * layer.mask).unsqueeze(
                 2

@@ -1,13 +1,17 @@
 """Batched training: :func:`fit_batch` trains the M models of a :class:`~kanlab.model_batch.KANBatch`
-or :class:`~kanlab.model_batch.MLPBatch` on one data set at once (issue 19).
+or :class:`~kanlab.model_batch.MLPBatch` at once (issue 19), on one data set shared by the models or
+on one data set per model (model m on ``data[m]``; the data sets alike in kind, rows and widths, so
+that trials of different tasks with one model shape and fit settings share a batch).
 
 Each model's objective, schedule and History are those of :func:`kanlab.fit` for that model alone:
 the MSE ``sum((pred - y)^2) / (rows * outputs)`` or, on a classification data set, the mean
-cross-entropy against the labels (shared by all models) per model (the optimisers minimise the *sum*
-over models, whose gradient on model m's slice is model m's own), the LBFGS loss scale per model and
-stage (:func:`kanlab.train.optim.loss_scale`), the same grid updates, grid extensions, mini-batch
-order and History rows. LBFGS is :class:`~kanlab.train.batched_optim.BatchedLBFGS` (kanlab's
-settings), Adam(W) torch's on the stacked parameters (exactly per model).
+cross-entropy against its labels per model (the optimisers minimise the *sum* over models, whose
+gradient on model m's slice is model m's own), the LBFGS loss scale per model and stage
+(:func:`kanlab.train.optim.loss_scale`), the same grid updates, grid extensions, mini-batch order
+and History rows, each on the model's own data set (grid updates and extensions from its own
+training inputs; with one shared data set the batch's kernels read the shared inputs once). LBFGS
+is :class:`~kanlab.train.batched_optim.BatchedLBFGS` (kanlab's settings), Adam(W) torch's on the
+stacked parameters (exactly per model).
 
 Unlike ``fit``, a model whose loss becomes NaN/Inf does not stop the run: it is restored to its last
 parameters (and grid) with a finite loss, frozen (no optimiser step, no grid update moves it; a grid extension
@@ -39,6 +43,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -85,13 +90,16 @@ def fit_batch(
     callbacks: Sequence[Callback] = (),
     **overrides: Any,
 ) -> BatchHistories:
-    """Train every model of ``batch`` on ``data`` (a kanlab Dataset) in place; one History each.
+    """Train every model of ``batch`` in place on ``data``: a kanlab Dataset shared by the models,
+    or a sequence of M Datasets (model m on ``data[m]``; the same kind, train rows, test rows,
+    input and output widths, else an error naming the data set and what differs). One History each.
 
     The options are :func:`kanlab.fit`'s (a :class:`FitConfig` and/or keyword overrides) and mean
     the same; ``config`` may also be a sequence of M FitConfigs (model m trains with
     ``config[m]``, the overrides applied to each) that differ only in :data:`PER_MODEL_OPTIONS`
     (the sparsity weights; any other difference is an error naming the field and the models).
-    Model m's History equals ``fit(batch.unstack()[m], data, config)``'s (Adam(W): to
+    Model m's History equals ``fit(batch.unstack()[m], data_m, config)``'s, ``data_m`` its data
+    set (Adam(W): to
     rounding; LBFGS: the batched line search is torch's per model, so to rounding at first and
     then as close as two LBFGS runs on a chaotic objective can be). ``wall_time`` is the batch's
     clock, shared by the models. See the module docstring for divergence, callbacks and what is
@@ -103,11 +111,8 @@ def fit_batch(
     cfg = cfgs[0]
     _refuse_unsupported(batch, cfgs)
     callbacks = _check_callbacks(callbacks)
-    kind = _kind(data, cfg.loss)
-    p = next(batch.parameters())
-    _check_data(batch, data, kind)
-    data = data.to(dtype=p.dtype, device=p.device) if hasattr(data, "to") else data
-    run = _BatchRun(batch, data, kind, cfgs, callbacks)
+    kind, run_data = _prepare_data(batch, data, cfg.loss)
+    run = _BatchRun(batch, run_data, kind, cfgs, callbacks)
     for stage, grid in enumerate(run.stages):
         if run.frozen.all():
             break
@@ -117,6 +122,78 @@ def fit_batch(
             if run.frozen.all():  # every model diverged or was stopped by a callback
                 break
     return run.histories
+
+
+# --------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class _Data:
+    """A run's data: ``shared`` (every tensor ``(rows, ...)``, for all models; the batch's kernels
+    read a shared x once) or per model (every tensor ``(M, rows, ...)``, model m's slice its own)."""
+
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    shared: bool
+
+    def train_rows(self, idx: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The training inputs and targets of the mini-batch ``idx`` (None: all rows)."""
+        x, y = self.train_x, self.train_y
+        if idx is None:
+            return x, y
+        return (x[idx], y[idx]) if self.shared else (x[:, idx], y[:, idx])
+
+
+# what the data sets of one run must share: (what, its value in a Dataset)
+_SAME = (
+    ("train rows", lambda d: d.train_x.shape[0]),
+    ("test rows", lambda d: d.test_x.shape[0]),
+    ("input width", lambda d: d.train_x.shape[-1]),
+    ("output width", lambda d: tuple(d.train_y.shape[1:])),
+)
+
+
+def _prepare_data(batch: KANBatch | MLPBatch, data: Any, loss: str | None) -> tuple[str, _Data]:
+    """``data`` (one Dataset, or one per model) checked against the batch and the other data sets,
+    moved to the batch's dtype and device, and stacked (per model) into :class:`_Data`."""
+    p = next(batch.parameters())
+    if not isinstance(data, Sequence) or isinstance(data, str | bytes):
+        kind = _kind(data, loss)
+        _check_data(batch, data, kind)
+        d = data.to(dtype=p.dtype, device=p.device) if hasattr(data, "to") else data
+        return kind, _Data(d.train_x, d.train_y, d.test_x, d.test_y, shared=True)
+    sets = list(data)
+    if len(sets) != batch.n_models:
+        raise ValueError(
+            f"data is a sequence of {len(sets)} data sets but the batch has {batch.n_models} "
+            "models (give one Dataset for all, or one per model)"
+        )
+    kinds = []
+    for m, d in enumerate(sets):
+        try:
+            kinds.append(_kind(d, loss))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"data[{m}]: {e}") from None
+        if kinds[m] != kinds[0]:
+            raise ValueError(
+                f"data[{m}] is a {kinds[m]} data set but data[0] is {kinds[0]}: the data sets "
+                "of one batch must be of one kind"
+            )
+        try:
+            _check_data(batch, d, kinds[m])
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"data[{m}]: {e}") from None
+        for what, get in _SAME:
+            if get(d) != get(sets[0]):
+                raise ValueError(
+                    f"data[{m}] has {what} {get(d)} but data[0] has {get(sets[0])}: the data sets "
+                    "of one batch must have the same train rows, test rows, input and output widths"
+                )
+    sets = [d.to(dtype=p.dtype, device=p.device) if hasattr(d, "to") else d for d in sets]
+    names = ("train_x", "train_y", "test_x", "test_y")
+    return kinds[0], _Data(
+        *(torch.stack([getattr(d, n) for d in sets]) for n in names), shared=False
+    )
 
 
 # --------------------------------------------------------------------------- checks
@@ -199,19 +276,21 @@ def regularizer_per_model(
 
 
 def mse_per_model(pred: Tensor, y: Tensor) -> Tensor:
-    """(M,) mean squared errors of ``pred`` (M, rows, out) against ``y`` (rows, out): fit's
-    :func:`kanlab.train.step.data_loss_sum` divided by the rows, per model."""
-    return (pred - y).pow(2).sum(dim=(1, 2)) / y.shape[-1] / y.shape[0]
+    """(M,) mean squared errors of ``pred`` (M, rows, out) against ``y``: (rows, out) shared by the
+    models or (M, rows, out) one per model; fit's :func:`kanlab.train.step.data_loss_sum` divided by
+    the rows, per model."""
+    return (pred - y).pow(2).sum(dim=(1, 2)) / y.shape[-1] / y.shape[-2]
 
 
 def data_loss_per_model(pred: Tensor, y: Tensor, kind: str) -> Tensor:
     """(M,) mean data losses of ``pred`` (M, rows, out): the MSE (:func:`mse_per_model`), or for
-    ``kind == "classification"`` the mean cross-entropy against the labels ``y`` (rows,), shared by
-    all models: fit's :func:`kanlab.train.step.data_loss_sum` divided by the rows, per model."""
+    ``kind == "classification"`` the mean cross-entropy against the labels ``y``, (rows,) shared by
+    the models or (M, rows) one per model: fit's :func:`kanlab.train.step.data_loss_sum` divided by
+    the rows, per model."""
     if kind == "classification":
-        target = y.unsqueeze(0).expand(pred.shape[0], -1)  # (M, rows)
+        target = y.expand(pred.shape[0], y.shape[-1])  # (M, rows)
         ce = F.cross_entropy(pred.transpose(1, 2), target, reduction="none")  # (M, rows)
-        return ce.sum(1) / y.shape[0]
+        return ce.sum(1) / y.shape[-1]
     return mse_per_model(pred, y)
 
 
@@ -219,14 +298,14 @@ Row = tuple[float, float, float, float]
 
 
 @torch.no_grad()
-def _evaluate(batch: KANBatch | MLPBatch, data: Any, kind: str) -> list[Row]:
-    """Per model, fit's :func:`kanlab.train.step.evaluate`: (train_loss, test_loss, train_metric,
-    test_metric); RMSE for regression, cross-entropy and accuracy for classification."""
+def _evaluate(batch: KANBatch | MLPBatch, data: _Data, kind: str) -> list[Row]:
+    """Per model, fit's :func:`kanlab.train.step.evaluate` on its data: (train_loss, test_loss,
+    train_metric, test_metric); RMSE for regression, cross-entropy and accuracy for classification."""
     M = batch.n_models
     cols: list[list[float]] = []
     for split in ("train", "test"):
         x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
-        n = x.shape[0]
+        n = x.shape[-2]
         if n == 0:
             cols.append([math.nan] * M)
             cols.append([math.nan] * M)
@@ -257,7 +336,7 @@ class _BatchRun:
     """The state of one :func:`fit_batch` call (fit's ``_Run`` for M models)."""
 
     def __init__(
-        self, batch: KANBatch | MLPBatch, data: Any, kind: str, cfgs: Sequence[FitConfig],
+        self, batch: KANBatch | MLPBatch, data: _Data, kind: str, cfgs: Sequence[FitConfig],
         callbacks: tuple[Callback, ...],
     ) -> None:  # fmt: skip
         cfg = cfgs[0]
@@ -272,7 +351,7 @@ class _BatchRun:
         self.update_every = (cfg.grid_update_every or 0) if self.is_kan else 0
         stop = cfg.stop_grid_update_step
         self.stop_updates_at = math.inf if stop is None else stop
-        self.n_train = data.train_x.shape[0]
+        self.n_train = data.train_x.shape[-2]
         self.batches = batches(
             self.n_train, cfg.batch_size, torch.Generator().manual_seed(cfg.seed)
         )
@@ -296,7 +375,7 @@ class _BatchRun:
             return 0.0
         t0 = time.perf_counter()
         kernels.warm_up(p.dtype, ALL_PARTS)  # the fused batch kernels too
-        x = self.data.train_x[:1].detach()
+        x = self.data.train_x[..., :1, :].detach()
         self.batch(x).sum().backward()  # compiles (or loads) the batched kernels
         self.batch.zero_grad(set_to_none=True)
         return time.perf_counter() - t0
@@ -378,7 +457,7 @@ class _BatchRun:
         if self.sparse:
             acts = self.batch.activations(xb)  # type: ignore[union-attr]  (KAN batches only)
             pred = acts[-1].sum(-1)
-            norms = [a.abs().sum(dim=1) / xb.shape[0] for a in acts]  # (M, out, in) each
+            norms = [a.abs().sum(dim=1) / xb.shape[-2] for a in acts]  # (M, out, in) each
             reg = regularizer_per_model(norms, lamb_l1=self.lamb_l1, lamb_entropy=self.lamb_entropy)
             reg = torch.where(self.lamb > 0, reg, torch.zeros_like(reg))
             extra = self.lamb * reg
@@ -412,10 +491,7 @@ class _BatchRun:
         if self.update_every and s % self.update_every == 0 and s < self.stop_updates_at:
             if self.free is None:
                 self._grid_update()
-        idx = next(self.batches)
-        xb, yb = (
-            (data.train_x, data.train_y) if idx is None else (data.train_x[idx], data.train_y[idx])
-        )
+        xb, yb = data.train_rows(next(self.batches))
         before = self._snapshot()
         self.first: tuple[list[float], list[float]] | None = None
         if cfg.optimizer == "lbfgs":
@@ -459,7 +535,7 @@ class _BatchRun:
         self.step_index += 1
 
     def _grid_update(self) -> None:
-        """Every model's grid from the training inputs; frozen models keep their state."""
+        """Every model's grid from its training inputs; frozen models keep their state."""
         batch, frozen = self.batch, self.frozen
         saved = [t.detach().clone() for t in batch.state_dict().values()] if frozen.any() else None
         batch.update_grid(self.data.train_x, grid_eps=self.cfg.grid_eps)
