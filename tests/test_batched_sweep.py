@@ -297,3 +297,53 @@ def test_killed_batched_compare_resumes_with_one_row_per_trial(tmp_path):
     assert f"{len(expected)} trials: {len(expected)} already done" in again.stderr
     record = json.loads((out / "batched" / "sweep.json").read_text())
     assert record["batching"]["enabled"] is False
+
+
+@pytest.mark.slow
+def test_trials_of_different_tasks_share_a_batch_each_on_its_own_data():
+    """One model and fit configuration on two tasks: one batch of 4 (2 tasks x 2 seeds), each model
+    trained on its own task's data; every row equals the row of the trial trained alone."""
+    trials = _float64(_trials(tasks=["paper/xy", "paper/exp_sin_sq"]))
+    groups = group_trials(trials)
+    assert sorted(len(g) for g in groups) == [4, 4]  # the KANs, and the MLPs matched to them
+    for group in groups:
+        assert {t.task.name for t in group} == {"paper/xy", "paper/exp_sin_sq"}
+        rows = run_trial_group(group)
+        for m, (row, alone) in enumerate(zip(rows, [run_trial(t) for t in group], strict=True)):
+            assert row["status"] == alone["status"] == "ok", (row["error"], alone["error"])
+            assert (row["extra"]["batch"]["size"], row["extra"]["batch"]["index"]) == (4, m)
+            for k in ("test_metric", "train_metric"):
+                assert _close(row[k], alone[k], 1e-7), (group[m].task.name, k, row[k], alone[k])
+            assert row["extra"]["scaling"] == alone["extra"]["scaling"]
+        by_task = {t.task.name: r["test_metric"] for t, r in zip(group, rows, strict=True)}
+        assert by_task["paper/xy"] != by_task["paper/exp_sin_sq"]
+
+
+def test_tasks_whose_data_differ_in_size_train_in_separate_batches(monkeypatch):
+    """Trials of one batch key whose tasks' data turn out to differ in size (a bundled set's fixed
+    size; here a loader that returns fewer rows for one task): two batches, each of one task's
+    seeds, never one batch of mismatched data. (CSV tasks carry their real row counts in their
+    data spec, so their keys differ already.)"""
+    import kanlab
+
+    trials = [t for t in _trials(tasks=["paper/xy", "paper/exp_sin_sq"]) if t.family == "kan"]
+    (group,) = group_trials(trials)
+    real_load, real_fit = runner.load, batch_loop.fit_batch
+
+    def load(task, *, n_train, n_test, seed):
+        if task.name == "paper/exp_sin_sq":
+            return kanlab.datasets.get(task.name, n_train=n_train - 10, n_test=n_test, seed=seed)
+        return real_load(task, n_train=n_train, n_test=n_test, seed=seed)
+
+    sizes = []
+
+    def spy(batch, data, config, **kwargs):
+        sizes.append(batch.n_models)
+        return real_fit(batch, data, config, **kwargs)
+
+    monkeypatch.setattr(runner, "load", load)
+    monkeypatch.setattr(batch_loop, "fit_batch", spy)
+    rows = run_trial_group(group)
+    assert len(group) == 4 and sizes == [2, 2]
+    assert [r["status"] for r in rows] == ["ok"] * 4
+    assert [r["extra"]["batch"]["size"] for r in rows] == [2] * 4
