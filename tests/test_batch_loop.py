@@ -653,3 +653,20 @@ def test_per_model_data_needs_one_data_set_per_model():
     batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS[:3])
     with pytest.raises(ValueError, match="sequence of 2 data sets but the batch has 3 models"):
         fit_batch(batch, tasks(count=2), steps=2)
+
+
+def test_per_model_data_a_data_set_that_overflows_freezes_only_its_model():
+    sets = tasks(count=3)
+    d = sets[1]  # its targets square to inf: model 1's loss is non-finite from the start
+    sets[1] = datasets.Dataset(d.train_x, d.train_y * 1e200, d.test_x, d.test_y * 1e200)
+    batch = KANBatch.from_config(KAN_CFG, seeds=SEEDS[:3])
+    start = [p[1].detach().clone() for p in batch.parameters()]
+    opts = {**ADAM, "steps": 12, "log_every": 3, "grid_update_every": 5}
+    want, _ = alone_each(batch, [sets[0], sets[0], sets[2]], **opts)
+    got = fit_batch(batch, sets, progress=False, **opts)
+    assert got.diverged[0] is None and got.diverged[2] is None
+    assert "step 0" in got.diverged[1] and len(got[1]) == 0
+    assert_same_history(got[0], want[0])
+    assert_same_history(got[2], want[2])
+    for p, s in zip(batch.parameters(), start, strict=True):
+        assert torch.equal(p[1], s)
