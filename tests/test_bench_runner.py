@@ -8,6 +8,7 @@ import pytest
 
 import kanlab as kl
 from kanlab import train
+from kanlab.bench import runner
 from kanlab.bench.groups import group_trials
 from kanlab.bench.runner import (
     SerialExecutor,
@@ -110,8 +111,9 @@ def test_dask_local_cluster(tmp_path):
         assert summary.ok == len(trials), [r["error"] for r in store.rows()]
         # batched on Dask too (the 2 seeds of each configuration), and the results equal a serial
         # run's of the same groups: same data, same seeds, deterministic CPU training
-        serial = {t.key: r["test_error"] for g in group_trials(trials)
-                  for t, r in zip(g, run_trial_group(g), strict=True)}  # fmt: skip
+        with runner._one_torch_thread():  # as every executor's trials (the same kernels)
+            serial = {t.key: r["test_error"] for g in group_trials(trials)
+                      for t, r in zip(g, run_trial_group(g), strict=True)}  # fmt: skip
         for row in store.rows():
             assert row["extra"]["batch"]["size"] == 2 and "fallback" not in row["extra"]["batch"]
             assert row["test_error"] == pytest.approx(serial[row["key"]], rel=1e-5)
@@ -134,8 +136,9 @@ def test_local_process_pool_batched(tmp_path):
     with make_executor("local", workers=2) as ex, ResultStore(tmp_path / "r.sqlite") as store:
         summary = run_trials(trials, store, ex)
         assert summary.ok == len(trials) == 4, [r["error"] for r in store.rows()]
-        serial = {t.key: r["test_error"] for g in group_trials(trials)
-                  for t, r in zip(g, run_trial_group(g), strict=True)}  # fmt: skip
+        with runner._one_torch_thread():  # as every executor's trials (the same kernels)
+            serial = {t.key: r["test_error"] for g in group_trials(trials)
+                      for t, r in zip(g, run_trial_group(g), strict=True)}  # fmt: skip
         for row in store.rows():
             assert row["extra"]["batch"]["size"] == 2 and "fallback" not in row["extra"]["batch"]
             assert row["test_error"] == pytest.approx(serial[row["key"]], rel=1e-5)
