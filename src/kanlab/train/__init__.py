@@ -25,21 +25,26 @@ Modules: :mod:`~kanlab.train.history` (History, StepState, callbacks), :mod:`~ka
 optimiser step, evaluation), :mod:`~kanlab.train.loop` (``fit``), :mod:`~kanlab.train.batched_optim`
 (LBFGS and Adam for M models stacked on a leading dimension, each model independent),
 :mod:`~kanlab.train.batch_loop` (``fit_batch``: M models of a :mod:`kanlab.model_batch` batch
-trained as ``fit`` trains each; a first version, not yet used by ``fit`` or the sweeps: issue 19).
+trained as ``fit`` trains each, on one data set or one per model; ``fit`` runs the same optimisers
+with M = 1, and ``kanlab compare`` trains its trials in such batches),
+:mod:`~kanlab.train.batch_free_knots` (free knots per model of a batch).
 """
 
 from __future__ import annotations
 
 from kanlab.config import OPTIMIZERS, FitConfig
+from kanlab.train.batch_loop import BatchHistories, fit_batch
 from kanlab.train.history import Callback, History, StepState
 from kanlab.train.loop import NonFiniteLossError, fit
 
 __all__ = [
     "OPTIMIZERS",
+    "BatchHistories",
     "Callback",
     "FitConfig",
     "History",
     "NonFiniteLossError",
     "StepState",
     "fit",
+    "fit_batch",
 ]
