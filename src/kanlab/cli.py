@@ -114,8 +114,8 @@ def compare(
     batch: Annotated[
         bool,
         typer.Option(
-            help="Train the seeds of a configuration as one model batch (--no-batch: "
-            "each model trained alone, as before)."
+            help="Train the trials of one model and fit configuration (its seeds and tasks) "
+            "as one model batch (--no-batch: each model trained alone, as before)."
         ),
     ] = True,
     estimate_only: Annotated[

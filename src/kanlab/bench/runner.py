@@ -3,9 +3,10 @@
     with make_executor("local") as ex, ResultStore("run/results.sqlite") as store:
         summary = run_trials(trials, store, ex)
 
-Trials that can share a fit (the seeds of one configuration: :mod:`kanlab.bench.groups`) are one
-task on the executor: :func:`run_trial_group` trains them as one model batch (``fit_batch``) and
-returns one row per trial, as :func:`run_trial` would (``batch=False``: one trial per task).
+Trials that can share a fit (one model and fit configuration: its seeds, and its tasks of one input
+width, :mod:`kanlab.bench.groups`) are one task on the executor: :func:`run_trial_group` trains
+them as one model batch (``fit_batch``) and returns one row per trial, as :func:`run_trial` would
+(``batch=False``: one trial per task).
 Workers only compute (plain dicts); the parent process writes every result to the store the moment
 its future completes, one durable commit per trial. A trial that raises is recorded as ``failed``
 with its error text, one whose loss turns NaN/Inf as ``diverged``; neither stops the sweep. Trials
@@ -599,8 +600,9 @@ def run_trials(
     """Run the trials not yet finished in ``store`` on ``executor``; record each as it completes.
 
     ``batch`` (default): the pending trials are grouped by
-    :func:`~kanlab.bench.groups.group_trials` (the seeds of one configuration, at most
-    ``max_batch`` per group) and each group is one task on the executor, trained as one model batch
+    :func:`~kanlab.bench.groups.group_trials` (one model and fit configuration: its seeds
+    and the tasks of one input width, at most ``max_batch`` per group) and each group is one task
+    on the executor, trained as one model batch
     by ``group_fn`` (default :func:`run_trial_group`; with a custom ``trial_fn`` and no
     ``group_fn``, the group's trials run one by one through ``trial_fn``); its rows are committed
     one per trial when the group completes. ``batch=False``: one task per trial, as before.
