@@ -41,11 +41,9 @@ trials run with one torch thread), so a few large groups on many workers are not
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from kanlab.bench.sweep import Trial
@@ -236,33 +234,6 @@ def _groups(trials: Sequence[Trial], batched: bool, max_size: int) -> list[list[
 
 
 # --------------------------------------------------------------------------- measuring
-def _warm_kernels(trials: Sequence[Trial]) -> None:
-    """Load (or compile, saying so on the ``kanlab.bench`` logger, as the runner does) the CPU
-    kernels of the KAN trials' dtypes before anything is timed."""
-    import torch
-
-    from kanlab import kernels
-    from kanlab.config import torch_dtype
-
-    log = logging.getLogger("kanlab.bench")
-    dtypes = {torch_dtype(t.model.dtype) or torch.get_default_dtype()
-              for t in trials if t.family == "kan"}  # fmt: skip
-    for dtype in sorted(dtypes, key=str):
-        kernels.warm_up(dtype, notify=log.info)
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def calibrate(
     trial: Trial, n_models: int, *, steps: int = 1, timer: Callable[[], float] = time.perf_counter
 ) -> tuple[float, float]:
@@ -346,10 +317,13 @@ def estimate(
         example.setdefault(s, g[0])
     start = timer()
     measured_now = 0
-    with _one_thread():  # as trials run (and many threads on a busy machine only contend)
+    from kanlab.bench.runner import SerialExecutor, _one_torch_thread
+    from kanlab.bench.warm import warm_executor
+
+    with _one_torch_thread():  # as trials run (and many threads on a busy machine only contend)
         todo = [s for s in _representatives(list(example)) if s not in cache]
-        if real and todo:  # a cold JIT cache compiles here, first: said on the bench logger
-            _warm_kernels([example[s] for s in todo])
+        if real and todo:  # a cold JIT cache compiles here, first, as a serial run's: said on
+            warm_executor(SerialExecutor(), [example[s] for s in todo])  # the bench logger
         for s in todo:
             if s not in cache:
                 cache[s] = measure(example[s], s.n_models)
