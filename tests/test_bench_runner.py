@@ -21,6 +21,14 @@ from kanlab.bench.store import ResultStore
 from kanlab.bench.sweep import expand, parse_sweep
 
 
+def _serial_group_errors(trials) -> dict[str, float]:
+    """key -> test error of each trial, its group trained in this process on one torch thread, as
+    every executor's trials run (the fused batch kernels need it; other paths round otherwise)."""
+    with runner._one_torch_thread():
+        return {t.key: r["test_error"] for g in group_trials(trials)
+                for t, r in zip(g, run_trial_group(g), strict=True)}  # fmt: skip
+
+
 def _trials(**over):
     spec = {
         "name": "tiny", "tasks": ["paper/xy"], "seeds": 2,
@@ -111,9 +119,7 @@ def test_dask_local_cluster(tmp_path):
         assert summary.ok == len(trials), [r["error"] for r in store.rows()]
         # batched on Dask too (the 2 seeds of each configuration), and the results equal a serial
         # run's of the same groups: same data, same seeds, deterministic CPU training
-        with runner._one_torch_thread():  # as every executor's trials (the same kernels)
-            serial = {t.key: r["test_error"] for g in group_trials(trials)
-                      for t, r in zip(g, run_trial_group(g), strict=True)}  # fmt: skip
+        serial = _serial_group_errors(trials)
         for row in store.rows():
             assert row["extra"]["batch"]["size"] == 2 and "fallback" not in row["extra"]["batch"]
             assert row["test_error"] == pytest.approx(serial[row["key"]], rel=1e-5)
@@ -136,9 +142,7 @@ def test_local_process_pool_batched(tmp_path):
     with make_executor("local", workers=2) as ex, ResultStore(tmp_path / "r.sqlite") as store:
         summary = run_trials(trials, store, ex)
         assert summary.ok == len(trials) == 4, [r["error"] for r in store.rows()]
-        with runner._one_torch_thread():  # as every executor's trials (the same kernels)
-            serial = {t.key: r["test_error"] for g in group_trials(trials)
-                      for t, r in zip(g, run_trial_group(g), strict=True)}  # fmt: skip
+        serial = _serial_group_errors(trials)
         for row in store.rows():
             assert row["extra"]["batch"]["size"] == 2 and "fallback" not in row["extra"]["batch"]
             assert row["test_error"] == pytest.approx(serial[row["key"]], rel=1e-5)
