@@ -29,7 +29,7 @@ their shape does not change).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -345,14 +345,19 @@ class KANBatch(nn.Module):
         for i, layer in enumerate(self.layers):
             layer.load_layers([model.layers[i] for model in models])
 
-    @torch.no_grad()
-    def update_grid(self, x: Tensor, *, grid_eps: float = 0.02) -> None:
-        """``KAN.update_grid`` on every model: x ``(batch, in)`` shared or ``(M, batch, in)``."""
+    def _each_model(self, x: Tensor | None, method: Callable[[KAN, Tensor | None], None]) -> None:
+        """``method(model_m, x_m)`` on each model unstacked (x: None, shared or per model), then
+        the results copied back in place."""
         xs = _per_model(x, self.n_models, self.widths[0], self.layers[0].coef.dtype)
         models = self.unstack()
         for model, xm in zip(models, xs, strict=True):
-            model.update_grid(xm, grid_eps=grid_eps)
+            method(model, xm)
         self._restack(models)
+
+    @torch.no_grad()
+    def update_grid(self, x: Tensor, *, grid_eps: float = 0.02) -> None:
+        """``KAN.update_grid`` on every model: x ``(batch, in)`` shared or ``(M, batch, in)``."""
+        self._each_model(x, lambda model, xm: model.update_grid(xm, grid_eps=grid_eps))
 
     @torch.no_grad()
     def extend_grid(
@@ -365,11 +370,12 @@ class KANBatch(nn.Module):
     ) -> None:
         """``KAN.extend_grid`` on every model (x: None, ``(batch, in)`` shared or ``(M, batch, in)``);
         the coefficients get new Parameters (their shape changes)."""
-        xs = _per_model(x, self.n_models, self.widths[0], self.layers[0].coef.dtype)
-        models = self.unstack()
-        for model, xm in zip(models, xs, strict=True):
-            model.extend_grid(new_size, xm, grid_eps=grid_eps, allow_coarsen=allow_coarsen)
-        self._restack(models)
+        self._each_model(
+            x,
+            lambda model, xm: model.extend_grid(
+                new_size, xm, grid_eps=grid_eps, allow_coarsen=allow_coarsen
+            ),
+        )
 
 
 # ---------------------------------------------------------------------- MLPs
