@@ -173,3 +173,34 @@ def test_resume_after_kill_9(tmp_path):
     assert all(r["status"] == "ok" for r in rows)
     after = {r["key"]: r["finished_at"] for r in rows}
     assert all(after[k] == v for k, v in before.items())  # finished trials were not re-run
+
+
+def _labelled_csv(path: Path, n: int = 120) -> Path:
+    """Two features and an integer target with 3 values: guessed as classification."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(n, 2))
+    y = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0.5).astype(int)
+    lines = ["a,b,y"] + [f"{a:.6f},{b:.6f},{c}" for (a, b), c in zip(x, y, strict=True)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_train_on_csv_says_its_guessed_kind_and_takes_kind(tmp_path, capsys):
+    """kanlab train --csv prints the kind it guessed for the target (and how to override it), and
+    --kind overrides the guess; a bad --kind, or --kind with a registered task, is one line."""
+    data = _labelled_csv(tmp_path / "d.csv")
+    common = ["train", "--csv", str(data), "--target", "y", "--steps", "2", "--no-progress"]
+    code, out, err = _run([*common, "--out", str(tmp_path / "a.safetensors")], capsys)
+    assert code in (0, None)
+    assert "classification" in err and "--kind regression overrides" in err
+    assert "accuracy" in out
+    argv = [*common, "--kind", "regression", "--out", str(tmp_path / "b.safetensors")]
+    code, out, err = _run(argv, capsys)
+    assert code in (0, None)
+    assert "RMSE" in out and "overrides" not in err
+    code, _, err = _run([*common, "--kind", "ranking"], capsys)
+    assert code == 2 and "unknown --kind 'ranking'" in err
+    code, _, err = _run(["train", "--task", "paper/xy", "--kind", "regression"], capsys)
+    assert code == 2 and "--kind applies to --csv data" in err

@@ -382,6 +382,13 @@ def train(
     ] = None,
     csv: Annotated[Path | None, typer.Option(help="Train on a CSV file (needs --target).")] = None,
     target: Annotated[str | None, typer.Option(help="The CSV's target column.")] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            help="regression or classification: what the CSV's target is (default: chosen from "
+            "the column, and printed)."
+        ),
+    ] = None,
     model: Annotated[str, typer.Option(help="kan or mlp.")] = "kan",
     widths: Annotated[
         str | None,
@@ -419,6 +426,7 @@ def train(
     from kanlab import datasets, io
     from kanlab import distributed as D
     from kanlab.config import DTYPES, FitConfig, KANConfig, MLPConfig
+    from kanlab.datasets import KINDS
     from kanlab.models import build
     from kanlab.train import fit
 
@@ -426,6 +434,10 @@ def train(
         raise CLIError("give exactly one of --task or --csv (with --target)")
     if (csv is None) != (target is None):
         raise CLIError("--csv and --target go together (the CSV file and its target column)")
+    if kind is not None and kind not in KINDS:
+        raise CLIError(f"unknown --kind {kind!r}; valid: {', '.join(KINDS)}")
+    if kind is not None and csv is None:
+        raise CLIError("--kind applies to --csv data (a registered task has its own kind)")
     dtypes = {name: DTYPES[name] for name in ("float32", "float64")}
     if dtype not in dtypes:
         raise CLIError(f"unknown dtype {dtype!r}; valid: {', '.join(dtypes)}")
@@ -446,7 +458,11 @@ def train(
     if device == "cuda" and D.is_distributed():
         device = f"cuda:{torch.cuda.current_device()}"
     if csv is not None:
-        data = datasets.from_csv(csv, target, seed=seed, dtype=dtypes[dtype])
+        data = datasets.from_csv(csv, target, seed=seed, dtype=dtypes[dtype], kind=kind)
+        if kind is None and D.is_main():  # a guess is said, with how to override it
+            other = next(k for k in KINDS if k != data.kind)
+            typer.echo(f"kanlab train: target {target!r} of {csv.name}: "
+                       f"{data.meta.get('kind_reason')} (--kind {other} overrides)", err=True)  # fmt: skip
     else:
         data = datasets.get(task, n_train=n_train, seed=seed, dtype=dtypes[dtype])
     full = (data.n_features, *hidden, data.n_outputs)
