@@ -36,7 +36,9 @@ from kanlab._checks import check_int
 
 __all__ = [
     "combine",
+    "group_all",
     "layer_arities",
+    "layout",
     "mult_flops",
     "n_subnodes",
     "normalize_arity",
@@ -44,6 +46,7 @@ __all__ = [
     "split_widths",
     "subnode_groups",
     "subnode_owner",
+    "to_subnodes",
 ]
 
 Width = int | tuple[int, int]
@@ -155,6 +158,37 @@ def subnode_groups(n_sum: int, arities: Sequence[int]) -> list[list[int]]:
 def subnode_owner(n_sum: int, arities: Sequence[int]) -> list[int]:
     """For each subnode, the index of the node it feeds (the inverse of :func:`subnode_groups`)."""
     return [node for node, group in enumerate(subnode_groups(n_sum, arities)) for _ in group]
+
+
+def layout(model: object) -> list[tuple[int, list[int]]]:
+    """``(n_sum, arities)`` of every node layer of a KAN (inputs first), read from its
+    ``n_sum``/``mult_arity`` when it has multiplication nodes (``has_mult``), else from its layers'
+    widths (every node a sum node)."""
+    if getattr(model, "has_mult", False):
+        return list(zip(model.n_sum, model.mult_arity, strict=True))  # type: ignore[attr-defined]
+    layers = list(model.layers)  # type: ignore[attr-defined]
+    return [(layers[0].in_features, [])] + [(la.out_features, []) for la in layers]
+
+
+def to_subnodes(values: Tensor, n_sum: int, arities: Sequence[int]) -> Tensor:
+    """Per-node values ``(..., n_sum + len(arities))`` repeated onto each node's subnodes:
+    ``(..., n_sum + sum(arities))`` (the identity without multiplication nodes)."""
+    if not arities:
+        return values
+    sizes = torch.tensor([1] * n_sum + list(arities), device=values.device)
+    return values.repeat_interleave(sizes, dim=-1)
+
+
+def group_all(flags: Tensor, n_sum: int, arities: Sequence[int]) -> Tensor:
+    """Per-node "all of its subnodes": boolean ``(..., n_sub) -> (..., n_sum + len(arities))``."""
+    if not arities:
+        return flags
+    parts = [flags[..., :n_sum]]
+    parts += [
+        flags[..., g[0] : g[-1] + 1].all(-1, keepdim=True)
+        for g in subnode_groups(n_sum, arities)[n_sum:]
+    ]
+    return torch.cat(parts, dim=-1)
 
 
 def mult_flops(arities: Sequence[Sequence[int]]) -> int:
