@@ -225,3 +225,12 @@ def test_kan_layers_checks_the_subnode_chain() -> None:
 def test_config_pairs_survive_replace() -> None:
     cfg = KANConfig(widths=[2, [1, 1], 1]).replace(grid_size=7)
     assert cfg.widths == (2, (1, 1), 1) and cfg.grid_size == 7
+
+
+def test_free_knot_objective_combines_products() -> None:
+    from kanlab.free_knots import FreeKnotObjective
+
+    model = kl.KAN([2, [1, 2], [0, 1]], grid_size=8, dtype=F64, seed=0)
+    x = data(32)
+    pred, _ = FreeKnotObjective(model)(x, with_norms=False)
+    torch.testing.assert_close(pred, model(x), rtol=1e-12, atol=1e-12)
