@@ -81,7 +81,8 @@ class FreeKnotObjective(nn.Module):
         """``(batch, in) -> (batch, out)``, the model's function with the trainable knots."""
         if with_norms:
             raise ValueError("free-knot training does not support the sparsity regulariser")
-        for layer, knots in zip(self.model.layers, self.knots(), strict=True):
+        pairs = zip(self.model.layers, self.knots(), strict=True)
+        for i, (layer, knots) in enumerate(pairs):
             k, weight = layer.spline_order, layer.spline_weight()  # (in, G+k, out)
             if layer.grid_size <= _DENSE_MAX_GRID:  # few basis functions: the dense recursion
                 y = torch.einsum("big,igo->bo", bspline_basis(x, knots, k), weight)
@@ -90,7 +91,7 @@ class FreeKnotObjective(nn.Module):
             if layer.base_activation != "zero":
                 w_b = layer.scale_base * layer._numeric_mask()
                 y = y + ACTIVATIONS[layer.base_activation](x) @ w_b
-            x = y
+            x = self.model.nodes_of(i, y)  # subnodes -> nodes (multiplication nodes, if any)
         return x, []
 
     @torch.no_grad()

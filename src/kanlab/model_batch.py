@@ -13,7 +13,8 @@ with the same widths and activation. Both share one API:
 - ``batch.unstack()``: M independent models holding exactly the batch's values.
 
 Limits of this first version (refused with an error naming the problem): one grid size G for all M
-KANs and all their layers (no padding or grouping of mixed grid sizes yet); no symbolic edges. On one
+KANs and all their layers (no padding or grouping of mixed grid sizes yet); no symbolic edges; no
+multiplication nodes (:mod:`kanlab.mult`). On one
 thread and small grids (G+k <= 24 basis functions; base activation silu, identity, relu or zero)
 each KAN layer is one fused Numba call for all M models, spline, base branch, scales and mask
 (:mod:`kanlab.kernels.cpu_batched_layer`; a shared x is read, and its basis computed, once for
@@ -251,6 +252,12 @@ class KANBatch(nn.Module):
     def __init__(self, models: Sequence[KAN]) -> None:
         super().__init__()
         models = _check_models(models, KAN)
+        for m, model in enumerate(models):
+            if model.has_mult:
+                raise ValueError(
+                    f"KANBatch does not hold KANs with multiplication nodes (model {m} has widths "
+                    f"{model.config.to_dict()['widths']}); train them one by one with kanlab.fit"
+                )
         stacks = [kan_layers(model) for model in models]
         _same("widths", [list(model.widths) for model in models])
         self._configs = tuple(model.config for model in models)  # per model: seed, grid_range ...

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from kanlab.models import check_kan_input
+from kanlab.mult import layout, subnode_groups
 from kanlab.prune import scores
 
 __all__ = ["plot", "plot_history"]
@@ -60,11 +61,15 @@ def plot(
     with their function. Inset axes carry the label ``"edge:<layer>:<in>:<out>"``.
     ``in_vars``/``out_vars`` name the inputs and outputs (default x_1.., y_1..). ``path``: also
     save the figure there (format from the suffix, e.g. .png or .svg). Returns the Figure.
+
+    Multiplication nodes (:mod:`kanlab.mult`) are drawn as a "x" marker joined by grey lines to
+    their subnodes (small grey dots just below the node layer), where that layer's edges end.
     """
     layers, x = check_kan_input(model, x)
     from matplotlib.figure import Figure
 
-    widths = [layers[0].in_features] + [la.out_features for la in layers]
+    lay = layout(model)  # (n_sum, arities) per node layer
+    widths = [n_sum + len(arities) for n_sum, arities in lay]  # nodes per layer
     ins = _names(in_vars, widths[0], "x", "in_vars")
     outs = _names(out_vars, widths[-1], "y", "out_vars")
     sc = scores(model, x)
@@ -85,9 +90,27 @@ def plot(
     def node_xy(level: int, j: int) -> tuple[float, float]:
         return (j + 0.5) / widths[level], margin + level * row
 
+    def sub_xy(level: int, s: int) -> tuple[float, float]:
+        """Where layer ``level - 1``'s edges end: the node itself, or, in a layer with
+        multiplication nodes, a small subnode dot just below the node layer."""
+        n_sum, arities = lay[level]
+        if not arities:
+            return node_xy(level, s)
+        return (s + 0.5) / (n_sum + sum(arities)), margin + (level - 0.12) * row
+
     for level, w in enumerate(widths):
-        xs = [node_xy(level, j)[0] for j in range(w)]
-        ax.scatter(xs, [margin + level * row] * w, s=40, c="black", zorder=3)
+        n_sum, arities = lay[level]
+        y = margin + level * row
+        ax.scatter([node_xy(level, j)[0] for j in range(n_sum)], [y] * n_sum, s=40, c="black",
+                   zorder=3)  # fmt: skip
+        if arities:  # multiplication nodes: a "x" marker, joined to their subnodes
+            mx = [node_xy(level, j)[0] for j in range(n_sum, w)]
+            ax.scatter(mx, [y] * len(mx), s=90, c="black", marker="$\\times$", zorder=3)
+            for node, group in enumerate(subnode_groups(n_sum, arities)):
+                for s_idx in group:
+                    (sx, sy), (nx, ny) = sub_xy(level, s_idx), node_xy(level, node)
+                    ax.plot([sx, nx], [sy, ny], color="grey", lw=0.8)
+                    ax.scatter([sx], [sy], s=10, c="grey", zorder=3)
     for j, name in enumerate(ins):
         px, py = node_xy(0, j)
         ax.text(px, py - 0.03, name, ha="center", va="top", fontsize=10)
@@ -114,7 +137,7 @@ def plot(
                 cx = 0.05 + (i * n_out + o + 0.5) * slot
                 alpha = max(math.tanh(beta * float(attr[o, i])), 0.05)
                 color = _SYMBOLIC_COLOR if (i, o) in symbolic else _NUMERIC_COLOR
-                (x0, y0), (x1, y1) = node_xy(l_idx, i), node_xy(l_idx + 1, o)
+                (x0, y0), (x1, y1) = node_xy(l_idx, i), sub_xy(l_idx + 1, o)
                 ax.plot([x0, cx], [y0, y_mid - size_h / 2], color=color, alpha=alpha, lw=1)
                 ax.plot([cx, x1], [y_mid + size_h / 2, y1], color=color, alpha=alpha, lw=1)
                 inset = fig.add_axes(

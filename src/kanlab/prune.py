@@ -17,6 +17,13 @@ Scores (computed on data ``x``, as in the KAN paper):
 optionally, inputs) whose importance is below ``node_threshold`` or that are left without a kept
 incoming or outgoing edge, by slicing the layers (``KANLinear.select``), and returns a new model; the
 original is never modified.
+
+Multiplication nodes (:mod:`kanlab.mult`): a layer's edges end at *subnodes*, so ``edge``,
+``edge_attribution``, ``incoming`` are per subnode; every subnode of a multiplication node receives
+that node's whole importance (each factor matters as much as the product). A multiplication node is
+pruned with its subnodes and their incoming edges, and it dies when any factor is left without a
+kept incoming edge: that factor is the constant 0, so the product is dead. A kept multiplication
+node keeps all its factors (its arity never changes).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from torch import Tensor, nn
 
 from kanlab._checks import check_float
 from kanlab.models import check_kan_input
+from kanlab.mult import group_all, layout, to_subnodes
 
 __all__ = ["Scores", "prune", "scores"]
 
@@ -41,7 +49,7 @@ class Scores:
     edge: list[Tensor]  # L tensors (out, in): mean |phi| per edge
     edge_attribution: list[Tensor]  # L tensors (out, in): importance share of each edge
     node: list[Tensor]  # L+1 tensors (widths[l],): node importance; node[L] = 1
-    incoming: list[Tensor]  # L tensors (widths[l+1],): largest incoming edge of layer l's outputs
+    incoming: list[Tensor]  # L tensors (out,): largest incoming edge of layer l's outputs
     outgoing: list[Tensor]  # L tensors (widths[l],): largest outgoing edge of layer l's inputs
 
 
@@ -51,12 +59,15 @@ def scores(model: Any, x: Tensor) -> Scores:
     layers, x = check_kan_input(model, x)
     edge = [phi.abs().mean(0) for phi in model.activations(x)]  # (out, in) per layer
     attribution: list[Tensor] = [torch.empty(0)] * len(layers)
-    node = [torch.ones(layers[-1].out_features, dtype=x.dtype, device=x.device)]
+    lay = layout(model)
+    n_out = lay[-1][0] + len(lay[-1][1])
+    node = [torch.ones(n_out, dtype=x.dtype, device=x.device)]
     for l_idx in range(len(layers) - 1, -1, -1):
         e = edge[l_idx]
         total = e.sum(1, keepdim=True)  # (out, 1)
         share = torch.where(total > 0, e / total.clamp_min(torch.finfo(e.dtype).tiny), 0.0)
-        attribution[l_idx] = node[0].unsqueeze(1) * share
+        sub = to_subnodes(node[0], *lay[l_idx + 1])  # (out,): a factor has its product's importance
+        attribution[l_idx] = sub.unsqueeze(1) * share
         node.insert(0, attribution[l_idx].sum(0))
     return Scores(
         edge=edge,
@@ -126,13 +137,17 @@ def prune(
         alive[0] = torch.ones_like(alive[0])
     # A node also dies when it has no kept incoming edge (it would be a constant) or no kept
     # outgoing edge (nothing reads it); repeat until nothing changes (at most one pass per layer).
+    # A multiplication node needs a kept incoming edge into every factor (subnode).
+    lay = layout(model)
     first = 0 if prune_inputs else 1
     for _ in range(depth + 1):
         changed = False
         for level in range(first, depth):
-            now = alive[level] & (edge_ok[level] & alive[level + 1].unsqueeze(1)).any(0)
+            read = to_subnodes(alive[level + 1], *lay[level + 1])  # (out,) alive subnodes
+            now = alive[level] & (edge_ok[level] & read.unsqueeze(1)).any(0)
             if level > 0:
-                now = now & (edge_ok[level - 1] & alive[level - 1].unsqueeze(0)).any(1)
+                fed = (edge_ok[level - 1] & alive[level - 1].unsqueeze(0)).any(1)  # (subnodes,)
+                now = now & group_all(fed, *lay[level])
             changed = changed or not torch.equal(now, alive[level])
             alive[level] = now
         if not changed:
@@ -146,13 +161,23 @@ def prune(
                 f"edge_threshold={et:g}); lower the thresholds"
             )
     keep = [torch.nonzero(a).flatten() for a in alive]  # kept node indices per node layer
+    keep_sub = [
+        torch.nonzero(to_subnodes(a, *lay[level])).flatten() for level, a in enumerate(alive)
+    ]
     new = copy.deepcopy(model)
     for l_idx, la in enumerate(new.layers):
         dead = (sc.edge_attribution[l_idx] < et).T.to(la.mask.dtype)  # (in, out)
         la.set_mask(la.mask * (1 - dead))
-        new.layers[l_idx] = la.select(keep[l_idx], keep[l_idx + 1])
+        new.layers[l_idx] = la.select(keep[l_idx], keep_sub[l_idx + 1])
     if hasattr(new, "widths"):
         new.widths = [int(k.numel()) for k in keep]
+    if getattr(model, "has_mult", False):  # the kept nodes' split and arities
+        new.n_sum = [int(a[:n_sum].sum()) for a, (n_sum, _) in zip(alive, lay, strict=True)]
+        new.mult_arity = [
+            [ar for ar, ok in zip(arities, a[n_sum:].tolist(), strict=True) if ok]
+            for a, (n_sum, arities) in zip(alive, lay, strict=True)
+        ]
+        new.n_mult = [len(ar) for ar in new.mult_arity]
     if prune_inputs:
         return new, [int(i) for i in keep[0].tolist()]
     return new

@@ -41,7 +41,7 @@ class _KANEstimator(BaseEstimator):
 
     def __init__(
         self,
-        hidden: Sequence[int] = (5,),
+        hidden: Sequence[int | Sequence[int]] = (5,),
         *,
         grid_size: int = 5,
         spline_order: int = 3,
@@ -113,7 +113,9 @@ class _KANEstimator(BaseEstimator):
         data = Dataset(train_x, y_train, train_x[:0], empty_y, name="sklearn", meta=meta)
         self.history_ = fit(self.model_, data, self._fit_config(seed))
 
-    def _model_config(self, n_in: int, hidden: list[int], n_out: int, seed: int) -> KANConfig:
+    def _model_config(
+        self, n_in: int, hidden: list[int | Sequence[int]], n_out: int, seed: int
+    ) -> KANConfig:
         """The KAN this estimator's parameters describe."""
         self._torch_dtype()  # float32 or float64 only
         # with a grid schedule the model starts at its first grid (grid_size is not used)
@@ -140,7 +142,8 @@ class _KANEstimator(BaseEstimator):
 
 class KANRegressor(RegressorMixin, _KANEstimator):
     """A KAN regressor (single or multiple outputs). Parameters: see :class:`_KANEstimator`'s
-    signature; ``hidden`` are the hidden widths (``()`` for a one-layer KAN)."""
+    signature; ``hidden`` are the hidden widths (``()`` for a one-layer KAN; an entry may be a pair
+    ``[n_sum, n_mult]`` for multiplication nodes, see :mod:`kanlab.mult`)."""
 
     _kind = "regression"
 

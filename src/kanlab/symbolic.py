@@ -29,6 +29,7 @@ from kanlab._checks import check_finite, check_float, check_int, check_range
 from kanlab.functions import SymbolicFunction, get_function, library
 from kanlab.layers import KANLinear
 from kanlab.models import check_kan_input, kan_layers
+from kanlab.mult import layout, subnode_groups
 
 __all__ = [
     "EdgeFit",
@@ -427,7 +428,8 @@ def symbolic_formula(
 ) -> Formula:
     """Compose the symbolic edges into one sympy expression per output.
 
-    Every live edge (mask on) must be symbolic; otherwise a ValueError lists the numeric ones (fix
+    A multiplication node (:mod:`kanlab.mult`) becomes the product of its subnodes' sums. Every
+    live edge (mask on) must be symbolic; otherwise a ValueError lists the numeric ones (fix
     them with :func:`fix_symbolic` / :func:`auto_symbolic`, or prune them). Products and powers of
     sums are expanded, then every constant is rounded to ``precision`` decimal places (constants
     that round to an integer become exact integers, to 0 vanish); ``precision=None`` keeps full
@@ -459,7 +461,8 @@ def symbolic_formula(
         )
     variables = [sp.Symbol(v, real=True) for v in var_names]
     nodes: list[Any] = list(variables)
-    for la in layers:
+    lay = layout(model)
+    for l_idx, la in enumerate(layers):
         edges = la.symbolic_edges()
         mask = la.mask.detach().cpu()
         affine = la.symbolic_affine.detach().cpu().double() if edges else None
@@ -471,7 +474,8 @@ def symbolic_formula(
             p = affine[i, o].tolist()
             p[2], p[3] = p[2] * m, p[3] * m
             new_nodes[o] = new_nodes[o] + _edge_expr(get_function(name), nodes[i], p)
-        nodes = new_nodes
+        # subnodes -> nodes: a sum node is its subnode, a multiplication node their product
+        nodes = [sp.Mul(*(new_nodes[s] for s in g)) for g in subnode_groups(*lay[l_idx + 1])]
     exprs = []
     for e in nodes:
         e = sp.expand(

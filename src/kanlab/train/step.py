@@ -33,7 +33,10 @@ class Objective(nn.Module):
         if not with_norms:
             return self.model(x), []
         acts = self.model.activations(x)  # list of (batch, out, in)
-        return acts[-1].sum(-1), [a.abs().sum(dim=0) for a in acts]
+        pred = acts[-1].sum(-1)  # the last layer's outputs: its subnodes with multiplication nodes
+        if getattr(self.model, "has_mult", False):
+            pred = self.model.nodes_of(len(acts) - 1, pred)
+        return pred, [a.abs().sum(dim=0) for a in acts]
 
 
 def data_loss_sum(pred: Tensor, y: Tensor, kind: str) -> Tensor:
