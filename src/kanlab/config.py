@@ -26,6 +26,7 @@ import torch
 
 from kanlab._checks import check_choice, check_float, check_int, check_range, check_widths
 from kanlab.layers import ACTIVATIONS
+from kanlab.mult import layer_arities, normalize_arity, normalize_widths, split_widths
 
 __all__ = [
     "DTYPES",
@@ -149,9 +150,16 @@ class KANConfig(_Config):
     ``grid_size``, ``grid_range`` and ``base_activation`` take one value for every layer or a tuple
     of one value per layer (a model whose layers differ, e.g. one layer extended on its own);
     equal per-layer values collapse to one.
+
+    Multiplication nodes (see :mod:`kanlab.mult`): a widths entry after the inputs may be a pair
+    ``(n_sum, n_mult)``; ``mult_arity`` gives their arity. A config without multiplication nodes
+    leaves ``mult_arity`` out of :meth:`to_dict` (the dict, and so trial keys and saved files, are
+    those of kanlab before multiplication nodes).
     """
 
-    widths: tuple[int, ...]  # layer widths, inputs first and outputs last, e.g. (2, 5, 1)
+    # layer widths, inputs first and outputs last, e.g. (2, 5, 1); an entry after the inputs may be
+    # a pair (n_sum, n_mult): sum nodes then multiplication nodes (a pair (n, 0) becomes n)
+    widths: tuple[int | tuple[int, int], ...]
     grid_size: int | tuple[int, ...] = 5  # G, the number of grid intervals of each layer
     spline_order: int = 3  # k, the B-spline degree (3 = cubic)
     # (low, high) of each layer's initial uniform grid (update_grid then moves the knots: state)
@@ -160,12 +168,17 @@ class KANConfig(_Config):
     noise_scale: float = 0.1  # standard deviation of the initial spline coefficients
     seed: int | None = 0  # seeds the initialisation (None: torch's global RNG)
     dtype: str | None = None  # "float32", "float64", ... (None: torch's default dtype)
+    # arity (>= 2) of every multiplication node, or per layer of widths (inputs first) a tuple of
+    # one arity per multiplication node (() where none); equal arities collapse to the int, and
+    # without multiplication nodes it is 2
+    mult_arity: int | tuple[tuple[int, ...], ...] = 2
 
     _kind: ClassVar[str] = "KAN"
 
     def __post_init__(self) -> None:
         # The order of the checks is the order the constructors have always checked in.
-        self._set("widths", tuple(check_widths(self.widths)))
+        self._set("widths", normalize_widths(self.widths))
+        self._set("mult_arity", normalize_arity(self.mult_arity, self.n_mult))
         self._set("seed", _check_seed(self.seed))
         n = self.n_layers
         self._set("grid_size", _per_layer("grid_size", self.grid_size, n, _check_grid_size))
@@ -186,6 +199,40 @@ class KANConfig(_Config):
     @property
     def n_layers(self) -> int:
         return len(self.widths) - 1
+
+    @property
+    def n_sum(self) -> list[int]:
+        """Sum nodes per layer (all nodes of an int widths entry)."""
+        return split_widths(self.widths)[0]
+
+    @property
+    def n_mult(self) -> list[int]:
+        """Multiplication nodes per layer (0 for an int widths entry)."""
+        return split_widths(self.widths)[1]
+
+    @property
+    def has_mult(self) -> bool:
+        return any(self.n_mult)
+
+    @property
+    def nodes(self) -> list[int]:
+        """Nodes per layer: ``n_sum + n_mult`` (what the next layer's edges read)."""
+        return [s + m for s, m in zip(self.n_sum, self.n_mult, strict=True)]
+
+    def arities(self) -> list[list[int]]:
+        """The arity of every multiplication node, per layer (``[]`` where none)."""
+        return layer_arities(self.mult_arity, self.n_mult)
+
+    def subnodes(self) -> list[int]:
+        """Outputs of each edge layer (layers 1..L of widths): ``n_sum + sum(arities)``."""
+        return [s + sum(a) for s, a in zip(self.n_sum, self.arities(), strict=True)][1:]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict; ``mult_arity`` only when there are multiplication nodes."""
+        data = super().to_dict()
+        if not self.has_mult:
+            del data["mult_arity"]
+        return data
 
     def layer_options(self, index: int) -> dict[str, Any]:
         """The options of layer ``index``: grid_size, grid_range and base_activation."""

@@ -13,6 +13,13 @@ read from the model, while the initialisation options (``seed``, ``noise_scale``
 the initial grid) are those it was built with. The *values* of the tensors (knots moved by grid
 updates, coefficients, masks, symbolic edges) are state, in ``state_dict``, not config.
 
+**Multiplication nodes.** ``KAN([2, [3, 1], 1])`` has 3 sum nodes and 1 multiplication node in
+its hidden layer (see :mod:`kanlab.mult` for the semantics). ``widths`` counts nodes per layer;
+``n_sum``, ``n_mult``, ``mult_arity`` and ``has_mult`` describe the split; layer ``l`` is a plain
+:class:`KANLinear` from ``widths[l]`` nodes to the ``n_sum[l+1] + sum(mult_arity[l+1])``
+subnodes of the next layer, and :func:`kanlab.mult.combine` turns subnodes into nodes between
+layers. A KAN without multiplication nodes never calls it (bit-identical to kanlab before them).
+
 **Grid size.** A KAN's grid size is :attr:`KAN.grid_size`: the largest layer grid. Every model
 kanlab builds and trains has one grid size for all layers (``extend_grid`` and ``fit`` change them
 together); only a layer extended on its own makes them differ, and ``model.config.grid_size`` then
@@ -31,6 +38,7 @@ from torch import Tensor, nn
 from kanlab._checks import check_choice, check_finite, check_input, check_int
 from kanlab.config import KANConfig, MLPConfig, dtype_name, torch_dtype
 from kanlab.layers import ACTIVATIONS, KANLinear, check_coarsen
+from kanlab.mult import combine, mult_flops
 
 __all__ = ["KAN", "MLP", "build", "check_kan_input", "count_flops", "count_params", "kan_layers"]
 
@@ -40,17 +48,19 @@ def _generator(seed: int | None) -> torch.Generator | None:
 
 
 class KAN(nn.Module):
-    """A stack of :class:`KANLinear` layers with widths ``widths`` (e.g. ``[2, 5, 1]``).
+    """A stack of :class:`KANLinear` layers with widths ``widths`` (e.g. ``[2, 5, 1]``, or
+    ``[2, [5, 2], 1]`` for 5 sum and 2 multiplication nodes in the hidden layer).
 
     Keyword options are the fields of :class:`kanlab.config.KANConfig` (``grid_size``,
-    ``spline_order``, ``grid_range``, ``base_activation``, ``noise_scale``, ``seed``, ``dtype``),
+    ``spline_order``, ``grid_range``, ``base_activation``, ``noise_scale``, ``seed``, ``dtype``,
+    ``mult_arity``),
     passed to every layer (``grid_size``, ``grid_range`` and ``base_activation`` may also give one
     value per layer); ``seed`` fixes the initialisation; ``device`` is where the tensors live.
     """
 
     def __init__(
         self,
-        widths: Sequence[int],
+        widths: Sequence[int | Sequence[int]],
         *,
         grid_size: int | Sequence[int] = 5,
         spline_order: int = 3,
@@ -60,14 +70,19 @@ class KAN(nn.Module):
         seed: int | None = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | str | None = None,
+        mult_arity: int | Sequence[Sequence[int]] = 2,
     ) -> None:
         super().__init__()
         cfg = KANConfig(
             widths=widths, grid_size=grid_size, spline_order=spline_order, grid_range=grid_range,
             base_activation=base_activation, noise_scale=noise_scale, seed=seed, dtype=dtype,
+            mult_arity=mult_arity,
         )  # fmt: skip
         self._built = cfg
-        self.widths = list(cfg.widths)
+        self.widths: list[int] = cfg.nodes  # nodes per layer (sum + multiplication)
+        self.n_sum: list[int] = cfg.n_sum
+        self.n_mult: list[int] = cfg.n_mult
+        self.mult_arity: list[list[int]] = cfg.arities()
         self.seed = cfg.seed
         gen = _generator(cfg.seed)
         self.layers = nn.ModuleList(
@@ -81,7 +96,7 @@ class KAN(nn.Module):
                 device=device,
                 dtype=torch_dtype(cfg.dtype),
             )
-            for i, (a, b) in enumerate(zip(self.widths[:-1], self.widths[1:], strict=True))
+            for i, (a, b) in enumerate(zip(self.widths[:-1], cfg.subnodes(), strict=True))
         )
 
     @classmethod
@@ -93,16 +108,33 @@ class KAN(nn.Module):
         return cls(options.pop("widths"), device=device, **options)
 
     @property
+    def has_mult(self) -> bool:
+        """Whether any layer has multiplication nodes."""
+        return any(self.n_mult)
+
+    @property
     def config(self) -> KANConfig:
         """The model's :class:`KANConfig` as it is now (see the module docstring)."""
         layers = list(self.layers)
+        widths: list[int | tuple[int, int]] = [layers[0].in_features]
+        for l_idx, layer in enumerate(layers, start=1):
+            m = self.n_mult[l_idx]
+            widths.append((self.n_sum[l_idx], m) if m else layer.out_features)
         return self._built.replace(
-            widths=(layers[0].in_features, *(layer.out_features for layer in layers)),
+            widths=tuple(widths),
             grid_size=tuple(layer.grid_size for layer in layers),
             grid_range=tuple(tuple(layer.grid_range) for layer in layers),
             base_activation=tuple(layer.base_activation for layer in layers),
             dtype=dtype_name(layers[0].coef.dtype),
+            mult_arity=tuple(tuple(ar) for ar in self.mult_arity),
         )
+
+    def nodes_of(self, index: int, z: Tensor) -> Tensor:
+        """Node values of layer ``index + 1`` from the outputs ``z`` (..., subnodes) of layer
+        ``index``: :func:`kanlab.mult.combine` where that layer has multiplication nodes."""
+        if not self.n_mult[index + 1]:
+            return z
+        return combine(z, self.n_sum[index + 1], self.mult_arity[index + 1])
 
     @property
     def grid_size(self) -> int:
@@ -116,25 +148,32 @@ class KAN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(..., widths[0]) -> (..., widths[-1])``."""
-        for layer in self.layers:
-            x = layer(x)
+        if not self.has_mult:
+            for layer in self.layers:
+                x = layer(x)
+            return x
+        for i, layer in enumerate(self.layers):
+            x = self.nodes_of(i, layer(x))
         return x
 
     def layer_inputs(self, x: Tensor) -> list[Tensor]:
-        """The input of each layer for the model input ``x``: a list of ``(batch, widths[l])``."""
+        """The input of each layer (its nodes' values) for the model input ``x``: a list of
+        ``(batch, widths[l])``."""
         inputs = []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             inputs.append(x)
-            x = layer(x)
+            x = self.nodes_of(i, layer(x))
         return inputs
 
     def activations(self, x: Tensor) -> list[Tensor]:
-        """Edge outputs of every layer: a list of ``(batch, widths[l+1], widths[l])``."""
+        """Edge outputs of every layer: a list of ``(batch, out_features, widths[l])``, where a
+        layer's ``out_features`` are the next layer's subnodes (``widths[l+1]`` without
+        multiplication nodes)."""
         acts = []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             phi = layer.activations(x)
             acts.append(phi)
-            x = phi.sum(-1)
+            x = self.nodes_of(i, phi.sum(-1))
         return acts
 
     @torch.no_grad()
@@ -142,9 +181,9 @@ class KAN(nn.Module):
         """Update every layer's grid from the data, layer by layer (each layer sees the output of the
         already-updated layers before it)."""
         check_input(x, self.widths[0], dtype=self.layers[0].coef.dtype)
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             layer.update_grid(x, grid_eps=grid_eps)
-            x = layer(x)
+            x = self.nodes_of(i, layer(x))
 
     @torch.no_grad()
     def extend_grid(
@@ -161,10 +200,10 @@ class KAN(nn.Module):
         ``allow_coarsen=True``: coarsening only approximates the learned function."""
         for i, layer in enumerate(self.layers):
             check_coarsen(new_size, layer.grid_size, allow_coarsen, f" (layer {i})")
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             layer.extend_grid(new_size, x, grid_eps=grid_eps, allow_coarsen=allow_coarsen)
             if x is not None:
-                x = layer(x)
+                x = self.nodes_of(i, layer(x))
 
 
 class MLP(nn.Module):
@@ -248,7 +287,7 @@ def count_params(model: nn.Module | KANConfig | MLPConfig, *, trainable_only: bo
     if isinstance(model, KANConfig):
         return sum(
             _kan_layer_params(a, b, g, model.spline_order)
-            for a, b, g in zip(model.widths[:-1], model.widths[1:], model.layer_grid_sizes(),
+            for a, b, g in zip(model.nodes[:-1], model.subnodes(), model.layer_grid_sizes(),
                                strict=True)
         )  # fmt: skip
     if isinstance(model, MLPConfig):
@@ -299,17 +338,18 @@ def _linear_flops(n_in: int, n_out: int, bias: bool = True) -> int:
 
 def _config_flops(config: KANConfig | MLPConfig, mode: str) -> int:
     """FLOPs per sample of the model ``config`` describes (the walk below, without the model)."""
-    pairs = list(itertools.pairwise(config.widths))
     if isinstance(config, MLPConfig):
+        pairs = list(itertools.pairwise(config.widths))
         hidden = sum(config.widths[1:-1]) * ACTIVATION_FLOPS.get(config.activation, 4)
         return sum(_linear_flops(a, b) for a, b in pairs) + hidden
+    pairs = list(zip(config.nodes[:-1], config.subnodes(), strict=True))
     return sum(
         _kan_layer_flops(
             a, b, opts["grid_size"], config.spline_order, opts["base_activation"], mode
         )
         for i, (a, b) in enumerate(pairs)
         for opts in [config.layer_options(i)]
-    )
+    ) + mult_flops(config.arities())
 
 
 def count_flops(
@@ -327,6 +367,9 @@ def count_flops(
     - ``mode="dense"`` (what dense formulations such as efficient-kan compute, and the count papers
       use): ``in * (2(G+2k) + sum_{p=1..k} 9(G+2k-p) + f_b) + in * out * (2(G+k) + 2)``: the full
       Cox-de Boor basis and a dense product with all G+k coefficients per edge.
+
+    Here ``out`` counts the layer's outputs: the next layer's subnodes. A multiplication node of
+    arity a adds ``a - 1`` multiplies per sample.
 
     Linear layer: ``2 * in * out + out``, plus the activation's FLOPs per hidden unit for an MLP.
     """
@@ -346,6 +389,8 @@ def count_flops(
         if isinstance(module, MLP):
             hidden = sum(module.widths[1:-1])
             total += hidden * ACTIVATION_FLOPS.get(module.activation, 4)
+        if isinstance(module, KAN):
+            total += mult_flops(module.mult_arity)
     return total * batch
 
 
@@ -362,6 +407,16 @@ def kan_layers(model: object) -> list[KANLinear]:
             f"model must be a kanlab KAN (layers of KANLinear), got {type(model).__name__}"
         )
     layers = list(layers)
+    if getattr(model, "has_mult", False):  # layer l+1 reads widths[l+1] nodes made of subnodes
+        nodes, n_sum, arities = model.widths, model.n_sum, model.mult_arity  # type: ignore[attr-defined]
+        for l_idx, layer in enumerate(layers):
+            n_sub = n_sum[l_idx + 1] + sum(arities[l_idx + 1])
+            if layer.in_features != nodes[l_idx] or layer.out_features != n_sub:
+                raise ValueError(
+                    f"layer {l_idx} maps {layer.in_features} -> {layer.out_features} but the "
+                    f"nodes say {nodes[l_idx]} -> {n_sub} subnodes"
+                )
+        return layers
     for l_idx in range(len(layers) - 1):
         n_out, n_in = layers[l_idx].out_features, layers[l_idx + 1].in_features
         if n_out != n_in:
