@@ -37,10 +37,13 @@ The algorithm (expression tree -> levels -> layers):
 points (the scale term covers points where ``f`` crosses zero by cancellation). The layer's forward
 uses each function's singularity-safe variant (``1/x`` clamps ``|z| < 1e-4``, ``exp`` clamps
 ``z > 80`` ...); the compiled model is checked on samples of the ranges (``n_samples`` random points
-plus the corners of the box when there are at most 10 variables): an edge whose argument leaves the
-function's domain or enters a clamp there is refused with a ValueError naming the subexpression, so
-the model is never silently approximate on those samples (a sample-based check: a singularity
-strictly between samples can escape it).
+plus the corners of the box when there are at most 10 variables): each edge's argument is
+continuous on the box, so it takes every value between its smallest and largest sampled value;
+the function is evaluated on a dense grid of that interval (and at 0 if inside). An argument that
+leaves the function's domain, hits a pole, or enters a clamp there is refused with a ValueError
+naming the subexpression, so the model is never silently approximate. (The interval comes from
+samples: an extreme strictly between them, or a clamp zone narrower than the grid spacing, such
+as ``tan`` within 1e-4 of a pole, can escape the check.)
 
 **Training further.** :func:`splines_from_symbolic` (or ``to_splines=True``) turns symbolic edges
 into B-splines initialised by a least-squares fit to each edge's function on its node's range; the
@@ -238,14 +241,14 @@ def _check_exact(model: KAN, x: Tensor, labels: dict[tuple[int, int, int], str])
         for (i, o), name in layer.symbolic_edges().items():
             fn = get_function(name)
             a, b = affine[i, o, 0], affine[i, o, 1]
-            z = a * xl[:, i] + b
+            z = _argument_span(a * xl[:, i] + b)
             exact, safe = fn.torch_fn(z), fn.forward_fn(z)
             what = labels.get((l_idx, i, o), name)
             span = f"[{float(z.min()):.4g}, {float(z.max()):.4g}]"
             if not bool(torch.isfinite(exact).all()):
                 raise ValueError(
-                    f"cannot compile exactly: {what} is undefined on the ranges ({name} gets "
-                    f"arguments in {span}, its domain is {fn.domain})"
+                    f"cannot compile exactly: {what} is undefined on the ranges ({name} is not "
+                    f"finite for some arguments in {span}: a pole, or outside its domain)"
                 )
             if not bool(torch.isclose(safe, exact, rtol=1e-12, atol=0.0).all()):
                 raise ValueError(
@@ -254,6 +257,15 @@ def _check_exact(model: KAN, x: Tensor, labels: dict[tuple[int, int, int], str])
                     "poles and domain edges), not the function itself"
                 )
     check_finite("the compiled model's output on the ranges", model(x))
+
+
+def _argument_span(z: Tensor, n: int = 4097) -> Tensor:
+    """The sampled arguments ``z`` plus a dense grid of ``[min z, max z]`` and 0 if inside it: an
+    edge's argument is continuous on the (connected) box, so it takes every value in between."""
+    lo, hi = z.min(), z.max()
+    dense = torch.linspace(0, 1, n, dtype=z.dtype) * (hi - lo) + lo
+    zero = z.new_zeros(1 if bool(lo <= 0) and bool(hi >= 0) else 0)
+    return torch.cat([z, dense, zero])
 
 
 # ---------------------------------------------------------------------- splines
