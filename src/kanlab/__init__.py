@@ -6,6 +6,7 @@ The public API is re-exported here explicitly; see ``DESIGN.md`` for the map of 
 from __future__ import annotations
 
 from kanlab import datasets, kernels, splines
+from kanlab.compile import compile_formula, splines_from_symbolic
 from kanlab.config import FitConfig, KANConfig, MLPConfig
 from kanlab.io import load, save
 from kanlab.layers import KANLinear
@@ -28,6 +29,7 @@ __all__ = [
     "__version__",
     "auto_symbolic",
     "build",
+    "compile_formula",
     "count_flops",
     "count_params",
     "datasets",
@@ -39,6 +41,7 @@ __all__ = [
     "prune",
     "save",
     "splines",
+    "splines_from_symbolic",
     "suggest_symbolic",
     "symbolic_formula",
 ]
