@@ -164,6 +164,29 @@ def test_symbolic_formula_reads_back_the_expression():
     assert np.max(np.abs(back - want)) <= 1e-12 * np.max(np.abs(want))
 
 
+@pytest.mark.parametrize(
+    ("text", "rounded"),
+    [("x*y", "x_1*x_2"), ("x*y/z", "x_1*x_2/x_3"), ("z*exp(sin(pi*x) + y**2)", None),
+     ("(x + y)/(1 + x*y)", None)],
+)  # fmt: skip
+def test_symbolic_formula_of_compiled_products(text, rounded):
+    """A compiled model with multiplication nodes reads back as products: the full-precision
+    formula evaluates to the input formula (1e-12 relative) and, where the rounding of the default
+    precision is exact, the default formula is the expression itself."""
+    names = ["x", "y", "z"]
+    m = compile_formula(text, names, (0.5, 2.0))
+    assert m.has_mult
+    formula = kl.symbolic_formula(m, precision=None)
+    x_test = _points([(0.5, 2.0)] * 3, 64).numpy()
+    want = sp.lambdify(sp.symbols(names), sp.sympify(text))(*x_test.T)
+    got = formula(x_test)[:, 0]
+    assert np.max(np.abs(got - want)) <= 1e-12 * np.max(np.abs(want))
+    if rounded is not None:
+        expr = kl.symbolic_formula(m)[0]
+        diff = expr.subs({s: sp.Symbol(s.name) for s in expr.free_symbols})
+        assert sp.simplify(diff - sp.sympify(rounded)) == 0, expr
+
+
 def test_function_outside_the_library_is_refused():
     x, y = sp.symbols("x y")
     with pytest.raises(ValueError, match=r"besselj is not in the symbolic library.*exp.*sin"):
