@@ -13,10 +13,12 @@ from collections.abc import Callable
 
 from kanlab.bench.paper.common import PaperTable
 from kanlab.bench.paper.continual import run_continual
+from kanlab.bench.paper.pde import run_pde
 
-__all__ = ["EXPERIMENTS", "PaperTable", "run_continual"]
+__all__ = ["EXPERIMENTS", "PaperTable", "run_continual", "run_pde"]
 
 #: name -> runner, what ``kanlab paper <name>`` calls
 EXPERIMENTS: dict[str, Callable[..., PaperTable]] = {
     "continual": run_continual,
+    "pde": run_pde,
 }
