@@ -14,11 +14,13 @@ from collections.abc import Callable
 from kanlab.bench.paper.common import PaperTable
 from kanlab.bench.paper.continual import run_continual
 from kanlab.bench.paper.pde import run_pde
+from kanlab.bench.paper.scaling import run_scaling
 
-__all__ = ["EXPERIMENTS", "PaperTable", "run_continual", "run_pde"]
+__all__ = ["EXPERIMENTS", "PaperTable", "run_continual", "run_pde", "run_scaling"]
 
 #: name -> runner, what ``kanlab paper <name>`` calls
 EXPERIMENTS: dict[str, Callable[..., PaperTable]] = {
     "continual": run_continual,
     "pde": run_pde,
+    "scaling": run_scaling,
 }
