@@ -15,12 +15,14 @@ from kanlab.bench.paper.common import PaperTable
 from kanlab.bench.paper.continual import run_continual
 from kanlab.bench.paper.pde import run_pde
 from kanlab.bench.paper.scaling import run_scaling
+from kanlab.bench.paper.special import run_special
 
-__all__ = ["EXPERIMENTS", "PaperTable", "run_continual", "run_pde", "run_scaling"]
+__all__ = ["EXPERIMENTS", "PaperTable", "run_continual", "run_pde", "run_scaling", "run_special"]
 
 #: name -> runner, what ``kanlab paper <name>`` calls
 EXPERIMENTS: dict[str, Callable[..., PaperTable]] = {
     "continual": run_continual,
     "pde": run_pde,
     "scaling": run_scaling,
+    "special": run_special,
 }
