@@ -346,6 +346,44 @@ def report(
 
 
 @app.command()
+def paper(
+    experiment: Annotated[str, typer.Argument(help="continual, pde, scaling, special or feynman.")],
+    quick: Annotated[
+        bool, typer.Option("--quick", help="The small size (minutes on 2 cores).")
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Report folder (default: kanlab-runs/paper/<experiment>[-quick])."),
+    ] = None,
+    store: Annotated[
+        Path | None,
+        typer.Option(help="Results store to resume from (default: OUT/results.sqlite)."),
+    ] = None,
+    seeds: Annotated[
+        int | None, typer.Option(min=1, help="Number of seeds (0..N-1; default per experiment).")
+    ] = None,
+) -> None:
+    """Run one of the KAN paper's experiments (resuming from its store) and print kanlab's
+    numbers beside the published ones; writes report.md/.html and the figure into OUT."""
+    from kanlab.bench.paper import EXPERIMENTS
+
+    if experiment not in EXPERIMENTS:
+        raise CLIError(f"unknown experiment {experiment!r}; valid: {', '.join(EXPERIMENTS)}")
+    out = out or Path("kanlab-runs/paper") / (experiment + ("-quick" if quick else ""))
+    _check_folder(out, "--out")
+    options = {} if seeds is None else {"seeds": seeds}
+    table = EXPERIMENTS[experiment](quick=quick, out=out, store=store, progress=True, **options)
+    typer.echo(table.markdown())
+    for note in table.notes:
+        typer.echo(f"- {note}")
+    typer.echo(
+        f"wall time {table.wall_time:.1f} s; units trained {table.units_run}, "
+        f"reused {table.units_reused}; report: {table.report}",
+        err=True,
+    )
+
+
+@app.command()
 def tasks(
     prefix: Annotated[
         str | None, typer.Argument(help="Only names starting with this, e.g. 'paper/'.")

@@ -1,0 +1,223 @@
+"""What every paper experiment shares: its table, its resumable units, its report.
+
+An experiment's result is a :class:`PaperTable`: one row per item (a function, a peak, a model), with
+kanlab's figure and the KAN paper's published one side by side (formatted cells), the settings it ran
+with, its wall time and the machine. :func:`write_paper_report` writes it as ``report.md`` and
+``report.html`` (the figure embedded) into the experiment's folder.
+
+Resuming: an experiment that is a sweep of trials runs them with
+:func:`kanlab.bench.runner.run_trials` (which skips the trials already in the store); one that is not
+(continual, pde) stores each finished *unit* (one model trained through one setting) with
+:func:`cached_unit`, in the same SQLite store (its ``trials`` table, ``task = "paper/<experiment>"``),
+under a key that hashes the unit's exact settings and the kanlab version: a re-run finds it and
+trains nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from kanlab import __version__
+from kanlab.bench.store import ResultStore, config_key
+
+__all__ = [
+    "PaperTable",
+    "UnitCounter",
+    "cached_unit",
+    "fmt",
+    "kernel_backend",
+    "machine",
+    "md_table",
+    "new_figure",
+    "open_store",
+    "write_paper_report",
+]
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """One experiment's result: kanlab's figures beside the published ones.
+
+    ``headers``/``rows``: the table (formatted cells; every row as long as ``headers``);
+    ``settings``: what was run (sizes, steps, seeds); ``notes``: findings and caveats, one line each
+    (goals met or not, where the comparison is not like for like); ``units_run``/``units_reused``:
+    units trained in this call / found finished in the store (a resumed run: ``units_run == 0``)."""
+
+    experiment: str  # "continual", "pde", "scaling", "special", "feynman"
+    title: str
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    settings: Mapping[str, Any]
+    wall_time: float  # seconds, this call
+    machine: str
+    notes: tuple[str, ...] = ()
+    units_run: int = 0
+    units_reused: int = 0
+    report: Path | None = None  # report.md, once written
+    figures: tuple[Path, ...] = field(default=())
+
+    def markdown(self) -> str:
+        """The table as Markdown (what the CLI prints)."""
+        return md_table(self.headers, self.rows)
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(headers), line(["---"] * len(headers)), *(line(r) for r in rows)])
+
+
+def fmt(v: float | None, digits: int = 3) -> str:
+    """A number cell: ``1.23e-04``-style significant digits, ``-`` for None/NaN."""
+    if v is None or not isinstance(v, int | float) or not math.isfinite(v):
+        return "-"
+    return f"{v:.{digits}g}"
+
+
+def machine() -> str:
+    """The machine in one line: CPU, cores, OS, Python and torch versions."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}, kanlab {__version__}"
+    )
+
+
+def open_store(store: ResultStore | str | Path | None, out: Path) -> tuple[ResultStore, bool]:
+    """``(store, owned)``: the given store, or ``out/results.sqlite`` (``owned``: close it after)."""
+    if isinstance(store, ResultStore):
+        return store, False
+    path = Path(store) if store is not None else Path(out) / "results.sqlite"
+    return ResultStore(path), True
+
+
+@dataclass
+class UnitCounter:
+    """How many units a call trained and how many it found finished."""
+
+    run: int = 0
+    reused: int = 0
+
+
+def cached_unit(
+    store: ResultStore,
+    experiment: str,
+    settings: Mapping[str, Any],
+    compute: Callable[[], Mapping[str, Any]],
+    *,
+    counter: UnitCounter | None = None,
+    label: str = "",
+    family: str = "kan",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The result of one unit of ``experiment`` with these exact ``settings`` (JSON-able): read from
+    ``store`` if a previous run finished it, else ``compute()`` (a JSON-able dict), committed at once.
+
+    The key hashes ``experiment``, ``settings`` and the kanlab version, so a unit is never stored
+    twice and a changed setting is a new unit."""
+    config = {"paper": experiment, "settings": dict(settings), "kanlab_version": __version__}
+    key = config_key(config)
+    if key in store.finished_keys():
+        found = [r for r in store.rows(task=f"paper/{experiment}") if r["config"] == config]
+        if found:
+            if counter is not None:
+                counter.reused += 1
+            return dict(found[0]["extra"] or {})
+    start = time.perf_counter()
+    result = dict(compute())
+    wall = time.perf_counter() - start
+    store.put(key, {
+        "task": f"paper/{experiment}", "family": family, "label": label or experiment,
+        "seed": seed, "status": "ok", "config": config, "extra": result, "wall_time": wall,
+        "kanlab_version": __version__,
+    })  # fmt: skip
+    if counter is not None:
+        counter.run += 1
+    return result
+
+
+_CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+    "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
+    "th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}"
+    "img{max-width:100%}"
+)
+
+
+def write_paper_report(
+    table: PaperTable, out: Path, *, intro: str = "", details: Sequence[str] = ()
+) -> PaperTable:
+    """Write ``out/report.md`` and ``out/report.html`` (figures embedded); -> ``table`` with
+    ``report`` set. ``table.figures`` must already lie in ``out``; ``details``: more Markdown
+    blocks after the notes (shown as preformatted text in the HTML)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = ", ".join(f"{k}={v}" for k, v in table.settings.items())
+    meta = (
+        f"Wall time {table.wall_time:.1f} s on {table.machine}; units trained now "
+        f"{table.units_run}, found finished in the store {table.units_reused}."
+    )
+    md = [f"# {table.title}", "", *([intro, ""] if intro else []), f"Settings: {settings}.", "",
+          meta, "", table.markdown(), ""]  # fmt: skip
+    md += [f"- {n}" for n in table.notes] + ([""] if table.notes else [])
+    for block in details:
+        md += [block, ""]
+    md += [f"![{p.stem}]({p.name})" for p in table.figures]
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table.rows
+    )
+    imgs = "".join(
+        f'<img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
+        f'{base64.b64encode(p.read_bytes()).decode("ascii")}">'
+        for p in table.figures
+    )
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in table.notes)
+    notes += "".join(f"<pre>{html.escape(b)}</pre>" for b in details)
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(table.title)}"
+        f"</title><style>{_CSS}</style></head><body><h1>{html.escape(table.title)}</h1>"
+        f"<p>{html.escape(intro)}</p><p>Settings: {html.escape(settings)}.</p>"
+        f"<p>{html.escape(meta)}</p><table><thead><tr>{head}</tr></thead><tbody>{body}"
+        f"</tbody></table><ul>{notes}</ul>{imgs}</body></html>"
+    )
+    md_path = out / "report.md"
+    md_path.write_text("\n".join(md) + "\n", encoding="utf-8")
+    (out / "report.html").write_text(page, encoding="utf-8")
+    return replace(table, report=md_path)
+
+
+@contextlib.contextmanager
+def kernel_backend(name: str) -> Iterator[None]:
+    """Within: kanlab's spline kernels forced to backend ``name`` (the previous choice restored)."""
+    from kanlab.kernels.backends import get_backend, set_backend
+
+    before = get_backend()
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(before)
+
+
+def new_figure(width: float = 5.5, height: float = 3.8) -> Any:
+    """A matplotlib Figure drawn off-screen (no pyplot, no global backend change)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig

@@ -1,0 +1,214 @@
+"""The KAN scaling law (paper section 3.1): test RMSE vs grid size G for a [2,1,1] KAN on
+``paper/exp_sin_sq`` = exp(sin(pi x) + y^2), trained with grid extension, beside MLPs vs parameters.
+
+One KAN trial per seed trains through the whole grid schedule (LBFGS, ``steps`` per grid); the error
+after each grid stage is the curve (the runner records it: ``extra["stages"]``). The MLPs (two hidden
+layers of width w) get the KAN's total step budget. Everything runs as trials through
+:func:`kanlab.bench.runner.run_trials`, so the results store skips finished trials on a re-run.
+
+The exponent alpha in ``RMSE ~ N^-alpha`` is the least-squares slope in log-log space
+(:func:`kanlab.bench.report.scaling_exponent`), with a 95% t-interval from the slope's standard error
+(:func:`exponent_interval`). *Blow-up*: a grid whose error is non-finite or more than twice the best
+error at any smaller grid (grid extension must not undo the fit); the table marks each grid.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from kanlab.bench.paper.common import (
+    PaperTable,
+    fmt,
+    machine,
+    new_figure,
+    open_store,
+    write_paper_report,
+)
+from kanlab.bench.store import ResultStore
+
+__all__ = ["blow_ups", "exponent_interval", "run_scaling"]
+
+TASK = "paper/exp_sin_sq"
+# the official 0.2 tutorial's test RMSE of [2,1,1] on this function (kan_paper_results.md)
+PUBLISHED = {5: 6.24e-3, 50: 1.63e-6}
+GOAL_ALPHA = 3.8
+
+
+def exponent_interval(
+    points: Sequence[tuple[float, float]], confidence: float = 0.95
+) -> tuple[float, float, float] | None:
+    """``(alpha, low, high)`` for ``error ~ size^-alpha`` fitted to ``points`` (size, error) by least
+    squares on the logs, with the t-interval of the slope (None with fewer than 3 sizes; the
+    interval is the point itself when the points lie exactly on a line)."""
+    from kanlab.bench.report import scaling_exponent
+
+    alpha = scaling_exponent(points)
+    pts = [(math.log(s), math.log(e)) for s, e in points if s > 0 and e > 0]
+    if alpha is None or len(pts) < 3:
+        return None
+    n = len(pts)
+    mx = statistics.fmean(s for s, _ in pts)
+    my = statistics.fmean(e for _, e in pts)
+    sxx = sum((s - mx) ** 2 for s, _ in pts)
+    resid = sum((e - my + alpha * (s - mx)) ** 2 for s, e in pts)
+    se = math.sqrt(resid / (n - 2) / sxx)
+    if se == 0 or n < 3:
+        return alpha, alpha, alpha
+    from scipy.stats import t as student_t
+
+    half = float(student_t.ppf(0.5 + confidence / 2, n - 2)) * se
+    return alpha, alpha - half, alpha + half
+
+
+def blow_ups(curve: Sequence[tuple[int, float]], factor: float = 2.0) -> list[int]:
+    """Grids G of ``curve`` ((G, error), in schedule order) whose error is non-finite or above
+    ``factor`` times the best error at an earlier grid."""
+    out, best = [], math.inf
+    for g, err in curve:
+        if not math.isfinite(err) or err > factor * best:
+            out.append(g)
+        if math.isfinite(err):
+            best = min(best, err)
+    return out
+
+
+def _trials(quick: bool, seeds: int, steps: int) -> tuple[list, tuple[int, ...]]:
+    from kanlab.bench.spec import DataSpec
+    from kanlab.bench.sweep import Trial
+    from kanlab.bench.tasks import get_task
+    from kanlab.config import FitConfig, KANConfig, MLPConfig
+
+    task = get_task(TASK)
+    grids = (3, 5, 10, 20, 50) if quick else (3, 5, 10, 20, 50, 100, 200, 500, 1000)
+    widths = (4, 8, 16, 32) if quick else (4, 8, 16, 32, 64, 128)
+    data = DataSpec(n_train=1000, n_test=1000, seed=0)
+    kan_fit = FitConfig(optimizer="lbfgs", steps=steps, grid_schedule=grids, log_every=steps,
+                        progress=False)  # fmt: skip
+    total = steps * len(grids)
+    mlp_fit = FitConfig(optimizer="lbfgs", steps=total, log_every=total, progress=False)
+    trials = []
+    for seed in range(seeds):
+        kan = KANConfig(widths=(2, 1, 1), grid_size=grids[0])
+        trials.append(Trial(task=task, model=kan, fit=kan_fit, seed=seed, data=data, group="kan"))
+        for w in widths:
+            mlp = MLPConfig(widths=(2, w, w, 1))
+            trials.append(Trial(task=task, model=mlp, fit=mlp_fit, seed=seed, data=data,
+                                group="kan"))  # fmt: skip
+    return trials, grids
+
+
+def run_scaling(
+    *,
+    quick: bool = True,
+    store: ResultStore | str | Path | None = None,
+    out: Path = Path("kanlab-runs/paper/scaling"),
+    seeds: int = 1,
+    steps: int | None = None,
+    executor: str = "serial",
+    progress: bool = False,
+) -> PaperTable:
+    """Run the scaling experiment (quick: G = 3..50, 20 LBFGS steps per grid, MLP widths 4-32;
+    full: G = 3..1000, 200 steps, widths 4-128); write ``out/report.md``/``.html`` and
+    ``out/scaling.png``; -> its :class:`PaperTable`. ``executor``: as ``kanlab compare``'s."""
+    from kanlab.bench.runner import make_executor, run_trials
+    from kanlab.config import KANConfig
+    from kanlab.models import count_params
+
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    steps = steps if steps is not None else (20 if quick else 200)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    trials, grids = _trials(quick, seeds, steps)
+    db, owned = open_store(store, out)
+    try:
+        with make_executor(executor) as ex:
+            summary = run_trials(trials, db, ex, progress=progress)
+        keys = {t.key for t in trials}
+        rows = [r for r in db.rows(task=TASK) if _key(r) in keys and r["status"] == "ok"]
+    finally:
+        if owned:
+            db.close()
+    # KAN: mean over seeds of the test RMSE after each grid stage
+    per_grid: dict[int, list[float]] = {}
+    for r in rows:
+        if r["family"] == "kan":
+            for st in r["extra"]["stages"]:
+                per_grid.setdefault(int(st["grid"]), []).append(float(st["test_metric"]))
+    kan_curve = [(g, statistics.fmean(per_grid[g])) for g in grids if g in per_grid]
+    kan_pts = [(count_params(KANConfig(widths=(2, 1, 1), grid_size=g)), e) for g, e in kan_curve]
+    mlp: dict[int, list[float]] = {}
+    for r in rows:
+        if r["family"] == "mlp":
+            mlp.setdefault(int(r["params"]), []).append(float(r["test_metric"]))
+    mlp_pts = sorted((n, statistics.fmean(v)) for n, v in mlp.items())
+    bad = blow_ups(kan_curve)
+    table_rows = [
+        ("KAN [2,1,1]", f"G={g}", str(n), fmt(e), fmt(PUBLISHED.get(g)),
+         "yes" if g in bad else "no")
+        for (g, e), (n, _) in zip(kan_curve, kan_pts, strict=True)
+    ] + [("MLP [2,w,w,1]", "-", str(n), fmt(e), "-", "-") for n, e in mlp_pts]  # fmt: skip
+    notes = []
+    for name, pts in (("KAN [2,1,1] (vs parameters, along grid extension)", kan_pts),
+                      ("MLP [2,w,w,1] (vs parameters)", mlp_pts)):  # fmt: skip
+        fit = exponent_interval(pts)
+        text = (
+            "too few points" if fit is None else f"{fit[0]:.2f} [95% CI {fit[1]:.2f}, {fit[2]:.2f}]"
+        )
+        notes.append(f"alpha of {name}: {text}")
+        if name.startswith("KAN") and fit is not None:
+            met = "met" if fit[0] >= GOAL_ALPHA else "not met"
+            notes.append(
+                f"KAN alpha goal (>= {GOAL_ALPHA}; theory 4, official tutorial ~3.6): {met}"
+            )
+    notes.append(
+        f"blow-up (error > 2x the best at a smaller G, or non-finite) at G: {bad or 'none'}"
+    )
+    notes.append(f"trials: {summary.total} ({summary.skipped} found finished in the store, "
+                 f"{summary.ok} ok, {summary.failed} failed, {summary.diverged} diverged now)")  # fmt: skip
+    fig = _plot(kan_pts, mlp_pts, out / "scaling.png")
+    table = PaperTable(
+        experiment="scaling",
+        title="KAN paper section 3.1: scaling law on exp(sin(pi x) + y^2)",
+        headers=("model", "grid", "params", "test RMSE (mean over seeds)",
+                 "paper (official 0.2 tutorial)", "blow-up"),
+        rows=tuple(table_rows),
+        settings={"quick": quick, "grids": list(grids), "steps_per_grid": steps,
+                  "optimizer": "lbfgs", "seeds": seeds, "n_train": 1000, "n_test": 1000},
+        wall_time=time.perf_counter() - start, machine=machine(), notes=tuple(notes),
+        units_run=summary.total - summary.skipped, units_reused=summary.skipped, figures=(fig,),
+    )  # fmt: skip
+    return write_paper_report(table, out, intro=__doc__.split("\n\n")[1])
+
+
+def _key(row: dict) -> str:
+    from kanlab.bench.store import config_key
+
+    return config_key(row["config"])
+
+
+def _plot(kan: list, mlp: list, path: Path) -> Path:
+    fig = new_figure(5.5, 3.8)
+    ax = fig.add_subplot()
+    for pts, style, name in ((kan, "o-", "KAN [2,1,1] (grid extension)"),
+                             (mlp, "s--", "MLP [2,w,w,1]")):  # fmt: skip
+        pts = [(n, e) for n, e in pts if e > 0]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), style, label=name)
+    if kan:
+        n0, e0 = kan[0]
+        xs = [n for n, _ in kan]
+        ax.plot(xs, [e0 * (n / n0) ** -4 for n in xs], ":", color="0.5", label="N^-4 (theory)")
+    ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="test RMSE")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path

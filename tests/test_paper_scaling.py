@@ -1,0 +1,55 @@
+"""kanlab paper scaling: the exponent's interval, the blow-up check, the sweep end to end."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+
+import pytest
+
+from kanlab.bench.paper import run_scaling
+from kanlab.bench.paper.scaling import PUBLISHED, blow_ups, exponent_interval
+
+
+def test_exact_power_law_gives_its_exponent_and_a_closed_interval():
+    pts = [(n, 3.0 * n**-4.0) for n in (10, 20, 40, 80)]
+    alpha, low, high = exponent_interval(pts)
+    assert alpha == pytest.approx(4.0) and low == pytest.approx(4.0, abs=1e-6)
+    assert high == pytest.approx(4.0, abs=1e-6)
+
+
+def test_noisy_power_law_interval_contains_the_exponent_and_widens_with_noise():
+    sizes = [10, 20, 40, 80, 160]
+    noise = [1.3, 0.8, 1.2, 0.75, 1.1]
+    alpha, low, high = exponent_interval(
+        [(n, f * n**-2.0) for n, f in zip(sizes, noise, strict=True)]
+    )
+    assert low < 2.0 < high and low < alpha < high
+    more = [f**3 for f in noise]
+    _, low3, high3 = exponent_interval([(n, f * n**-2.0) for n, f in zip(sizes, more, strict=True)])
+    assert high3 - low3 > high - low
+    assert exponent_interval([(10, 1.0), (20, 0.5)]) is None  # two points: no evidence
+
+
+def test_blow_ups_flag_errors_above_twice_the_best_so_far():
+    assert blow_ups([(3, 1e-2), (5, 5e-3), (10, 1e-3), (20, 9e-4)]) == []
+    assert blow_ups([(3, 1e-2), (5, 1e-3), (10, 3e-3), (20, math.nan)]) == [10, 20]
+
+
+@pytest.mark.slow
+def test_scaling_tiny_runs_through_the_store_and_resumes(tmp_path):
+    one = run_scaling(quick=True, out=tmp_path, steps=2)
+    assert (one.units_run, one.units_reused) == (5, 0)  # one KAN + 4 MLPs, one seed
+    kan = [r for r in one.rows if r[0].startswith("KAN")]
+    assert [r[1] for r in kan] == ["G=3", "G=5", "G=10", "G=20", "G=50"]
+    for row in kan:  # the published column: the official tutorial's figures, where there is one
+        g = int(row[1][2:])
+        assert row[4] == (f"{PUBLISHED[g]:.3g}" if g in PUBLISHED else "-")
+        assert math.isfinite(float(row[3]))
+    params = [int(r[2]) for r in kan]
+    assert params == sorted(params) and params[0] == 3 * (3 + 3) + 6
+    assert "alpha of KAN" in (tmp_path / "report.md").read_text()
+    two = run_scaling(quick=True, out=tmp_path, steps=2)
+    assert (two.units_run, two.units_reused) == (0, 5) and two.rows == one.rows
+    with sqlite3.connect(tmp_path / "results.sqlite") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 5
