@@ -6,6 +6,7 @@ The public API is re-exported here explicitly; see ``DESIGN.md`` for the map of 
 from __future__ import annotations
 
 from kanlab import datasets, kernels, splines
+from kanlab.attribution import Attribution, attribute, prune_input
 from kanlab.config import FitConfig, KANConfig, MLPConfig
 from kanlab.io import load, save
 from kanlab.layers import KANLinear
@@ -20,12 +21,14 @@ __version__ = "0.1.0"
 __all__ = [
     "KAN",
     "MLP",
+    "Attribution",
     "FitConfig",
     "History",
     "KANConfig",
     "KANLinear",
     "MLPConfig",
     "__version__",
+    "attribute",
     "auto_symbolic",
     "build",
     "count_flops",
@@ -37,6 +40,7 @@ __all__ = [
     "load",
     "plot",
     "prune",
+    "prune_input",
     "save",
     "splines",
     "suggest_symbolic",
