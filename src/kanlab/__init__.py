@@ -13,6 +13,7 @@ from kanlab.layers import KANLinear
 from kanlab.models import KAN, MLP, build, count_flops, count_params
 from kanlab.plot import plot  # matplotlib is imported only when plot() is called
 from kanlab.prune import prune
+from kanlab.separability import SeparabilityTree, plot_separability, separability
 from kanlab.symbolic import auto_symbolic, fix_symbolic, suggest_symbolic, symbolic_formula
 from kanlab.train import History, fit
 
@@ -27,6 +28,7 @@ __all__ = [
     "KANConfig",
     "KANLinear",
     "MLPConfig",
+    "SeparabilityTree",
     "__version__",
     "attribute",
     "auto_symbolic",
@@ -39,9 +41,11 @@ __all__ = [
     "kernels",
     "load",
     "plot",
+    "plot_separability",
     "prune",
     "prune_input",
     "save",
+    "separability",
     "splines",
     "suggest_symbolic",
     "symbolic_formula",
