@@ -6,6 +6,7 @@ The public API is re-exported here explicitly; see ``DESIGN.md`` for the map of 
 from __future__ import annotations
 
 from kanlab import datasets, kernels, splines
+from kanlab.attribution import Attribution, attribute, prune_input
 from kanlab.compile import compile_formula, splines_from_symbolic
 from kanlab.config import FitConfig, KANConfig, MLPConfig
 from kanlab.io import load, save
@@ -13,6 +14,7 @@ from kanlab.layers import KANLinear
 from kanlab.models import KAN, MLP, build, count_flops, count_params
 from kanlab.plot import plot  # matplotlib is imported only when plot() is called
 from kanlab.prune import prune
+from kanlab.separability import SeparabilityTree, plot_separability, separability
 from kanlab.symbolic import auto_symbolic, fix_symbolic, suggest_symbolic, symbolic_formula
 from kanlab.train import History, fit
 
@@ -21,12 +23,15 @@ __version__ = "0.1.0"
 __all__ = [
     "KAN",
     "MLP",
+    "Attribution",
     "FitConfig",
     "History",
     "KANConfig",
     "KANLinear",
     "MLPConfig",
+    "SeparabilityTree",
     "__version__",
+    "attribute",
     "auto_symbolic",
     "build",
     "compile_formula",
@@ -38,8 +43,11 @@ __all__ = [
     "kernels",
     "load",
     "plot",
+    "plot_separability",
     "prune",
+    "prune_input",
     "save",
+    "separability",
     "splines",
     "splines_from_symbolic",
     "suggest_symbolic",
