@@ -181,27 +181,51 @@ def test_backward_twice_with_retained_graph_and_empty_batch(path):
     assert empty.grad.shape == (0, 2)
 
 
-def test_fused_path_refuses_second_derivatives_torch_path_gives_them():
-    pytest.importorskip("numba")
-    layer = mixed_layer(["sin"], n_in=2, n_out=2)
+def test_second_derivatives_on_both_paths(path):
+    """Second derivatives through symbolic edges are right on both paths (the fused path's
+    backward used to be a constant to autograd: a Hessian came out silently 0 or raised):
+    against the naive per-edge sum, and gradgradcheck in float64 in x and the constants."""
+    layer = mixed_layer(["sin", "x^2", "exp", "tanh", "x"], n_in=2, n_out=3)
     x = rand(5, 2, seed=9).requires_grad_(True)
-    kernels.set_backend("numba")
-    try:
-        (g,) = torch.autograd.grad(layer.symbolic(x, layer.mask).sum(), x, create_graph=True)
-        with pytest.raises(RuntimeError):
-            torch.autograd.grad(g.sum(), x)
-    finally:
-        kernels.set_backend(None)
-    kernels.set_backend("reference")
-    try:
-        (g,) = torch.autograd.grad(layer.symbolic(x, layer.mask).sum(), x, create_graph=True)
-        (h,) = torch.autograd.grad(g.sum(), x)
-        (r,) = torch.autograd.grad(
-            torch.autograd.grad(naive_sum(layer, x).sum(), x, create_graph=True)[0].sum(), x
-        )
-        torch.testing.assert_close(h, r)
-    finally:
-        kernels.set_backend(None)
+    (g,) = torch.autograd.grad(layer.symbolic(x, layer.mask).sum(), x, create_graph=True)
+    (h,) = torch.autograd.grad(g.pow(2).sum(), x)
+    (r,) = torch.autograd.grad(
+        torch.autograd.grad(naive_sum(layer, x).sum(), x, create_graph=True)[0].pow(2).sum(), x
+    )
+    torch.testing.assert_close(h, r)
+    assert float(h.abs().max()) > 0
+    aff = layer.symbolic_affine.detach().clone().requires_grad_(True)
+
+    def f(xx, a):
+        return torch.func.functional_call(layer, {"symbolic.affine": a}, (xx,))
+
+    assert torch.autograd.gradgradcheck(f, (x.detach().requires_grad_(True), aff))
+
+
+def test_hessian_of_a_kan_with_numeric_and_symbolic_edges_matches_reference():
+    """A whole KAN (spline edges and symbolic edges in one layer, then a second layer): the Hessian
+    of its output in x on the Numba kernels equals the reference kernels' (the symbolic part's
+    second derivative was dropped on the fused path while the spline part's kept the graph)."""
+    pytest.importorskip("numba")
+    model = kl.KAN([2, 3, 1], seed=0, dtype=F64)
+    model.layers[0].set_symbolic(0, 1, "sin", (2.0, 0.1, 1.5, 0.0))
+    model.layers[0].set_symbolic(1, 2, "x^2", (1.0, 0.0, 0.7, 0.2))
+    x0 = rand(4, 2, seed=10)
+
+    def hessians():
+        x = x0.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(model(x).sum(), x, create_graph=True)
+        rows = [torch.autograd.grad(g[:, i].sum(), x, retain_graph=True)[0] for i in range(2)]
+        return torch.stack(rows, 1)  # (batch, 2, 2): the per-sample Hessians
+
+    hs = {}
+    for backend in ("numba", "reference"):
+        kernels.set_backend(backend)
+        try:
+            hs[backend] = hessians()
+        finally:
+            kernels.set_backend(None)
+    torch.testing.assert_close(hs["numba"], hs["reference"], rtol=1e-10, atol=1e-12)
 
 
 # ---------------------------------------------------------------------- derivative records

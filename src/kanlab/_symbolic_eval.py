@@ -20,8 +20,9 @@ values (to rounding) and gradients:
   (a, b, c, d) gradients. With torch ops alone each edge cost about a dozen freshly allocated
   (E, batch) temporaries and passes (gather, ``*a``, ``+b``, ``*c``, index-add, the concatenation
   of the groups, and twice as many in backward), which made a layer of symbolic edges train
-  about three times slower than a layer of spline edges on a CPU. First-order gradients only
-  (like the spline kernels): a second derivative raises an error.
+  about three times slower than a layer of spline edges on a CPU. A backward that must itself
+  be differentiable (``create_graph=True``: second derivatives, e.g. a PINN's Laplacian)
+  differentiates the torch-ops evaluation of the same sum instead (slower, same values).
 - **torch ops** (elsewhere: GPU, other dtypes): the same per-group evaluation with autograd all
   the way (higher derivatives work).
 """
@@ -29,12 +30,11 @@ values (to rounding) and gradients:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from kanlab import functions as _fns
 from kanlab import kernels
@@ -181,7 +181,7 @@ class _FusedSum(torch.autograd.Function):
     ...)`` style: the ``setup_context`` style inspects the signature on every call."""
 
     @staticmethod
-    def forward(ctx, x2, affine, mask, base, idx, plan):  # type: ignore[override]
+    def forward(ctx, x2, affine, mask, base, idx, plan, graph):  # type: ignore[override]
         from kanlab.kernels.cpu import symbolic as k
 
         xt = k.transpose(_np(x2))  # (in, batch), kept for backward
@@ -206,41 +206,74 @@ class _FusedSum(torch.autograd.Function):
         bn = _np(base) if has_base else y.numpy()
         k.scatter(slab.numpy(), an, m, idx, bn, has_base, y.numpy())
         ctx.host = (plan, m, idx, xt)  # host copies of the mask and input (values at this call)
-        ctx.save_for_backward(affine, slab)
+        ctx.graph = graph  # what the torch-ops evaluation needs, for a differentiable backward
+        ctx.save_for_backward(affine, slab, x2)
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_y):  # type: ignore[override]
-        from kanlab.kernels.cpu import symbolic as k
+        # A backward that must itself be differentiable (``torch.autograd.grad(...,
+        # create_graph=True)``: grad mode is on here only then) differentiates the torch-ops
+        # evaluation of the same sum instead, so that second derivatives are right; before, the
+        # kernel's gradient was a constant to autograd and a Hessian came out silently 0.
+        if torch.is_grad_enabled():
+            return _differentiable_backward(ctx, grad_y)
+        return _fused_backward(ctx, grad_y)
 
-        affine, f = ctx.saved_tensors
-        plan, m, idx, xt = ctx.host
-        an = _np(affine).reshape(-1, 4)
-        slab = f  # (E, batch): f' on the rows of the plan's slab groups (other rows not read)
-        if plan.slab:
-            slab = torch.empty_like(f)
-            for fn, lo, hi, in_place in plan.slab:
-                k.affine(xt, an, idx, lo, hi, slab.numpy())  # a*x + b, overwritten by f'
-                z = slab[lo:hi]
-                if in_place is not None:
-                    in_place(z)
-                    continue
-                fd = _derivative(fn, z, f[lo:hi])
-                if isinstance(fd, Tensor):
-                    z.copy_(fd)
-                else:
-                    z.fill_(fd)
-        need_x = ctx.needs_input_grad[0]
-        gx = torch.empty((xt.shape[1], xt.shape[0]) if need_x else (0, 0), dtype=f.dtype)
-        grad_affine = torch.zeros_like(affine, memory_format=torch.contiguous_format)
-        gy = _np(grad_y)  # (batch, out)
-        k.backward(
-            xt, gy, f.numpy(), slab.numpy(), an, m, idx, plan.kinds, need_x, gx.numpy(),
-            grad_affine.numpy().reshape(-1, 4),
-        )  # fmt: skip
-        grad_base = grad_y if ctx.needs_input_grad[3] else None
-        return gx if need_x else None, grad_affine, None, grad_base, None, None
+
+def _differentiable_backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
+    """:class:`_FusedSum`'s gradients through torch ops (same values to rounding), with a graph."""
+    affine, _, x2 = ctx.saved_tensors
+    _, m, _, _ = ctx.host
+    flat, index_in, index_out, runs, n_out = ctx.graph
+    mask = torch.from_numpy(m).reshape(affine.shape[:2])  # the mask's values at the forward call
+    # base is left out of the sum: it usually depends on x2 itself (the numeric branch), and
+    # autograd.grad in x2 would count that path too, which autograd then follows again from
+    # base's gradient (the direct partial of the sum in base is grad_y)
+    wanted = [(i, t) for i, t in enumerate((x2, affine)) if ctx.needs_input_grad[i]]
+    y = _torch_sum(x2, affine, mask, flat, index_in, index_out, runs, n_out)
+    grads = torch.autograd.grad(
+        y, [t for _, t in wanted], grad_y, create_graph=True, allow_unused=True
+    )
+    out: list[Tensor | None] = [None] * 7
+    for (i, _), g in zip(wanted, grads, strict=True):
+        out[i] = g
+    out[3] = grad_y if ctx.needs_input_grad[3] else None
+    return tuple(out)
+
+
+@torch.no_grad()
+def _fused_backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
+    """:class:`_FusedSum`'s first-order gradients from the fused kernels."""
+    from kanlab.kernels.cpu import symbolic as k
+
+    affine, f, _ = ctx.saved_tensors
+    plan, m, idx, xt = ctx.host
+    an = _np(affine).reshape(-1, 4)
+    slab = f  # (E, batch): f' on the rows of the plan's slab groups (other rows not read)
+    if plan.slab:
+        slab = torch.empty_like(f)
+        for fn, lo, hi, in_place in plan.slab:
+            k.affine(xt, an, idx, lo, hi, slab.numpy())  # a*x + b, overwritten by f'
+            z = slab[lo:hi]
+            if in_place is not None:
+                in_place(z)
+                continue
+            fd = _derivative(fn, z, f[lo:hi])
+            if isinstance(fd, Tensor):
+                z.copy_(fd)
+            else:
+                z.fill_(fd)
+    need_x = ctx.needs_input_grad[0]
+    gx = torch.empty((xt.shape[1], xt.shape[0]) if need_x else (0, 0), dtype=f.dtype)
+    grad_affine = torch.zeros_like(affine, memory_format=torch.contiguous_format)
+    gy = _np(grad_y)  # (batch, out)
+    k.backward(
+        xt, gy, f.numpy(), slab.numpy(), an, m, idx, plan.kinds, need_x, gx.numpy(),
+        grad_affine.numpy().reshape(-1, 4),
+    )  # fmt: skip
+    grad_base = grad_y if ctx.needs_input_grad[3] else None
+    return gx if need_x else None, grad_affine, None, grad_base, None, None, None
 
 
 def _fused_ok(x2: Tensor) -> bool:
@@ -281,6 +314,7 @@ def symbolic_sum(
     if _fused_ok(x2):
         if host_index is None:
             host_index = np.stack([index_in.numpy(), index_out.numpy(), flat.numpy()])
-        return _FusedSum.apply(x2, affine, mask, base, host_index, _plan(runs))
+        graph = (flat, index_in, index_out, runs, n_out)
+        return _FusedSum.apply(x2, affine, mask, base, host_index, _plan(runs), graph)
     y = _torch_sum(x2, affine, mask, flat, index_in, index_out, runs, n_out)
     return y if base is None else base + y

@@ -47,7 +47,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kanlab import kernels
 from kanlab._checks import check_float
 
 __all__ = ["SeparabilityTree", "plot_separability", "separability"]
@@ -244,8 +243,8 @@ def separability(f_or_model: Any, x: Tensor, *, tol: float = 1e-2) -> Separabili
     """The tree of separable variable groups of ``f_or_model`` on the data ``x`` (batch >= 2, n).
 
     ``f_or_model``: a callable mapping a tensor (batch, n) to (batch,) or (batch, 1), row by row,
-    or a KAN (any ``nn.Module``; its second and third derivatives are taken with kanlab's
-    reference kernels, set for the call and restored after it).
+    or a KAN (any ``nn.Module``; its second and third derivatives go through the kernels it runs
+    on, which are differentiable to any order).
     ``tol``: the interaction size (relative, see the module docstring) above which two variables
     count as interacting. Use float64 for functions with exact structure. The tests, the scale and
     the grouping rules are in the module docstring.
@@ -263,17 +262,7 @@ def separability(f_or_model: Any, x: Tensor, *, tol: float = 1e-2) -> Separabili
         raise ValueError(f"x must have shape (batch >= 2, n >= 1), got {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x has non-finite values")
-    fn = _as_function(f_or_model)
-    if not isinstance(f_or_model, nn.Module):
-        return _tree(fn, x.detach(), tol)
-    # kanlab's fused CPU kernels for symbolic edges are first-order only (their gradient carries
-    # no graph, so a Hessian through them would read 0): differentiate with the reference kernels.
-    previous = kernels.get_backend()
-    kernels.set_backend("reference")
-    try:
-        return _tree(fn, x.detach(), tol)
-    finally:
-        kernels.set_backend(None if previous == "auto" else previous)
+    return _tree(_as_function(f_or_model), x.detach(), tol)
 
 
 def _tree(fn: Callable[[Tensor], Tensor], x: Tensor, tol: float) -> SeparabilityTree:
