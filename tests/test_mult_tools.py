@@ -137,8 +137,9 @@ def test_symbolic_formula_of_a_product_is_x1_times_x2() -> None:
     formula = kl.symbolic_formula(xy_model())
     x1, x2 = formula.variables
     assert formula.exprs[0] == x1 * x2
-    full = kl.symbolic_formula(xy_model(), precision=None).exprs[0]  # the constants stay floats
-    assert sp.Poly(full, x1, x2).as_dict() == {(1, 1): 1.0}
+    # full precision: identity edges have constants exactly 1.0 and 0.0, written as integers
+    full = kl.symbolic_formula(xy_model(), precision=None).exprs[0]
+    assert sp.srepr(full) == sp.srepr(x1 * x2) and not full.atoms(sp.Float)
     assert sp.srepr(formula.exprs[0]) == sp.srepr(
         sp.Symbol("x_1", real=True) * sp.Symbol("x_2", real=True)
     )
@@ -162,6 +163,21 @@ def test_auto_symbolic_fits_each_edge_and_the_formula_is_the_product() -> None:
     assert sp.Poly(formula.exprs[0], x1, x2).monoms() == [(1, 1)]  # c * x_1 * x_2, nothing else
     full = kl.symbolic_formula(model, precision=None)
     assert abs(full(x)[:, 0] - model(x)[:, 0].detach().numpy()).max() < 1e-12
+
+
+def test_full_precision_formula_keeps_other_constants_as_floats() -> None:
+    sp = pytest.importorskip("sympy")
+    model = xy_model()
+    third = 1 / 3
+    model.layers[1].set_symbolic(0, 0, "x", (1.0, 0.0, third, -1.0))  # c = 1/3, d = -1.0
+    formula = kl.symbolic_formula(model, precision=None)
+    x1, x2 = formula.variables
+    expr = formula.exprs[0]
+    assert expr.atoms(sp.Float) == {sp.Float(third)}  # 1/3 keeps every bit; -1.0 is -1
+    assert sp.srepr(expr) == sp.srepr(sp.Float(third) * x1 * x2 - 1)
+    x = data(50)
+    ref = model(x)[:, 0].detach().numpy()
+    assert abs(formula(x)[:, 0] - ref).max() <= 1e-15
 
 
 # ------------------------------------------------------------------ plot
