@@ -308,3 +308,26 @@ def test_free_knot_objective_combines_products() -> None:
     x = data(32)
     pred, _ = FreeKnotObjective(model)(x, with_norms=False)
     torch.testing.assert_close(pred, model(x), rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------ the example
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")  # as the example's main(): tiny tensors
+def test_example_recovers_x1_times_x2_and_draws_the_product(tmp_path) -> None:
+    sp = pytest.importorskip("sympy")
+    pytest.importorskip("matplotlib")
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "mult_nodes.py"
+    spec = importlib.util.spec_from_file_location("_example_mult_nodes", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    res = module.run(docs=tmp_path)
+    x1, x2 = res.formula.variables
+    assert sp.srepr(res.formula[0]) == sp.srepr(x1 * x2)
+    assert res.max_error <= 1e-8 and res.pruned_widths == [2, 1, 1]
+    for name in ("mult_trained.png", "mult_symbolic.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
