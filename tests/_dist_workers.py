@@ -87,7 +87,8 @@ def run_fit(options: dict):
     import kanlab as kl
 
     data = kl.datasets.get("paper/exp_sin_sq", n_train=101, n_test=51, dtype=torch.float64)
-    model = kl.KAN([2, 3, 1], grid_size=3, seed=0, dtype=torch.float64)
+    widths = options.get("widths", [2, 3, 1])  # e.g. [2, [1, 1], 1]: multiplication nodes
+    model = kl.KAN(widths, grid_size=3, seed=0, dtype=torch.float64)
     history = kl.fit(
         model,
         data,

@@ -102,6 +102,37 @@ def test_two_ranks_identical_and_equal_to_single_process(tmp_path: Path) -> None
     assert (tmp_path / "model1.safetensors").exists()  # rank 0 saved
 
 
+MULT_RUNS = [
+    # a KAN with a sum and a multiplication node in its hidden layer: sparsity through the product,
+    # grid updates on the combined node values, one extension; then Adam on mini-batches
+    {"widths": [2, [1, 1], 1], "optimizer": "lbfgs", "steps": 2, "lamb": 0.01,
+     "grid_schedule": [3, 5]},
+    {"widths": [2, [1, 1], 1], "optimizer": "adam", "lr": 0.01, "steps": 8, "batch_size": 25},
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_mult_kan_two_ranks_identical_and_equal_to_single_process(tmp_path: Path) -> None:
+    ranks = spawn(W.fit_run, tmp_path, MULT_RUNS)
+    for j, options in enumerate(MULT_RUNS):
+        r0, r1 = ranks[0][j], ranks[1][j]
+        for key in r0["state"]:
+            assert torch.equal(r0["state"][key], r1["state"][key]), (options, key)
+        model, history = W.run_fit(options)
+        assert model.has_mult and model.n_mult == [0, 1, 0]
+        assert r0["state"].keys() == model.state_dict().keys()
+        for key, value in model.state_dict().items():  # the tolerance of the plain KAN's test
+            diff = (value.double() - r0["state"][key].double()).abs().max().item()
+            assert diff <= 1e-6, (options, key, diff)
+        for a, b in zip(history.test_metric, r0["history"]["test_metric"], strict=True):
+            assert a == pytest.approx(b, rel=1e-6)
+        # the fit moved the model away from its initialisation (the comparison is not vacuous)
+        import kanlab as kl
+
+        init = kl.KAN(options["widths"], grid_size=3, seed=0, dtype=torch.float64)
+        assert not torch.equal(model.layers[0].scale_base, init.layers[0].scale_base)
+
+
 @pytest.mark.slow
 def test_failing_rank_fails_the_run_without_hanging(tmp_path: Path) -> None:
     start = time.monotonic()

@@ -88,3 +88,8 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     # Block 2: the pruned KAN's formula is a sympy expression of both inputs.
     (expr,) = ns["kl"].symbolic_formula(ns["pruned"], precision=4)
     assert {str(s) for s in expr.free_symbols} == {"x_1", "x_2"}
+    # Block 3 (multiplication nodes): "print(kl.symbolic_formula(mkan)[0])  # x_1*x_2".
+    sympy = pytest.importorskip("sympy")
+    (prod,) = ns["kl"].symbolic_formula(ns["mkan"])
+    x1, x2 = sympy.symbols("x_1 x_2", real=True)
+    assert sympy.srepr(prod) == sympy.srepr(x1 * x2)

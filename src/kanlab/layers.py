@@ -281,19 +281,47 @@ class KANLinear(nn.Module):
         return check_finite("x", x)
 
     @torch.no_grad()
-    def update_grid(self, x: Tensor, *, grid_eps: float = 0.02) -> None:
+    def update_grid(
+        self, x: Tensor, *, grid_eps: float = 0.02, grow: Sequence[bool] | Tensor | None = None
+    ) -> None:
         """Move the knots to the distribution of ``x`` ``(batch, in)`` and refit the coefficients so
         the learned function is preserved (in the least-squares sense, on the data).
 
         ``grid_eps`` mixes a uniform grid on the data's range into the quantiles (0: quantiles only,
         1: uniform on the data's range). An input whose samples are all equal keeps its knots.
+        ``grow`` (one bool per input) marks inputs whose grid only grows: their knots become uniform
+        on the union of the current grid range and the data's range (what :class:`kanlab.KAN` does
+        for the multiplication nodes a layer reads, see :mod:`kanlab.mult`).
         """
         self._check_grid_data(x)
         grid_eps = check_float("grid_eps", grid_eps, minimum=0.0)
         if grid_eps > 1:
             raise ValueError(f"grid_eps must be in [0, 1], got {grid_eps}")
         new_knots = knots_from_data(x, self.grid_size, self.spline_order, grid_eps)
-        self._refit(x, new_knots, uniform=grid_eps == 1.0)
+        new_knots, uniform = self._grow(x, new_knots, grow, grid_eps == 1.0)
+        self._refit(x, new_knots, uniform=uniform)
+
+    def _grow(
+        self, x: Tensor, new_knots: Tensor, grow: Sequence[bool] | Tensor | None, uniform: bool
+    ) -> tuple[Tensor, bool]:
+        """``new_knots`` with the rows of the ``grow`` inputs replaced by uniform knots on the union
+        of the current grid range and the range of ``x``; and whether every row is uniform."""
+        if grow is None:
+            return new_knots, uniform
+        flags = torch.as_tensor(grow, dtype=torch.bool, device=new_knots.device).reshape(-1)
+        if flags.numel() != self.in_features:
+            raise ValueError(
+                f"grow must have one flag per input ({self.in_features}), got {flags.numel()}"
+            )
+        if not bool(flags.any()):
+            return new_knots, uniform
+        k = self.spline_order
+        lo = torch.minimum(x.min(0).values, self.knots[:, k].to(x))
+        hi = torch.maximum(x.max(0).values, self.knots[:, -k - 1].to(x))
+        g = new_knots.shape[1] - 2 * k - 1
+        grown = uniform_knots(self.in_features, g, k, torch.stack([lo, hi], dim=1), dtype=x.dtype)
+        knots = torch.where(flags.unsqueeze(1), grown.to(new_knots), new_knots)
+        return knots, uniform or bool(flags.all())
 
     @torch.no_grad()
     def extend_grid(
@@ -303,6 +331,7 @@ class KANLinear(nn.Module):
         *,
         grid_eps: float = 0.02,
         allow_coarsen: bool = False,
+        grow: Sequence[bool] | Tensor | None = None,
     ) -> None:
         """Grid extension (fine-graining) to ``new_size`` intervals, preserving the function.
 
@@ -310,7 +339,7 @@ class KANLinear(nn.Module):
         When the new grid refines the old uniform one (5 -> 10 -> 20 ...), the old spline lies in the
         new spline space and is reproduced exactly (to rounding) on the grid range.
         With ``x`` ``(batch, in)``: the new grid is placed on the data as in :meth:`update_grid` and
-        the refit uses the data.
+        the refit uses the data (``grow`` as there).
 
         A ``new_size`` below the current grid size coarsens the grid: the function is then only
         approximated (detail is lost), so it is refused unless ``allow_coarsen=True``.
@@ -321,7 +350,8 @@ class KANLinear(nn.Module):
         if x is not None:
             self._check_grid_data(x)
             new_knots = knots_from_data(x, new_size, k, grid_eps)
-            self._refit(x, new_knots, uniform=grid_eps == 1.0)
+            new_knots, uniform = self._grow(x, new_knots, grow, grid_eps == 1.0)
+            self._refit(x, new_knots, uniform=uniform)
             return
         lo, hi = self.knots[:, k], self.knots[:, -k - 1]  # (in,) the grid range
         new_knots = uniform_knots(

@@ -47,6 +47,7 @@ __all__ = [
     "subnode_groups",
     "subnode_owner",
     "to_subnodes",
+    "widths_label",
 ]
 
 Width = int | tuple[int, int]
@@ -87,6 +88,13 @@ def normalize_widths(widths: object) -> tuple[Width, ...]:
             raise ValueError(f"widths[{i}] must have at least one node, got {list(w)!r}")
         out.append((n_sum, n_mult) if n_mult else n_sum)
     return tuple(out)
+
+
+def widths_label(widths: Sequence[int | Sequence[int]]) -> str:
+    """Widths as a compact label: ints as they are, a layer ``(n_sum, n_mult)`` as
+    ``"{n_sum}+{n_mult}x"``, comma-separated: ``(2, (2, 1), 1) -> "2,2+1x,1"`` (what sweeps and
+    reports print)."""
+    return ",".join(str(w) if not _is_seq(w) else f"{w[0]}+{w[1]}x" for w in widths)
 
 
 def split_widths(widths: Sequence[Width]) -> tuple[list[int], list[int]]:

@@ -414,6 +414,16 @@ def _round_floats(expr: Any, precision: int) -> Any:
     return expr.xreplace(reps)
 
 
+def _exact_units(expr: Any) -> Any:
+    """The constants that are exactly 1.0, -1.0 or 0.0 as the integers 1, -1, 0 (the value is
+    unchanged, so a full-precision formula reads ``x_1*x_2``, not ``1.0*x_1*x_2``); every other
+    constant stays the float it is."""
+    import sympy as sp
+
+    reps = {f: sp.Integer(int(f)) for f in expr.atoms(sp.Float) if float(f) in (1.0, -1.0, 0.0)}
+    return expr.xreplace(reps) if reps else expr
+
+
 def _edge_expr(fn: SymbolicFunction, z: Any, p: list[float]) -> Any:
     import sympy as sp
 
@@ -433,7 +443,9 @@ def symbolic_formula(
     them with :func:`fix_symbolic` / :func:`auto_symbolic`, or prune them). Products and powers of
     sums are expanded, then every constant is rounded to ``precision`` decimal places (constants
     that round to an integer become exact integers, to 0 vanish); ``precision=None`` keeps full
-    precision. Variables are named ``x_1, x_2, ...`` unless ``var_names`` is given.
+    precision (only constants that are exactly 1.0, -1.0 or 0.0 become the integers 1, -1, 0: the
+    same values, so an identity edge reads ``x_1``, not ``1.0*x_1``). Variables are named
+    ``x_1, x_2, ...`` unless ``var_names`` is given.
     """
     layers = kan_layers(model)
     import sympy as sp
@@ -481,8 +493,7 @@ def symbolic_formula(
         e = sp.expand(
             e, deep=True, mul=True, multinomial=True, power_exp=False, power_base=False, log=False
         )
-        if precision is not None:
-            e = _round_floats(e, precision)
+        e = _round_floats(e, precision) if precision is not None else _exact_units(e)
         exprs.append(e)
     fn = sp.lambdify(variables, exprs, "numpy")
     return Formula(exprs, variables, fn)

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from kanlab.bench.sweep import Trial
 from kanlab.config import FitConfig, KANConfig
 from kanlab.models import count_flops
+from kanlab.mult import widths_label
 
 __all__ = [
     "Estimate",
@@ -89,7 +90,7 @@ class Shape:
 
     @property
     def label(self) -> str:
-        w = ",".join(map(str, self.widths))
+        w = widths_label(self.widths)
         return f"{self.family}[{w}] x{self.n_models}"
 
 

@@ -19,6 +19,7 @@ A sweep is a small file::
 
     [kan]
     hidden = ["task", [5, 5]]      # hidden widths; "task" = the task's default shape
+    # hidden = [[[2, 1]]]          # a layer [n_sum, n_mult]: 2 sum + 1 multiplication node
     grids = [[3, 5, 10], [10]]     # grid schedules; [G] = a fixed grid G
     spline_order = 3
 
@@ -31,6 +32,13 @@ A sweep is a small file::
 The ``[train]`` table holds :class:`~kanlab.config.FitConfig` fields (less those each trial sets:
 ``grid_schedule``, ``seed``, ``progress``, ``log_every``), plus ``total_steps`` as the alternative to
 ``steps``. Every error names the field. :mod:`kanlab.bench.sweep` turns a sweep into trials.
+
+**Multiplication nodes** (:mod:`kanlab.mult`): a hidden layer in ``kan.hidden`` is an int (sum
+nodes) or a pair ``[n_sum, n_mult]``, exactly as in ``KAN([2, [2, 1], 1])``: ``hidden = [[[2, 1]]]``
+is one KAN whose single hidden layer has 2 sum nodes and 1 multiplication node (of arity 2, the
+default; a pair ``[n, 0]`` is the plain ``n``). Labels write such a layer ``2+1x``
+(``kan[2,2+1x,1] G=5``); the matched MLPs are sized on the KAN's parameter (or FLOP) count as for
+any KAN.
 """
 
 from __future__ import annotations
@@ -71,7 +79,8 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class KANSpec:
-    hidden: tuple[tuple[int, ...] | None, ...] = (None,)  # None = the task's default hidden widths
+    # hidden layers of each KAN: ints (sum nodes) or (n_sum, n_mult) pairs; None = the task's default
+    hidden: tuple[tuple[int | tuple[int, int], ...] | None, ...] = (None,)
     grids: tuple[tuple[int, ...], ...] = ((5,),)  # grid schedules; (G,) = fixed grid
     spline_order: int = 3
 
@@ -152,6 +161,20 @@ def _int_list(source: str, name: str, v: Any, minimum: int) -> tuple[int, ...]:
     return tuple(_int(source, f"{name}[{i}]", x, minimum) for i, x in enumerate(v))  # type: ignore[misc]
 
 
+def _hidden_layer(source: str, name: str, v: Any) -> int | tuple[int, int]:
+    """One hidden layer: an int >= 1 (sum nodes) or a pair ``[n_sum, n_mult]`` (``[n, 0]`` -> n)."""
+    if isinstance(v, str) or not isinstance(v, Sequence):
+        return _int(source, name, v, 1)  # type: ignore[return-value]
+    if len(v) != 2:
+        raise _fail(source, name, f"must be an int or a pair [n_sum, n_mult], got {v!r}")
+    n_sum = _int(source, f"{name}[0]", v[0], 0)
+    n_mult = _int(source, f"{name}[1]", v[1], 0)
+    assert n_sum is not None and n_mult is not None
+    if n_sum + n_mult < 1:
+        raise _fail(source, name, f"must have at least one node, got {list(v)!r}")
+    return (n_sum, n_mult) if n_mult else n_sum
+
+
 def _choice(source: str, name: str, v: Any, choices: Sequence[str]) -> str:
     if v not in choices:
         raise _fail(source, name, f"must be one of {', '.join(choices)}; got {v!r}")
@@ -202,14 +225,18 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "sweep") -> Sweep:
     )
     train_spec, total_steps = _parse_train(source, sections["train"])
     k = sections["kan"]
-    hidden: list[tuple[int, ...] | None] = []
+    hidden: list[tuple[int | tuple[int, int], ...] | None] = []
     for i, h in enumerate(_nonempty(source, "kan.hidden", k.get("hidden", ["task"]))):
         if h == "task":
             hidden.append(None)
         elif isinstance(h, str) or not isinstance(h, Sequence):
-            raise _fail(source, f"kan.hidden[{i}]", f'must be "task" or a list of ints, got {h!r}')
+            raise _fail(
+                source, f"kan.hidden[{i}]",
+                f'must be "task" or a list of ints or [n_sum, n_mult] pairs, got {h!r}',
+            )  # fmt: skip
         else:
-            hidden.append(_int_list(source, f"kan.hidden[{i}]", h, 1))
+            hidden.append(tuple(_hidden_layer(source, f"kan.hidden[{i}][{j}]", w)
+                                for j, w in enumerate(h)))  # fmt: skip
     grids = []
     for i, g in enumerate(_nonempty(source, "kan.grids", k.get("grids", [[5]]))):
         if isinstance(g, int) and not isinstance(g, bool):

@@ -34,6 +34,7 @@ from kanlab.bench.spec import (
 from kanlab.bench.tasks import Task, csv_task, load, resolve_tasks
 from kanlab.config import FitConfig, KANConfig, MLPConfig
 from kanlab.models import count_flops, count_params
+from kanlab.mult import widths_label
 
 __all__ = [
     "TRAINING_SEMANTICS",
@@ -94,7 +95,7 @@ class Trial:
         return "kan" if isinstance(self.model, KANConfig) else "mlp"
 
     @property
-    def widths(self) -> tuple[int, ...]:
+    def widths(self) -> tuple[int | tuple[int, int], ...]:
         return self.model.widths
 
     @property
@@ -111,7 +112,9 @@ class Trial:
 
     @property
     def label(self) -> str:
-        w = ",".join(map(str, self.widths))
+        """``kan[2,5,1] G=3>5`` / ``mlp[2,32,1] silu``; a layer with multiplication nodes reads
+        ``2+1x`` (2 sum + 1 multiplication node: :func:`kanlab.mult.widths_label`)."""
+        w = widths_label(self.widths)
         if isinstance(self.model, KANConfig):
             return f"kan[{w}] G={'>'.join(map(str, self.grid_schedule))}"
         return f"mlp[{w}] {self.model.activation}"
