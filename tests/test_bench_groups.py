@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from kanlab.bench.groups import batch_key, group_trials
+from kanlab.bench.groups import batch_key, group_cost, group_trials, longest_first
 from kanlab.bench.sweep import expand, parse_sweep
 from kanlab.bench.tasks import get_task
 
@@ -112,3 +112,30 @@ def test_max_size_splits_large_groups_in_order():
             group_trials(many, max_size=bad)
     with pytest.raises(TypeError, match="Trial"):
         batch_key("not a trial")
+
+
+def test_group_cost_ranks_larger_and_kan_groups_dearer():
+    trials = _trials(seeds=6, kan={"hidden": [[2], [5]], "grids": [[3]]}, mlp={"depths": [1]})
+    groups = group_trials(trials)
+    by_widths = {(g[0].family, tuple(g[0].model.widths)): g for g in groups}
+    kan5 = by_widths[("kan", (2, 5, 1))]
+    kan2 = by_widths[("kan", (2, 2, 1))]
+    assert group_cost(kan5) > group_cost(kan2) > group_cost(kan2[:3]) > 0
+    # a KAN costs more than an MLP of the same sparse FLOPs (factor 3)
+    mlp = next(g for g in groups if g[0].family == "mlp")
+    mlp_more_steps = [dataclasses.replace(t, fit=t.fit.replace(steps=20)) for t in mlp]
+    assert group_cost(mlp_more_steps) > group_cost(mlp)
+    assert group_cost([]) == 0.0
+
+
+def test_longest_first_is_a_stable_reordering_by_cost():
+    trials = _trials(seeds=2, kan={"hidden": [[2], [5], [2]], "grids": [[3], [4]]})
+    groups = group_trials(trials)
+    ordered = longest_first(groups)
+    assert sorted(map(id, ordered)) == sorted(map(id, groups))  # a permutation
+    costs = [group_cost(g) for g in ordered]
+    assert costs == sorted(costs, reverse=True)
+    ties = [g for g in ordered if group_cost(g) == costs[0]]
+    assert ties == [g for g in groups if group_cost(g) == costs[0]]  # ties keep their order
+    assert group_cost(ordered[0]) > group_cost(ordered[-1])  # the order really changed something
+    assert ordered[0][0].model.widths[1] == 5

@@ -178,3 +178,35 @@ def test_unreachable_dask_scheduler_is_reported():
     with pytest.raises(ValueError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
         with make_executor("dask://127.0.0.1:9", connect_timeout=1):
             pass
+
+
+class _RecordingExecutor:
+    """Runs each submission at once in this process and records the order (a stand-in pool)."""
+
+    def __init__(self) -> None:
+        self.submitted: list = []
+
+    def submit(self, fn, /, *args, **kwargs):
+        from concurrent.futures import Future
+
+        self.submitted.append(args[0])
+        fut: Future = Future()
+        fut.set_result(fn(*args, **kwargs))
+        return fut
+
+
+def test_a_pool_gets_the_groups_longest_first(tmp_path, monkeypatch):
+    from kanlab.bench.groups import group_cost
+
+    trials = _trials(kan={"hidden": [[1], [4]], "grids": [[3]]}, mlp={"depths": [1]})
+    monkeypatch.setattr(runner, "warm_executor", lambda *a, **k: None)
+    executor = _RecordingExecutor()
+
+    def fake_group(group):
+        return [{"status": "ok", "test_error": 0.0} for _ in group]
+
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        run_trials(trials, store, executor, group_fn=fake_group)
+    costs = [group_cost(g) for g in executor.submitted]
+    assert len(costs) == len(group_trials(trials)) >= 3
+    assert costs == sorted(costs, reverse=True) and costs[0] > costs[-1]

@@ -170,7 +170,7 @@ from numba.core import event
 import kanlab
 from kanlab import kernels
 from kanlab.kernels.warm import BATCH_PARTS
-from kanlab.model_batch import KANBatch
+from kanlab.model_batch import KANBatch, MLPBatch
 
 torch.set_num_threads(1)  # the fused kernels' condition
 assert kernels.warm_up(torch.float64, BATCH_PARTS).cold == BATCH_PARTS  # a cold cache
@@ -184,8 +184,11 @@ class Listener(event.Listener):
     def on_end(self, ev):
         pass
 
+# M x out = 2 x 1100 >= 2048: the MLP batch's first layer takes its fused kernel
+mlps = MLPBatch.from_config(kanlab.MLPConfig(widths=(2, 1100, 1), dtype="float64"), seeds=[0, 1])
 with event.install_listener("numba:compile", Listener()):
     batch(torch.rand(7, 2, dtype=torch.float64)).sum().backward()
+    mlps(torch.rand(7, 2, dtype=torch.float64)).sum().backward()
 print(len(compiled))
 """
 
@@ -193,8 +196,9 @@ print(len(compiled))
 @pytest.mark.slow
 def test_warm_up_of_the_batch_parts_compiles_what_a_model_batch_runs(tmp_path):
     """On a cold cache, ``warm_up(dtype, BATCH_PARTS)`` compiles what a model batch's training step
-    runs: the step then compiles nothing (a batched sweep's workers warm these parts before the
-    trials, instead of compiling them inside their first trial's clock)."""
+    runs (a KAN batch's and an MLP batch's fused kernels): the step then compiles nothing (a
+    batched sweep's workers warm these parts before the trials, instead of compiling them inside
+    their first trial's clock)."""
     proc = subprocess.run([sys.executable, "-c", _BATCH_STEP], capture_output=True, text=True,
                           timeout=600, env=_env(tmp_path / "cache"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -174,6 +174,33 @@ def test_float32_matches_the_reference():
     torch.testing.assert_close(y.double(), expected, rtol=0, atol=1e-5)
 
 
+def test_in_place_change_before_backward_is_refused():
+    """The backward reuses the forward's numpy views of its inputs; autograd's saved-tensor
+    version check must still refuse a backward after an input changed in place."""
+    x, coef, ss, sb, knots, mask, uniform = case("ua", seed=9)
+    y = run(x, coef, ss, sb, knots, mask, uniform, 3, "silu")
+    with torch.no_grad():
+        coef.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_gradients_of_some_inputs_only():
+    """Only coef and scale_base require grad (x and scale_spline do not): those two equal the
+    reference, the others get none."""
+    x, coef, ss, sb, knots, mask, uniform = case("au", seed=10)
+    x, ss = x.detach(), ss.detach()
+    y = run(x, coef, ss, sb, knots, mask, uniform, 3, "silu")
+    expected = reference(x, coef, ss, sb, knots, mask, 3, "silu")
+    y.square().sum().backward()
+    got = (coef.grad.clone(), sb.grad.clone())
+    coef.grad = sb.grad = None
+    expected.square().sum().backward()
+    torch.testing.assert_close(got[0], coef.grad, rtol=0, atol=1e-10)
+    torch.testing.assert_close(got[1], sb.grad, rtol=0, atol=1e-10)
+    assert x.grad is None and ss.grad is None
+
+
 def test_empty_batch():
     x, coef, ss, sb, knots, mask, uniform = case("ua")
     empty = x[:, :0].detach().requires_grad_()

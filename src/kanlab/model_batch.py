@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from kanlab._checks import check_input, check_int
 from kanlab.config import KANConfig, MLPConfig
-from kanlab.kernels.backends import choose
+from kanlab.kernels.backends import choose, select_backend
 from kanlab.kernels.batched_reference import batched_basis, batched_spline_product
 from kanlab.layers import ACTIVATIONS, KANLinear
 from kanlab.models import KAN, MLP, kan_layers
@@ -453,13 +453,44 @@ class MLPBatch(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x ``(batch, in)`` (shared) or ``(M, batch, in)`` -> ``(M, batch, out)``."""
+        shared = isinstance(x, Tensor) and x.dim() == 2
         x = _batch_input(x, self.n_models, self.widths[0], self.layers[0].weight.dtype)
+        if shared:  # the fused first layer reads a shared x once (others take the expanded view)
+            x = x[0]
         act = ACTIVATIONS[self.activation]
+        last = len(self.layers) - 1
         for i, lin in enumerate(self.layers):
+            if i < last and self._fused(x, lin):
+                from kanlab.kernels import cpu_batched_mlp  # (imported, and compiled, on first use)
+
+                x = cpu_batched_mlp.linear_act(x, lin.weight, lin.bias, activation=self.activation)
+                continue
+            if x.dim() == 2:
+                x = x.unsqueeze(0).expand(self.n_models, *x.shape)
             x = lin(x)
-            if i < len(self.layers) - 1:
+            if i < last:
                 x = act(x)
         return x
+
+    def _fused(self, x: Tensor, lin: _LinearBatch) -> bool:
+        """Whether the fused hidden layer (:mod:`kanlab.kernels.cpu_batched_mlp`) runs this layer:
+        CPU float32/float64 on one torch thread, where the kernel backend is Numba
+        (``set_backend`` honoured), M >= 2 (a single model keeps torch's ops), and where it pays
+        (:func:`~kanlab.kernels.cpu_batched_mlp.pays`: SiLU, few inputs, M x out large)."""
+        w = lin.weight
+        if (
+            self.n_models < 2
+            or torch.get_num_threads() != 1
+            or w.device.type != "cpu"
+            or w.dtype not in (torch.float32, torch.float64)
+            or x.dtype != w.dtype
+            or x.device != w.device
+            or select_backend(x if x.dim() == 2 else x[0]).name != "numba"
+        ):
+            return False
+        from kanlab.kernels.cpu_batched_mlp import pays
+
+        return pays(self.n_models, w.shape[2], w.shape[1], self.activation)
 
     def unstack(self) -> list[MLP]:
         """M independent MLPs holding exactly the batch's values (copies)."""

@@ -605,19 +605,23 @@ def run_trials(
     on the executor, trained as one model batch
     by ``group_fn`` (default :func:`run_trial_group`; with a custom ``trial_fn`` and no
     ``group_fn``, the group's trials run one by one through ``trial_fn``); its rows are committed
-    one per trial when the group completes. ``batch=False``: one task per trial, as before.
+    one per trial when the group completes. ``batch=False``: one task per trial, as before. On any
+    executor but :class:`SerialExecutor` the tasks are submitted longest first
+    (:func:`~kanlab.bench.groups.longest_first`), so a pool packs them like LPT.
 
     ``progress`` shows a tqdm bar over trials; ``on_result`` is called in this process after each
     result is committed. An exception raised by the executor itself (e.g. a worker process that
     died) is recorded as ``failed`` for the trials of its task. A ``KeyboardInterrupt`` comes out as
     :class:`Interrupted` with the summary of the trials committed until then; a rerun runs only the
     trials not finished (regrouped), so no trial is recorded twice."""
-    from kanlab.bench.groups import group_trials
+    from kanlab.bench.groups import group_trials, longest_first
 
     start = time.perf_counter()
     done = store.finished_keys(FINISHED_STATUSES)
     pending = [t for t in trials if t.key not in done]
     groups = group_trials(pending, max_size=max_batch) if batch else [[t] for t in pending]
+    if not isinstance(executor, SerialExecutor):  # a pool: longest first packs like LPT
+        groups = longest_first(groups)
     if group_fn is None:
         group_fn = run_trial_group if trial_fn is run_trial else partial(_each_trial, trial_fn)
     warm_executor(executor, pending)  # a cold JIT cache: the kernels compiled before the bar starts

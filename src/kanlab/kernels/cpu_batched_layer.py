@@ -105,6 +105,21 @@ def _activation(xs, bs, code, deriv, act, dact, bits, tmp):  # pragma: no cover 
 
 
 @njit(inline="always")
+def _scatter(vals, jj, bs, nb, k, n_slots, bd):  # pragma: no cover - compiled
+    """bd[g, s] = vals[q, s] for the slot q with jj[s] == g + k - q (slot q holds B_{j-k+q}),
+    0 where none matches. ``n_slots`` = k+1, passed as a literal 4 for the cubic case so LLVM
+    unrolls the select chain."""
+    for g in range(nb):
+        for s in range(bs):
+            j = jj[s]
+            v = 0.0
+            for q in range(n_slots):
+                a = vals[q, s]
+                v = a if j == g + k - q else v
+            bd[g, s] = v
+
+
+@njit(inline="always")
 def _basis(
     xs, bs, t0, h, kn, k, uniform, deriv, jj, uu, vals, dvals, bd, dbd, bd2
 ):  # pragma: no cover
@@ -146,23 +161,9 @@ def _basis(
                     dvals[1, s] = (1.5 * u2 - 2.0 * u) * inv_h
                     dvals[2, s] = (-1.5 * u2 + u + 0.5) * inv_h
                     dvals[3, s] = 0.5 * u2 * inv_h
-            for g in range(nb):  # vals[r] belongs to B_{j-3+r}
-                for s in range(bs):
-                    j = jj[s]
-                    v = 0.0
-                    for q in range(4):
-                        a = vals[q, s]
-                        v = a if j == g + k - q else v
-                    bd[g, s] = v
+            _scatter(vals, jj, bs, nb, 3, 4, bd)  # vals[r] belongs to B_{j-3+r}
             if deriv:
-                for g in range(nb):
-                    for s in range(bs):
-                        j = jj[s]
-                        v = 0.0
-                        for q in range(4):
-                            a = dvals[q, s]
-                            v = a if j == g + k - q else v
-                        dbd[g, s] = v
+                _scatter(dvals, jj, bs, nb, 3, 4, dbd)
         else:  # cardinal recursion in u, r descending so each level reads the previous one
             for s in range(bs):
                 vals[0, s] = 1.0
@@ -177,23 +178,9 @@ def _basis(
                             dvals[r, s] = (lower - upper) * inv_h
                         u = uu[s]
                         vals[r, s] = ((u + (p - r)) * lower + ((r + 1) - u) * upper) * inv_p
-            for g in range(nb):
-                for s in range(bs):
-                    j = jj[s]
-                    v = 0.0
-                    for q in range(k + 1):
-                        a = vals[q, s]
-                        v = a if j == g + k - q else v
-                    bd[g, s] = v
+            _scatter(vals, jj, bs, nb, k, k + 1, bd)
             if deriv:
-                for g in range(nb):
-                    for s in range(bs):
-                        j = jj[s]
-                        v = 0.0
-                        for q in range(k + 1):
-                            a = dvals[q, s]
-                            v = a if j == g + k - q else v
-                        dbd[g, s] = v
+                _scatter(dvals, jj, bs, nb, k, k + 1, dbd)
     else:  # adapted grid: dense Cox-de Boor, level 0 the half-open interval indicators
         src = bd if k % 2 == 0 else bd2  # (the last level lands in bd)
         dst = bd2 if k % 2 == 0 else bd
@@ -461,10 +448,6 @@ def takes(n_basis: int, base_activation: str) -> bool:
     return n_basis <= MAX_DENSE_BASIS and base_activation in ACTIVATION_CODES
 
 
-def torch_to_numpy_dtype(dtype: torch.dtype) -> type:
-    return np.float64 if dtype == torch.float64 else np.float32
-
-
 def _flags(uniform: Tensor) -> np.ndarray:
     return np.ascontiguousarray(uniform.detach().cpu().numpy().astype(np.bool_, copy=False))
 
@@ -473,53 +456,69 @@ def _arrays(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
+class _Plan:
+    """What a call's backward needs beside the tensors: the knot arrays, the grid flags, k and the
+    activation code (one argument to ``apply`` instead of five: each argument of a custom
+    Function costs Python time per call, which shows at M = 8)."""
+
+    __slots__ = ("code", "flags", "h", "k", "kn", "t0")
+
+    def __init__(self, knots: Tensor, uniform: Tensor, k: int, code: int) -> None:
+        self.kn, self.t0, self.h = (a.numpy() for a in _knot_arrays(knots))
+        self.flags = _flags(uniform)
+        self.k = k
+        self.code = code
+
+
 class _FusedLayer(torch.autograd.Function):
-    """Autograd of :func:`kan_layer`: first order, w.r.t. x, coef, scale_spline, scale_base."""
+    """Autograd of :func:`kan_layer`: first order, w.r.t. x, coef, scale_spline, scale_base.
+
+    The forward's numpy views of its inputs are kept on ``ctx`` for the backward (no second
+    ``detach().contiguous().numpy()`` per tensor); the tensors are saved too, so autograd still
+    refuses a backward after an in-place change of any of them."""
 
     @staticmethod
-    def forward(ctx, x, coef, scale_spline, scale_base, knots, mask, flags, k, code):
-        kn, t0, h = (a.numpy() for a in _knot_arrays(knots))
-        xs = x if x.dim() == 3 else x.unsqueeze(0)
-        args = (kn, t0, h, flags, k, code)
+    def forward(ctx, x, coef, scale_spline, scale_base, mask, plan):
+        xs = _arrays(x if x.dim() == 3 else x.unsqueeze(0))
+        arrays = (_arrays(coef), _arrays(scale_spline), _arrays(scale_base), _arrays(mask))
         ctx.save_for_backward(x, coef, scale_spline, scale_base, mask)
-        ctx.args = args
+        ctx.plan = plan
+        ctx.x_dim = x.dim()
+        ctx.arrays = (xs, *arrays)
         n_models, batch = coef.shape[0], xs.shape[1]
         y = torch.empty(n_models, batch, coef.shape[3], dtype=x.dtype)
         if batch > 0:
-            _forward(_arrays(xs), t0, h, kn, _arrays(coef), _arrays(scale_spline),
-                     _arrays(scale_base), _arrays(mask), k, flags, code, y.numpy())  # fmt: skip
+            _forward(xs, plan.t0, plan.h, plan.kn, *arrays, plan.k, plan.flags, plan.code,
+                     y.numpy())  # fmt: skip
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        x, coef, scale_spline, scale_base, mask = ctx.saved_tensors
-        kn, t0, h, flags, k, code = ctx.args
-        xs = x if x.dim() == 3 else x.unsqueeze(0)
-        need_x = ctx.needs_input_grad[0]
-        dtype = torch_to_numpy_dtype(coef.dtype)
+        ctx.saved_tensors  # noqa: B018 - autograd's check: no input changed in place since forward
+        xs, coef, ss, sb, mask = ctx.arrays
+        plan = ctx.plan
+        needs = ctx.needs_input_grad
+        need_x = needs[0]
+        dtype = coef.dtype
         # numpy allocations: a few microseconds less each than torch.zeros (called per step)
         if not need_x:
             gx = np.zeros((1, 0, xs.shape[2]), dtype=dtype)
         else:  # a per-model x's gradient is written whole; a shared x's is a sum
             gx = (np.empty if xs.shape[0] > 1 else np.zeros)(xs.shape, dtype=dtype)
         gcoef = np.zeros(coef.shape, dtype=dtype)
-        gss = np.zeros(scale_spline.shape, dtype=dtype)
-        gsb = np.zeros(scale_base.shape, dtype=dtype)
+        gss = np.zeros(ss.shape, dtype=dtype)
+        gsb = np.zeros(sb.shape, dtype=dtype)
         if xs.shape[1] > 0:
-            _backward(_arrays(xs), t0, h, kn, _arrays(coef), _arrays(scale_spline),
-                      _arrays(scale_base), _arrays(mask), k, flags, code,
-                      _arrays(grad_y), bool(need_x), gx, gcoef, gss, gsb)  # fmt: skip
-        gx, gcoef, gss, gsb = (torch.from_numpy(a) for a in (gx, gcoef, gss, gsb))
-        needs = ctx.needs_input_grad
+            _backward(xs, plan.t0, plan.h, plan.kn, coef, ss, sb, mask, plan.k, plan.flags,
+                      plan.code, _arrays(grad_y), bool(need_x), gx, gcoef, gss, gsb)  # fmt: skip
+        if need_x:
+            gx = torch.from_numpy(gx if ctx.x_dim == 3 else gx[0])
         return (
-            (gx if x.dim() == 3 else gx[0]) if need_x else None,
-            gcoef if needs[1] else None,
-            gss if needs[2] else None,
-            gsb if needs[3] else None,
-            None,
-            None,
-            None,
+            gx if need_x else None,
+            torch.from_numpy(gcoef) if needs[1] else None,
+            torch.from_numpy(gss) if needs[2] else None,
+            torch.from_numpy(gsb) if needs[3] else None,
             None,
             None,
         )
@@ -561,14 +560,5 @@ def kan_layer(
         )
     if knots.requires_grad:
         raise ValueError("knots must not require grad: the fused layer gives no knot gradient")
-    return _FusedLayer.apply(
-        x,
-        coef,
-        scale_spline,
-        scale_base,
-        knots,
-        mask,
-        _flags(uniform),
-        int(spline_order),
-        ACTIVATION_CODES[base_activation],
-    )
+    plan = _Plan(knots, uniform, int(spline_order), ACTIVATION_CODES[base_activation])
+    return _FusedLayer.apply(x, coef, scale_spline, scale_base, mask, plan)

@@ -12,8 +12,9 @@ compiling, and record how long it took.
 Parts (:data:`PARTS`): ``forward`` (the forward kernel), ``grad_weight`` (the coefficient and scale
 gradients), ``grad_x`` (the input gradient); a training step runs all three. :data:`BATCH_PARTS`:
 ``batch_forward`` and ``batch_backward``, the fused kernels of a model batch's layers
-(:mod:`~kanlab.kernels.cpu_batched_layer`, ~10 s together, float64, idle), which ``fit_batch``
-and a batched sweep warm as well; ``fit`` does not need them. Numba compiles under
+(:mod:`~kanlab.kernels.cpu_batched_layer`, ~10 s together, float64, idle; and the MLP batch's
+:mod:`~kanlab.kernels.cpu_batched_mlp`), which ``fit_batch`` and a batched sweep warm as well;
+``fit`` does not need them. Numba compiles under
 one lock per process, so one process compiles one kernel at a time: to use several cores, warm
 different parts in different processes, which then load the others' from the JIT cache
 (:mod:`kanlab.bench.warm` does this for a sweep's worker processes).
@@ -103,7 +104,8 @@ def _tiny_problem(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
 
 
 def _batch_call(part: str, dtype: torch.dtype) -> None:
-    """One model batch layer (M = 1, G = 5, k = 3, SiLU) through the fused kernels."""
+    """One model batch layer (M = 1, G = 5, k = 3, SiLU) through the fused kernels, and one
+    fused MLP hidden layer (M = 1, 1 -> 1, SiLU)."""
     from kanlab.kernels.cpu_batched_layer import kan_layer
 
     x, knots, weight, scale, _ = _tiny_problem(dtype)
@@ -113,6 +115,14 @@ def _batch_call(part: str, dtype: torch.dtype) -> None:
                   base_activation="silu")  # fmt: skip
     if part == "batch_backward":
         y.sum().backward()
+    # the MLP batch's fused hidden layer (kanlab.kernels.cpu_batched_mlp): x is data, as in a
+    # first layer (its backward is the one-pass parameter-gradient kernel)
+    from kanlab.kernels.cpu_batched_mlp import linear_act
+
+    w = torch.ones(1, 1, 1, dtype=dtype, requires_grad=part == "batch_backward")
+    h = linear_act(x, w, torch.zeros(1, 1, dtype=dtype), activation="silu")
+    if part == "batch_backward":
+        h.sum().backward()
 
 
 def _call(part: str, dtype: torch.dtype) -> None:
