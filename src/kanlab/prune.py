@@ -75,6 +75,7 @@ def prune(
     node_threshold: float = ...,
     edge_threshold: float = ...,
     prune_inputs: Literal[False] = ...,
+    keep_input_tolerance: float | None = ...,
 ) -> nn.Module: ...
 
 
@@ -86,6 +87,7 @@ def prune(
     node_threshold: float = ...,
     edge_threshold: float = ...,
     prune_inputs: Literal[True],
+    keep_input_tolerance: float | None = ...,
 ) -> tuple[nn.Module, list[int]]: ...
 
 
@@ -97,6 +99,7 @@ def prune(
     node_threshold: float = 1e-2,
     edge_threshold: float = 3e-2,
     prune_inputs: bool = False,
+    keep_input_tolerance: float | None = 1e-3,
 ) -> nn.Module | tuple[nn.Module, list[int]]:
     """A pruned copy of the KAN ``model``, scored on the inputs ``x`` (batch, widths[0]).
 
@@ -108,6 +111,14 @@ def prune(
     the pruned model ``x[:, kept_inputs]``); otherwise it returns the model alone. Thresholds of 0
     keep everything (outputs identical bit for bit). Outputs keep their nodes.
 
+    ``keep_input_tolerance`` (default 1e-3; None = off, the old behaviour): an input that the
+    thresholds would cut off (no kept path to an output, or removed by ``prune_inputs``) is kept
+    if masking all its edges moves the model's output on ``x`` by more than this fraction of the
+    output's standard deviation (RMS, largest over the outputs): a small share of the attribution
+    can still be far more than the fit's error (e.g. ``exp(sin(pi x_1)) + 0.02 x_2``), and a
+    formula without the input cannot be right. Such an input keeps its strongest edge and, from
+    there, the strongest edge of each node on the way to an output (reviving those nodes).
+
     Raises:
         ValueError: a threshold < 0 or non-finite, non-finite ``x``, or a pruning that would remove
             every node of a hidden layer (or every input); the original model is untouched.
@@ -116,6 +127,10 @@ def prune(
     et = check_float("edge_threshold", edge_threshold, minimum=0.0)
     if not isinstance(prune_inputs, bool):
         raise TypeError(f"prune_inputs must be a bool, got {prune_inputs!r}")
+    if keep_input_tolerance is not None:
+        keep_input_tolerance = check_float(
+            "keep_input_tolerance", keep_input_tolerance, minimum=0.0
+        )
     layers, x = check_kan_input(model, x)
     sc = scores(model, x)
     depth = len(layers)
@@ -124,19 +139,15 @@ def prune(
     alive[-1] = torch.ones_like(alive[-1])
     if not prune_inputs:
         alive[0] = torch.ones_like(alive[0])
-    # A node also dies when it has no kept incoming edge (it would be a constant) or no kept
-    # outgoing edge (nothing reads it); repeat until nothing changes (at most one pass per layer).
     first = 0 if prune_inputs else 1
-    for _ in range(depth + 1):
-        changed = False
-        for level in range(first, depth):
-            now = alive[level] & (edge_ok[level] & alive[level + 1].unsqueeze(1)).any(0)
-            if level > 0:
-                now = now & (edge_ok[level - 1] & alive[level - 1].unsqueeze(0)).any(1)
-            changed = changed or not torch.equal(now, alive[level])
-            alive[level] = now
-        if not changed:
-            break
+    _settle(alive, edge_ok, first)
+    if keep_input_tolerance is not None:
+        connected = _connected_inputs(alive, edge_ok)
+        for i in range(layers[0].in_features):
+            if bool(connected[i]) or _input_effect(model, x, i) <= keep_input_tolerance:
+                continue
+            _keep_path(i, alive, edge_ok, sc.edge_attribution)
+        _settle(alive, edge_ok, first)
     for level in range(depth):
         if not bool(alive[level].any()):
             what = "input" if level == 0 else f"hidden layer {level}"
@@ -148,7 +159,7 @@ def prune(
     keep = [torch.nonzero(a).flatten() for a in alive]  # kept node indices per node layer
     new = copy.deepcopy(model)
     for l_idx, la in enumerate(new.layers):
-        dead = (sc.edge_attribution[l_idx] < et).T.to(la.mask.dtype)  # (in, out)
+        dead = (~edge_ok[l_idx]).T.to(la.mask.dtype)  # (in, out)
         la.set_mask(la.mask * (1 - dead))
         new.layers[l_idx] = la.select(keep[l_idx], keep[l_idx + 1])
     if hasattr(new, "widths"):
@@ -156,3 +167,56 @@ def prune(
     if prune_inputs:
         return new, [int(i) for i in keep[0].tolist()]
     return new
+
+
+def _settle(alive: list[Tensor], edge_ok: list[Tensor], first: int) -> None:
+    """A node also dies when it has no kept incoming edge (it would be a constant) or no kept
+    outgoing edge (nothing reads it); repeat until nothing changes (at most one pass per layer).
+    Levels below ``first`` (the inputs, unless they may be pruned) are left alone."""
+    depth = len(edge_ok)
+    for _ in range(depth + 1):
+        changed = False
+        for level in range(first, depth):
+            now = alive[level] & (edge_ok[level] & alive[level + 1].unsqueeze(1)).any(0)
+            if level > 0:
+                now = now & (edge_ok[level - 1] & alive[level - 1].unsqueeze(0)).any(1)
+            changed = changed or not torch.equal(now, alive[level])
+            alive[level] = now
+        if not changed:
+            break
+
+
+def _connected_inputs(alive: list[Tensor], edge_ok: list[Tensor]) -> Tensor:
+    """(widths[0],) bool: which inputs reach an output through kept edges and live nodes."""
+    reach = alive[-1].clone()
+    for level in range(len(edge_ok) - 1, -1, -1):
+        reach = alive[level] & (edge_ok[level] & reach.unsqueeze(1)).any(0)
+    return reach
+
+
+def _input_effect(model: Any, x: Tensor, i: int) -> float:
+    """How far masking every edge of input ``i`` moves the model's output on ``x``: RMS change
+    over the output's standard deviation, the largest over the outputs."""
+    trial = copy.deepcopy(model)
+    la = trial.layers[0]
+    mask = la.mask.clone()
+    mask[i] = 0
+    la.set_mask(mask)
+    before = model(x)  # (batch, out)
+    change = (trial(x) - before).square().mean(0).sqrt()
+    scale = before.std(0).clamp_min(torch.finfo(before.dtype).tiny)
+    return float((change / scale).max())
+
+
+def _keep_path(i: int, alive: list[Tensor], edge_ok: list[Tensor], attr: list[Tensor]) -> None:
+    """Keep input ``i`` and a path from it to an output: at each level the strongest outgoing
+    edge (by attribution) of the current node; the nodes on the way are revived."""
+    alive[0][i] = True
+    node = i
+    for level in range(len(edge_ok)):
+        if bool((edge_ok[level][:, node] & alive[level + 1]).any()) and level > 0:
+            return  # the node already feeds a live node through a kept edge
+        nxt = int(torch.argmax(attr[level][:, node]))
+        edge_ok[level][nxt, node] = True
+        alive[level + 1][nxt] = True
+        node = nxt
