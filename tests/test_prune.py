@@ -106,10 +106,16 @@ def test_bad_input_leaves_model_untouched():
         kl.prune(model, x, node_threshold=-1e-3)
     with pytest.raises(ValueError, match="edge_threshold must be finite"):
         kl.prune(model, x, edge_threshold=math.nan)
+    # (keep_input_tolerance=None: otherwise the inputs, which matter, would keep their paths)
     with pytest.raises(ValueError, match="every node of hidden layer 1"):
-        kl.prune(model, x, node_threshold=2.0)
+        kl.prune(model, x, node_threshold=2.0, keep_input_tolerance=None)
     with pytest.raises(ValueError, match="every node of input"):
-        kl.prune(kl.KAN([2, 1], dtype=F64), x, node_threshold=2.0, prune_inputs=True)
+        kl.prune(
+            kl.KAN([2, 1], dtype=F64), x, node_threshold=2.0, prune_inputs=True,
+            keep_input_tolerance=None,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="keep_input_tolerance must be >= 0"):
+        kl.prune(model, x, keep_input_tolerance=-1.0)
     bad = x.clone()
     bad[1, 1] = math.nan
     with pytest.raises(ValueError, match="non-finite"):
@@ -122,6 +128,50 @@ def test_bad_input_leaves_model_untouched():
         kl.prune(model, x, prune_inputs=1)  # type: ignore[call-overload]
     assert model.widths == [2, 3, 1]
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def small_input_model():
+    """KAN [3, 2, 1]: y = exp(sin(pi x_1) + 0.02 x_2) through hidden node 0 (symbolic edges);
+    x_3 and hidden node 1 have no live edges. x_2's edge carries ~1.5% of node 0's attribution."""
+    model = kl.KAN([3, 2, 1], dtype=F64, base_activation="zero", noise_scale=0.0)
+    l0, l1 = model.layers
+    l0.set_mask(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]], dtype=F64))
+    l1.set_mask(torch.tensor([[1.0], [0.0]], dtype=F64))
+    l0.set_symbolic(0, 0, "sin", (math.pi, 0.0, 1.0, 0.0))
+    l0.set_symbolic(1, 0, "x", (1.0, 0.0, 0.02, 0.0))
+    l1.set_symbolic(0, 0, "exp", (1.0, 0.0, 1.0, 0.0))
+    return model
+
+
+def test_prune_keeps_a_small_input_whose_removal_hurts():
+    x = rand(500, 3, seed=5)
+    model = small_input_model()
+    share = scores(model, x).edge_attribution[0][0, 1]
+    assert 1e-2 < float(share) < 3e-2  # the premise: below the default edge threshold
+    # the old rule masks x_2's edge: the pruned model has lost x_2 (~2% of the output)
+    old = kl.prune(model, x, keep_input_tolerance=None)
+    assert old.layers[0].mask[1].tolist() == [0.0]
+    assert float((old(x) - model(x)).detach().abs().max()) > 1e-2
+    # now x_2 keeps its edge; x_3 (no effect) is still pruned; the function is unchanged
+    pruned, kept = kl.prune(model, x, prune_inputs=True)
+    assert kept == [0, 1] and pruned.widths == [2, 1, 1]
+    assert pruned.layers[0].mask.tolist() == [[1.0], [1.0]]
+    torch.testing.assert_close(pruned(x[:, kept]), model(x), rtol=1e-13, atol=1e-13)
+    # a tolerance above the input's effect lets it go again
+    loose, kept = kl.prune(model, x, prune_inputs=True, keep_input_tolerance=0.5)
+    assert kept == [0] and loose.widths == [1, 1, 1]
+
+
+def test_prune_revives_the_path_of_a_needed_input():
+    # x_2 feeds only hidden node 1, whose importance share is below node_threshold: the old
+    # rule removes the node and with it x_2; now the node (and its edge to the output) stays.
+    x = rand(400, 2, seed=6)
+    model = linear_kan([[1.0, 0.0], [0.0, 1.0]], [[1.0], [0.005]])
+    old = kl.prune(model, x, keep_input_tolerance=None)
+    assert old.widths == [2, 1, 1]
+    pruned = kl.prune(model, x)
+    assert pruned.widths == [2, 2, 1]
+    torch.testing.assert_close(pruned(x), model(x), rtol=1e-13, atol=1e-13)
 
 
 def test_pruned_model_trains_and_keeps_dtype():

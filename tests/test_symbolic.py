@@ -261,6 +261,65 @@ def test_auto_symbolic_constant_input_warns_and_fixes_constant():
     assert const[0].fit.name == "0" and const[0].fixed
 
 
+def noisy_node_model(scale):
+    """KAN [2, 2, 1]: hidden node 0 carries exp(sin(pi x_1) + x_2^2) through symbolic edges;
+    hidden node 1 gets two wiggly numeric edges (random spline coefficients on 10 intervals, which
+    no library function fits) and feeds the output through a numeric edge scaled by ``scale``."""
+    model = kl.KAN([2, 2, 1], grid_size=10, dtype=F64, seed=0, base_activation="zero")
+    l0, l1 = model.layers
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        l0.coef.copy_(torch.randn(l0.coef.shape, generator=g, dtype=F64))
+        l1.coef.copy_(torch.randn(l1.coef.shape, generator=g, dtype=F64) * scale)
+        l0.scale_spline.fill_(1.0)
+        l1.scale_spline.fill_(1.0)
+    l0.set_symbolic(0, 0, "sin", (math.pi, 0.0, 1.0, 0.0))
+    l0.set_symbolic(1, 0, "x^2", (1.0, 0.0, 1.0, 0.0))
+    l1.set_symbolic(0, 0, "exp", (1.0, 0.0, 1.0, 0.0))
+    return model
+
+
+LIB4 = ["x", "x^2", "sin", "exp"]
+
+
+def test_auto_symbolic_drops_a_negligible_unfittable_edge():
+    # Hidden node 1 moves the output by ~1e-4 of its spread and no library function fits its
+    # edges: the old auto_symbolic left them numeric (symbolic_formula then refused the model);
+    # now each is replaced by its mean, and the formula is the exact one plus a constant.
+    model = noisy_node_model(1e-4)
+    x = rand(400, 2, seed=3)
+    best = [kl.suggest_symbolic(model, 0, 1, i, x, lib=LIB4, topk=1)[0].r2 for i in (0, 1)]
+    assert max(best) < 0.9, best  # the premise: nothing fits those edges
+    report = kl.auto_symbolic(model, x, lib=LIB4)
+    dropped = [(r.layer, r.in_index, r.out_index) for r in report if r.fit.name == "0"]
+    assert sorted(dropped) == sorted([(0, 0, 1), (0, 1, 1), (1, 1, 0)]), dropped
+    assert all(r.fixed for r in report)
+    formula = kl.symbolic_formula(model, precision=None)
+    y = torch.exp(torch.sin(math.pi * x[:, 0]) + x[:, 1] ** 2)
+    diff = formula(x)[:, 0] - y.numpy()
+    assert np.ptp(diff) < 1e-12  # the formula is exact up to the constant the node left behind
+    assert abs(float(np.mean(diff))) < 1e-2
+    # the model still computes what it computed, to the node's size
+    assert float((model(x).detach()[:, 0] - y).abs().max()) < 1e-2
+
+
+def test_auto_symbolic_keeps_an_unfittable_edge_that_matters():
+    # The same node at full size moves the output: its edges stay numeric (and drop_tolerance=0
+    # keeps even the negligible node numeric, the old behaviour).
+    x = rand(400, 2, seed=3)
+    model = noisy_node_model(1.0)
+    report = kl.auto_symbolic(model, x, lib=LIB4)
+    assert [r.fixed for r in report if r.layer == 0] == [False, False]
+    with pytest.raises(ValueError, match="not symbolic"):
+        kl.symbolic_formula(model)
+    small = noisy_node_model(1e-4)
+    report = kl.auto_symbolic(small, x, lib=LIB4, drop_tolerance=0.0)
+    assert not any(r.fit.name == "0" for r in report)
+    assert sum(not r.fixed for r in report) == 3
+    with pytest.raises(ValueError, match="drop_tolerance"):
+        kl.auto_symbolic(small, x, lib=LIB4, drop_tolerance=-1.0)
+
+
 # ---------------------------------------------------------------------- formulas
 def symbolic_story_model():
     """KAN [2, 1, 1] set by hand to exp(x_2^2 + sin(pi x_1)), written the way fits come out."""

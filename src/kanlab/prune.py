@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from kanlab._checks import check_float
 from kanlab.models import check_kan_input
-from kanlab.mult import group_all, layout, to_subnodes
+from kanlab.mult import group_all, layout, subnode_owner, to_subnodes
 
 __all__ = ["Scores", "prune", "scores"]
 
@@ -86,6 +86,7 @@ def prune(
     node_threshold: float = ...,
     edge_threshold: float = ...,
     prune_inputs: Literal[False] = ...,
+    keep_input_tolerance: float | None = ...,
 ) -> nn.Module: ...
 
 
@@ -97,6 +98,7 @@ def prune(
     node_threshold: float = ...,
     edge_threshold: float = ...,
     prune_inputs: Literal[True],
+    keep_input_tolerance: float | None = ...,
 ) -> tuple[nn.Module, list[int]]: ...
 
 
@@ -108,6 +110,7 @@ def prune(
     node_threshold: float = 1e-2,
     edge_threshold: float = 3e-2,
     prune_inputs: bool = False,
+    keep_input_tolerance: float | None = 1e-3,
 ) -> nn.Module | tuple[nn.Module, list[int]]:
     """A pruned copy of the KAN ``model``, scored on the inputs ``x`` (batch, widths[0]).
 
@@ -119,6 +122,14 @@ def prune(
     the pruned model ``x[:, kept_inputs]``); otherwise it returns the model alone. Thresholds of 0
     keep everything (outputs identical bit for bit). Outputs keep their nodes.
 
+    ``keep_input_tolerance`` (default 1e-3; None = off, the old behaviour): an input that the
+    thresholds would cut off (no kept path to an output, or removed by ``prune_inputs``) is kept
+    if masking all its edges moves the model's output on ``x`` by more than this fraction of the
+    output's standard deviation (RMS, largest over the outputs): a small share of the attribution
+    can still be far more than the fit's error (e.g. ``exp(sin(pi x_1)) + 0.02 x_2``), and a
+    formula without the input cannot be right. Such an input keeps its strongest edge and, from
+    there, the strongest edge of each node on the way to an output (reviving those nodes).
+
     Raises:
         ValueError: a threshold < 0 or non-finite, non-finite ``x``, or a pruning that would remove
             every node of a hidden layer (or every input); the original model is untouched.
@@ -127,6 +138,10 @@ def prune(
     et = check_float("edge_threshold", edge_threshold, minimum=0.0)
     if not isinstance(prune_inputs, bool):
         raise TypeError(f"prune_inputs must be a bool, got {prune_inputs!r}")
+    if keep_input_tolerance is not None:
+        keep_input_tolerance = check_float(
+            "keep_input_tolerance", keep_input_tolerance, minimum=0.0
+        )
     layers, x = check_kan_input(model, x)
     sc = scores(model, x)
     depth = len(layers)
@@ -135,23 +150,16 @@ def prune(
     alive[-1] = torch.ones_like(alive[-1])
     if not prune_inputs:
         alive[0] = torch.ones_like(alive[0])
-    # A node also dies when it has no kept incoming edge (it would be a constant) or no kept
-    # outgoing edge (nothing reads it); repeat until nothing changes (at most one pass per layer).
-    # A multiplication node needs a kept incoming edge into every factor (subnode).
     lay = layout(model)
     first = 0 if prune_inputs else 1
-    for _ in range(depth + 1):
-        changed = False
-        for level in range(first, depth):
-            read = to_subnodes(alive[level + 1], *lay[level + 1])  # (out,) alive subnodes
-            now = alive[level] & (edge_ok[level] & read.unsqueeze(1)).any(0)
-            if level > 0:
-                fed = (edge_ok[level - 1] & alive[level - 1].unsqueeze(0)).any(1)  # (subnodes,)
-                now = now & group_all(fed, *lay[level])
-            changed = changed or not torch.equal(now, alive[level])
-            alive[level] = now
-        if not changed:
-            break
+    _settle(alive, edge_ok, first, lay)
+    if keep_input_tolerance is not None:
+        connected = _connected_inputs(alive, edge_ok, lay)
+        for i in range(layers[0].in_features):
+            if bool(connected[i]) or _input_effect(model, x, i) <= keep_input_tolerance:
+                continue
+            _keep_path(i, alive, edge_ok, sc.edge_attribution, lay)
+        _settle(alive, edge_ok, first, lay)
     for level in range(depth):
         if not bool(alive[level].any()):
             what = "input" if level == 0 else f"hidden layer {level}"
@@ -166,7 +174,7 @@ def prune(
     ]
     new = copy.deepcopy(model)
     for l_idx, la in enumerate(new.layers):
-        dead = (sc.edge_attribution[l_idx] < et).T.to(la.mask.dtype)  # (in, out)
+        dead = (~edge_ok[l_idx]).T.to(la.mask.dtype)  # (in, out)
         la.set_mask(la.mask * (1 - dead))
         new.layers[l_idx] = la.select(keep[l_idx], keep_sub[l_idx + 1])
     if hasattr(new, "widths"):
@@ -181,3 +189,64 @@ def prune(
     if prune_inputs:
         return new, [int(i) for i in keep[0].tolist()]
     return new
+
+
+def _settle(alive: list[Tensor], edge_ok: list[Tensor], first: int, lay: list) -> None:
+    """A node also dies when it has no kept incoming edge (it would be a constant) or no kept
+    outgoing edge (nothing reads it); repeat until nothing changes (at most one pass per layer).
+    A multiplication node needs a kept incoming edge into every factor (subnode). Levels below
+    ``first`` (the inputs, unless they may be pruned) are left alone. ``lay``: ``mult.layout``."""
+    depth = len(edge_ok)
+    for _ in range(depth + 1):
+        changed = False
+        for level in range(first, depth):
+            read = to_subnodes(alive[level + 1], *lay[level + 1])  # (out,) alive subnodes
+            now = alive[level] & (edge_ok[level] & read.unsqueeze(1)).any(0)
+            if level > 0:
+                fed = (edge_ok[level - 1] & alive[level - 1].unsqueeze(0)).any(1)  # (subnodes,)
+                now = now & group_all(fed, *lay[level])
+            changed = changed or not torch.equal(now, alive[level])
+            alive[level] = now
+        if not changed:
+            break
+
+
+def _connected_inputs(alive: list[Tensor], edge_ok: list[Tensor], lay: list) -> Tensor:
+    """(widths[0],) bool: which inputs reach an output through kept edges and live nodes."""
+    reach = alive[-1].clone()
+    for level in range(len(edge_ok) - 1, -1, -1):
+        read = to_subnodes(reach, *lay[level + 1])  # (subnodes,)
+        reach = alive[level] & (edge_ok[level] & read.unsqueeze(1)).any(0)
+    return reach
+
+
+def _input_effect(model: Any, x: Tensor, i: int) -> float:
+    """How far masking every edge of input ``i`` moves the model's output on ``x``: RMS change
+    over the output's standard deviation, the largest over the outputs."""
+    trial = copy.deepcopy(model)
+    la = trial.layers[0]
+    mask = la.mask.clone()
+    mask[i] = 0
+    la.set_mask(mask)
+    before = model(x)  # (batch, out)
+    change = (trial(x) - before).square().mean(0).sqrt()
+    scale = before.std(0).clamp_min(torch.finfo(before.dtype).tiny)
+    return float((change / scale).max())
+
+
+def _keep_path(
+    i: int, alive: list[Tensor], edge_ok: list[Tensor], attr: list[Tensor], lay: list
+) -> None:
+    """Keep input ``i`` and a path from it to an output: at each level the strongest outgoing
+    edge (by attribution) of the current node; the nodes on the way are revived (a
+    multiplication node on the way lives only if its other factors are fed: ``_settle`` says)."""
+    alive[0][i] = True
+    node = i
+    for level in range(len(edge_ok)):
+        read = to_subnodes(alive[level + 1], *lay[level + 1])
+        if bool((edge_ok[level][:, node] & read).any()) and level > 0:
+            return  # the node already feeds a live node through a kept edge
+        sub = int(torch.argmax(attr[level][:, node]))  # the strongest subnode it feeds
+        edge_ok[level][sub, node] = True
+        node = subnode_owner(*lay[level + 1])[sub]
+        alive[level + 1][node] = True

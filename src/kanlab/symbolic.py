@@ -309,6 +309,34 @@ def fix_symbolic(
     return fit
 
 
+def _all_constant_into(la: KANLinear, node: int) -> bool:
+    """Whether every live edge of ``la`` into its output ``node`` is the constant ``"0"`` (so the
+    node is constant because auto_symbolic dropped its inputs: no warning needed)."""
+    names = la.symbolic_edges()
+    live = torch.nonzero(la.mask[:, node] > 0).flatten().tolist()
+    return bool(live) and all(names.get((i, node)) == "0" for i in live)
+
+
+@torch.no_grad()
+def _drop_if_negligible(
+    model: Any, l_idx: int, i: int, o: int, mean: float, x: Tensor, tol: float
+) -> bool:
+    """Fix edge ``i -> o`` of layer ``l_idx`` of ``model`` to the constant ``mean`` if that moves
+    the model's output on ``x`` by at most ``tol`` times its standard deviation (RMS, per output,
+    the largest); otherwise leave the model untouched (the trial runs on a copy). Returns whether
+    the edge was fixed."""
+    trial = copy.deepcopy(model)
+    params = (1.0, 0.0, 0.0, mean)
+    trial.layers[l_idx].set_symbolic(i, o, "0", params)
+    before = model(x)  # (batch, out)
+    change = (trial(x) - before).square().mean(0).sqrt()  # (out,)
+    scale = before.std(0).clamp_min(torch.finfo(before.dtype).tiny)
+    if not (bool(torch.isfinite(change).all()) and float((change / scale).max()) <= tol):
+        return False
+    model.layers[l_idx].set_symbolic(i, o, "0", params)
+    return True
+
+
 def auto_symbolic(
     model: Any,
     x: Tensor,
@@ -316,23 +344,32 @@ def auto_symbolic(
     *,
     r2_threshold: float = 0.9,
     weight_simple: float = 0.8,
+    drop_tolerance: float = 1e-2,
     **fit_kw: Any,
 ) -> list[EdgeFit]:
     """Replace every live numeric edge by its best library function, layer by layer.
 
     For each edge (mask on, not yet symbolic) the candidates are ranked as in
-    :func:`suggest_symbolic`; the best-ranked one with ``R^2 >= r2_threshold`` is fixed, otherwise
-    the edge stays numeric. Later layers are fitted on the outputs of the already-fixed earlier
-    layers. An edge whose input is constant on ``x`` is fixed to ``"0"`` with ``d`` = its constant
-    value (a warning says so). The model is changed only if every fit succeeds.
+    :func:`suggest_symbolic`; the best-ranked one with ``R^2 >= r2_threshold`` is fixed. An edge
+    that no candidate fits that well is judged by what it does to the model's output: if replacing
+    it by its mean (the constant function ``"0"`` with ``d`` = the mean) moves the output by at most
+    ``drop_tolerance`` times the output's standard deviation (RMS over ``x``, largest over the
+    outputs), it is fixed to that constant (a node that hardly matters, e.g. one left over by
+    pruning that only fits noise, no longer blocks :func:`symbolic_formula`); otherwise it stays
+    numeric. ``drop_tolerance=0`` gives the old behaviour (such edges always stay numeric).
+    Later layers are fitted on the outputs of the already-fixed earlier layers. An edge whose
+    input is constant on ``x`` is fixed to ``"0"`` with ``d`` = its constant value (a warning says
+    so). The model is changed only if every fit succeeds.
 
-    Returns one :class:`EdgeFit` per visited edge.
+    Returns one :class:`EdgeFit` per visited edge (a dropped edge's fit is the ``"0"`` fit, with
+    its R^2 on the edge, 0).
     """
     layers, x = check_kan_input(model, x)
     thr = check_float("r2_threshold", r2_threshold)
     w = check_float("weight_simple", weight_simple, minimum=0.0)
     if w > 1:
         raise ValueError(f"weight_simple must be in [0, 1], got {weight_simple}")
+    drop_tol = check_float("drop_tolerance", drop_tolerance, minimum=0.0)
     functions = _lib(lib)
     work = copy.deepcopy(model)  # all-or-nothing: fit on a copy, install at the end
     report: list[EdgeFit] = []
@@ -347,11 +384,12 @@ def auto_symbolic(
             xs, ys = inputs[:, i], phi[:, o, i]
             if float(xs.max() - xs.min()) <= 1e-12 * (1 + float(xs.abs().max())):
                 d = float(ys.mean())
-                warnings.warn(
-                    f"edge (layer={l_idx}, out={o}, in={i}) has a constant input on x; "
-                    f"fixed to the constant {d:.6g}",
-                    stacklevel=2,
-                )
+                if not (l_idx > 0 and _all_constant_into(work.layers[l_idx - 1], i)):
+                    warnings.warn(
+                        f"edge (layer={l_idx}, out={o}, in={i}) has a constant input on x; "
+                        f"fixed to the constant {d:.6g}",
+                        stacklevel=2,
+                    )
                 fit = FitResult("0", (1.0, 0.0, 0.0, d), 1.0, 0)
                 la.set_symbolic(i, o, "0", fit.params)
                 report.append(EdgeFit(l_idx, o, i, fit, True))
@@ -360,6 +398,12 @@ def auto_symbolic(
             good = [r for r in ranked if r.r2 >= thr]
             if good:
                 la.set_symbolic(i, o, good[0].name, good[0].params)
+            elif drop_tol > 0 and _drop_if_negligible(
+                work, l_idx, i, o, float(ys.mean()), x, drop_tol
+            ):
+                zero = FitResult("0", (1.0, 0.0, 0.0, float(ys.mean())), 0.0, 0)
+                report.append(EdgeFit(l_idx, o, i, zero, True))
+                continue
             report.append(EdgeFit(l_idx, o, i, good[0] if good else ranked[0], bool(good)))
     for orig, new in zip(layers, work.layers, strict=True):
         orig.load_state_dict(new.state_dict())
