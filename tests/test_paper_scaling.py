@@ -46,11 +46,16 @@ def test_scaling_tiny_runs_through_the_store_and_resumes(tmp_path):
         g = int(row[1][2:])
         assert row[4] == (f"{PUBLISHED[g]:.3g}" if g in PUBLISHED else "-")
         assert math.isfinite(float(row[3]))
+        assert row[6] == row[3]  # one seed: its median is its mean
     params = [int(r[2]) for r in kan]
     assert params == sorted(params) and params[0] == 3 * (3 + 3) + 6
     report = (tmp_path / "report.md").read_text()
     assert "alpha of KAN" in report and "grids with <= 1000 parameters" in report
-    assert "dtype=float64" in report and "alpha of KAN [2,1,1] (vs G)" in report
+    assert (
+        "median over seeds (vs parameters" in report
+        and "dtype=float64" in report
+        and "alpha of KAN [2,1,1] (vs G)" in report
+    )
     two = run_scaling(quick=True, out=tmp_path, steps=2)
     assert (two.units_run, two.units_reused) == (0, 5) and two.rows == one.rows
     with sqlite3.connect(tmp_path / "results.sqlite") as conn:
