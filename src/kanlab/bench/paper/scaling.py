@@ -125,7 +125,7 @@ def run_scaling(
     quick: bool = True,
     store: ResultStore | str | Path | None = None,
     out: Path = Path("kanlab-runs/paper/scaling"),
-    seeds: int = 1,
+    seeds: int = 3,
     steps: int | None = None,
     grids: tuple[int, ...] | None = None,
     mlp_widths: tuple[int, ...] | None = None,
