@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +17,8 @@ import pytest
 from kanlab.bench.paper import EXPERIMENTS, run_feynman
 from kanlab.bench.paper.feynman import DATA, confirm, published, sample
 from kanlab.datasets.feynman import load_table
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def test_shipped_rows_parse_and_every_id_is_confirmed():
@@ -85,3 +91,18 @@ def test_feynman_tiny_runs_compares_and_resumes(tmp_path):
     assert (two.units_run, two.units_reused) == (0, 6) and two.rows == one.rows
     with sqlite3.connect(tmp_path / "results.sqlite") as conn:
         assert conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 6
+
+
+@pytest.mark.slow
+def test_cli_quick_end_to_end_and_rerun_trains_nothing(tmp_path):
+    env = {**os.environ, "PYTHONPATH": SRC}
+    cmd = [sys.executable, "-m", "kanlab", "paper", "feynman", "--quick", "--out", str(tmp_path)]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr
+    assert "units trained 18, reused 0" in first.stderr  # 3 equations x 3 models x 2 seeds
+    rows = [line for line in first.stdout.splitlines() if line.startswith(("| I.", "| II."))]
+    assert [r.split("|")[1].strip() for r in rows] == ["I.6.2", "I.12.11", "II.38.3"]
+    assert "ids confirmed against FeynmanEquations.csv: I.6.2, I.12.11, II.38.3" in first.stdout
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr
+    assert "units trained 0, reused 18" in second.stderr and rows[0] in second.stdout
