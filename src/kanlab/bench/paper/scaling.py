@@ -13,7 +13,7 @@ error at any smaller grid (grid extension must not undo the fit); the table mark
 
 Protocol choices (issue 21): models in float64 and the KAN's grid updates uniform (``grid_eps=1``),
 the recipe of ``examples/grid_extension.py`` (README: [2,1,1] test RMSE 5.8e-7 at G = 50), where the
-float32, ``grid_eps=0.02`` default flattened near 1e-4 by G = 100 in the quick run. The exponent is
+float32, ``grid_eps=0.02`` defaults flattened near 1e-4 from G = 100 (20 steps per grid). The exponent is
 fitted three ways: vs parameters over every grid, vs parameters over the grids whose parameter count
 is at most the number of training points (1000: beyond it the model can interpolate the data, the
 paper's interpolation threshold, and the test error stops falling), and vs G over every grid.
