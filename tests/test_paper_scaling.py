@@ -38,7 +38,7 @@ def test_blow_ups_flag_errors_above_twice_the_best_so_far():
 
 @pytest.mark.slow
 def test_scaling_tiny_runs_through_the_store_and_resumes(tmp_path):
-    one = run_scaling(quick=True, out=tmp_path, steps=2)
+    one = run_scaling(quick=True, out=tmp_path, steps=2, seeds=1)
     assert (one.units_run, one.units_reused) == (5, 0)  # one KAN + 4 MLPs, one seed
     kan = [r for r in one.rows if r[0].startswith("KAN")]
     assert [r[1] for r in kan] == ["G=3", "G=5", "G=10", "G=20", "G=50"]
@@ -46,10 +46,37 @@ def test_scaling_tiny_runs_through_the_store_and_resumes(tmp_path):
         g = int(row[1][2:])
         assert row[4] == (f"{PUBLISHED[g]:.3g}" if g in PUBLISHED else "-")
         assert math.isfinite(float(row[3]))
+        assert row[6] == row[3]  # one seed: its median is its mean
     params = [int(r[2]) for r in kan]
     assert params == sorted(params) and params[0] == 3 * (3 + 3) + 6
-    assert "alpha of KAN" in (tmp_path / "report.md").read_text()
-    two = run_scaling(quick=True, out=tmp_path, steps=2)
+    report = (tmp_path / "report.md").read_text()
+    assert "alpha of KAN" in report and "grids with <= 1000 parameters" in report
+    assert (
+        "median over seeds (vs parameters" in report
+        and "dtype=float64" in report
+        and "alpha of KAN [2,1,1] (vs G)" in report
+    )
+    two = run_scaling(quick=True, out=tmp_path, steps=2, seeds=1)
     assert (two.units_run, two.units_reused) == (0, 5) and two.rows == one.rows
     with sqlite3.connect(tmp_path / "results.sqlite") as conn:
         assert conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 5
+
+
+def test_protocol_float64_uniform_grid_updates_and_chosen_grids():
+    from kanlab.bench.paper.scaling import _trials
+
+    trials, grids = _trials(False, 2, 200)
+    assert grids == (3, 5, 10, 20, 50, 100, 200, 500, 1000) and len(trials) == 2 * (1 + 6)
+    kan = [t for t in trials if t.family == "kan"]
+    assert {t.model.dtype for t in trials} == {"float64"}
+    assert all(t.fit.grid_eps == 1.0 and t.fit.grid_schedule == grids for t in kan)
+    assert all(t.fit.steps == 200 for t in kan)
+    mine, grids = _trials(False, 1, 5, grids=(3, 10), widths=(8,))
+    assert grids == (3, 10) and [t.family for t in mine] == ["kan", "mlp"]
+    assert mine[1].fit.steps == 10  # the MLP gets the KAN's whole step budget
+
+
+@pytest.mark.parametrize("grids", [(5, 3), (), (0, 3), (3, 3)])
+def test_bad_grids_are_named(tmp_path, grids):
+    with pytest.raises(ValueError, match="grids must be increasing"):
+        run_scaling(out=tmp_path, grids=grids)

@@ -13,15 +13,25 @@ from collections.abc import Callable
 
 from kanlab.bench.paper.common import PaperTable
 from kanlab.bench.paper.continual import run_continual
+from kanlab.bench.paper.feynman import run_feynman
 from kanlab.bench.paper.pde import run_pde
 from kanlab.bench.paper.scaling import run_scaling
 from kanlab.bench.paper.special import run_special
 
-__all__ = ["EXPERIMENTS", "PaperTable", "run_continual", "run_pde", "run_scaling", "run_special"]
+__all__ = [
+    "EXPERIMENTS",
+    "PaperTable",
+    "run_continual",
+    "run_feynman",
+    "run_pde",
+    "run_scaling",
+    "run_special",
+]
 
 #: name -> runner, what ``kanlab paper <name>`` calls
 EXPERIMENTS: dict[str, Callable[..., PaperTable]] = {
     "continual": run_continual,
+    "feynman": run_feynman,
     "pde": run_pde,
     "scaling": run_scaling,
     "special": run_special,
