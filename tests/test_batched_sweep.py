@@ -330,10 +330,10 @@ def test_tasks_whose_data_differ_in_size_train_in_separate_batches(monkeypatch):
     (group,) = group_trials(trials)
     real_load, real_fit = runner.load, batch_loop.fit_batch
 
-    def load(task, *, n_train, n_test, seed):
+    def load(task, *, n_train, n_test, seed, dtype=None):
         if task.name == "paper/exp_sin_sq":
             return kanlab.datasets.get(task.name, n_train=n_train - 10, n_test=n_test, seed=seed)
-        return real_load(task, n_train=n_train, n_test=n_test, seed=seed)
+        return real_load(task, n_train=n_train, n_test=n_test, seed=seed, dtype=dtype)
 
     sizes = []
 

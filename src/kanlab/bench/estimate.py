@@ -251,7 +251,7 @@ def calibrate(
     from kanlab.train.batch_loop import fit_batch
 
     raw = load(trial.task, n_train=trial.data.n_train, n_test=trial.data.n_test,
-               seed=trial.data.seed)  # fmt: skip
+               seed=trial.data.seed, dtype=trial.data_dtype)  # fmt: skip
     is_kan = trial.family == "kan"
     grid_range = trial.model.layer_options(0)["grid_range"] if is_kan else (-1.0, 1.0)
     data = prepare(raw, trial.family, grid_range=grid_range).data

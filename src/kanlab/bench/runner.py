@@ -257,7 +257,7 @@ def _prepared(trial: Trial, row: dict[str, Any]) -> tuple[Any, Any]:
     from kanlab.bench.prepare import prepare
 
     raw = load(trial.task, n_train=trial.data.n_train, n_test=trial.data.n_test,
-               seed=trial.data.seed)  # fmt: skip
+               seed=trial.data.seed, dtype=trial.data_dtype)  # fmt: skip
     row["metric"] = "accuracy" if raw.kind == "classification" else "rmse"
     grid_range = (
         trial.model.layer_options(0)["grid_range"] if trial.family == "kan" else (-1.0, 1.0)

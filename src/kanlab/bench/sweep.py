@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from kanlab import __version__
 from kanlab.bench.spec import (
     DataSpec,
@@ -106,6 +108,15 @@ class Trial:
         return self.fit.grid_schedule or self.model.layer_grid_sizes()[:1]
 
     @property
+    def data_dtype(self) -> torch.dtype:
+        """The dtype of the data the trial trains and is scored on: float64 for a float64 model
+        (the data at full precision: nothing caps its error at float32's rounding), float32 for
+        every other model (the float32 data such trials have always had; a float16/bfloat16 model
+        is fed them as before). Data sets are made in float64 and cast once to this dtype
+        (:func:`kanlab.bench.tasks.load`); a float64 trial's key records it (:meth:`config`)."""
+        return torch.float64 if self.model.dtype == "float64" else torch.float32
+
+    @property
     def total_steps(self) -> int:
         """Optimiser steps over all stages."""
         return self.fit.total_steps
@@ -128,7 +139,10 @@ class Trial:
         the store's format: ``train.steps`` there is the trial's *total* steps (all stages),
         ``model.grid_schedule`` a KAN's grid per stage; a config field that earlier versions could
         not set appears only when it differs from its default. Stores written before the data
-        identity and the semantics version entered the key do not resume: their trials run again."""
+        identity and the semantics version entered the key do not resume: their trials run again.
+        A float64 trial's data carry ``"precision": "float64"`` (:attr:`data_dtype`): before it,
+        float64 trials trained on float32-rounded data, and their rows are not its results; every
+        other trial's key is as it was."""
         f, m = self.fit, self.model
         train: dict[str, Any] = {"optimizer": f.optimizer, "steps": f.total_steps, "lr": f.lr,
                                  "batch_size": f.batch_size, "lamb": f.lamb}  # fmt: skip
@@ -142,9 +156,12 @@ class Trial:
             model.update(activation=m.activation)
             model.update(_non_default(m, {"widths", "activation", "seed"}))
         train.update(_non_default(f, {*train, "grid_schedule", "seed", "progress", "log_every"}))
+        data: dict[str, Any] = dataclasses.asdict(self.data)
+        if self.data_dtype == torch.float64:
+            data["precision"] = "float64"
         return {
             "task": self.task.spec(),
-            "data": dataclasses.asdict(self.data),
+            "data": data,
             "model": model,
             "train": train,
             "seed": self.seed,

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
+
     from kanlab.datasets import Dataset
 
 __all__ = [
@@ -192,14 +194,31 @@ def csv_task(
 
 
 def load(
-    task: Task, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0
+    task: Task,
+    *,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
 ) -> Dataset:
     """The task's data set (``n_train``/``n_test`` apply to synthetic data; ``seed`` fixes the draw
-    or the split). A CSV file whose bytes no longer match the task's hash is an error (it changed
-    after the task was made: its results would be recorded under the old file's identity)."""
-    return _load_cached(
+    or the split) in ``dtype`` (default float32): its inputs and regression targets (class labels
+    stay int64). A CSV file whose bytes no longer match the task's hash is an error (it changed
+    after the task was made: its results would be recorded under the old file's identity).
+
+    Every data set is made in float64 (generated, parsed or read) and cast once to ``dtype`` here:
+    float32 data are the float64 data rounded once, bit for bit what the registry's float32 gives,
+    and float64 data carry no float32 rounding (a float64 trial's precision is not capped by its
+    data; see :attr:`kanlab.bench.sweep.Trial.data_dtype`)."""
+    import torch
+
+    from kanlab.datasets.dataset import check_dtype
+
+    dtype = torch.float32 if dtype is None else check_dtype(dtype)
+    full = _load_cached(
         task.name, task.csv_path, task.target, task.sha256, n_train, n_test, seed, task.kind
     )
+    return full if dtype == torch.float64 else full.to(dtype)
 
 
 @functools.lru_cache(maxsize=8)
@@ -213,7 +232,10 @@ def _load_cached(
     seed: int,
     kind: str | None = None,
 ) -> Dataset:
-    # Cached per process (by content, for a CSV): a worker runs many trials on the same data.
+    # Cached per process (by content, for a CSV): a worker runs many trials on the same data. One
+    # float64 copy per data set; load() casts it to each trial's dtype (a copy not kept).
+    import torch
+
     from kanlab import datasets
 
     if csv_path is not None:
@@ -223,8 +245,8 @@ def _load_cached(
                 f"CSV file {csv_path!r} changed since its task {name!r} was made (sha256 "
                 f"{str(sha256)[:8]} -> {found[:8]}); run the comparison again"
             )
-        return datasets.from_csv(csv_path, target, seed=seed, kind=kind)
-    return datasets.get(name, n_train=n_train, n_test=n_test, seed=seed)
+        return datasets.from_csv(csv_path, target, seed=seed, kind=kind, dtype=torch.float64)
+    return datasets.get(name, n_train=n_train, n_test=n_test, seed=seed, dtype=torch.float64)
 
 
 def error_from_metric(metric_value: float, task_kind: str) -> float:

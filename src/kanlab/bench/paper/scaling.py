@@ -17,7 +17,9 @@ float32, ``grid_eps=0.02`` defaults flattened near 1e-4 from G = 100 (20 steps p
 fitted three ways: vs parameters over every grid, vs parameters over the grids whose parameter count
 is at most the number of training points (1000: beyond it the model can interpolate the data, the
 paper's interpolation threshold, and the test error stops falling), and vs G over every grid.
-The data sets are generated in float32, so the targets carry ~1e-7 rounding: a floor for the RMSE.
+The data are float64, as the models (``Trial.data_dtype``); before, float64 trials trained on
+float32-rounded data, whose rounding of targets near e^2 floored the test RMSE near 5e-7.
+
 
 *Stalled seeds* (measured, not fixed). Some seeds of [2,1,1] stop at a test NRMSE of ~0.44-0.66 from
 G = 3 on and grid extension never rescues them. Not an effect of standardising the targets: with
