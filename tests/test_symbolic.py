@@ -422,3 +422,42 @@ def test_story_recovers_exp_sin_formula(tmp_path):
     assert res.rounded_rmse < 1e-4
     for name in ("story_before_prune.png", "story_after_prune.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def _recipe_until_symbolic(seed: int) -> tuple[object, object]:
+    """The official recipe (issue 20, part 5) on x*y up to auto_symbolic: KAN [2, 5, 1], grid 3,
+    LBFGS 50 with lamb 1e-3, prune, 50, grid 10, 50 (float64, 1000 points)."""
+    ds = kl.datasets.get("paper/xy", n_train=1000, n_test=1000, seed=seed, dtype=torch.float64)
+    model = kl.KAN([2, 5, 1], grid_size=3, spline_order=3, seed=seed, dtype=torch.float64)
+    kl.fit(model, ds, steps=50, lamb=1e-3, progress=False)
+    model = kl.prune(model, ds.train_x)
+    kl.fit(model, ds, steps=50, progress=False)
+    model.extend_grid(10, ds.train_x)
+    kl.fit(model, ds, steps=50, progress=False)
+    return model, ds
+
+
+@pytest.mark.slow
+def test_auto_symbolic_joint_search_recovers_xy_on_the_recipe() -> None:
+    # seed 1 prunes to [2, 3, 1]; each edge's best R^2 picks sin/exp imitating squares and lines
+    # (formula RMSE 1.8e-4 with joint=False); judged jointly the edges become x and x^2: x_1*x_2.
+    lib = ["x", "x^2", "x^3", "x^4", "exp", "log", "sqrt", "tanh", "sin", "abs"]
+    model, ds = _recipe_until_symbolic(1)
+    before = copy.deepcopy(model)
+    kl.auto_symbolic(before, ds.train_x, lib=lib, joint=False)
+    kl.auto_symbolic(model, ds.train_x, lib=lib)
+    names = {n for la in model.layers for n in la.symbolic_edges().values()}
+    assert names <= {"x", "x^2"}
+    assert {n for la in before.layers for n in la.symbolic_edges().values()} - {"x", "x^2"}
+    kl.fit(model, ds, steps=50, progress=False)
+    formula = kl.symbolic_formula(model, precision=None)
+    rmse = float(np.sqrt(np.mean((formula(ds.test_x)[:, 0] - ds.test_y.numpy().ravel()) ** 2)))
+    assert rmse <= 1e-4
+
+
+def test_auto_symbolic_joint_arguments_checked() -> None:
+    model = kl.KAN([1, 1], grid_size=3, seed=0, dtype=torch.float64)
+    x = torch.linspace(-1, 1, 50, dtype=torch.float64)[:, None]
+    for kw in ({"joint_candidates": 0}, {"joint_steps": 0}, {"joint_floor": -1.0}):
+        with pytest.raises((ValueError, TypeError)):
+            kl.auto_symbolic(model, x, **kw)
