@@ -104,6 +104,91 @@ def open_store(store: ResultStore | str | Path | None, out: Path) -> tuple[Resul
     return ResultStore(path), True
 
 
+def check_sizes(seeds: int, steps: int | None, default: int) -> int:
+    """Refuse ``seeds < 1`` and ``steps < 1``; -> ``steps``, ``default`` when None."""
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    steps = steps if steps is not None else default
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return steps
+
+
+def run_paper_trials(
+    trials: Sequence[Any],
+    store: ResultStore | str | Path | None,
+    out: Path,
+    *,
+    executor: str,
+    progress: bool,
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Run ``trials`` (skipping those the store holds) on ``executor``; -> ``(summary, rows)``,
+    the store's rows of exactly these trials."""
+    from kanlab.bench.runner import make_executor, run_trials
+
+    db, owned = open_store(store, out)
+    try:
+        with make_executor(executor) as ex:
+            summary = run_trials(trials, db, ex, progress=progress)
+        keys = {t.key for t in trials}
+        rows = [r for r in db.rows() if r["key"] in keys]
+    finally:
+        if owned:
+            db.close()
+    return summary, rows
+
+
+@dataclass(frozen=True)
+class TableProtocol:
+    """The sweep of the paper's Tables 1 and 2 as kanlab runs them: KANs of width 5 and depth 1
+    (quick) or 1-3 hidden layers over a grid schedule, MLPs of widths 5 and 100 trained for as many
+    steps in total, every model on every seed."""
+
+    steps: int  # LBFGS steps per grid stage (the MLPs: steps * number of stages)
+    grids: tuple[int, ...]
+    hidden: tuple[tuple[int, ...], ...]  # KAN hidden widths
+    mlp_widths: tuple[tuple[int, ...], ...]  # MLP hidden widths
+
+    @classmethod
+    def of(cls, *, quick: bool, steps: int) -> TableProtocol:
+        full_mlps = tuple((w,) * d for w in (5, 100) for d in (2, 3, 4))
+        return cls(
+            steps=steps,
+            grids=(3, 5, 10) if quick else (3, 5, 10, 20, 50, 100, 200),
+            hidden=((5,),) if quick else ((5,), (5, 5), (5, 5, 5)),
+            mlp_widths=((5, 5), (100, 100)) if quick else full_mlps,
+        )
+
+    def trials(self, task: Any, n_in: int, seeds: int, data: Any) -> list[Any]:
+        """Every KAN and MLP of the protocol on ``task`` (``n_in`` inputs), seeds 0..seeds-1."""
+        from kanlab.bench.sweep import Trial
+        from kanlab.config import FitConfig, KANConfig, MLPConfig
+
+        grids, steps = self.grids, self.steps
+        kan_fit = FitConfig(steps=steps, grid_schedule=grids, log_every=steps, progress=False)
+        total = steps * len(grids)
+        mlp_fit = FitConfig(steps=total, log_every=total, progress=False)
+        trials = []
+        for seed in range(seeds):
+            for h in self.hidden:
+                kan = KANConfig(widths=(n_in, *h, 1), grid_size=grids[0])
+                trials.append(Trial(task=task, model=kan, fit=kan_fit, seed=seed, data=data))
+            for w in self.mlp_widths:
+                mlp = MLPConfig(widths=(n_in, *w, 1))
+                trials.append(Trial(task=task, model=mlp, fit=mlp_fit, seed=seed, data=data))
+        return trials
+
+
+def best_per_family(configs: Sequence[Any]) -> tuple[Any, Any]:
+    """``(kan, mlp)``: the finished configuration of lowest mean error of each family (or None),
+    from :func:`kanlab.bench.report.aggregate`'s configurations of one task."""
+    best = {}
+    for fam in ("kan", "mlp"):
+        done = [c for c in configs if c.family == fam and c.n_ok]
+        best[fam] = min(done, key=lambda c: c.err_mean, default=None)
+    return best["kan"], best["mlp"]
+
+
 @dataclass
 class UnitCounter:
     """How many units a call trained and how many it found finished."""

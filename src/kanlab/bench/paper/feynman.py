@@ -29,7 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
-from kanlab.bench.paper.common import PaperTable, fmt, machine, open_store, write_paper_report
+from kanlab.bench.paper.common import (
+    PaperTable,
+    TableProtocol,
+    best_per_family,
+    check_sizes,
+    fmt,
+    machine,
+    run_paper_trials,
+    write_paper_report,
+)
 from kanlab.bench.store import ResultStore
 
 __all__ = ["FeynmanRow", "confirm", "published", "run_feynman", "sample"]
@@ -150,17 +159,10 @@ def run_feynman(
     [n,5,5,1] and [n,100,100,1]; full: the 9 shipped equations, depths 2-4, G up to 200, 200 steps
     per grid); write ``out/report.md``/``.html``; -> its :class:`PaperTable`."""
     from kanlab.bench.report import aggregate, seed_verdict
-    from kanlab.bench.runner import make_executor, run_trials
     from kanlab.bench.spec import DataSpec
-    from kanlab.bench.sweep import Trial
     from kanlab.bench.tasks import csv_task
-    from kanlab.config import FitConfig, KANConfig, MLPConfig
 
-    if seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}")
-    steps = steps if steps is not None else (20 if quick else 200)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    steps = check_sizes(seeds, steps, 20 if quick else 200)
     paper = published()
     names = equations or (QUICK_EQUATIONS if quick else tuple(paper))
     unknown = [n for n in names if n not in paper]
@@ -168,12 +170,7 @@ def run_feynman(
         raise ValueError(f"not a shipped Table 2 equation: {unknown}; valid: {sorted(paper)}")
     rejected = {n: why for n in names if (why := confirm(paper[n])) is not None}
     names = tuple(n for n in names if n not in rejected)
-    grids = (3, 5, 10) if quick else (3, 5, 10, 20, 50, 100, 200)
-    hidden = [(5,)] if quick else [(5,), (5, 5), (5, 5, 5)]
-    mlp_widths = [(5, 5), (100, 100)] if quick else [(w,) * d for w in (5, 100) for d in (2, 3, 4)]
-    kan_fit = FitConfig(steps=steps, grid_schedule=grids, log_every=steps, progress=False)
-    total = steps * len(grids)
-    mlp_fit = FitConfig(steps=total, log_every=total, progress=False)
+    protocol = TableProtocol.of(quick=quick, steps=steps)
     data = DataSpec(n_train=1000, n_test=250, seed=0)
     out = Path(out)
     (out / "data").mkdir(parents=True, exist_ok=True)
@@ -183,31 +180,12 @@ def run_feynman(
         n_in = len(paper[name].variables)
         task = csv_task(_write_data(paper[name], out / "data"), "f", kind="regression")
         task_of[name] = task.name
-        for seed in range(seeds):
-            for h in hidden:
-                kan = KANConfig(widths=(n_in, *h, 1), grid_size=grids[0])
-                trials.append(Trial(task=task, model=kan, fit=kan_fit, seed=seed, data=data))
-            for w in mlp_widths:
-                mlp = MLPConfig(widths=(n_in, *w, 1))
-                trials.append(Trial(task=task, model=mlp, fit=mlp_fit, seed=seed, data=data))
-    db, owned = open_store(store, out)
-    try:
-        with make_executor(executor) as ex:
-            summary = run_trials(trials, db, ex, progress=progress)
-        keys = {t.key for t in trials}
-        rows = [r for r in db.rows() if r["key"] in keys]
-    finally:
-        if owned:
-            db.close()
+        trials += protocol.trials(task, n_in, seeds, data)
+    summary, rows = run_paper_trials(trials, store, out, executor=executor, progress=progress)
     stats = aggregate(rows)
     table_rows, wins = [], 0
     for name in names:
-        configs = stats.get(task_of[name], [])
-        best = {}
-        for fam in ("kan", "mlp"):
-            done = [c for c in configs if c.family == fam and c.n_ok]
-            best[fam] = min(done, key=lambda c: c.err_mean, default=None)
-        k, m = best["kan"], best["mlp"]
+        k, m = best_per_family(stats.get(task_of[name], []))
         verdict = seed_verdict(k.errors if k else (), m.errors if m else ())
         ref = paper[name]
         beat = k is not None and k.err_mean <= ref.best_kan
@@ -234,7 +212,7 @@ def run_feynman(
                  "KAN <= paper", "kanlab best MLP", "test RMSE", "paper MLP",
                  "verdict (KAN vs MLP, seeds)"),
         rows=tuple(table_rows),
-        settings={"quick": quick, "grids": list(grids), "steps_per_grid": steps, "seeds": seeds,
+        settings={"quick": quick, "grids": list(protocol.grids), "steps_per_grid": steps, "seeds": seeds,
                   "optimizer": "lbfgs", "n_train": 1000, "n_test": 250},
         wall_time=time.perf_counter() - start, machine=machine(), notes=tuple(notes),
         units_run=summary.total - summary.skipped, units_reused=summary.skipped,

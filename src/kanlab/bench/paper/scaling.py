@@ -52,10 +52,11 @@ from pathlib import Path
 
 from kanlab.bench.paper.common import (
     PaperTable,
+    check_sizes,
     fmt,
     machine,
     new_figure,
-    open_store,
+    run_paper_trials,
     write_paper_report,
 )
 from kanlab.bench.store import ResultStore
@@ -158,15 +159,10 @@ def run_scaling(
     full: G = 3..1000, 200 steps, widths 4-128; ``grids``/``mlp_widths`` replace the size's own);
     write ``out/report.md``/``.html`` and ``out/scaling.png``; -> its :class:`PaperTable`.
     ``executor``: as ``kanlab compare``'s."""
-    from kanlab.bench.runner import make_executor, run_trials
     from kanlab.config import KANConfig
     from kanlab.models import count_params
 
-    if seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}")
-    steps = steps if steps is not None else (20 if quick else 200)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    steps = check_sizes(seeds, steps, 20 if quick else 200)
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,15 +171,8 @@ def run_scaling(
     if mlp_widths is not None and any(w < 1 for w in mlp_widths):
         raise ValueError(f"mlp_widths must be positive, got {mlp_widths}")
     trials, grids = _trials(quick, seeds, steps, grids, mlp_widths)
-    db, owned = open_store(store, out)
-    try:
-        with make_executor(executor) as ex:
-            summary = run_trials(trials, db, ex, progress=progress)
-        keys = {t.key for t in trials}
-        rows = [r for r in db.rows(task=TASK) if _key(r) in keys and r["status"] == "ok"]
-    finally:
-        if owned:
-            db.close()
+    summary, rows = run_paper_trials(trials, store, out, executor=executor, progress=progress)
+    rows = [r for r in rows if r["status"] == "ok"]
     # KAN: mean over seeds of the test RMSE after each grid stage
     per_grid: dict[int, list[float]] = {}
     for r in rows:
@@ -247,12 +236,6 @@ def run_scaling(
         units_run=summary.total - summary.skipped, units_reused=summary.skipped, figures=(fig,),
     )  # fmt: skip
     return write_paper_report(table, out, intro=__doc__.split("\n\n")[1])
-
-
-def _key(row: dict) -> str:
-    from kanlab.bench.store import config_key
-
-    return config_key(row["config"])
 
 
 def _plot(kan: list, mlp: list, path: Path) -> Path:

@@ -17,7 +17,16 @@ import re
 import time
 from pathlib import Path
 
-from kanlab.bench.paper.common import PaperTable, fmt, machine, open_store, write_paper_report
+from kanlab.bench.paper.common import (
+    PaperTable,
+    TableProtocol,
+    best_per_family,
+    check_sizes,
+    fmt,
+    machine,
+    run_paper_trials,
+    write_paper_report,
+)
 from kanlab.bench.store import ResultStore
 
 __all__ = ["published", "run_special", "task_name"]
@@ -72,60 +81,28 @@ def run_special(
     [2,5,5,1] and [2,100,100,1]; full: all 15, depths 2-4, G up to 200, 200 steps per grid); write
     ``out/report.md``/``.html``; -> its :class:`PaperTable`."""
     from kanlab.bench.report import aggregate, seed_verdict
-    from kanlab.bench.runner import make_executor, run_trials
     from kanlab.bench.spec import DataSpec
-    from kanlab.bench.sweep import Trial
     from kanlab.bench.tasks import get_task
-    from kanlab.config import FitConfig, KANConfig, MLPConfig
 
-    if seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}")
-    steps = steps if steps is not None else (20 if quick else 200)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    steps = check_sizes(seeds, steps, 20 if quick else 200)
     paper = published()
     names = functions or (QUICK_FUNCTIONS if quick else tuple(paper))
     unknown = [n for n in names if n not in paper]
     if unknown:
         raise ValueError(f"not a Table 1 function: {unknown}; valid: {sorted(paper)}")
-    grids = (3, 5, 10) if quick else (3, 5, 10, 20, 50, 100, 200)
-    hidden = [(5,)] if quick else [(5,), (5, 5), (5, 5, 5)]
-    mlp_widths = [(5, 5), (100, 100)] if quick else [(w,) * d for w in (5, 100) for d in (2, 3, 4)]
-    kan_fit = FitConfig(steps=steps, grid_schedule=grids, log_every=steps, progress=False)
-    total = steps * len(grids)
-    mlp_fit = FitConfig(steps=total, log_every=total, progress=False)
+    protocol = TableProtocol.of(quick=quick, steps=steps)
     data = DataSpec(n_train=1000, n_test=1000, seed=0)
     trials = []
     for name in names:
-        task = get_task(name)
-        for seed in range(seeds):
-            for h in hidden:
-                kan = KANConfig(widths=(2, *h, 1), grid_size=grids[0])
-                trials.append(Trial(task=task, model=kan, fit=kan_fit, seed=seed, data=data))
-            for w in mlp_widths:
-                mlp = MLPConfig(widths=(2, *w, 1))
-                trials.append(Trial(task=task, model=mlp, fit=mlp_fit, seed=seed, data=data))
+        trials += protocol.trials(get_task(name), 2, seeds, data)
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    db, owned = open_store(store, out)
-    try:
-        with make_executor(executor) as ex:
-            summary = run_trials(trials, db, ex, progress=progress)
-        keys = {t.key for t in trials}
-        rows = [r for r in db.rows() if r["key"] in keys]
-    finally:
-        if owned:
-            db.close()
+    summary, rows = run_paper_trials(trials, store, out, executor=executor, progress=progress)
     stats = aggregate(rows)
     table_rows, wins = [], 0
     for name in names:
-        configs = stats.get(name, [])
-        best = {}
-        for fam in ("kan", "mlp"):
-            done = [c for c in configs if c.family == fam and c.n_ok]
-            best[fam] = min(done, key=lambda c: c.err_mean, default=None)
-        k, m = best["kan"], best["mlp"]
+        k, m = best_per_family(stats.get(name, []))
         verdict = seed_verdict(k.errors if k else (), m.errors if m else ())
         ref = paper[name]
         beat = k is not None and k.err_mean <= float(ref["best_kan_test_rmse"])
@@ -146,7 +123,7 @@ def run_special(
         headers=("function", "kanlab best KAN", "test RMSE", "paper best KAN", "KAN <= paper",
                  "kanlab best MLP", "test RMSE", "paper MLP", "verdict (KAN vs MLP, seeds)"),
         rows=tuple(table_rows),
-        settings={"quick": quick, "grids": list(grids), "steps_per_grid": steps, "seeds": seeds,
+        settings={"quick": quick, "grids": list(protocol.grids), "steps_per_grid": steps, "seeds": seeds,
                   "optimizer": "lbfgs", "n_train": 1000},
         wall_time=time.perf_counter() - start, machine=machine(), notes=notes,
         units_run=summary.total - summary.skipped, units_reused=summary.skipped,
