@@ -15,6 +15,7 @@ from kanlab.bench.sweep import expand, parse_sweep
 from kanlab.config import KANConfig
 from kanlab.model_batch import KANBatch
 from kanlab.train.step import Objective
+from test_mult import xy_model as identity_xy_model  # tests/ is on sys.path under pytest
 
 F64 = torch.float64
 
@@ -30,15 +31,9 @@ def xy_data(n=200) -> kl.datasets.Dataset:
 
 
 def xy_model() -> kl.KAN:
-    """[2, [0, 1], 1] computing x1 * x2 exactly with identity symbolic edges (see test_mult)."""
-    model = kl.KAN([2, [0, 1], 1], dtype=F64)
-    with torch.no_grad():
-        for layer in model.layers:
-            layer.coef.zero_()
-            layer.scale_base.zero_()
-    model.layers[0].set_symbolic(0, 0, "x")
-    model.layers[0].set_symbolic(1, 1, "x")
-    model.layers[1].set_symbolic(0, 0, "x")
+    """[2, [0, 1], 1] computing x1 * x2 exactly with identity symbolic edges (test_mult's), its
+    cross edges masked off."""
+    model = identity_xy_model()
     with torch.no_grad():  # the cross edges off (zero, but live)
         model.layers[0].mask[1, 0] = 0.0
         model.layers[0].mask[0, 1] = 0.0
