@@ -21,8 +21,10 @@ counted as one more update (both re-fit every coefficient table on the training 
 Measured: for each shape, :func:`calibrate` trains a real model (``fit`` for M = 1, ``fit_batch``
 on a KANBatch/MLPBatch otherwise) of a representative trial's configuration on that trial's own
 prepared data for ``steps`` LBFGS (or Adam) steps, with one torch thread as trials run, after a
-forward/backward that loads the kernels and one timed grid update that adapts the grid; the step
-time is the History's (fit's clock starts after its one-time warm-up). An LBFGS step is up to 20
+forward/backward that loads the kernels and one timed grid update that adapts the grid; times are
+the calling thread's CPU seconds (trials run on one thread: the core seconds a trial needs, however
+busy the machine),
+the step's including fit's per-call evaluations. An LBFGS step is up to 20
 iterations (~22 evaluations); early steps of a fresh model use them all, as do most later ones
 (kanlab's tolerances are 1e-32), so early steps are representative. To keep the calibration to
 seconds, shapes are grouped into *kinds* (the same family, layer count, M, rows, optimiser,
@@ -41,6 +43,7 @@ trials run with one torch thread), so a few large groups on many workers are not
 
 from __future__ import annotations
 
+import importlib
 import math
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -236,11 +239,15 @@ def _groups(trials: Sequence[Trial], batched: bool, max_size: int) -> list[list[
 
 # --------------------------------------------------------------------------- measuring
 def calibrate(
-    trial: Trial, n_models: int, *, steps: int = 1, timer: Callable[[], float] = time.perf_counter
+    trial: Trial, n_models: int, *, steps: int = 1, clock: Callable[[], float] = time.thread_time
 ) -> tuple[float, float]:
     """Seconds of one optimiser step and of one grid update (0 for an MLP) of ``n_models`` models
     of ``trial``'s configuration trained together on its prepared data, measured now by a real
-    ``fit`` (M = 1) or ``fit_batch`` of ``steps`` steps (see the module docstring)."""
+    ``fit`` (M = 1) or ``fit_batch`` of ``steps`` steps (see the module docstring).
+
+    ``clock`` is this thread's CPU time by default: trials run on one thread, so CPU seconds are
+    the core seconds a step needs, and other processes on a busy machine do not inflate them (wall
+    time on a 2-core machine at load 8 read ~3x more)."""
     import torch
 
     from kanlab.bench.prepare import prepare
@@ -268,19 +275,30 @@ def calibrate(
         model(x).sum().backward()
         model.zero_grad(set_to_none=True)
 
+    # fit's one-time costs in a process, not part of a step (its History's clock starts after
+    # them): torch's compiler stack, imported at the first optimiser (~1 s CPU), and the kernels
+    importlib.import_module("torch._dynamo")
+    if is_kan and p.device.type == "cpu":
+        from kanlab import kernels
+        from kanlab.kernels.warm import ALL_PARTS
+
+        kernels.warm_up(p.dtype, ALL_PARTS)
     warm()
     update = 0.0
     if is_kan:
-        start = timer()
+        start = clock()
         with torch.no_grad():
             model.update_grid(x, grid_eps=trial.fit.grid_eps)  # adapts the grid, as training does
-        update = timer() - start
+        update = clock() - start
         warm()  # a non-uniform grid runs other kernels
     cfg = trial.fit.replace(steps=steps, grid_schedule=None, grid_update_every=0,
                             log_every=steps, progress=False, seed=trial.seed)  # fmt: skip
-    # the History's clock starts after fit's one-time warm-up (kernels, torch's compiler import)
+    start = clock()
     hist = fit(model, data, cfg) if n_models == 1 else fit_batch(model, data, cfg)[0]
-    return hist.wall_time[-1] / steps, update
+    spent = clock() - start
+    if len(hist.step) == 0:
+        raise RuntimeError(f"calibrating {trial.key}: fit ran no step")
+    return spent / steps, update
 
 
 def estimate(
@@ -299,7 +317,8 @@ def estimate(
     now (``steps`` optimiser steps per measured shape; see the module docstring).
 
     ``measure(trial, M) -> (step seconds, update seconds)`` replaces :func:`calibrate` (tests);
-    ``cache`` (shape -> those seconds) is read and filled, so later calls measure nothing twice."""
+    ``cache`` (shape -> those seconds) is read and filled, so later calls measure nothing twice;
+    ``timer`` (a wall clock) times the calibration itself, for the printed line."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     if not isinstance(steps, int) or steps < 1:
@@ -308,7 +327,7 @@ def estimate(
     if measure is None:
 
         def measure(trial: Trial, n_models: int) -> tuple[float, float]:
-            return calibrate(trial, n_models, steps=steps, timer=timer)
+            return calibrate(trial, n_models, steps=steps)
 
     cache = {} if cache is None else cache
     groups = _groups(trials, batched, max_group)
