@@ -3,7 +3,12 @@ loss, each start is exactly the plain fit of its seed, and bad input is refused 
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -111,3 +116,42 @@ def test_bad_input_is_refused_by_name(kwargs, error, match):
     kwargs = {"build": build, **kwargs}
     with pytest.raises(error, match=match):
         best_of_starts(kwargs.pop("build"), data(), **kwargs, progress=False)
+
+
+@pytest.mark.slow
+def test_exp_sin_4d_benchmark_runs_end_to_end_at_a_tiny_size(tmp_path):
+    """benchmarks/exp_sin_4d.py (the recipe: best of starts, grid schedule, MLPs, Pareto front) on
+    100 points, 2 starts of 3 steps, grids 3 and 5 of 3 steps, one MLP width."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "exp_sin_4d.json"
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    cmd = [sys.executable, str(root / "benchmarks" / "exp_sin_4d.py"), "--seeds", "2",
+           "--starts", "2", "--start-steps", "3", "--steps", "3", "--grids", "3,5",
+           "--mlp-widths", "4", "--n-train", "100", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    runs = result["kan"]
+    assert [r["seed"] for r in runs] == [0, 1]
+    for r in runs:
+        # seed s tries the initialisations 2s, 2s+1 and keeps the lowest training loss
+        assert [s["seed"] for s in r["starts"]] == [2 * r["seed"], 2 * r["seed"] + 1]
+        best = min(r["starts"], key=lambda s: s["train_rmse"])
+        assert r["chosen_seed"] == best["seed"]
+        assert [(s["stage"], s["grid"]) for s in r["stages"]] == [
+            ("starts", 3),
+            ("grid", 3),
+            ("grid", 5),
+        ]
+        assert r["stages"][0]["train_rmse"] == pytest.approx(best["train_rmse"], rel=1e-9)
+        assert r["stages"][1]["params"] < r["stages"][2]["params"]
+        assert all(math.isfinite(s["test_rmse"]) and s["wall_s"] >= 0 for s in r["stages"])
+        assert len(r["chosen"]["pairs"]) == 2 and r["chosen"]["psi_turns"] >= 0
+    assert sorted(m["params"] for m in result["mlp"]) == [45, 45, 65, 65]
+    for f in result["front"]:  # the front row's verdict is what its numbers say
+        tests = [r["stages"][1 + [3, 5].index(f["grid"])]["test_rmse"] for r in runs]
+        assert f["kan_median_test"] == pytest.approx(sorted(tests)[0] / 2 + sorted(tests)[1] / 2)
+        smaller = [m for m in result["mlp"] if m["params"] <= f["params"]]
+        assert f["mlp_front_test"] == min(m["test_rmse"] for m in smaller)
+        assert f["below_front"] == (f["kan_median_test"] < f["mlp_front_test"])
+    assert "KAN vs the MLP Pareto front" in proc.stdout
