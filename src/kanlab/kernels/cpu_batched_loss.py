@@ -1,0 +1,350 @@
+"""The MSE of M KANs and the gradient of every parameter of every layer in one Numba call: the
+model batch's training step for small grids on one thread (issue 19's per-evaluation target).
+
+``loss[m] = sum((kan_m(x_m) - y_m)^2) / (rows * out)`` for each model m of a stack of KAN layers
+(the layers of :mod:`kanlab.kernels.cpu_batched_layer`: spline + base branch, scales, mask), and
+the gradients of ``sum_m weight[m] * loss[m]`` w.r.t. each layer's ``coef``, ``scale_spline`` and
+``scale_base``. x ``(batch, in)`` shared by the models or ``(M, batch, in)``; y likewise.
+
+Why one kernel for the whole step instead of a fused kernel per layer under autograd: at the
+paper's sizes ([2,5,1], 1000 points) a layer's arithmetic is microseconds, and the per-layer
+calls paid for it again in the hidden activations written to memory and read back, an autograd
+node per layer, the MSE's torch ops, and a backward that recomputed every basis (saving them
+cost more: 13-20 MB at M = 64). Here, per block of samples and model, the forward runs through
+the layers keeping each layer's inputs, base activations and dense bases (with their derivatives
+for the hidden layers) for that block only (a few hundred KB at most, in the level-2 cache), the
+residual gives the output gradient, and the backward walks the layers back on what the forward
+just computed. Nothing of size batch x anything leaves the kernel. The block computations are
+the fused layer's own (its basis, activation, multiply-add and dot helpers, inlined here), so
+the results equal the per-layer path to rounding (float64: ~1e-15 relative), not bit for bit.
+
+Parameters are passed flat: each kind (coef; scale_spline, scale_base, mask) is one 1-D array
+holding every layer's ``(M, ...)`` tensor in turn, so one compiled kernel serves any depth (a
+tuple of per-layer arrays would compile once per number of layers); the gradients come back in
+the same layout and the driver hands out views of them. A single model is M = 1.
+
+Compilation: this module's cached code embeds :mod:`kanlab.kernels.cpu_batched_layer`'s
+helpers, so it is stamped with that file too (an edit of either recompiles it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from numba import njit
+from torch import Tensor
+
+from kanlab.kernels import cpu_batched_layer as _layer
+from kanlab.kernels.cpu.api import knot_origin_and_step
+from kanlab.kernels.cpu.tuning import _CACHE as _CPU_CACHE
+from kanlab.kernels.cpu.tuning import stamp_with_package
+from kanlab.kernels.cpu_batched_layer import (
+    ACTIVATION_CODES,
+    _accumulate,
+    _activation,
+    _basis,
+    _dots,
+    takes,
+)
+
+__all__ = ["LayerGrads", "mse_and_grads", "takes"]
+
+_THIS_FILE = os.path.abspath(__file__)
+_CACHE = _CPU_CACHE and stamp_with_package(
+    lambda f: os.path.abspath(f) == _THIS_FILE, "CpuBatchedLoss", also=(_layer.__file__,)
+)
+_JIT = {"nogil": True, "cache": _CACHE, "fastmath": {"contract", "reassoc"}, "error_model": "numpy"}
+_BLOCK = 128  # samples per block: every layer's dense bases of a block stay in the level-2 cache
+
+
+@njit(inline="always")
+def _same_first_grids(per_x, kn, uniform, n0):  # pragma: no cover - compiled
+    """same[m]: a shared x and model m's first-layer knots equal model m-1's, so model m-1's
+    first-layer basis of the block serves model m too (a fresh batch on one grid range)."""
+    n_models = kn.shape[0]
+    same = np.zeros(n_models, dtype=np.bool_)
+    if per_x:
+        return same
+    for m in range(1, n_models):
+        eq = uniform[0, m] == uniform[0, m - 1]
+        for i in range(n0):
+            for q in range(kn.shape[2]):
+                eq = eq and kn[m, i, q] == kn[m - 1, i, q]
+        same[m] = eq
+    return same
+
+
+@njit(**_JIT)
+def _mse_grads(
+    x, y, widths, kn, t0, h, uniform, coef, ss, sb, mask, k, code, weight, loss, gcoef, gss, gsb
+):  # pragma: no cover - compiled
+    """x (1 or M, batch, widths[0]), y (1 or M, batch, widths[-1]); kn (M, R, G+2k+1), t0 and h
+    (M, R), R = sum(widths[:-1]): layer l's input i is row ``sum(widths[:l]) + i``; uniform (L, M).
+    coef: layer l's (M, in, G+k, out) in turn, flat; ss, sb, mask: layer l's (M, in, out) in turn.
+    Writes loss (M,) (each model's MSE) and the gradients of ``sum_m weight[m] * loss[m]``
+    (gcoef like coef, gss like ss, gsb like sb; all three arrive zeroed)."""
+    n_layers = widths.shape[0] - 1
+    n_models = kn.shape[0]
+    nb = kn.shape[2] - k - 1
+    n = kn.shape[2]
+    batch = x.shape[1]
+    per_x = x.shape[0] > 1
+    per_y = y.shape[0] > 1
+    n_out = widths[n_layers]
+    S = _BLOCK
+    # offsets: node rows (inputs of layer l, then the outputs), flat parameter arrays
+    node = np.zeros(n_layers + 2, dtype=np.int64)
+    coff = np.zeros(n_layers + 1, dtype=np.int64)
+    soff = np.zeros(n_layers + 1, dtype=np.int64)
+    for layer in range(n_layers + 1):
+        node[layer + 1] = node[layer] + widths[layer]
+    for layer in range(n_layers):
+        coff[layer + 1] = coff[layer] + n_models * widths[layer] * nb * widths[layer + 1]
+        soff[layer + 1] = soff[layer] + n_models * widths[layer] * widths[layer + 1]
+    n_rows = node[n_layers]  # rows with a basis: the inputs of every layer
+    same = _same_first_grids(per_x, kn, uniform, widths[0])
+    z = np.empty((node[n_layers + 1], S))  # node values of the block
+    gz = np.empty((node[n_layers + 1], S))  # their gradients
+    act = np.empty((n_rows, S))
+    dact = np.empty((n_rows, S))
+    bd = np.empty((n_rows, n - 1, S))  # dense bases of the block, per input row
+    dbd = np.empty((n_rows, n - 1, S))  # ... and their derivatives (hidden layers only)
+    bd2 = np.empty((n - 1, S))
+    tmp = np.empty(S)
+    bits = np.empty(S, dtype=np.int64)
+    jj = np.empty(S, dtype=np.int64)
+    uu = np.empty(S)
+    vals = np.empty((k + 1, S))
+    dvals = np.empty((k + 1, S))
+    dsum = np.empty(S)
+    sq = np.zeros(n_models)
+    for b0 in range(0, batch, S):
+        bs = min(S, batch - b0)
+        for m in range(n_models):
+            if m == 0 or per_x:  # stage the block's inputs (once for a shared x)
+                mx = m if per_x else 0
+                for i in range(widths[0]):
+                    xi = z[i]
+                    for s in range(bs):
+                        xi[s] = x[mx, b0 + s, i]
+                    if code != 0:
+                        _activation(xi, bs, code, False, act[i], dact[i], bits, tmp)
+            # forward through the layers
+            for layer in range(n_layers):
+                n_in = widths[layer]
+                n_o = widths[layer + 1]
+                c4 = coef[coff[layer] : coff[layer + 1]].reshape((n_models, n_in, nb, n_o))
+                ss3 = ss[soff[layer] : soff[layer + 1]].reshape((n_models, n_in, n_o))
+                sb3 = sb[soff[layer] : soff[layer + 1]].reshape((n_models, n_in, n_o))
+                mk3 = mask[soff[layer] : soff[layer + 1]].reshape((n_models, n_in, n_o))
+                hidden = layer > 0
+                for o in range(n_o):
+                    z[node[layer + 1] + o, :bs] = 0.0
+                for i in range(n_in):
+                    r = node[layer] + i
+                    xi = z[r]
+                    if hidden and code != 0:
+                        _activation(xi, bs, code, True, act[r], dact[r], bits, tmp)
+                    if hidden or not same[m]:
+                        _basis(xi, bs, t0[m, r], h[m, r], kn[m, r], k, uniform[layer, m], hidden,
+                               jj, uu, vals, dvals, bd[r], dbd[r], bd2)  # fmt: skip
+                    for o in range(n_o):
+                        msk = mk3[m, i, o]
+                        yo = z[node[layer + 1] + o]
+                        if code != 0:
+                            wb = sb3[m, i, o] * msk
+                            ai = act[r]
+                            for s in range(bs):
+                                yo[s] += wb * ai[s]
+                        _accumulate(yo, bs, c4, m, i, o, ss3[m, i, o] * msk, bd[r], nb)
+            # residual: the output gradient of weight[m] * mse_m
+            my = m if per_y else 0
+            c = 2.0 * weight[m] / (batch * n_out)
+            acc = 0.0
+            for o in range(n_out):
+                yo = z[node[n_layers] + o]
+                go = gz[node[n_layers] + o]
+                for s in range(bs):
+                    d = yo[s] - y[my, b0 + s, o]
+                    acc += d * d
+                    go[s] = c * d
+            sq[m] += acc
+            # backward through the layers, on the bases just computed
+            for layer in range(n_layers - 1, -1, -1):
+                n_in = widths[layer]
+                n_o = widths[layer + 1]
+                c4 = coef[coff[layer] : coff[layer + 1]].reshape((n_models, n_in, nb, n_o))
+                g4 = gcoef[coff[layer] : coff[layer + 1]].reshape((n_models, n_in, nb, n_o))
+                ss3 = ss[soff[layer] : soff[layer + 1]].reshape((n_models, n_in, n_o))
+                sb3 = sb[soff[layer] : soff[layer + 1]].reshape((n_models, n_in, n_o))
+                mk3 = mask[soff[layer] : soff[layer + 1]].reshape((n_models, n_in, n_o))
+                gsb3 = gsb[soff[layer] : soff[layer + 1]].reshape((n_models, n_in, n_o))
+                hidden = layer > 0
+                for i in range(n_in):
+                    r = node[layer] + i
+                    gxi = gz[r]
+                    if hidden:
+                        gxi[:bs] = 0.0
+                    for o in range(n_o):
+                        gyo = gz[node[layer + 1] + o]
+                        if code != 0:
+                            ai = act[r]
+                            a = 0.0
+                            for s in range(bs):
+                                a += ai[s] * gyo[s]
+                            gsb3[m, i, o] += a
+                        _dots(gyo, bs, bd[r], nb, g4, m, i, o)  # unscaled (scales: at the end)
+                        if hidden:
+                            msk = mk3[m, i, o]
+                            if code != 0:
+                                wb = sb3[m, i, o] * msk
+                                di = dact[r]
+                                for s in range(bs):
+                                    dsum[s] = wb * di[s]
+                            else:
+                                dsum[:bs] = 0.0
+                            _accumulate(dsum, bs, c4, m, i, o, ss3[m, i, o] * msk, dbd[r], nb)
+                            for s in range(bs):
+                                gxi[s] += dsum[s] * gyo[s]
+    for m in range(n_models):
+        loss[m] = sq[m] / (batch * n_out)
+    # fold in the scales and the mask: y = mask * (ss * sum_g coef B_g + sb * act), per layer
+    for layer in range(n_layers):
+        n_in = widths[layer]
+        n_o = widths[layer + 1]
+        c4 = coef[coff[layer] : coff[layer + 1]].reshape((n_models, n_in, nb, n_o))
+        g4 = gcoef[coff[layer] : coff[layer + 1]].reshape((n_models, n_in, nb, n_o))
+        ss3 = ss[soff[layer] : soff[layer + 1]].reshape((n_models, n_in, n_o))
+        mk3 = mask[soff[layer] : soff[layer + 1]].reshape((n_models, n_in, n_o))
+        gss3 = gss[soff[layer] : soff[layer + 1]].reshape((n_models, n_in, n_o))
+        gsb3 = gsb[soff[layer] : soff[layer + 1]].reshape((n_models, n_in, n_o))
+        for m in range(n_models):
+            for i in range(n_in):
+                for o in range(n_o):
+                    msk = mk3[m, i, o]
+                    sc = ss3[m, i, o] * msk
+                    a = 0.0
+                    for g in range(nb):
+                        gu = g4[m, i, g, o]
+                        a += gu * c4[m, i, g, o]
+                        g4[m, i, g, o] = gu * sc
+                    gss3[m, i, o] = a * msk
+                    gsb3[m, i, o] *= msk
+
+
+# ---------------------------------------------------------------------- driver
+class LayerGrads(tuple):
+    """One layer's gradients: ``(coef, scale_spline, scale_base)``, shaped as the parameters."""
+
+    __slots__ = ()
+
+    @property
+    def coef(self) -> Tensor:
+        return self[0]
+
+    @property
+    def scale_spline(self) -> Tensor:
+        return self[1]
+
+    @property
+    def scale_base(self) -> Tensor:
+        return self[2]
+
+
+def _flat(tensors: Sequence[Tensor], dtype: torch.dtype) -> np.ndarray:
+    flat = torch.cat([t.detach().reshape(-1).to(dtype) for t in tensors])
+    return flat.numpy()
+
+
+def _rows(x: Tensor, n_models: int, width: int, name: str) -> np.ndarray:
+    """x ``(batch, width)`` or ``(M, batch, width)`` -> a ``(1 or M, batch, width)`` array."""
+    x3 = x.unsqueeze(0) if x.dim() == 2 else x
+    if x3.dim() != 3 or x3.shape[0] not in (1, n_models) or x3.shape[2] != width:
+        raise ValueError(
+            f"{name} must be (batch, {width}) or ({n_models}, batch, {width}), got {tuple(x.shape)}"
+        )
+    return x3.detach().contiguous().numpy()
+
+
+def mse_and_grads(
+    x: Tensor,
+    y: Tensor,
+    *,
+    knots: Sequence[Tensor],
+    coef: Sequence[Tensor],
+    scale_spline: Sequence[Tensor],
+    scale_base: Sequence[Tensor],
+    mask: Sequence[Tensor],
+    uniform: Sequence[Tensor],
+    spline_order: int,
+    base_activation: str,
+    weight: Tensor | None = None,
+) -> tuple[Tensor, list[LayerGrads]]:
+    """The MSE of each of M KANs and the gradients of ``sum_m weight[m] * mse[m]`` (weight: (M,),
+    default ones) w.r.t. every layer's coef and scales, without autograd.
+
+    x ``(batch, w0)`` shared or ``(M, batch, w0)``; y ``(batch, wL)`` or ``(M, batch, wL)``. Per
+    layer l (sequences of L tensors): knots ``(M, in, G+2k+1)``, coef ``(M, in, G+k, out)``,
+    scale_spline, scale_base and mask ``(M, in, out)``, uniform ``(M,)`` bools; one G for all
+    layers, G+k <= :data:`~kanlab.kernels.cpu_batched_layer.MAX_DENSE_BASIS`. float32/float64
+    CPU tensors of one dtype. Returns mse ``(M,)`` and one :class:`LayerGrads` per layer."""
+    n_layers = len(coef)
+    lists = (knots, scale_spline, scale_base, mask, uniform)
+    if n_layers == 0 or any(len(t) != n_layers for t in lists):
+        raise ValueError(
+            "knots, coef, scale_spline, scale_base, mask and uniform must hold one tensor per "
+            f"layer, got lengths {[len(t) for t in (knots, coef, *lists[1:])]}"
+        )
+    n_models, _, n_basis, _ = coef[0].shape
+    dtype = coef[0].dtype
+    if not takes(n_basis, base_activation):
+        raise ValueError(
+            f"the fused loss takes G+k <= {_layer.MAX_DENSE_BASIS} basis functions and base "
+            f"activations {sorted(ACTIVATION_CODES)}, got {n_basis} and {base_activation!r}"
+        )
+    widths = [coef[0].shape[1]]
+    for layer, c in enumerate(coef):
+        n_in, n_out = widths[-1], c.shape[3]
+        want = (n_models, n_in, n_basis, n_out)
+        if tuple(c.shape) != want:
+            raise ValueError(f"coef[{layer}] must be {want}, got {tuple(c.shape)}")
+        if tuple(knots[layer].shape) != (n_models, n_in, n_basis + spline_order + 1):
+            raise ValueError(
+                f"knots[{layer}] must be {(n_models, n_in, n_basis + spline_order + 1)}, got "
+                f"{tuple(knots[layer].shape)}"
+            )
+        for name, t in (("scale_spline", scale_spline), ("scale_base", scale_base), ("mask", mask)):
+            if tuple(t[layer].shape) != (n_models, n_in, n_out):
+                raise ValueError(
+                    f"{name}[{layer}] must be {(n_models, n_in, n_out)}, got {tuple(t[layer].shape)}"
+                )
+        widths.append(n_out)
+    xs = _rows(x, n_models, widths[0], "x")
+    ys = _rows(y, n_models, widths[-1], "y")
+    if xs.shape[1] != ys.shape[1]:
+        raise ValueError(f"x has {xs.shape[1]} rows but y has {ys.shape[1]}")
+    if xs.dtype != ys.dtype or torch.from_numpy(xs).dtype != dtype:
+        raise ValueError(f"x, y and the parameters must have one dtype, got {xs.dtype}, {ys.dtype}")
+    kn, t0, h = knot_origin_and_step(torch.cat([t.detach() for t in knots], dim=1))
+    flags = torch.stack([u.detach().cpu().to(torch.bool) for u in uniform]).numpy()
+    params = (coef, scale_spline, scale_base, mask)
+    c_flat, ss_flat, sb_flat, mk_flat = (_flat(p, dtype) for p in params)
+    w = torch.ones(n_models, dtype=dtype) if weight is None else weight.detach().to(dtype)
+    loss = np.zeros(n_models, dtype=c_flat.dtype)
+    gc, gss, gsb = np.zeros_like(c_flat), np.zeros_like(ss_flat), np.zeros_like(sb_flat)
+    _mse_grads(xs, ys, np.asarray(widths, dtype=np.int64), kn.numpy(), t0.numpy(), h.numpy(),
+               flags, c_flat, ss_flat, sb_flat, mk_flat, int(spline_order),
+               ACTIVATION_CODES[base_activation], w.contiguous().numpy(), loss, gc, gss,
+               gsb)  # fmt: skip
+    gc_t, gss_t, gsb_t = torch.from_numpy(gc), torch.from_numpy(gss), torch.from_numpy(gsb)
+    grads = []
+    c0 = s0 = 0
+    for c, s in zip(coef, scale_spline, strict=True):
+        c1, s1 = c0 + c.numel(), s0 + s.numel()
+        grads.append(LayerGrads((gc_t[c0:c1].view(c.shape), gss_t[s0:s1].view(s.shape),
+                                 gsb_t[s0:s1].view(s.shape))))  # fmt: skip
+        c0, s0 = c1, s1
+    return torch.from_numpy(loss), grads
