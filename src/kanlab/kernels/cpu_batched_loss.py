@@ -30,6 +30,7 @@ helpers, so it is stamped with that file too (an edit of either recompiles it).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,7 +39,6 @@ from numba import njit
 from torch import Tensor
 
 from kanlab.kernels import cpu_batched_layer as _layer
-from kanlab.kernels.cpu.api import knot_origin_and_step
 from kanlab.kernels.cpu.tuning import _CACHE as _CPU_CACHE
 from kanlab.kernels.cpu.tuning import stamp_with_package
 from kanlab.kernels.cpu_batched_layer import (
@@ -235,13 +235,33 @@ def _same_first_grids(per_x, kn, uniform, n0):  # pragma: no cover - compiled
 
 @njit(**_JIT)
 def _mse_grads(
-    x, y, widths, kn, t0, h, uniform, coef, ss, sb, mask, k, code, weight, loss, gcoef, gss, gsb
+    x,
+    y,
+    widths,
+    kn,
+    t0,
+    h,
+    uniform,
+    coef,
+    ss,
+    sb,
+    mask,
+    k,
+    code,
+    weight,
+    loss,
+    gcoef,
+    gss,
+    gsb,
+    bd,
+    dbd,
 ):  # pragma: no cover - compiled
     """x (1 or M, batch, widths[0]), y (1 or M, batch, widths[-1]); kn (M, R, G+2k+1), t0 and h
     (M, R), R = sum(widths[:-1]): layer l's input i is row ``sum(widths[:l]) + i``; uniform (L, M).
     coef: layer l's (M, in, G+k, out) in turn, flat; ss, sb, mask: layer l's (M, in, out) in turn.
     Writes loss (M,) (each model's MSE) and the gradients of ``sum_m weight[m] * loss[m]``
-    (gcoef like coef, gss like ss, gsb like sb; all three arrive zeroed)."""
+    (gcoef like coef, gss like ss, gsb like sb; all three arrive zeroed). bd, dbd: scratch
+    (R, G+2k, _BLOCK) float64 for the block's dense bases and their derivatives."""
     n_layers = widths.shape[0] - 1
     n_models = kn.shape[0]
     nb = kn.shape[2] - k - 1
@@ -266,8 +286,6 @@ def _mse_grads(
     gz = np.empty((node[n_layers + 1], S))  # their gradients
     act = np.zeros((n_rows, S))  # (zeros: no base activation is a zero term)
     dact = np.zeros((n_rows, S))
-    bd = np.empty((n_rows, n - 1, S))  # dense bases of the block, per input row
-    dbd = np.empty((n_rows, n - 1, S))  # ... and their derivatives (hidden layers only)
     bd2 = np.empty((n - 1, S))
     tmp = np.empty(S)
     bits = np.empty(S, dtype=np.int64)
@@ -394,9 +412,24 @@ class LayerGrads(tuple):
         return self[2]
 
 
-def _flat(tensors: Sequence[Tensor], dtype: torch.dtype) -> np.ndarray:
-    flat = torch.cat([t.detach().reshape(-1).to(dtype) for t in tensors])
-    return flat.numpy()
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().numpy()
+
+
+_WORK: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _workspace(n_rows: int, n_basis_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's scratch for the block's bases, kept per thread and shape: fresh ~100-300 KB
+    arrays per call cost page faults that showed at small M."""
+    key = (threading.get_ident(), n_rows, n_basis_rows)
+    work = _WORK.get(key)
+    if work is None:
+        if len(_WORK) > 32:  # (threads gone, shapes of finished runs)
+            _WORK.clear()
+        shape = (n_rows, n_basis_rows, _BLOCK)
+        work = _WORK[key] = (np.empty(shape), np.empty(shape))
+    return work
 
 
 def _rows(x: Tensor, n_models: int, width: int, name: str) -> np.ndarray:
@@ -406,7 +439,7 @@ def _rows(x: Tensor, n_models: int, width: int, name: str) -> np.ndarray:
         raise ValueError(
             f"{name} must be (batch, {width}) or ({n_models}, batch, {width}), got {tuple(x.shape)}"
         )
-    return x3.detach().contiguous().numpy()
+    return np.ascontiguousarray(_np(x3))
 
 
 def mse_and_grads(
@@ -439,7 +472,6 @@ def mse_and_grads(
             f"layer, got lengths {[len(t) for t in (knots, coef, *lists[1:])]}"
         )
     n_models, _, n_basis, _ = coef[0].shape
-    dtype = coef[0].dtype
     if not takes(n_basis, base_activation):
         raise ValueError(
             f"the fused loss takes G+k <= {_layer.MAX_DENSE_BASIS} basis functions and base "
@@ -466,25 +498,33 @@ def mse_and_grads(
     ys = _rows(y, n_models, widths[-1], "y")
     if xs.shape[1] != ys.shape[1]:
         raise ValueError(f"x has {xs.shape[1]} rows but y has {ys.shape[1]}")
-    if xs.dtype != ys.dtype or torch.from_numpy(xs).dtype != dtype:
+    if xs.dtype != ys.dtype or xs.dtype != _np(coef[0]).dtype:
         raise ValueError(f"x, y and the parameters must have one dtype, got {xs.dtype}, {ys.dtype}")
-    kn, t0, h = knot_origin_and_step(torch.cat([t.detach() for t in knots], dim=1))
-    flags = torch.stack([u.detach().cpu().to(torch.bool) for u in uniform]).numpy()
-    params = (coef, scale_spline, scale_base, mask)
-    c_flat, ss_flat, sb_flat, mk_flat = (_flat(p, dtype) for p in params)
-    w = torch.ones(n_models, dtype=dtype) if weight is None else weight.detach().to(dtype)
+    # numpy from here: each torch op costs microseconds, which show at small M
+    kn = np.concatenate([_np(t) for t in knots], axis=1)  # (M, R, G+2k+1), a copy
+    t0 = np.ascontiguousarray(kn[:, :, 0])
+    h = (kn[:, :, -1] - t0) / (kn.shape[2] - 1)  # (knot_origin_and_step's float ops)
+    flags = np.stack([_np(u) for u in uniform]).astype(np.bool_, copy=False)
+    c_flat, ss_flat, sb_flat, mk_flat = (
+        np.concatenate([_np(t).ravel() for t in p]) for p in (coef, scale_spline, scale_base, mask)
+    )
+    w = (
+        np.ones(n_models, dtype=c_flat.dtype)
+        if weight is None
+        else _np(weight).astype(c_flat.dtype)
+    )
     loss = np.zeros(n_models, dtype=c_flat.dtype)
     gc, gss, gsb = np.zeros_like(c_flat), np.zeros_like(ss_flat), np.zeros_like(sb_flat)
-    _mse_grads(xs, ys, np.asarray(widths, dtype=np.int64), kn.numpy(), t0.numpy(), h.numpy(),
-               flags, c_flat, ss_flat, sb_flat, mk_flat, int(spline_order),
-               ACTIVATION_CODES[base_activation], w.contiguous().numpy(), loss, gc, gss,
-               gsb)  # fmt: skip
-    gc_t, gss_t, gsb_t = torch.from_numpy(gc), torch.from_numpy(gss), torch.from_numpy(gsb)
+    bd, dbd = _workspace(kn.shape[1], kn.shape[2] - 1)
+    _mse_grads(xs, ys, np.asarray(widths, dtype=np.int64), kn, t0, h, flags, c_flat, ss_flat,
+               sb_flat, mk_flat, int(spline_order), ACTIVATION_CODES[base_activation],
+               np.ascontiguousarray(w), loss, gc, gss, gsb, bd, dbd)  # fmt: skip
     grads = []
     c0 = s0 = 0
-    for c, s in zip(coef, scale_spline, strict=True):
-        c1, s1 = c0 + c.numel(), s0 + s.numel()
-        grads.append(LayerGrads((gc_t[c0:c1].view(c.shape), gss_t[s0:s1].view(s.shape),
-                                 gsb_t[s0:s1].view(s.shape))))  # fmt: skip
+    for c, sc in zip(coef, scale_spline, strict=True):
+        c1, s1 = c0 + c.numel(), s0 + sc.numel()
+        grads.append(LayerGrads((torch.from_numpy(gc[c0:c1].reshape(c.shape)),
+                                 torch.from_numpy(gss[s0:s1].reshape(sc.shape)),
+                                 torch.from_numpy(gsb[s0:s1].reshape(sc.shape)))))  # fmt: skip
         c0, s0 = c1, s1
     return torch.from_numpy(loss), grads
