@@ -8,9 +8,10 @@ One model-evaluation = forward + backward of an MSE w.r.t. all of a model's para
 - model batches (``kanlab.model_batch``: ``sum_m mse(batch(x)[m], y)`` forward + backward, divided
   by M) of the same KANs (uniform, adapted: each model's grid adapted to its own data) and MLPs, at
   M = ``--models`` (1, 8, 64, 256);
-- for the KAN batches, kind ``fused``: the same objective and gradients by ``fit_batch``'s fused
-  training step (:func:`kanlab.train.batch_loop.fused_mse_grads`: one Numba call for the loss and
-  every parameter gradient, written to ``.grad`` as fit_batch does), timed interleaved with the
+- for the KAN batches (where fit_batch takes its fused step), kind ``fused``: the same objective
+  and gradients by ``fit_batch``'s fused training step
+  (:func:`kanlab.train.batch_loop.fused_mse_grads`: one Numba call for the loss and every
+  parameter gradient, written to ``.grad`` as fit_batch does), timed interleaved with the
   ``batch`` row of the same models (repeat by repeat), so the two are compared under one load.
 
 Columns: ms per model-evaluation, and how many times faster than the single-model KAN on a uniform
@@ -75,12 +76,15 @@ def batch_step(batch: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Call
     return step
 
 
-def fused_batch_step(batch: KANBatch, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    """fit_batch's fused step: the loss and the gradients without autograd, set as ``.grad``."""
+def fused_batch_step(
+    batch: KANBatch, x: torch.Tensor, y: torch.Tensor
+) -> Callable[[], None] | None:
+    """fit_batch's fused step: the loss and the gradients without autograd, set as ``.grad``;
+    None where fit_batch would not take it (no Numba, G+k > 24, ...): no fused row then."""
     from kanlab.train.batch_loop import fused_loss_applies, fused_mse_grads
 
     if not fused_loss_applies(batch, x):
-        raise SystemExit("the fused step does not apply here (Numba, 1 thread, G+k <= 24?)")
+        return None
 
     def step() -> None:
         _, grads = fused_mse_grads(batch, x, y)
@@ -164,8 +168,9 @@ def main() -> None:
                 batch = (MLPBatch if family == "mlp" else KANBatch).stack(models)
                 inner = args.inner or max(1, 64 // n_models)
                 steps = [batch_step(batch, x, y)]
-                if family == "kan":
-                    steps.append(fused_batch_step(batch, x, y))
+                fused = fused_batch_step(batch, x, y) if family == "kan" else None
+                if fused is not None:
+                    steps.append(fused)
                 times = median_ms_interleaved(steps, repeats=args.repeats, inner=inner,
                                               clock=args.clock)  # fmt: skip
                 for kind, ms in zip(("batch", "fused"), times, strict=False):
