@@ -7,7 +7,12 @@ One model-evaluation = forward + backward of an MSE w.r.t. all of a model's para
   ``update_grid`` (adapted grid), MLP of the same widths;
 - model batches (``kanlab.model_batch``: ``sum_m mse(batch(x)[m], y)`` forward + backward, divided
   by M) of the same KANs (uniform, adapted: each model's grid adapted to its own data) and MLPs, at
-  M = ``--models`` (1, 8, 64, 256).
+  M = ``--models`` (1, 8, 64, 256);
+- for the KAN batches (where fit_batch takes its fused step), kind ``fused``: the same objective
+  and gradients by ``fit_batch``'s fused training step
+  (:func:`kanlab.train.batch_loop.fused_mse_grads`: one Numba call for the loss and every
+  parameter gradient, written to ``.grad`` as fit_batch does), timed interleaved with the
+  ``batch`` row of the same models (repeat by repeat), so the two are compared under one load.
 
 Columns: ms per model-evaluation, and how many times faster than the single-model KAN on a uniform
 grid (issue 19's "1.0 ms" row, measured here in the same run) and than the single-model MLP.
@@ -71,6 +76,41 @@ def batch_step(batch: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Call
     return step
 
 
+def fused_batch_step(
+    batch: KANBatch, x: torch.Tensor, y: torch.Tensor
+) -> Callable[[], None] | None:
+    """fit_batch's fused step: the loss and the gradients without autograd, set as ``.grad``;
+    None where fit_batch would not take it (no Numba, G+k > 24, ...): no fused row then."""
+    from kanlab.train.batch_loop import fused_loss_applies, fused_mse_grads
+
+    if not fused_loss_applies(batch, x):
+        return None
+
+    def step() -> None:
+        _, grads = fused_mse_grads(batch, x, y)
+        for layer, (g_coef, g_ss, g_sb) in zip(batch.layers, grads, strict=True):
+            layer.coef.grad, layer.scale_spline.grad, layer.scale_base.grad = g_coef, g_ss, g_sb
+
+    return step
+
+
+def median_ms_interleaved(
+    steps: list[Callable[[], None]], *, repeats: int, inner: int, clock: str
+) -> list[float]:
+    """:func:`median_ms` of each step, the steps' repeats interleaved (A B A B ...)."""
+    now = CLOCKS[clock]
+    for step in steps:
+        step()  # warm-up
+    times: list[list[float]] = [[] for _ in steps]
+    for _ in range(repeats):
+        for step, acc in zip(steps, times, strict=True):
+            t0 = now()
+            for _ in range(inner):
+                step()
+            acc.append((now() - t0) / inner * 1e3)
+    return [statistics.median(t) for t in times]
+
+
 def models_for(family: str, widths: list[int], n_models: int, adapted: bool) -> list:
     if family == "mlp":
         cfg = kl.MLPConfig(widths=widths, dtype="float64")
@@ -101,12 +141,14 @@ def main() -> None:
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     parser.add_argument("--out", type=Path, default=Path("/tmp/model_batch_speed.json"))
     args = parser.parse_args()
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     torch.set_num_threads(1)
     rows = []
     header = f"{'model':<16}{'kind':<8}{'M':>5}{'ms/model-eval':>15}{'vs KAN':>9}{'vs MLP':>9}"
     print(
         f"{args.points} points, float64, 1 thread, {args.clock} clock; forward+backward of an "
-        f"MSE; 'vs': times faster than the single-model KAN (uniform grid) / MLP"
+        f"MSE; 'vs': times faster than the single-model KAN (uniform grid) / MLP; load "
+        f"{' '.join(load) or '?'}"
     )
     for spec in args.widths:
         widths = [int(w) for w in spec.split(",")]
@@ -125,9 +167,14 @@ def main() -> None:
                 models = models_for(family, widths, n_models, adapted)
                 batch = (MLPBatch if family == "mlp" else KANBatch).stack(models)
                 inner = args.inner or max(1, 64 // n_models)
-                ms = median_ms(batch_step(batch, x, y), repeats=args.repeats, inner=inner,
-                               clock=args.clock)  # fmt: skip
-                timed.append((name, "batch", n_models, ms / n_models))
+                steps = [batch_step(batch, x, y)]
+                fused = fused_batch_step(batch, x, y) if family == "kan" else None
+                if fused is not None:
+                    steps.append(fused)
+                times = median_ms_interleaved(steps, repeats=args.repeats, inner=inner,
+                                              clock=args.clock)  # fmt: skip
+                for kind, ms in zip(("batch", "fused"), times, strict=False):
+                    timed.append((name, kind, n_models, ms / n_models))
         kan_ms = timed[0][3]
         mlp_ms = timed[2][3]
         print(f"\nwidths {widths}")
@@ -143,7 +190,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"points": args.points, "threads": 1, "dtype": "float64",
                                     "clock": args.clock, "repeats": args.repeats,
-                                    "rows": rows}, indent=2))  # fmt: skip
+                                    "loadavg_start": load, "rows": rows}, indent=2))  # fmt: skip
     print(f"wrote {args.out}")
 
 

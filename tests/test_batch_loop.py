@@ -152,6 +152,9 @@ def test_diverged_model_is_frozen_and_the_others_go_on():
     # forwards: 1 warm-up, then per step one objective and two evaluations (train, test); from the
     # 11th step's objective on, model 1's loss is NaN
     poison_after(batch, 1, 1 + 3 * 10)
+    # a hook keeps fit_batch on the autograd path (the fused step runs no forward): the reference
+    # gets a hook that never fires, so that both run the same arithmetic (compared bit for bit)
+    poison_after(reference, 1, 10**9)
     got = fit_batch(batch, ds, progress=False, **opts)
     assert [got.diverged[m] for m in healthy] == [None] * 7
     assert "step 10" in got.diverged[1] and "frozen" in got.diverged[1]
@@ -300,7 +303,9 @@ def test_callbacks_per_model_and_one_model_stopped_early(optimizer):
     with torch.no_grad():
         out = batch(probe)[1].flatten()
         want = solo_models[1](probe).flatten()
-    assert close(out.tolist(), want.tolist(), rel=1e-6 if optimizer == "lbfgs" else 1e-9)
+    # (LBFGS: 4 steps of up to 20 iterations amplify rounding; measured 1e-8..1e-6 on either of
+    # fit_batch's paths, fused or autograd)
+    assert close(out.tolist(), want.tolist(), rel=1e-5 if optimizer == "lbfgs" else 1e-9)
 
 
 def test_all_models_stopped_ends_the_run():

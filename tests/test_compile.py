@@ -189,6 +189,10 @@ mlps = MLPBatch.from_config(kanlab.MLPConfig(widths=(2, 1100, 1), dtype="float64
 with event.install_listener("numba:compile", Listener()):
     batch(torch.rand(7, 2, dtype=torch.float64)).sum().backward()
     mlps(torch.rand(7, 2, dtype=torch.float64)).sum().backward()
+    # fit_batch's fused training step of the KAN batch (kanlab.kernels.cpu_batched_loss)
+    from kanlab.train.batch_loop import fused_mse_grads
+    fused_mse_grads(batch, torch.rand(7, 2, dtype=torch.float64), torch.rand(7, 1, dtype=torch.float64),
+                    weight=torch.ones(2, dtype=torch.float64))
 print(len(compiled))
 """
 
@@ -196,7 +200,7 @@ print(len(compiled))
 @pytest.mark.slow
 def test_warm_up_of_the_batch_parts_compiles_what_a_model_batch_runs(tmp_path):
     """On a cold cache, ``warm_up(dtype, BATCH_PARTS)`` compiles what a model batch's training step
-    runs (a KAN batch's and an MLP batch's fused kernels): the step then compiles nothing (a
+    runs (a KAN batch's and an MLP batch's fused kernels, fit_batch's fused step): the step then compiles nothing (a
     batched sweep's workers warm these parts before the trials, instead of compiling them inside
     their first trial's clock)."""
     proc = subprocess.run([sys.executable, "-c", _BATCH_STEP], capture_output=True, text=True,

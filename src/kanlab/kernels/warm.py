@@ -13,7 +13,8 @@ Parts (:data:`PARTS`): ``forward`` (the forward kernel), ``grad_weight`` (the co
 gradients), ``grad_x`` (the input gradient); a training step runs all three. :data:`BATCH_PARTS`:
 ``batch_forward`` and ``batch_backward``, the fused kernels of a model batch's layers
 (:mod:`~kanlab.kernels.cpu_batched_layer`, ~10 s together, float64, idle; and the MLP batch's
-:mod:`~kanlab.kernels.cpu_batched_mlp`), which ``fit_batch`` and a batched sweep warm as well;
+:mod:`~kanlab.kernels.cpu_batched_mlp`; ``batch_backward`` also the fused training step of
+:mod:`~kanlab.kernels.cpu_batched_loss`, ~12 s more), which ``fit_batch`` and a batched sweep warm as well;
 ``fit`` does not need them. Numba compiles under
 one lock per process, so one process compiles one kernel at a time: to use several cores, warm
 different parts in different processes, which then load the others' from the JIT cache
@@ -115,6 +116,13 @@ def _batch_call(part: str, dtype: torch.dtype) -> None:
                   base_activation="silu")  # fmt: skip
     if part == "batch_backward":
         y.sum().backward()
+        # fit_batch's fused training step (kanlab.kernels.cpu_batched_loss): the same layer, MSE
+        from kanlab.kernels.cpu_batched_loss import mse_and_grads
+
+        kn, u = knots.unsqueeze(0), torch.ones(1, dtype=torch.bool)
+        mse_and_grads(x, x, knots=[kn], coef=[coef], scale_spline=[scale.unsqueeze(0)],
+                      scale_base=[scale.unsqueeze(0)], mask=[scale.unsqueeze(0)], uniform=[u],
+                      spline_order=3, base_activation="silu")  # fmt: skip
     # the MLP batch's fused hidden layer (kanlab.kernels.cpu_batched_mlp): x is data, as in a
     # first layer (its backward is the one-pass parameter-gradient kernel)
     from kanlab.kernels.cpu_batched_mlp import linear_act

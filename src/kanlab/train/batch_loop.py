@@ -35,6 +35,13 @@ Free knots (``knot_steps``, KAN only) are fit's, per model (:mod:`kanlab.train.b
 the last ``knot_steps`` of a stage also train each model's interior knots, with a fresh optimiser
 and no grid updates.
 
+Fused training step: where it applies (:func:`fused_loss_applies`: a KAN batch, the MSE, no
+sparsity term, no free-knot phase, CPU on one thread with Numba, and grids the fused layer takes),
+each objective evaluation is one call of :func:`kanlab.kernels.cpu_batched_loss.mse_and_grads` for
+the whole batch (every layer's forward and backward per block of samples, no autograd), which
+writes the parameters' ``.grad`` directly; elsewhere the objective runs under autograd as before.
+Both give the same values and gradients to rounding (float64: ~1e-15 relative).
+
 Not supported yet, refused with an error naming the option: ``torch.distributed`` runs.
 """
 
@@ -48,7 +55,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from kanlab import distributed as D
 from kanlab import kernels
@@ -62,7 +69,14 @@ from kanlab.train.history import Callback, History, StepState
 from kanlab.train.loop import _check_callbacks, _check_data, _kind, _resolve_config
 from kanlab.train.optim import batches
 
-__all__ = ["PER_MODEL_OPTIONS", "BatchHistories", "fit_batch", "regularizer_per_model"]
+__all__ = [
+    "PER_MODEL_OPTIONS",
+    "BatchHistories",
+    "fit_batch",
+    "fused_loss_applies",
+    "fused_mse_grads",
+    "regularizer_per_model",
+]
 
 #: the FitConfig fields that may differ between the models of one fit_batch call
 PER_MODEL_OPTIONS = ("lamb", "lamb_l1", "lamb_entropy")
@@ -294,6 +308,51 @@ def data_loss_per_model(pred: Tensor, y: Tensor, kind: str) -> Tensor:
     return mse_per_model(pred, y)
 
 
+def fused_loss_applies(batch: KANBatch | MLPBatch, x: Tensor) -> bool:
+    """Whether :func:`fused_mse_grads` can run ``batch`` on inputs like ``x`` (shared
+    ``(rows, in)`` or ``(M, rows, in)``): a KAN batch whose every layer the fused layer kernel
+    would run (CPU float32/float64, one torch thread, Numba the backend, G+k and the base
+    activation it takes), no knots requiring grad, and no forward hooks on the batch or its
+    layers (the fused kernel calls no forward; a hook must see every one). The caller checks the
+    rest (MSE, no activations needed for a regulariser)."""
+    if not isinstance(batch, KANBatch) or x.shape[-2] == 0 or _hooked(batch):
+        return False
+    xm = x[..., :1, :]
+    return all(
+        layer._fused(xm) and not layer.knots.requires_grad and layer.coef.dtype == x.dtype
+        for layer in batch.layers
+    )
+
+
+def _hooked(batch: nn.Module) -> bool:
+    """Whether a forward (pre-)hook would see the batch's or a layer's forward."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in batch.modules())
+
+
+def fused_mse_grads(
+    batch: KANBatch, x: Tensor, y: Tensor, *, weight: Tensor | None = None
+) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]]]:
+    """(M,) MSEs (:func:`mse_per_model`) of ``batch`` on x ``(rows, in)`` or ``(M, rows, in)``
+    against y ``(rows, out)`` or ``(M, rows, out)``, and per layer the gradients of
+    ``sum_m weight[m] * mse[m]`` (weight (M,), default ones) w.r.t. (coef, scale_spline,
+    scale_base), shaped as the parameters; no autograd (:mod:`kanlab.kernels.cpu_batched_loss`).
+    Only where :func:`fused_loss_applies`."""
+    from kanlab.kernels import cpu_batched_loss  # (imported, and compiled, on first use)
+
+    layers = batch.layers
+    return cpu_batched_loss.mse_and_grads(
+        x, y, knots=[la.knots for la in layers], coef=[la.coef for la in layers],
+        scale_spline=[la.scale_spline for la in layers],
+        scale_base=[la.scale_base for la in layers], mask=[la.mask for la in layers],
+        uniform=[la.grid_uniform for la in layers], spline_order=batch.spline_order,
+        base_activation=layers[0].base_activation, weight=weight,
+    )  # fmt: skip
+
+
 Row = tuple[float, float, float, float]
 
 
@@ -374,7 +433,7 @@ class _BatchRun:
         if not self.is_kan or p.device.type != "cpu":
             return 0.0
         t0 = time.perf_counter()
-        kernels.warm_up(p.dtype, ALL_PARTS)  # the fused batch kernels too
+        kernels.warm_up(p.dtype, ALL_PARTS)  # the fused batch kernels (and training step) too
         x = self.data.train_x[..., :1, :].detach()
         self.batch(x).sum().backward()  # compiles (or loads) the batched kernels
         self.batch.zero_grad(set_to_none=True)
@@ -416,6 +475,7 @@ class _BatchRun:
         self.stage = stage
         self.params = [p for p in batch.parameters() if p.requires_grad]
         self.free: BatchFreeKnots | None = None
+        self.fused = self._fused_applies()  # (the grids of this stage; off in a free-knot phase)
         self.knot_steps = self.knot_plan[stage]
         self._make_optimizer(self.params, [])
         if cfg.optimizer == "lbfgs":
@@ -446,10 +506,41 @@ class _BatchRun:
         """From now to the stage's end the knots train too (fit's ``_free_knots``), with a fresh
         optimiser; the LBFGS loss scale stays the stage's."""
         self.free = BatchFreeKnots(self.batch)  # type: ignore[arg-type]  (KAN batches only)
+        self.fused = False  # the knots train too: autograd
         logits = list(self.free.logits)
         self.last_good = [*self.last_good[: len(self.params)], *(t.detach().clone() for t in logits),
                           *self.last_good[len(self.params) :]]  # fmt: skip
         self._make_optimizer(self.params, logits)
+
+    def _fused_applies(self) -> bool:
+        """Whether this run's objective can be the fused kernel's (:func:`fused_loss_applies`,
+        the MSE, no sparsity term)."""
+        return (self.is_kan and self.kind == "regression" and not self.sparse
+                and fused_loss_applies(self.batch, self.data.train_x))  # fmt: skip
+
+    def _fused_objective(self, xb: Tensor, yb: Tensor, scale: Tensor | None) -> Tensor:
+        """(M,) objectives as :meth:`_objective` (no sparsity term) with the gradients of
+        ``sum_m scale[m] * objective[m]`` (scale None: ones) written to the parameters' ``.grad``
+        by the fused kernel; a model whose objective is not finite gets zero gradients."""
+        weight = None if scale is None else scale.to(xb.dtype)
+        loss, grads = fused_mse_grads(self.batch, xb, yb, weight=weight)  # type: ignore[arg-type]
+        pairs = [(p, g) for la, gs in zip(self.batch.layers, grads, strict=True)
+                 for p, g in zip((la.coef, la.scale_spline, la.scale_base), gs, strict=True)
+                 if p.requires_grad]  # fmt: skip
+        value = loss
+        wd = self.cfg.weight_decay if self.cfg.optimizer == "lbfgs" else 0.0
+        if wd > 0:
+            value = value + 0.5 * wd * sum(p.detach().pow(2).reshape(p.shape[0], -1).sum(1)
+                                           for p, _ in pairs)  # fmt: skip
+            w = torch.ones_like(loss) if weight is None else weight
+            for p, g in pairs:
+                g.add_(p.detach() * (wd * w).reshape(-1, *([1] * (p.dim() - 1))))
+        finite = torch.isfinite(value)
+        for p, g in pairs:
+            if not bool(finite.all()):
+                g = torch.where(finite.reshape(-1, *([1] * (g.dim() - 1))), g, 0.0)
+            p.grad = g
+        return value
 
     def _objective(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
         """(M,) objectives (fit's), differentiated: the data loss (+ lamb * reg, + LBFGS weight
@@ -499,6 +590,10 @@ class _BatchRun:
 
             def closure() -> Tensor:
                 self._zero_grad()
+                if self.fused:
+                    value = self._fused_objective(xb, yb, scale)
+                    self._first(value, torch.zeros_like(value))
+                    return value * scale
                 value, reg = self._objective(xb, yb)
                 self._first(value, reg)
                 value = value * scale
@@ -521,9 +616,13 @@ class _BatchRun:
                 )
         else:
             self._zero_grad()
-            value, reg = self._objective(xb, yb)
-            self._first(value, reg)
-            self._backward(value)
+            if self.fused:
+                value = self._fused_objective(xb, yb, None)
+                self._first(value, torch.zeros_like(value))
+            else:
+                value, reg = self._objective(xb, yb)
+                self._first(value, reg)
+                self._backward(value)
             bad = ~torch.isfinite(value.detach()).cpu()
             self._diverge(bad, self.last_good, "at step")
             step_frozen(self.opt, self.frozen.to(self.params[0].device))

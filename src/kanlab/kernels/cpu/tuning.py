@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from numba import njit
 
@@ -33,13 +33,13 @@ def _cache_enabled() -> bool:
     return os.access(target, os.W_OK)
 
 
-def _package_stamp() -> bytes:
-    """SHA-256 of every module of this package (names and contents)."""
+def _package_stamp(also: Sequence[str] = ()) -> bytes:
+    """SHA-256 of every module of this package (names and contents), and of the files ``also``."""
     digest = hashlib.sha256()
-    for name in sorted(os.listdir(_HERE)):
-        if name.endswith(".py"):
-            with open(os.path.join(_HERE, name), "rb") as f:
-                digest.update(name.encode() + b"\0" + f.read() + b"\0")
+    paths = [os.path.join(_HERE, n) for n in sorted(os.listdir(_HERE)) if n.endswith(".py")]
+    for path in (*paths, *also):
+        with open(path, "rb") as f:
+            digest.update(os.path.basename(path).encode() + b"\0" + f.read() + b"\0")
     return digest.digest()
 
 
@@ -50,10 +50,13 @@ def _stamp_whole_package() -> bool:
     )
 
 
-def stamp_with_package(accepts: Callable[[str], bool], tag: str) -> bool:
+def stamp_with_package(
+    accepts: Callable[[str], bool], tag: str, *, also: Sequence[str] = ()
+) -> bool:
     """Cache the functions of the files ``accepts(py_file)`` takes under the stamp (their file,
-    the whole package): for this package, and for a module elsewhere whose compiled code embeds
-    this package's kernels (:mod:`kanlab.kernels.cpu_batched`).
+    the whole package, the files ``also``): for this package, and for a module elsewhere whose
+    compiled code embeds this package's kernels (:mod:`kanlab.kernels.cpu_batched`) or another
+    module's (``also``: :mod:`kanlab.kernels.cpu_batched_loss` embeds the fused layer's helpers).
 
     Two cache locators, Numba's own for ``NUMBA_CACHE_DIR`` and for ``__pycache__`` with the
     package's stamp added, are put in front of Numba's list (replacing those of an earlier call
@@ -69,7 +72,7 @@ def stamp_with_package(accepts: Callable[[str], bool], tag: str) -> bool:
     classes = getattr(impl, "_locator_classes", None)
     if not isinstance(classes, list) or None in bases:
         return False
-    stamp = _package_stamp()
+    stamp = _package_stamp(also)
 
     def stamped(base):
         class Locator(base):
