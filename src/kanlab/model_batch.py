@@ -23,23 +23,25 @@ model dimension
 (:mod:`kanlab.kernels.cpu_batched`: one call for all M models) when the single-model backend
 choice picks Numba (CPU, float32/float64, Numba installed, not forced to another backend); else on
 the batched *reference* evaluation (dense Cox-de Boor basis per model, then one ``bmm``,
-:mod:`kanlab.kernels.batched_reference`; not yet Triton on GPU). ``update_grid`` / ``extend_grid`` unstack, call
-each KAN's own method and copy the results back in place (parameters keep their identity when
-their shape does not change).
+:mod:`kanlab.kernels.batched_reference`; not yet Triton on GPU). ``update_grid`` / ``extend_grid``
+run the KAN's algorithm for all M models at once (:mod:`kanlab.grid_batch`), layer by layer, and
+write the results in place (parameters keep their identity when their shape does not change);
+model m gets its own KAN's result to rounding (often bit-identical).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from kanlab._checks import check_input, check_int
+from kanlab import grid_batch
+from kanlab._checks import check_finite, check_float, check_input, check_int
 from kanlab.config import KANConfig, MLPConfig
 from kanlab.kernels.backends import choose, select_backend
 from kanlab.kernels.batched_reference import batched_basis, batched_spline_product
-from kanlab.layers import ACTIVATIONS, KANLinear
+from kanlab.layers import ACTIVATIONS, KANLinear, check_coarsen
 from kanlab.models import KAN, MLP, kan_layers
 
 __all__ = ["KANBatch", "KANBatchLayer", "MLPBatch"]
@@ -91,14 +93,6 @@ def _batch_input(x: object, n_models: int, n_in: int, dtype: torch.dtype) -> Ten
         f"x must have shape (batch, {n_in}) or ({n_models}, batch, {n_in}) for a batch of "
         f"{n_models} models, got {tuple(x.shape)}"
     )
-
-
-def _per_model(x: Tensor | None, n_models: int, n_in: int, dtype: torch.dtype) -> list:
-    """Grid data for each model: None, the shared ``(batch, in)`` x, or row m of ``(M, batch, in)``."""
-    if x is None:
-        return [None] * n_models
-    xb = _batch_input(x, n_models, n_in, dtype)
-    return [xb[m] for m in range(n_models)]
 
 
 def _copy_into(module: nn.Module, name: str, value: Tensor, *, parameter: bool) -> None:
@@ -198,6 +192,13 @@ class KANBatchLayer(nn.Module):
                 self.grid_uniform, spline_order=self.spline_order,
                 base_activation=self.base_activation,
             )  # fmt: skip
+        return self._forward_unfused(x)
+
+    def _forward_unfused(self, x: Tensor, *, per_model_base: bool = False) -> Tensor:
+        """forward without the fused layer kernel: the batched sparse Numba kernels, else the
+        batched reference. ``per_model_base``: the base branch by one ``addmm`` per model, as
+        :class:`KANLinear` computes it (with Numba, each row is then bit-identical to the model's
+        own forward: the grid methods rely on it; one ``baddbmm`` may round differently)."""
         if x.dim() == 2:  # shared: the other kernels take one row per model
             x = x.unsqueeze(0).expand(self.n_models, *x.shape)
         scale_spline = self.scale_spline * self.mask  # (M, in, out)
@@ -210,9 +211,12 @@ class KANBatchLayer(nn.Module):
         else:
             weight = self.coef * scale_spline.unsqueeze(2)  # (M, in, G+k, out)
             y = batched_spline_product(x, self.knots, weight, self.spline_order)  # (M, batch, out)
-        if self.base_activation != "zero":  # y + act(x) @ (scale_base * mask), per model
-            y = torch.baddbmm(y, ACTIVATIONS[self.base_activation](x), self.scale_base * self.mask)
-        return y
+        if self.base_activation == "zero":
+            return y
+        act, scale = ACTIVATIONS[self.base_activation], self.scale_base * self.mask
+        if per_model_base:  # (the activation per model too: vectorised tails round differently)
+            return torch.stack([torch.addmm(y[m], act(x[m]), scale[m]) for m in range(len(y))])
+        return torch.baddbmm(y, act(x), scale)  # y + act(x) @ (scale_base * mask), per model
 
     def activations(self, x: Tensor) -> Tensor:
         """Edge outputs ``phi_{o,i}(x_i)`` per model: ``(M, batch, in) -> (M, batch, out, in)``
@@ -230,6 +234,15 @@ class KANBatchLayer(nn.Module):
         """Model m's layer state as a :class:`KANLinear` state dict (copies)."""
         names = (*_KAN_PARAMS, *_KAN_BUFFERS)
         return {name: getattr(self, name)[m].detach().clone() for name in names}
+
+    def set_grid(self, knots: Tensor, coef: Tensor, uniform: Tensor) -> None:
+        """Install new knots ``(M, in, G'+2k+1)``, coefficients ``(M, in, G'+k, out)`` and uniform
+        flags ``(M,)`` (in place where the shapes are unchanged, as ``KANLinear._set_grid``)."""
+        fresh = torch.empty(coef.shape, dtype=self.coef.dtype, device=self.coef.device)
+        # standard strides for a new Parameter (a solver's output can be column-major)
+        _copy_into(self, "coef", fresh.copy_(coef), parameter=True)
+        _copy_into(self, "knots", knots.to(self.knots.dtype), parameter=False)
+        self.grid_uniform.copy_(uniform)
 
     def load_layers(self, layers: Sequence[KANLinear]) -> None:
         """Copy M layers' tensors into this batch layer (in place where the shapes are unchanged)."""
@@ -335,7 +348,8 @@ class KANBatch(nn.Module):
     def unstack_one(self, m: int) -> KAN:
         """Model m alone: an independent KAN holding exactly its values in the batch (copies)."""
         m = _check_index(m, self.n_models)
-        model = KAN.from_config(self.configs[m], device=self.layers[0].coef.device)
+        config = self._configs[m].replace(grid_size=self.grid_size)
+        model = KAN.from_config(config, device=self.layers[0].coef.device)
         state = {
             f"layers.{i}.{name}": value
             for i, layer in enumerate(self.layers)
@@ -348,23 +362,66 @@ class KANBatch(nn.Module):
         model.train(self.training)
         return model
 
-    def _restack(self, models: Sequence[KAN]) -> None:
-        for i, layer in enumerate(self.layers):
-            layer.load_layers([model.layers[i] for model in models])
+    def _grid_data(self, x: Tensor, layer: int) -> Tensor:
+        """Refuse grid data a KAN layer would refuse (fewer than 2 samples, NaN or Inf), naming
+        the first model at fault. x ``(M, batch, in)``."""
+        if x.shape[1] < 2:
+            raise ValueError(f"x must have at least 2 samples to place a grid, got {x.shape[1]}")
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            m = int(bad.flatten(1).any(1).nonzero()[0])
+            check_finite(f"the grid data of model {m} (input of layer {layer})", x[m])
+        return x
 
-    def _each_model(self, x: Tensor | None, method: Callable[[KAN, Tensor | None], None]) -> None:
-        """``method(model_m, x_m)`` on each model unstacked (x: None, shared or per model), then
-        the results copied back in place."""
-        xs = _per_model(x, self.n_models, self.widths[0], self.layers[0].coef.dtype)
-        models = self.unstack()
-        for model, xm in zip(models, xs, strict=True):
-            method(model, xm)
-        self._restack(models)
+    def _regrid(self, x: Tensor | None, new_size: int, grid_eps: float) -> None:
+        """Layer by layer, as ``KAN.update_grid`` / ``extend_grid``: new knots of ``new_size``
+        intervals from x ``(M, batch, in)`` (None: uniform on each grid range), the coefficients
+        refitted (:mod:`kanlab.grid_batch`); the next layer sees the updated layer's output. On an
+        error every layer keeps its state."""
+        saved = [(la.coef, la.coef.detach().clone(), la.knots.clone(), la.grid_uniform.clone())
+                 for la in self.layers]  # fmt: skip
+        try:
+            for i, layer in enumerate(self.layers):
+                k = layer.spline_order
+                if x is None:
+                    knots, samples = grid_batch.range_knots(layer.knots, new_size, k)
+                    flat = True
+                else:
+                    samples = self._grid_data(x, i)
+                    knots = grid_batch.data_knots(samples, new_size, k, grid_eps)
+                    flat = grid_eps == 1.0
+                layer.set_grid(*grid_batch.refit(
+                    samples, layer.knots, layer.coef, layer.grid_uniform, knots,
+                    new_uniform=flat, spline_order=k,
+                ))  # fmt: skip
+                if x is not None and i + 1 < len(self.layers):
+                    x = layer._forward_unfused(x, per_model_base=True)
+        except Exception:
+            for layer, (coef, values, knots, uniform) in zip(self.layers, saved, strict=True):
+                with torch.no_grad():
+                    coef.copy_(values)
+                layer.coef = coef  # (the Parameter an optimiser may hold)
+                _copy_into(layer, "knots", knots, parameter=False)
+                layer.grid_uniform.copy_(uniform)
+            raise
+
+    def _data(self, x: Tensor | None) -> Tensor | None:
+        return None if x is None else _batch_input(x, self.n_models, self.widths[0], self.dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.layers[0].coef.dtype
 
     @torch.no_grad()
     def update_grid(self, x: Tensor, *, grid_eps: float = 0.02) -> None:
-        """``KAN.update_grid`` on every model: x ``(batch, in)`` shared or ``(M, batch, in)``."""
-        self._each_model(x, lambda model, xm: model.update_grid(xm, grid_eps=grid_eps))
+        """``KAN.update_grid`` on every model: x ``(batch, in)`` shared or ``(M, batch, in)``.
+        Batched over the models (:mod:`kanlab.grid_batch`); model m gets what its KAN's own
+        method gives it (bit-identical on the Numba CPU kernels)."""
+        grid_eps = check_float("grid_eps", grid_eps, minimum=0.0)
+        if grid_eps > 1:
+            raise ValueError(f"grid_eps must be in [0, 1], got {grid_eps}")
+        x = _batch_input(x, self.n_models, self.widths[0], self.dtype)
+        self._regrid(x, self.grid_size, grid_eps)
 
     @torch.no_grad()
     def extend_grid(
@@ -375,14 +432,13 @@ class KANBatch(nn.Module):
         grid_eps: float = 0.02,
         allow_coarsen: bool = False,
     ) -> None:
-        """``KAN.extend_grid`` on every model (x: None, ``(batch, in)`` shared or ``(M, batch, in)``);
-        the coefficients get new Parameters (their shape changes)."""
-        self._each_model(
-            x,
-            lambda model, xm: model.extend_grid(
-                new_size, xm, grid_eps=grid_eps, allow_coarsen=allow_coarsen
-            ),
-        )
+        """``KAN.extend_grid`` on every model (x: None, ``(batch, in)`` shared or ``(M, batch, in)``),
+        batched as :meth:`update_grid`; the coefficients get new Parameters when their shape
+        changes."""
+        check_int("new_size", new_size, minimum=1)
+        for i, layer in enumerate(self.layers):
+            check_coarsen(new_size, layer.grid_size, allow_coarsen, f" (layer {i})")
+        self._regrid(self._data(x), new_size, grid_eps)
 
 
 # ---------------------------------------------------------------------- MLPs
