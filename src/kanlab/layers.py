@@ -45,7 +45,13 @@ from kanlab._checks import (
     check_int,
     check_range,
 )
-from kanlab.splines import coef_to_curve, curve_to_coef, knots_from_data, uniform_knots
+from kanlab.splines import (
+    coef_to_curve,
+    curve_to_coef,
+    interval_samples,
+    knots_from_data,
+    uniform_knots,
+)
 from kanlab.symbolic_edges import SymbolicEdges, check_edge
 
 __all__ = ["ACTIVATIONS", "KANLinear", "check_coarsen"]
@@ -363,7 +369,8 @@ class KANLinear(nn.Module):
         self._refit(samples, new_knots, uniform=True)
 
     def _refit(self, x: Tensor, new_knots: Tensor, *, uniform: bool) -> None:
-        """Fit coefficients on ``new_knots`` to the current splines sampled at ``x`` (batch, in)."""
+        """Fit coefficients on ``new_knots`` to the current splines sampled at ``x`` (batch, in) and
+        at :func:`~kanlab.splines.interval_samples` of the new grid (see there why)."""
         # Inputs whose data have no spread keep their grid (a zero-width grid is meaningless): the old
         # knots, or a uniform grid of the new size on the old grid range, refit on samples spread
         # over that range (the data would pin the function at one point only).
@@ -382,6 +389,8 @@ class KANLinear(nn.Module):
             frac = torch.linspace(0, 1, x.shape[0], dtype=x.dtype, device=x.device).unsqueeze(1)
             spread = lo + (hi - lo) * frac  # (batch, in)
             x = torch.where(degenerate, spread, x)
+        # the data, and points in every new interval: no coefficient is left to the ridge alone
+        x = torch.cat([x, interval_samples(new_knots, self.spline_order).to(x)])
         y = coef_to_curve(x, self.knots, self.coef, self.spline_order, uniform=self._uniform)
         coef = curve_to_coef(x, y, new_knots, self.spline_order)
         self._set_grid(new_knots, coef, uniform=uniform)

@@ -38,6 +38,7 @@ __all__ = [
     "curve_to_coef",
     "dense_from_sparse",
     "extend_knots",
+    "interval_samples",
     "is_uniform",
     "knots_from_data",
     "sparse_basis",
@@ -79,6 +80,24 @@ def extend_knots(grid: Tensor, spline_order: int) -> Tensor:
     below = grid[:, :1] - steps.flip(0) * h
     above = grid[:, -1:] + steps * h
     return torch.cat([below, grid, above], dim=1)  # (in, G+2k+1)
+
+
+def interval_samples(knots: Tensor, spline_order: int, per_interval: int = 2) -> Tensor:
+    """``per_interval`` points inside every grid interval of ``knots`` ``(in, G + 2k + 1)``, plus
+    the grid's right end: ``(G * per_interval + 1, in)``, one column per input (ascending).
+
+    A refit onto new knots samples the old spline here as well as at the data: an interval that
+    holds fewer data points than the k + 1 basis functions it touches (a fine grid on few data:
+    G = 500 on 1000 points) otherwise leaves its coefficients to the ridge, which pulls them to
+    zero and the function there with them (the test error blows up between the training points).
+    """
+    k = spline_order
+    inner = knots[:, k : knots.shape[1] - k]  # (in, G + 1): the grid points
+    left, width = inner[:, :-1], inner[:, 1:] - inner[:, :-1]  # (in, G)
+    frac = (torch.arange(per_interval, dtype=knots.dtype, device=knots.device) + 0.5) / per_interval
+    pts = left.unsqueeze(-1) + width.unsqueeze(-1) * frac  # (in, G, per_interval)
+    pts = torch.cat([pts.flatten(1), inner[:, -1:]], dim=1)  # (in, G * per_interval + 1)
+    return pts.t().contiguous()
 
 
 def knots_from_data(x: Tensor, grid_size: int, spline_order: int, grid_eps: float) -> Tensor:
