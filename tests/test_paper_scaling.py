@@ -71,12 +71,25 @@ def test_protocol_float64_uniform_grid_updates_and_chosen_grids():
     assert {t.model.dtype for t in trials} == {"float64"}
     assert all(t.fit.grid_eps == 1.0 and t.fit.grid_schedule == grids for t in kan)
     assert all(t.fit.steps == 200 for t in kan)
+    assert all((t.fit.restarts, t.fit.restart_steps) == (9, 20) for t in kan)
     mine, grids = _trials(False, 1, 5, grids=(3, 10), widths=(8,))
     assert grids == (3, 10) and [t.family for t in mine] == ["kan", "mlp"]
-    assert mine[1].fit.steps == 10  # the MLP gets the KAN's whole step budget
+    # the MLP gets the KAN's whole step budget: its stages and its 10 restart starts of 20 steps
+    assert mine[1].fit.steps == 2 * 5 + 10 * 20 and mine[1].fit.restarts == 0
+    bare, _ = _trials(True, 1, 5, grids=(3, 10), widths=(8,), restarts=0)
+    assert bare[0].fit.restarts == 0 and bare[1].fit.steps == 10
+    quick, _ = _trials(True, 1, 5, grids=(3, 10), widths=(8,))
+    assert (quick[0].fit.restarts, quick[0].fit.restart_steps) == (4, 10)
+    assert quick[1].fit.steps == 10 + 5 * 10
 
 
 @pytest.mark.parametrize("grids", [(5, 3), (), (0, 3), (3, 3)])
 def test_bad_grids_are_named(tmp_path, grids):
     with pytest.raises(ValueError, match="grids must be increasing"):
         run_scaling(out=tmp_path, grids=grids)
+
+
+@pytest.mark.parametrize("restarts", [-1, 1.5])
+def test_bad_restarts_are_named(tmp_path, restarts):
+    with pytest.raises(ValueError, match="restarts must be a non-negative int"):
+        run_scaling(out=tmp_path, restarts=restarts)
