@@ -291,7 +291,8 @@ class KANLinear(nn.Module):
         self, x: Tensor, *, grid_eps: float = 0.02, grow: Sequence[bool] | Tensor | None = None
     ) -> None:
         """Move the knots to the distribution of ``x`` ``(batch, in)`` and refit the coefficients so
-        the learned function is preserved (in the least-squares sense, on the data).
+        the learned function is preserved (in the least-squares sense, on the data and at points
+        inside every new interval, so intervals without data keep it too).
 
         ``grid_eps`` mixes a uniform grid on the data's range into the quantiles (0: quantiles only,
         1: uniform on the data's range). An input whose samples are all equal keeps its knots.
@@ -345,7 +346,7 @@ class KANLinear(nn.Module):
         When the new grid refines the old uniform one (5 -> 10 -> 20 ...), the old spline lies in the
         new spline space and is reproduced exactly (to rounding) on the grid range.
         With ``x`` ``(batch, in)``: the new grid is placed on the data as in :meth:`update_grid` and
-        the refit uses the data (``grow`` as there).
+        the refit uses the data and points inside every new interval (``grow`` as there).
 
         A ``new_size`` below the current grid size coarsens the grid: the function is then only
         approximated (detail is lost), so it is refused unless ``allow_coarsen=True``.
