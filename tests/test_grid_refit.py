@@ -70,6 +70,7 @@ def test_update_of_a_fine_grid_on_few_points_keeps_the_function():
     assert (layer(dense) - before).abs().max() < 1e-6
 
 
+@pytest.mark.slow
 def test_kan_211_extended_to_1000_on_1000_points_predicts_as_before():
     """The scaling run's last extension: [2,1,1], 200 -> 1000 intervals on its 1000 inputs."""
     model = kl.KAN([2, 1, 1], grid_size=5, seed=0, dtype=torch.float64)
