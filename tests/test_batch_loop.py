@@ -299,13 +299,14 @@ def test_callbacks_per_model_and_one_model_stopped_early(optimizer):
             same_rows(rec.seen[m][:1], seen[:1])
         assert rec.seen[m] == seen_twice.seen[m]
         assert [r[0][5] for r in rec.seen[m]] == list(range(1, len(got[m]) + 1))
-    # model 1 stayed where its callback stopped it: fit's model 1 after its run
+    # model 1 stayed where its callback stopped it: fit's model 1 after its run (LBFGS: to its
+    # amplified rounding; the models trained 8 steps differ by ~1e-2 here, the stopped one after 4
+    # by 3e-7 before the grid refit sampled every interval, 5e-5 since: a different trajectory)
     with torch.no_grad():
         out = batch(probe)[1].flatten()
         want = solo_models[1](probe).flatten()
-    # (LBFGS: 4 steps of up to 20 iterations amplify rounding; measured 1e-8..1e-6 on either of
-    # fit_batch's paths, fused or autograd)
-    assert close(out.tolist(), want.tolist(), rel=1e-5 if optimizer == "lbfgs" else 1e-9)
+    # (either of fit_batch's paths, fused or autograd)
+    assert close(out.tolist(), want.tolist(), rel=1e-3 if optimizer == "lbfgs" else 1e-9)
 
 
 def test_all_models_stopped_ends_the_run():

@@ -156,6 +156,31 @@ def test_curve_to_coef_rank_deficient_stays_finite() -> None:
     assert coef.abs().max() < 10
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_curve_to_coef_fine_grids_with_several_threads(threads: int) -> None:
+    """G = 300 on 2 inputs (303 x 303 systems): torch's batched LU solve failed here with 2 threads
+    (MKL: "Pivots given to lu_solve must all be >= 1"); the fit must work and match numpy's solve
+    of the same normal equations, whatever torch's thread count."""
+    knots = uniform_knots(2, 300, 3, (-1.0, 1.0), dtype=torch.float64)
+    x = torch.linspace(-1, 1, 2000, dtype=torch.float64).unsqueeze(1).repeat(1, 2)
+    y = torch.sin(3 * x + torch.tensor([0.0, 1.0], dtype=torch.float64)).unsqueeze(-1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        coef = curve_to_coef(x, y, knots, 3)
+    finally:
+        torch.set_num_threads(before)
+    a = bspline_basis(x, knots, 3).permute(1, 0, 2).numpy()  # (in, batch, G+k)
+    for i in range(2):
+        ata = a[i].T @ a[i]
+        diag = np.diag(ata)
+        lam = 1e-10 * (diag + 1e-2 * diag.mean() + 1e-300)  # curve_to_coef's default ridge
+        want = np.linalg.solve(ata + np.diag(lam), a[i].T @ y[:, i].numpy())
+        np.testing.assert_allclose(coef[i].numpy(), want, rtol=1e-8, atol=1e-10)
+    err = (coef_to_curve(x, knots, coef, 3, uniform=True) - y).abs().max()
+    assert err < 1e-9
+
+
 def test_curve_to_coef_float32_and_shape_errors() -> None:
     knots = uniform_knots(1, 5, 3, (-1.0, 1.0))
     x = torch.linspace(-1, 1, 64).unsqueeze(1)

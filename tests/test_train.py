@@ -117,7 +117,7 @@ def test_fit_takes_a_config_and_keyword_overrides():
 
 def test_unknown_fit_option_is_named_with_the_valid_ones():
     with pytest.raises(TypeError, match=r"fit\(\) got unknown option\(s\) 'stepz'; valid: optimizer, "
-                       r"steps, .*knot_steps, callbacks"):  # fmt: skip
+                       r"steps, .*knot_steps, restarts, restart_steps, callbacks"):  # fmt: skip
         kl.fit(kan(), paper_data(), stepz=3)
     with pytest.raises(TypeError, match="config must be a FitConfig or None, got dict"):
         kl.fit(kan(), paper_data(), {"steps": 3})

@@ -314,6 +314,8 @@ class FitConfig(_Config):
     progress: bool = True  # show a tqdm progress bar (if tqdm is installed; rank 0 only)
     log_every: int = 1  # evaluate and record a History row every this many steps (and the last)
     knot_steps: int | tuple[int, ...] = 0  # last steps of each stage that also train the knots
+    restarts: int = 0  # extra fresh initialisations tried first (kanlab.train.restarts; 0: none)
+    restart_steps: int = 20  # steps each restart candidate trains before the best is kept
 
     def __post_init__(self) -> None:
         # The order of the checks is the order fit has always checked in.
@@ -344,6 +346,8 @@ class FitConfig(_Config):
             check_choice("loss", self.loss, LOSSES)
         self._set("lamb_l1", check_float("lamb_l1", self.lamb_l1, minimum=0.0))
         self._set("lamb_entropy", check_float("lamb_entropy", self.lamb_entropy, minimum=0.0))
+        check_int("restarts", self.restarts, minimum=0)
+        check_int("restart_steps", self.restart_steps, minimum=1)
         if not isinstance(self.progress, bool):
             raise TypeError(f"progress must be a bool, got {self.progress!r}")
 

@@ -20,7 +20,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kanlab.splines import coef_to_curve, curve_to_coef, knots_from_data, uniform_knots
+from kanlab.splines import (
+    coef_to_curve,
+    curve_to_coef,
+    interval_samples,
+    knots_from_data,
+    uniform_knots,
+)
 
 __all__ = ["CHUNK_ELEMENTS", "data_knots", "range_knots", "refit"]
 
@@ -100,7 +106,8 @@ def refit(
     spline_order: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``KANLinear._refit`` per model: the coefficients on ``new_knots`` that fit the current
-    splines (``knots``, ``coef``, ``uniform``) sampled at ``x``.
+    splines (``knots``, ``coef``, ``uniform``) sampled at ``x`` and at
+    :func:`~kanlab.splines.interval_samples` of the new grid.
 
     Inputs whose new knots have no spread (all samples equal) keep their grid, as in the layer:
     the old knots (or a uniform grid of the new size on the old range), refitted on samples spread
@@ -127,6 +134,10 @@ def refit(
         frac = torch.linspace(0, 1, batch, dtype=x.dtype, device=x.device).unsqueeze(1)
         spread = lo.unsqueeze(1) + (hi - lo).unsqueeze(1) * frac  # (M, batch, in)
         x = torch.where(degenerate.unsqueeze(1), spread, x)
+    # the data, and points in every new interval (as the layer: no coefficient left to the ridge)
+    inside = interval_samples(new_knots.reshape(n_models * n_in, -1), k).to(x)  # (n, M*in)
+    x = torch.cat([x, inside.reshape(-1, n_models, n_in).permute(1, 0, 2)], dim=1)
+    batch = x.shape[1]
     n_basis = new_knots.shape[-1] - k - 1
     out = []
     for part in _chunks(n_models, batch * n_in * max(n_basis, coef.shape[2])):

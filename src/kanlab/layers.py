@@ -45,7 +45,13 @@ from kanlab._checks import (
     check_int,
     check_range,
 )
-from kanlab.splines import coef_to_curve, curve_to_coef, knots_from_data, uniform_knots
+from kanlab.splines import (
+    coef_to_curve,
+    curve_to_coef,
+    interval_samples,
+    knots_from_data,
+    uniform_knots,
+)
 from kanlab.symbolic_edges import SymbolicEdges, check_edge
 
 __all__ = ["ACTIVATIONS", "KANLinear", "check_coarsen"]
@@ -285,7 +291,8 @@ class KANLinear(nn.Module):
         self, x: Tensor, *, grid_eps: float = 0.02, grow: Sequence[bool] | Tensor | None = None
     ) -> None:
         """Move the knots to the distribution of ``x`` ``(batch, in)`` and refit the coefficients so
-        the learned function is preserved (in the least-squares sense, on the data).
+        the learned function is preserved (in the least-squares sense, on the data and at points
+        inside every new interval, so intervals without data keep it too).
 
         ``grid_eps`` mixes a uniform grid on the data's range into the quantiles (0: quantiles only,
         1: uniform on the data's range). An input whose samples are all equal keeps its knots.
@@ -339,7 +346,7 @@ class KANLinear(nn.Module):
         When the new grid refines the old uniform one (5 -> 10 -> 20 ...), the old spline lies in the
         new spline space and is reproduced exactly (to rounding) on the grid range.
         With ``x`` ``(batch, in)``: the new grid is placed on the data as in :meth:`update_grid` and
-        the refit uses the data (``grow`` as there).
+        the refit uses the data and points inside every new interval (``grow`` as there).
 
         A ``new_size`` below the current grid size coarsens the grid: the function is then only
         approximated (detail is lost), so it is refused unless ``allow_coarsen=True``.
@@ -363,7 +370,8 @@ class KANLinear(nn.Module):
         self._refit(samples, new_knots, uniform=True)
 
     def _refit(self, x: Tensor, new_knots: Tensor, *, uniform: bool) -> None:
-        """Fit coefficients on ``new_knots`` to the current splines sampled at ``x`` (batch, in)."""
+        """Fit coefficients on ``new_knots`` to the current splines sampled at ``x`` (batch, in) and
+        at :func:`~kanlab.splines.interval_samples` of the new grid (see there why)."""
         # Inputs whose data have no spread keep their grid (a zero-width grid is meaningless): the old
         # knots, or a uniform grid of the new size on the old grid range, refit on samples spread
         # over that range (the data would pin the function at one point only).
@@ -382,6 +390,8 @@ class KANLinear(nn.Module):
             frac = torch.linspace(0, 1, x.shape[0], dtype=x.dtype, device=x.device).unsqueeze(1)
             spread = lo + (hi - lo) * frac  # (batch, in)
             x = torch.where(degenerate, spread, x)
+        # the data, and points in every new interval: no coefficient is left to the ridge alone
+        x = torch.cat([x, interval_samples(new_knots, self.spline_order).to(x)])
         y = coef_to_curve(x, self.knots, self.coef, self.spline_order, uniform=self._uniform)
         coef = curve_to_coef(x, y, new_knots, self.spline_order)
         self._set_grid(new_knots, coef, uniform=uniform)

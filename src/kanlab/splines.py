@@ -38,6 +38,7 @@ __all__ = [
     "curve_to_coef",
     "dense_from_sparse",
     "extend_knots",
+    "interval_samples",
     "is_uniform",
     "knots_from_data",
     "sparse_basis",
@@ -79,6 +80,24 @@ def extend_knots(grid: Tensor, spline_order: int) -> Tensor:
     below = grid[:, :1] - steps.flip(0) * h
     above = grid[:, -1:] + steps * h
     return torch.cat([below, grid, above], dim=1)  # (in, G+2k+1)
+
+
+def interval_samples(knots: Tensor, spline_order: int, per_interval: int = 2) -> Tensor:
+    """``per_interval`` points inside every grid interval of ``knots`` ``(in, G + 2k + 1)``, plus
+    the grid's right end: ``(G * per_interval + 1, in)``, one column per input (ascending).
+
+    A refit onto new knots samples the old spline here as well as at the data: an interval that
+    holds fewer data points than the k + 1 basis functions it touches (a fine grid on few data:
+    G = 500 on 1000 points) otherwise leaves its coefficients to the ridge, which pulls them to
+    zero and the function there with them (the test error blows up between the training points).
+    """
+    k = spline_order
+    inner = knots[:, k : knots.shape[1] - k]  # (in, G + 1): the grid points
+    left, width = inner[:, :-1], inner[:, 1:] - inner[:, :-1]  # (in, G)
+    frac = (torch.arange(per_interval, dtype=knots.dtype, device=knots.device) + 0.5) / per_interval
+    pts = left.unsqueeze(-1) + width.unsqueeze(-1) * frac  # (in, G, per_interval)
+    pts = torch.cat([pts.flatten(1), inner[:, -1:]], dim=1)  # (in, G * per_interval + 1)
+    return pts.t().contiguous()
 
 
 def knots_from_data(x: Tensor, grid_size: int, spline_order: int, grid_eps: float) -> Tensor:
@@ -265,6 +284,14 @@ def coef_to_curve(
     return torch.einsum("big,igo->bio", basis, coef)
 
 
+# torch 2.13's batched LU solve on the CPU (MKL) fails for matrices of ~200 rows and more when torch
+# runs several threads ("Pivots given to lu_solve must all be greater or equal to 1"): a grid of
+# G >= ~200 with the default threads. From this size on, curve_to_coef solves its (positive
+# definite) systems by Cholesky, one matrix at a time (the result of a matrix then does not depend
+# on the batch it comes in); below it, the batched LU solve as before (results unchanged).
+_LU_MAX = 128
+
+
 def curve_to_coef(
     x: Tensor, y: Tensor, knots: Tensor, spline_order: int, *, ridge: float = 1e-10
 ) -> Tensor:
@@ -295,5 +322,15 @@ def curve_to_coef(
     # floor for functions that no sample touches so the system stays positive definite.
     floor = 1e-2 * diag.mean(dim=1, keepdim=True) + 1e-300
     lam = ridge * (diag + floor)  # (in, G+k)
-    coef = torch.linalg.solve(ata + torch.diag_embed(lam), aty)
+    system = ata + torch.diag_embed(lam)  # symmetric positive definite (the ridge)
+    if system.shape[-1] < _LU_MAX:
+        coef = torch.linalg.solve(system, aty)
+    else:  # one Cholesky per matrix: see _LU_MAX
+        coef = torch.empty_like(aty)
+        for i in range(system.shape[0]):
+            chol, info = torch.linalg.cholesky_ex(system[i])
+            if int(info) == 0:
+                coef[i] = torch.cholesky_solve(aty[i], chol)
+            else:  # not numerically positive definite (not seen)
+                coef[i] = torch.linalg.solve(system[i], aty[i])
     return coef.to(dtype)

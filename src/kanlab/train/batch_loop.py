@@ -248,6 +248,8 @@ def _refuse_unsupported(batch: KANBatch | MLPBatch, cfgs: Sequence[FitConfig]) -
                 f"lamb={c.lamb} > 0 (model {m}; sparsity on edge activations) needs a KAN batch; "
                 f"got {kind}"
             )
+    if cfg.restarts:
+        raise ValueError(f"restarts={cfg.restarts} are fit's alone (fit_batch trains no restarts)")
     if D.is_distributed():
         raise RuntimeError("fit_batch does not support torch.distributed (data-parallel) runs yet")
     if isinstance(batch, MLPBatch):

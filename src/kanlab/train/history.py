@@ -24,6 +24,8 @@ class History:
     ``compile_time``: seconds ``fit`` spent before its clock started compiling the CPU kernels or
     loading them from Numba's cache (a cold cache: the first run; see
     :func:`kanlab.kernels.warm_up`), in no ``wall_time`` and so not in the time per step.
+    ``restart_losses``: with ``restarts > 0``, each restart candidate's training loss after its
+    ``restart_steps`` (see :mod:`kanlab.train.restarts`; those steps are in no other list).
     """
 
     kind: str = "regression"  # "regression" | "classification": which way is better for the metric
@@ -36,6 +38,7 @@ class History:
     grid_size: list[int | None] = field(default_factory=list)
     wall_time: list[float] = field(default_factory=list)
     compile_time: float = 0.0
+    restart_losses: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of plain lists."""

@@ -67,6 +67,10 @@ def fit(
       grid ends non-uniform. Costs more per step (reference spline maths); pays off on
       coarse grids, where the knots' positions limit the error. A sequence gives one count
       per ``grid_schedule`` stage (e.g. free knots on the coarse stages only).
+    - restarts, restart_steps: first train ``restarts + 1`` candidates (the model as given and
+      ``restarts`` fresh initialisations) ``restart_steps`` steps each and keep the one with the
+      lowest training loss, then train it as above (:mod:`kanlab.train.restarts`: for a freshly
+      built KAN or MLP; off by default).
 
     ``callbacks`` are called with a :class:`StepState` after each logged step; one returning True
     stops training.
@@ -82,7 +86,13 @@ def fit(
     callbacks = _check_callbacks(callbacks)
     kind = _kind(data, cfg.loss)
     data = _prepare_data(model, data, kind)
+    losses = []
+    if cfg.restarts:
+        from kanlab.train.restarts import choose_start
+
+        losses = choose_start(model, data, cfg, lambda m, c: fit(m, data, c))
     run = _Run(model, data, kind, cfg, callbacks)
+    run.history.restart_losses = losses
     try:
         for stage, grid in enumerate(run.stages):
             run.start_stage(stage, grid)

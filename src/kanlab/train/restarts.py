@@ -1,23 +1,37 @@
-"""Best of several short starts: train one candidate model per seed for a few steps, keep the one
-with the lowest training loss (the validation-free choice: the test set never picks the model).
+"""Restarts: several short starts from fresh initialisations, the one with the lowest *training*
+loss kept (the test set never picks the model).
 
-Why: a KAN's basin is set in its first optimiser steps. On ``paper/exp_sin_4d`` (KAN [4,2,1,1]) about
-half the initialisations fall into a local minimum at the first grid (G = 3) that no later grid
-extension leaves: the inner layer does not split the inputs into the pairs (x1, x2), (x3, x4) and the
-outer edge turns non-monotone (see ``benchmarks/exp_sin_4d.py``). Which basin a start is in shows
-after ~10 LBFGS steps (training RMSE ~1e-2 against >= 0.16 there), so a few short starts cost little
-next to the grid schedule that follows and make a stall unlikely (p^n for n starts that each stall
-with probability p).
+Why: a KAN's basin is set in its first optimiser steps, and some initialisations fall into one that
+no amount of training (nor later grid extension) leaves. Measured cases:
 
-:func:`best_of_starts` takes a ``build(seed) -> model`` factory and the options of
-:func:`kanlab.fit`; it returns the chosen model (trained), its History and a :class:`StartsRecord`
-of every start's loss. With one seed it is ``fit(build(seed), data, ...)``.
+- the paper's [2,1,1] KAN on exp(sin(pi x) + y^2) (:mod:`kanlab.bench.paper.scaling`): on about 4
+  seeds in 6 the first LBFGS step bends the outer edge into a non-monotone bump over the hidden
+  node's range, one input's edge then gets no gradient and the fit stalls at RMSE ~0.5;
+- ``paper/exp_sin_4d`` (KAN [4,2,1,1]): about half the initialisations do not split the inputs into
+  the pairs (x1, x2), (x3, x4) at G = 3 and the outer edge turns non-monotone
+  (``benchmarks/exp_sin_4d.py``).
+
+Which basin a run is in shows within 10-20 LBFGS steps, so a few short starts cost little next to
+the grid schedule that follows (a stall then needs all n starts to stall: p^n).
+
+Two entry points share one choice (:func:`_best_start`: a start whose loss is not finite never
+wins; the first of equal losses does):
+
+- ``fit(..., restarts=r, restart_steps=s)`` (:func:`choose_start`): candidate 0 is the model as
+  given, candidate i a fresh build of its configuration with seed :func:`candidate_seed`; the best
+  is loaded into the model, then ``fit`` trains it as usual. Off by default in
+  :class:`~kanlab.config.FitConfig` (``restarts=0``): it costs ``(r + 1) * s`` extra steps and a
+  fresh draw replaces the model's own initialisation, which suits a freshly built model only (a
+  pruned or partly symbolic model would lose its structure), and it is measured on the toys above.
+- :func:`best_of_starts` (``build(seed) -> model`` for each of ``seeds``, each trained by a whole
+  ``fit``): the chosen model, its History and a :class:`StartsRecord` of every start's loss.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +39,79 @@ from torch import nn
 
 from kanlab._checks import check_int
 from kanlab.config import FitConfig
+from kanlab.models import KAN, MLP, build
 from kanlab.train.history import History
-from kanlab.train.loop import NonFiniteLossError, fit
 
-__all__ = ["StartsRecord", "best_of_starts"]
+__all__ = ["SEED_STRIDE", "StartsRecord", "best_of_starts", "candidate_seed", "choose_start"]
+
+SEED_STRIDE = (
+    1_000_003  # candidate r of seed s draws seed s + r * SEED_STRIDE (distinct for s < it)
+)
+
+
+def candidate_seed(seed: int | None, r: int) -> int | None:
+    """The initialisation seed of restart candidate ``r`` (1, 2, ...) of a model seeded ``seed``
+    (None stays None: torch's global RNG)."""
+    return None if seed is None else seed + r * SEED_STRIDE
+
+
+@dataclass(frozen=True)
+class _Choice:
+    best: tuple[nn.Module, History] | None  # None: no start reached a finite loss
+    chosen: int  # index of the best start (-1: none)
+    losses: tuple[float, ...]  # each start's final training loss (inf: not finite or diverged)
+    error: FloatingPointError | None  # the last divergence, if any
+
+
+def _best_start(candidates: Iterable[nn.Module], train: Callable[[nn.Module], History]) -> _Choice:
+    """Train each candidate with ``train`` (one after the other: two models in memory at a time)
+    and keep the lowest final training loss; a start that diverges (``NonFiniteLossError``) or
+    ends at a non-finite loss never wins; the first of equal losses does."""
+    from kanlab.train.loop import NonFiniteLossError
+
+    best: tuple[nn.Module, History] | None = None
+    chosen, losses, error = -1, [], None
+    for cand in candidates:
+        try:
+            hist = train(cand)
+        except NonFiniteLossError as err:
+            error = err
+            losses.append(math.inf)
+            continue
+        loss = hist.train_loss[-1] if len(hist) else math.inf
+        losses.append(loss if math.isfinite(loss) else math.inf)
+        if losses[-1] < (losses[chosen] if best is not None else math.inf):
+            best, chosen = (cand, hist), len(losses) - 1
+    return _Choice(best, chosen, tuple(losses), error)
+
+
+def choose_start(
+    model: nn.Module, data: Any, cfg: FitConfig, train: Callable[[nn.Module, FitConfig], History]
+) -> list[float]:
+    """Train ``cfg.restarts + 1`` candidates ``cfg.restart_steps`` steps each at the model's grid
+    (candidate 0: a copy of ``model`` as given; candidate r: the model's configuration with seed
+    :func:`candidate_seed`), with ``cfg``'s options but no grid schedule, free knots or progress
+    bar; load the best (:func:`_best_start`) into ``model`` (if every candidate diverges, ``model``
+    is left as given). ``train(model, cfg)`` is ``fit``.
+    Returns each candidate's final training loss (inf: it diverged)."""
+    if not isinstance(model, KAN | MLP):
+        raise TypeError(f"restarts need a KAN or an MLP (built from its config), got {type(model)}")
+    short = cfg.replace(
+        restarts=0, steps=cfg.restart_steps, grid_schedule=None, knot_steps=0, progress=False,
+        log_every=cfg.restart_steps,
+    )  # fmt: skip
+    p = next(model.parameters())
+    config = model.config
+
+    def candidates() -> Iterable[nn.Module]:
+        yield copy.deepcopy(model)
+        for r in range(1, cfg.restarts + 1):
+            yield build(config.replace(seed=candidate_seed(config.seed, r)), device=p.device)
+
+    choice = _best_start(candidates(), lambda cand: train(cand, short))
+    if choice.best is not None:
+        model.load_state_dict(choice.best[0].state_dict())
+    return list(choice.losses)
 
 
 @dataclass(frozen=True)
@@ -53,12 +136,11 @@ def best_of_starts(
     **fit_options: Any,
 ) -> tuple[nn.Module, History, StartsRecord]:
     """Train ``build(seed)`` for each of ``seeds`` with ``fit(model, data, config, **fit_options)``
-    and return ``(model, history, record)`` of the start with the lowest final training loss.
+    and return ``(model, history, record)`` of the best start (:func:`_best_start`).
 
-    A start whose loss becomes non-finite (:class:`kanlab.train.NonFiniteLossError`) counts as
-    infinitely bad; if every start does, the last error is raised. The starts run one after the
-    other (each a fresh model), so memory is that of two models at a time.
-    """
+    If no start ends at a finite loss, the last divergence is raised (``NonFiniteLossError``)."""
+    from kanlab.train.loop import NonFiniteLossError, fit
+
     if not callable(build):
         raise TypeError(f"build must be a callable seed -> model, got {type(build).__name__}")
     if isinstance(seeds, str | bytes) or not isinstance(seeds, Sequence):
@@ -68,28 +150,19 @@ def best_of_starts(
     seeds = tuple(check_int(f"seeds[{i}]", s, minimum=0) for i, s in enumerate(seeds))
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct (a repeated seed repeats a start), got {seeds}")
-    best: tuple[nn.Module, History] | None = None
-    chosen = -1
-    losses: list[float] = []
-    error: NonFiniteLossError | None = None
-    for seed in seeds:
-        model = build(seed)
-        if not isinstance(model, nn.Module):
-            raise TypeError(
-                f"build({seed}) must return a torch.nn.Module, got {type(model).__name__}"
-            )
-        try:
-            history = fit(model, data, config, **fit_options)
-        except NonFiniteLossError as err:
-            error = err
-            losses.append(math.inf)
-            continue
-        loss = history.train_loss[-1] if len(history) else math.inf
-        loss = loss if math.isfinite(loss) else math.inf
-        if best is None or loss < losses[chosen]:
-            best, chosen = (model, history), len(losses)
-        losses.append(loss)
-    if best is None:
-        assert error is not None
-        raise error
-    return best[0], best[1], StartsRecord(seeds, tuple(losses), chosen)
+
+    def candidates() -> Iterable[nn.Module]:
+        for seed in seeds:
+            model = build(seed)
+            if not isinstance(model, nn.Module):
+                raise TypeError(
+                    f"build({seed}) must return a torch.nn.Module, got {type(model).__name__}"
+                )
+            yield model
+
+    choice = _best_start(candidates(), lambda m: fit(m, data, config, **fit_options))
+    if choice.best is None:
+        raise choice.error or NonFiniteLossError(
+            f"every start's training loss is non-finite: {choice.losses}"
+        )
+    return choice.best[0], choice.best[1], StartsRecord(seeds, choice.losses, choice.chosen)
