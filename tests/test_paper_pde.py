@@ -15,7 +15,11 @@ from kanlab.bench.paper import run_pde
 from kanlab.bench.paper.pde import (
     PDEProtocol,
     _errors,
+    _extend,
+    _points,
     _train_unit,
+    _update,
+    _updates_at,
     exact_solution,
     laplacian,
     source,
@@ -66,26 +70,29 @@ def _kan_with_random_splines(seed: int) -> KAN:
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_grid_extension_keeps_the_solution_and_its_laplacian(seed):
-    # The schedule's extensions (5 -> 10 -> 20) refine a uniform grid: the old splines lie in the
-    # new spline space, so u and its Laplacian (what the PINN loss sees) are kept up to the
-    # refit's least-squares rounding (measured: 4e-10 in u, 1e-7 in a Laplacian of size 3.5)
-    # wherever each layer's inputs lie within its grid range.
+def test_grid_extension_after_an_update_keeps_the_solution_and_its_laplacian(seed):
+    # Training's order: the grids are moved to the points (uniform on each layer's input range),
+    # then extended on the same points (5 -> 10 -> 20). The extension refines the same uniform grid:
+    # the old splines lie in the new spline space, so u and its Laplacian (what the PINN loss
+    # sees) are kept up to the least-squares refit's rounding.
     with _one_torch_thread():  # (a busy machine stalls a 2-thread team on such small calls)
         _check_extension(_kan_with_random_splines(seed), seed)
 
 
 def _check_extension(model: KAN, seed: int) -> None:
-    x = torch.rand(256, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    x = 2 * x - 1
-    hidden = model.layers[0](x)
-    assert hidden.abs().max() < 1  # precondition: the second layer's inputs on its grid range
-    u0, lap0 = laplacian(model, x)
+    interior, boundary = (p.double() for p in _points(512, 64, seed))
+    points = torch.cat([interior, boundary])
+    _update(model, points)
+    k = model.layers[1].spline_order
+    hidden = model.layers[0](points).detach()  # (n, 10): the second layer's inputs
+    assert torch.allclose(model.layers[1].knots[:, k], hidden.min(0).values, atol=1e-12)
+    assert torch.allclose(model.layers[1].knots[:, -k - 1], hidden.max(0).values, atol=1e-12)
+    u0, lap0 = laplacian(model, interior)
     assert lap0.abs().max() > 0.1  # a non-trivial Laplacian to keep
     params = [count_params(model)]
     for grid in (10, 20):
-        model.extend_grid(grid)
-        u, lap = laplacian(model, x)
+        _extend(model, grid, points)
+        u, lap = laplacian(model, interior)
         assert torch.allclose(u, u0, rtol=0, atol=1e-8)
         assert torch.allclose(lap, lap0, rtol=0, atol=1e-5)
         params.append(count_params(model))
@@ -110,6 +117,13 @@ def test_training_extends_the_grid_stage_by_stage():
     assert [c[0] for c in mlp["curve"]][-1] == 4  # as many steps as the KAN's stages together
 
 
+def test_grid_updates_every_5_steps_before_step_50():
+    s = PDEProtocol(quick=True, steps=30, grids=(5, 10), n_i=40, n_b=8, seeds=1,
+                    dtype="float64").unit("kan", [2, 5, 1], 0)  # fmt: skip
+    assert [t for t in range(60) if _updates_at(t, s)] == list(range(0, 50, 5))
+    assert not any(_updates_at(t, {**s, "grid_update_every": 0}) for t in range(60))
+
+
 def test_the_stored_key_records_the_schedule():
     kw = dict(quick=True, steps=2, n_i=40, n_b=8, seeds=1, dtype="float64")
     one = PDEProtocol(grids=(5, 10), **kw)
@@ -132,6 +146,10 @@ def test_the_stored_key_records_the_schedule():
         (dict(dtype="half"), "'half'"),
         (dict(steps=0), "steps must be >= 1, got 0"),
         (dict(seeds=0), "seeds must be >= 1, got 0"),
+        (dict(grid_update_every=-1), "grid_update_every must be >= 0, got -1"),
+        (dict(models=[("cnn", [2, 1])]), "got 'cnn'"),
+        (dict(models=[("kan", [3, 1])]), "got [3, 1]"),
+        (dict(models=[]), "at least one model"),
     ],
 )
 def test_bad_settings_are_refused_by_name(tmp_path, kw, message):
