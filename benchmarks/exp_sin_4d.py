@@ -82,6 +82,12 @@ def edge_summary(model: kl.KAN, x: torch.Tensor) -> dict[str, Any]:
     return {"pairs": pairs, "inner_sd": sd.tolist(), "psi_turns": _turns(outer)}
 
 
+def grid_ranges(model: kl.KAN) -> list[list[list[float]]]:
+    """Per layer and input, the grid range ``[low, high]`` (the knots that bound the interior)."""
+    k = model.layers[0].spline_order
+    return [torch.stack([la.knots[:, k], la.knots[:, -k - 1]], 1).tolist() for la in model.layers]
+
+
 def _rmse(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return float(torch.sqrt(torch.mean((model(x) - y) ** 2)))
@@ -108,9 +114,16 @@ def run_kan(seed: int, ds: Any, args: argparse.Namespace) -> dict[str, Any]:
     }]  # fmt: skip
     for g in args.grids:
         w, c = time.perf_counter(), time.process_time()
-        kl.fit(model, ds, steps=args.steps, grid_schedule=[g], **opts)
+        margin = args.grid_margin if g in args.margin_grids else 0.0
+        if margin > 0:  # extension without data on a widened range, no grid updates in the stage
+            if g != model.layers[0].grid_size:
+                model.extend_grid(g, margin=margin)
+            kl.fit(model, ds, steps=args.steps, **{**opts, "grid_update_every": 0})
+        else:
+            kl.fit(model, ds, steps=args.steps, grid_schedule=[g], **opts)
         stages.append({
-            "grid": g, "stage": "grid", "params": kl.count_params(model),
+            "grid": g, "stage": "grid", "margin": margin, "params": kl.count_params(model),
+            "grid_ranges": grid_ranges(model),
             "train_rmse": _rmse(model, ds.train_x, ds.train_y),
             "test_rmse": _rmse(model, ds.test_x, ds.test_y),
             "wall_s": time.perf_counter() - w, "cpu_s": time.process_time() - c,
@@ -213,6 +226,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="LBFGS steps per grid (default 100)")
     p.add_argument("--grids", type=_ints, default=None, help="grid schedule (default 3,5,10,20,50)")
     p.add_argument("--mlp-widths", type=_ints, default=None, help="MLP hidden widths")
+    margin_help = "widen the grid range by this fraction each side at --margin-grids (0: off)"
+    p.add_argument("--grid-margin", type=float, default=0.1, help=margin_help)
+    p.add_argument("--margin-grids", type=_ints, default=None, help="default 50 (see docstring)")
     p.add_argument("--no-mlp", action="store_true", help="skip the MLPs")
     p.add_argument("--n-train", type=int, default=1000, help="training (and test) points")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/exp_sin_4d.json"))
@@ -220,6 +236,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     quick = args.quick
     args.steps = args.steps if args.steps is not None else (30 if quick else 100)
     args.grids = args.grids or ([3, 5, 10] if quick else [3, 5, 10, 20, 50])
+    args.margin_grids = [50] if args.margin_grids is None else args.margin_grids
+    if not args.grid_margin >= 0:
+        p.error(f"--grid-margin must be >= 0, got {args.grid_margin}")
     args.mlp_widths = args.mlp_widths or ([4, 8, 16] if quick else [4, 6, 8, 12, 16])
     for name in ("seeds", "starts", "start_steps", "steps", "n_train"):
         if getattr(args, name) < 1:
