@@ -340,10 +340,11 @@ class KANLinear(nn.Module):
         When the new grid refines the old uniform one (5 -> 10 -> 20 ...), the old spline lies in the
         new spline space and is reproduced exactly (to rounding) on the grid range.
         ``margin`` (without ``x`` only) widens the new grid range by that fraction of its width on
-        each side; the refit samples the old spline on the widened range (beyond the old range: the
-        old boundary pieces continued). Inputs that later fall just outside the data's range then
-        meet interior spline pieces rather than the fine grid's steep end pieces (``benchmarks/
-        exp_sin_4d.py``: at G=50 a test point 0.5% beyond the training range had error 9e-3).
+        each side; the refit samples the old spline on the widened range (beyond the old range: as
+        it evaluates there, its end basis functions falling to zero within k intervals). Inputs
+        that later fall just outside the data's range then meet interior spline pieces rather than
+        the fine grid's steep end pieces (``benchmarks/exp_sin_4d.py``: at G=50 a test point 0.5%
+        beyond the training range had error 9e-3).
         With ``x`` ``(batch, in)``: the new grid is placed on the data as in :meth:`update_grid` and
         the refit uses the data (``grow`` as there).
 
