@@ -499,3 +499,49 @@ def test_compiled_forward_with_masked_and_symbolic_edges_matches_eager() -> None
         kernels.set_backend(None)
         torch._dynamo.reset()
     torch.testing.assert_close(compiled, eager, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_extend_grid_with_margin_widens_the_range_and_keeps_the_function_on_the_old_one(
+    k: int,
+) -> None:
+    layer = make_layer(n_in=3, n_out=2, k=k, g=5, grid_range=(-1.0, 2.0))
+    x = data(n=400, lo=-1.0, hi=2.0)
+    before = layer(x)
+    layer.extend_grid(20, margin=0.1)
+    assert layer.grid_size == 20 and layer._uniform
+    lo, hi = layer.knots[:, k], layer.knots[:, -k - 1]
+    torch.testing.assert_close(lo, torch.full_like(lo, -1.3))
+    torch.testing.assert_close(hi, torch.full_like(hi, 2.3))
+    torch.testing.assert_close(layer.knots.diff(dim=1), torch.full_like(layer.knots[:, 1:], 0.18))
+    rel = ((layer(x) - before).norm() / before.norm()).item()
+    # a least-squares refit (20 intervals on the wider range do not refine 5): no worse than the
+    # plain extension to a grid that does not refine the old one either (5 -> 12)
+    plain = make_layer(n_in=3, n_out=2, k=k, g=5, grid_range=(-1.0, 2.0))
+    plain.extend_grid(12)
+    rel_plain = ((plain(x) - before).norm() / before.norm()).item()
+    assert 0 < rel < rel_plain < 0.05, (rel, rel_plain)
+    # inputs a little outside the old range now lie inside the grid, on the continued spline
+    out = torch.tensor([[-1.05, 2.05, 2.1]], dtype=torch.float64)
+    assert torch.isfinite(layer(out)).all()
+
+
+def test_extend_grid_margin_zero_is_the_plain_extension_and_margin_needs_no_data() -> None:
+    a, b = make_layer(g=5), make_layer(g=5)
+    a.extend_grid(10)
+    b.extend_grid(10, margin=0.0)
+    torch.testing.assert_close(a.knots, b.knots, rtol=0, atol=0)
+    torch.testing.assert_close(a.coef, b.coef, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="margin"):
+        b.extend_grid(20, data(), margin=0.1)
+    with pytest.raises(ValueError, match="margin"):
+        b.extend_grid(20, margin=-0.1)
+    assert b.grid_size == 10  # refused before any change
+    model = kl.KAN([3, 2, 1], grid_size=5, seed=0, dtype="float64")
+    with pytest.raises(ValueError, match="margin"):
+        model.extend_grid(10, data(), margin=0.1)
+    assert [la.grid_size for la in model.layers] == [5, 5]
+    model.extend_grid(10, margin=0.5)
+    assert [la.grid_size for la in model.layers] == [10, 10]
+    lo = model.layers[0].knots[:, 3]  # (-1, 1) widened by half its width each side
+    torch.testing.assert_close(lo, torch.full_like(lo, -2.0))

@@ -127,7 +127,8 @@ def test_exp_sin_4d_benchmark_runs_end_to_end_at_a_tiny_size(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(root / "src")}
     cmd = [sys.executable, str(root / "benchmarks" / "exp_sin_4d.py"), "--seeds", "2",
            "--starts", "2", "--start-steps", "3", "--steps", "3", "--grids", "3,5",
-           "--mlp-widths", "4", "--n-train", "100", "--out", str(out)]  # fmt: skip
+           "--mlp-widths", "4", "--n-train", "100", "--margin-grids", "5", "--grid-margin",
+           "0.25", "--out", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
@@ -145,6 +146,13 @@ def test_exp_sin_4d_benchmark_runs_end_to_end_at_a_tiny_size(tmp_path):
         ]
         assert r["stages"][0]["train_rmse"] == pytest.approx(best["train_rmse"], rel=1e-9)
         assert r["stages"][1]["params"] < r["stages"][2]["params"]
+        # G=5 extends without data onto the G=3 grid range widened by 25% each side and keeps it
+        assert [s["margin"] for s in r["stages"][1:]] == [0.0, 0.25]
+        ranges = r["stages"][1]["grid_ranges"], r["stages"][2]["grid_ranges"]
+        for before, after in zip(*ranges, strict=True):
+            for (lo, hi), (lo2, hi2) in zip(before, after, strict=True):
+                assert lo2 == pytest.approx(lo - 0.25 * (hi - lo), abs=1e-12)
+                assert hi2 == pytest.approx(hi + 0.25 * (hi - lo), abs=1e-12)
         assert all(math.isfinite(s["test_rmse"]) and s["wall_s"] >= 0 for s in r["stages"])
         assert len(r["chosen"]["pairs"]) == 2 and r["chosen"]["psi_turns"] >= 0
     assert sorted(m["params"] for m in result["mlp"]) == [45, 45, 65, 65]

@@ -339,12 +339,19 @@ class KANLinear(nn.Module):
         grid_eps: float = 0.02,
         allow_coarsen: bool = False,
         grow: Sequence[bool] | Tensor | None = None,
+        margin: float = 0.0,
     ) -> None:
         """Grid extension (fine-graining) to ``new_size`` intervals, preserving the function.
 
         Without ``x``: a uniform grid on the current grid range; the refit samples the range densely.
         When the new grid refines the old uniform one (5 -> 10 -> 20 ...), the old spline lies in the
         new spline space and is reproduced exactly (to rounding) on the grid range.
+        ``margin`` (without ``x`` only) widens the new grid range by that fraction of its width on
+        each side; the refit samples the old spline on the widened range (beyond the old range: as
+        it evaluates there, its end basis functions falling to zero within k intervals). Inputs
+        that later fall just outside the data's range then meet interior spline pieces rather than
+        the fine grid's steep end pieces (``benchmarks/exp_sin_4d.py``: at G=50 a test point 0.5%
+        beyond the training range had error 9e-3).
         With ``x`` ``(batch, in)``: the new grid is placed on the data as in :meth:`update_grid` and
         the refit uses the data and points inside every new interval (``grow`` as there).
 
@@ -353,6 +360,9 @@ class KANLinear(nn.Module):
         """
         check_int("new_size", new_size, minimum=1)
         check_coarsen(new_size, self.grid_size, allow_coarsen)
+        margin = check_float("margin", margin, minimum=0.0)
+        if margin > 0 and x is not None:
+            raise ValueError("margin applies to the extension without data (x=None)")
         k = self.spline_order
         if x is not None:
             self._check_grid_data(x)
@@ -361,6 +371,7 @@ class KANLinear(nn.Module):
             self._refit(x, new_knots, uniform=uniform)
             return
         lo, hi = self.knots[:, k], self.knots[:, -k - 1]  # (in,) the grid range
+        lo, hi = lo - margin * (hi - lo), hi + margin * (hi - lo)
         new_knots = uniform_knots(
             self.in_features, new_size, k, torch.stack([lo, hi], dim=1), dtype=self.knots.dtype
         )

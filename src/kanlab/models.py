@@ -210,16 +210,20 @@ class KAN(nn.Module):
         *,
         grid_eps: float = 0.02,
         allow_coarsen: bool = False,
+        margin: float = 0.0,
     ) -> None:
-        """Grid extension of every layer to ``new_size`` intervals (see ``KANLinear.extend_grid``).
+        """Grid extension of every layer to ``new_size`` intervals (see ``KANLinear.extend_grid``,
+        also for ``margin``: without ``x`` only).
 
         A ``new_size`` below a layer's grid size is refused (before any layer changes) unless
         ``allow_coarsen=True``: coarsening only approximates the learned function."""
         for i, layer in enumerate(self.layers):
             check_coarsen(new_size, layer.grid_size, allow_coarsen, f" (layer {i})")
+        if margin != 0 and x is not None:
+            raise ValueError("margin applies to the extension without data (x=None)")
         for i, layer in enumerate(self.layers):
             layer.extend_grid(new_size, x, grid_eps=grid_eps, allow_coarsen=allow_coarsen,
-                              grow=self.product_inputs(i))  # fmt: skip
+                              grow=self.product_inputs(i), margin=margin)  # fmt: skip
             if x is not None:
                 x = self.nodes_of(i, layer(x))
 
