@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kanlab import _symbolic_refit as _refit
 from kanlab._checks import check_finite, check_float, check_int, check_range
 from kanlab.functions import SymbolicFunction, get_function, library
 from kanlab.layers import KANLinear
@@ -372,12 +373,19 @@ def _joint_error(
     trial = copy.deepcopy(model)
     for (l_idx, o, i), fit in choice.items():
         trial.layers[l_idx].set_symbolic(i, o, fit.name, fit.params)
+    scale = float(target.std().clamp_min(torch.finfo(target.dtype).tiny))
+    p = _refit.plan(trial)
+    if p is not None:  # all live edges symbolic: Levenberg-Marquardt to convergence
+        theta, rms = _refit.levenberg_marquardt(
+            p, _refit.read_theta(trial, p), x, target, iterations=steps
+        )
+        _refit.write_theta(trial, p, theta)
+        return (rms / scale if math.isfinite(rms) else math.inf), trial
     params = [la.symbolic_affine for la in trial.layers if la.symbolic_affine is not None]
     for q in trial.parameters():
         q.requires_grad_(False)
     for q in params:
         q.requires_grad_(True)
-    scale = float(target.std().clamp_min(torch.finfo(target.dtype).tiny))
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
@@ -401,6 +409,22 @@ def _joint_error(
     for q in trial.parameters():
         q.requires_grad_(True)
     return (err if math.isfinite(err) else math.inf), trial
+
+
+def _final_refit(
+    work: Any, chosen: dict[tuple[int, int, int], FitResult], x: Tensor, model: Any, steps: int
+) -> Any:
+    """``work`` with the ``chosen`` functions, their constants refitted jointly to the numeric
+    ``model``'s output on all of ``x`` and, when every live edge is symbolic, rewritten in the
+    canonical form of ``_symbolic_refit.canonical`` (the same function, better conditioned for the
+    training that usually follows)."""
+    with torch.no_grad():
+        target = model(x)
+    work = _joint_error(work, chosen, x, target, max(steps, 50))[1]
+    p = _refit.plan(work)
+    if p is not None:
+        _refit.write_theta(work, p, _refit.canonical(p, _refit.read_theta(work, p)))
+    return work
 
 
 def _joint_search(
@@ -475,6 +499,7 @@ def auto_symbolic(
     joint_steps: int = 20,
     joint_max_evals: int = 40,
     joint_floor: float = 1e-3,
+    refit_targets: bool = True,
     **fit_kw: Any,
 ) -> list[EdgeFit]:
     """Replace every live numeric edge by its best library function, layer by layer.
@@ -523,10 +548,17 @@ def auto_symbolic(
     work = copy.deepcopy(model)  # all-or-nothing: fit on a copy, install at the end
     report: list[EdgeFit] = []
     cands: dict[tuple[int, int, int], list[FitResult]] = {}  # edge -> joint-search candidates
+    with torch.no_grad():
+        numeric_acts = model.activations(x)  # per layer (batch, out, in): the fits' targets
     for l_idx, la in enumerate(work.layers):
         with torch.no_grad():
             inputs = work.layer_inputs(x)[l_idx]
-            phi = la.activations(inputs)  # (batch, out, in)
+            # each edge is fitted from its input as the fixed earlier layers compute it to what
+            # the edge computes in the numeric model (on the numeric input): the composition is
+            # what must match, and when an earlier edge's function reshapes its node (x*y held by
+            # the KAN as F(g(x) + g(y)), g fitted by x^2), the edge reading it absorbs the change
+            # (F becomes linear) instead of being fitted to its spline at inputs it never saw
+            phi = numeric_acts[l_idx] if refit_targets else la.activations(inputs)
         live = la.mask > 0
         if la.symbolic_mask is not None:
             live = live & (la.symbolic_mask == 0)
@@ -548,7 +580,11 @@ def auto_symbolic(
             good = [r for r in ranked if r.r2 >= thr]
             if good:
                 la.set_symbolic(i, o, good[0].name, good[0].params)
-                cands[(l_idx, o, i)] = _near_ties(ranked, order, thr, 100.0, 1e-2, joint_candidates)
+                near = _near_ties(ranked, order, thr, 100.0, 1e-2, joint_candidates)
+                # and the constant: an edge (or a node, moved as a group) that only helps the
+                # numeric fit is dropped when the refitted model does as well without it
+                zero = FitResult("0", (1.0, 0.0, 0.0, float(ys.mean())), 0.0, 0)
+                cands[(l_idx, o, i)] = [*near, zero] if drop_tol > 0 else near
             elif drop_tol > 0 and _drop_if_negligible(
                 work, l_idx, i, o, float(ys.mean()), x, drop_tol
             ):
@@ -556,14 +592,18 @@ def auto_symbolic(
                 report.append(EdgeFit(l_idx, o, i, zero, True))
                 continue
             report.append(EdgeFit(l_idx, o, i, good[0] if good else ranked[0], bool(good)))
-    if joint and any(len(c) > 1 for c in cands.values()):
+    if joint and cands:
         sub = x
         if x.shape[0] > 256:  # evenly spread rows: the refits run on at most 256 points
             sub = x[torch.linspace(0, x.shape[0] - 1, 256).round().long()]
         with torch.no_grad():
             target = model(sub)
-        chosen = _joint_search(work, cands, sub, target, joint_steps, joint_max_evals, joint_floor)
-        work = _joint_error(work, chosen, sub, target, joint_steps)[1]
+        chosen = {e: c[0] for e, c in cands.items()}
+        if any(len(c) > 1 for c in cands.values()):
+            chosen = _joint_search(
+                work, cands, sub, target, joint_steps, joint_max_evals, joint_floor
+            )
+        work = _final_refit(work, chosen, x, model, joint_steps)
         report = [
             EdgeFit(r.layer, r.out_index, r.in_index, chosen[key], True)
             if (key := (r.layer, r.out_index, r.in_index)) in chosen
