@@ -458,6 +458,7 @@ def test_auto_symbolic_joint_search_recovers_xy_on_the_recipe() -> None:
 def test_auto_symbolic_joint_arguments_checked() -> None:
     model = kl.KAN([1, 1], grid_size=3, seed=0, dtype=torch.float64)
     x = torch.linspace(-1, 1, 50, dtype=torch.float64)[:, None]
-    for kw in ({"joint_candidates": 0}, {"joint_steps": 0}, {"joint_floor": -1.0}):
+    bad = ({"joint_candidates": 0}, {"joint_steps": 0}, {"joint_floor": -1.0})
+    for kw in (*bad, {"refit_targets": "yes"}, {"joint_max_evals": 0}):
         with pytest.raises((ValueError, TypeError)):
             kl.auto_symbolic(model, x, **kw)

@@ -201,3 +201,42 @@ def test_recipe_recovers_mu_n_exactly():
     rmse = float(np.sqrt(np.mean((formula(ds.test_x)[:, 0] - ds.test_y.numpy().ravel()) ** 2)))
     assert rmse <= 1e-8
     assert math.isfinite(rmse)
+
+
+def linear_chain_model():
+    """Numeric KAN [2, 1, 1] whose splines hold 0.5 x_1 - 0.1, 0.3 x_2 + 0.1 and 2 h + 0.5
+    (h stays inside the grid, [-1, 1])."""
+    from kanlab.splines import curve_to_coef
+
+    model = kl.KAN([2, 1, 1], grid_size=5, dtype=F64, seed=0, base_activation="zero")
+    l0, l1 = model.layers
+    xs = torch.linspace(-1, 1, 200, dtype=F64).unsqueeze(1)
+    with torch.no_grad():
+        y0 = torch.stack([0.5 * xs[:, 0] - 0.1, 0.3 * xs[:, 0] + 0.1], 1).unsqueeze(-1)
+        l0.coef.copy_(curve_to_coef(xs.expand(-1, 2), y0, l0.knots, l0.spline_order))
+        l1.coef.copy_(curve_to_coef(xs, (2 * xs + 0.5).unsqueeze(-1), l1.knots, l1.spline_order))
+        for la in (l0, l1):
+            la.scale_spline.fill_(1.0)
+    return model
+
+
+def test_auto_symbolic_installs_canonical_constants():
+    # Per-edge fits of a line come out as c*(a*x + b) + d with tiny a and huge b, d that cancel
+    # (the LBFGS fit of the recipe then stalls on them); auto_symbolic now installs (1, 0, c, d)
+    # with the hidden node's constant passed on, and the same function.
+    model = linear_chain_model()
+    x = rand(300, 2, seed=4)
+    with torch.no_grad():
+        before = model(x)
+    kl.auto_symbolic(model, x, lib=["x", "x^2", "exp"])
+    l0, l1 = model.layers
+    assert set(l0.symbolic_edges().values()) == {"x"} and set(l1.symbolic_edges().values()) == {"x"}
+    p0 = l0.symbolic_affine.detach()[:, 0]  # (in, 4) of the edges into hidden node 0
+    torch.testing.assert_close(p0[:, :2], torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=F64))
+    assert float(p0[:, 3].abs().max()) == 0.0  # passed on to the next edge's b
+    assert abs(float(p0[0, 2] / p0[1, 2]) - 0.5 / 0.3) < 1e-4  # (the scale may move to layer 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)
+    formula = kl.symbolic_formula(model, precision=None)
+    truth = 2 * (0.5 * x[:, 0] - 0.1 + 0.3 * x[:, 1] + 0.1) + 0.5
+    assert np.abs(formula(x)[:, 0] - truth.numpy()).max() < 1e-6

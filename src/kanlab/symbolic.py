@@ -620,6 +620,8 @@ def auto_symbolic(
     check_int("joint_steps", joint_steps, minimum=1)
     check_int("joint_max_evals", joint_max_evals, minimum=1)
     joint_floor = check_float("joint_floor", joint_floor, minimum=0.0)
+    if not isinstance(refit_targets, bool):
+        raise TypeError(f"refit_targets must be a bool, got {refit_targets!r}")
     functions = _lib(lib)
     order = {name: k for k, name in enumerate(functions)}
     work = copy.deepcopy(model)  # all-or-nothing: fit on a copy, install at the end
