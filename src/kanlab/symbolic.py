@@ -592,10 +592,14 @@ def auto_symbolic(
     iterations, when every live edge is symbolic (:mod:`kanlab._symbolic_refit`; it converges
     to the best constants of the choice, so an exact choice scores the numeric model's own
     error), else ``joint_steps`` LBFGS steps. The search starts from the better of the
-    best-ranked and the simplest choice and takes moves (one function for all edges into, or
-    out of, a node; then single edges) that cut the error by 10 % or keep it within 10 % with
-    less total complexity; errors below ``joint_floor`` count as equal. At most
-    ``joint_max_evals`` refits (about 1-3 s on one thread for a [2, 3, 1] KAN).
+    best-ranked and the simplest choice, then tries single-node starts (keep one node of a hidden
+    layer, each function of its outgoing edges, drop the others' outgoing edges: products and
+    power laws are one node, exp of a sum of logs, which pruning often leaves spread over two or
+    three nodes), then descends: each round scores every single-edge move (or, if none helps,
+    every move of one function for all edges into or out of a node) and takes the best one that
+    cuts the error by 10 % or keeps it within 10 % with less total complexity; errors below
+    ``joint_floor`` count as equal. At most ``joint_max_evals`` refits (auto_symbolic takes 2-6 s
+    on one thread for the [2, 2-5, 1] KANs of the recipe).
 
     Finally (with ``joint=True``, whether or not a search ran) the chosen functions' constants
     are refitted jointly on all of ``x`` (at least 50 iterations) and, when every live edge is
