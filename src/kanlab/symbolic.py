@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kanlab import _symbolic_refit as _refit
 from kanlab._checks import check_finite, check_float, check_int, check_range
 from kanlab.functions import SymbolicFunction, get_function, library
 from kanlab.layers import KANLinear
@@ -372,12 +373,19 @@ def _joint_error(
     trial = copy.deepcopy(model)
     for (l_idx, o, i), fit in choice.items():
         trial.layers[l_idx].set_symbolic(i, o, fit.name, fit.params)
+    scale = float(target.std().clamp_min(torch.finfo(target.dtype).tiny))
+    p = _refit.plan(trial)
+    if p is not None:  # all live edges symbolic: Levenberg-Marquardt to convergence
+        theta, rms = _refit.levenberg_marquardt(
+            p, _refit.read_theta(trial, p), x, target, iterations=steps
+        )
+        _refit.write_theta(trial, p, theta)
+        return (rms / scale if math.isfinite(rms) else math.inf), trial
     params = [la.symbolic_affine for la in trial.layers if la.symbolic_affine is not None]
     for q in trial.parameters():
         q.requires_grad_(False)
     for q in params:
         q.requires_grad_(True)
-    scale = float(target.std().clamp_min(torch.finfo(target.dtype).tiny))
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
@@ -403,6 +411,50 @@ def _joint_error(
     return (err if math.isfinite(err) else math.inf), trial
 
 
+def _final_refit(
+    work: Any, chosen: dict[tuple[int, int, int], FitResult], x: Tensor, model: Any, steps: int
+) -> Any:
+    """``work`` with the ``chosen`` functions, their constants refitted jointly to the numeric
+    ``model``'s output on all of ``x`` and, when every live edge is symbolic, rewritten in the
+    canonical form of ``_symbolic_refit.canonical`` (the same function, better conditioned for the
+    training that usually follows)."""
+    with torch.no_grad():
+        target = model(x)
+    work = _joint_error(work, chosen, x, target, max(steps, 50))[1]
+    p = _refit.plan(work)
+    if p is not None:
+        _refit.write_theta(work, p, _refit.canonical(p, _refit.read_theta(work, p)))
+    return work
+
+
+def _single_node_starts(
+    cur: dict[tuple[int, int, int], FitResult], cands: dict[tuple[int, int, int], list[FitResult]]
+) -> list[dict[tuple[int, int, int], FitResult]]:
+    """Choices that keep one node of a hidden layer: its outgoing candidate edges all take one of
+    their candidate functions, every other node's outgoing candidate edges the constant ``"0"``.
+    Only where the edges out of that layer are all candidates and each has a ``"0"``."""
+    out: list[dict[tuple[int, int, int], FitResult]] = []
+    by_layer: dict[int, dict[int, list[tuple[int, int, int]]]] = {}
+    for e in cands:
+        by_layer.setdefault(e[0], {}).setdefault(e[2], []).append(e)
+    for nodes in by_layer.values():
+        if len(nodes) < 2:
+            continue
+        for keep, kept in nodes.items():
+            others = [e for n, es in nodes.items() if n != keep for e in es]
+            zeros = {e: next((r for r in cands[e] if r.name == "0"), None) for e in others}
+            if any(z is None for z in zeros.values()):
+                continue
+            names = sorted({r.name for e in kept for r in cands[e] if r.name != "0"})
+            for name in names:
+                trial = dict(cur)
+                trial.update(zeros)  # type: ignore[arg-type]
+                for e in kept:
+                    trial[e] = next((r for r in cands[e] if r.name == name), cur[e])
+                out.append(trial)
+    return out
+
+
 def _joint_search(
     model: Any,
     cands: dict[tuple[int, int, int], list[FitResult]],
@@ -411,12 +463,14 @@ def _joint_search(
     steps: int,
     max_evals: int,
     floor: float,
+    order: dict[str, int],
 ) -> dict[tuple[int, int, int], FitResult]:
     """Choose one candidate per edge by the whole model's error after refitting the constants.
 
-    Starts from the better of "each edge's best-ranked fit" and "each edge's simplest near-tie",
-    then tries moves while they help: one function for all the candidate edges into one node (or
-    out of one node) at once, then one edge at a time. A move is taken when it cuts the error by
+    Starts from the better of "each edge's best-ranked fit" and "each edge's simplest non-constant
+    candidate", then tries moves while they help: one edge at a time, then one function for all
+    the candidate edges into one node (or out of one node) at once (the constant only for the
+    edges out of a node: dropping it). A move is taken when it cuts the error by
     more than 10 %, or keeps it within 10 % and lowers the total complexity; errors below
     ``floor`` count as ``floor`` (the KAN itself is only that close to the data, so smaller
     differences say nothing). At most ``max_evals`` refits."""
@@ -432,33 +486,59 @@ def _joint_search(
         return a[0] < 0.9 * b[0] or (a[0] <= 1.1 * b[0] and a[1] < b[1])
 
     best_rank = {e: c[0] for e, c in cands.items()}
-    simple = {e: min(c, key=lambda r: r.complexity) for e, c in cands.items()}
+    # the simplest non-constant candidate (ties: library order)
+    simple = {
+        e: min((r for r in c if r.name != "0"), key=lambda r: (r.complexity, order[r.name]))
+        for e, c in cands.items()
+    }
     cur, cur_s = best_rank, score(best_rank)
     if simple != best_rank:
         s = score(simple)
         if better(s, cur_s) or s[0] <= 1.1 * cur_s[0]:
             cur, cur_s = simple, s
-    # moves: (edges, name); groups first (edges into / out of a node), then single edges
+    # single-node starts: keep one node of a hidden layer (each function of its outgoing edges
+    # as a group) and drop the others' outgoing edges. Products and power laws are one node,
+    # exp(sum of logs); pruning often leaves two or three nodes that share the work, and
+    # dropping them is a move of several edges at once that no single move finds.
+    for start in _single_node_starts(cur, cands):
+        if evals >= max_evals:
+            break
+        s = score(start)
+        if better(s, cur_s):
+            cur, cur_s = start, s
+    # moves: (edges, name); single edges first, then groups (edges into / out of a node); the
+    # constant "0" only for single edges and for all edges out of a node (dropping the node)
     groups: dict[tuple[str, int, int], list[tuple[int, int, int]]] = {}
     for e in cands:
         groups.setdefault(("into", e[0], e[1]), []).append(e)
         groups.setdefault(("from", e[0], e[2]), []).append(e)
     moves = []
-    for edges in [g for g in groups.values() if len(g) > 1] + [[e] for e in cands]:
-        names = {r.name for e in edges for r in cands[e]}
-        moves += [(edges, n) for n in sorted(names)]
-    improved = True
-    while improved and evals < max_evals:
-        improved = False
-        for edges, name in moves:
-            trial = dict(cur)
-            for e in edges:
-                trial[e] = next((r for r in cands[e] if r.name == name), cur[e])
-            if trial == cur or evals >= max_evals:
-                continue
-            s = score(trial)
-            if better(s, cur_s):
-                cur, cur_s, improved = trial, s, True
+    for e in cands:
+        moves += [([e], n) for n in sorted({r.name for r in cands[e]})]
+    for (kind, _, _), edges in groups.items():
+        if len(edges) > 1:
+            names = {r.name for e in edges for r in cands[e]}
+            moves += [(edges, n) for n in sorted(names) if n != "0" or kind == "from"]
+    # steepest descent: each round scores every move from the current choice (single edges
+    # first, then groups, stopping at the first of the two kinds that helps) and takes the best
+    n_single = sum(len(edges) == 1 for edges, _ in moves)
+    while evals < max_evals:
+        best_move = None
+        for kind in (moves[:n_single], moves[n_single:]):
+            for edges, name in kind:
+                trial = dict(cur)
+                for e in edges:
+                    trial[e] = next((r for r in cands[e] if r.name == name), cur[e])
+                if trial == cur or evals >= max_evals:
+                    continue
+                s = score(trial)
+                if better(s, cur_s) and (best_move is None or better(s, best_move[1])):
+                    best_move = (trial, s)
+            if best_move is not None:
+                break
+        if best_move is None:
+            break
+        cur, cur_s = best_move
     return cur
 
 
@@ -473,8 +553,9 @@ def auto_symbolic(
     joint: bool = True,
     joint_candidates: int = 3,
     joint_steps: int = 20,
-    joint_max_evals: int = 40,
+    joint_max_evals: int = 60,
     joint_floor: float = 1e-3,
+    refit_targets: bool = True,
     **fit_kw: Any,
 ) -> list[EdgeFit]:
     """Replace every live numeric edge by its best library function, layer by layer.
@@ -491,19 +572,44 @@ def auto_symbolic(
     input is constant on ``x`` is fixed to ``"0"`` with ``d`` = its constant value (a warning says
     so). The model is changed only if every fit succeeds.
 
+    Each edge of a later layer is fitted from its input as the already-fixed earlier layers
+    compute it to what the edge computes in the numeric model (its spline at the numeric input):
+    the composition is what has to match, so when an earlier edge's fitted function reshapes a
+    node (x*y held by the KAN as F(g(x) + g(y)) with g fitted by x^2), the edge that reads the
+    node absorbs the change. ``refit_targets=False`` is the old rule (the edge's spline evaluated
+    at the new inputs).
+
     With ``joint=True`` (the default) the choice among good fits is then made by the whole model,
     not by each edge's R^2 alone: on a short range sin and exp imitate a square or a line to
     R^2 > 0.9999, and a product x*y held as ((x+y)^2 - (x-y)^2)/4 comes out as a mixture whose
     composed formula is off by 1e-3 to 1e-2. Each fitted edge keeps up to ``joint_candidates``
     candidates (its best-ranked fit, then the simplest fits whose ``1 - R^2`` is within 100 times
-    the best's, or below 1e-2); each choice of one candidate per edge is scored by the model's
-    relative RMS error against the numeric model's output on (at most 256 rows of) ``x`` after
-    ``joint_steps`` LBFGS steps on the symbolic constants only. The search starts from the better
-    of the best-ranked and the simplest choice and takes moves (one function for all edges into,
-    or out of, a node; then single edges) that cut the error by 10 % or keep it within 10 % with
-    less total complexity; errors below ``joint_floor`` count as equal. At most
-    ``joint_max_evals`` refits (about 1-3 s on one thread for a [2, 3, 1] KAN). The installed
-    constants are the refitted ones. ``joint=False`` is the old rule.
+    the best's, or below 1e-2), plus the constant ``"0"`` when ``drop_tolerance > 0`` (a node
+    left over by pruning that only helps the numeric fit is dropped when the model does as well
+    without it); each choice of one candidate per edge is scored by the model's relative RMS
+    error against the numeric model's output on (at most 256 rows of) ``x`` after refitting the
+    constants of all symbolic edges jointly: Levenberg-Marquardt, at most ``joint_steps``
+    iterations, when every live edge is symbolic (:mod:`kanlab._symbolic_refit`; it converges
+    to the best constants of the choice, so an exact choice scores the numeric model's own
+    error), else ``joint_steps`` LBFGS steps. The search starts from the better of the
+    best-ranked and the simplest choice, then tries single-node starts (keep one node of a hidden
+    layer, each function of its outgoing edges, drop the others' outgoing edges: products and
+    power laws are one node, exp of a sum of logs, which pruning often leaves spread over two or
+    three nodes), then descends: each round scores every single-edge move (or, if none helps,
+    every move of one function for all edges into or out of a node) and takes the best one that
+    cuts the error by 10 % or keeps it within 10 % with less total complexity; errors below
+    ``joint_floor`` count as equal. At most ``joint_max_evals`` refits (auto_symbolic takes 2-6 s
+    on one thread for the [2, 2-5, 1] KANs of the recipe).
+
+    Finally (with ``joint=True``, whether or not a search ran) the chosen functions' constants
+    are refitted jointly on all of ``x`` (at least 50 iterations) and, when every live edge is
+    symbolic, installed in a canonical form with the same values: linear edges ``(1, 0, c, d)``,
+    powers, sqrt and log with ``|a| = 1``, exp with ``|c| = 1``, the constants of a hidden sum
+    node's edges moved into the next edges' ``b`` and an output's constants onto one edge.
+    Per-edge fits leave e.g. ``c*(a*x + b) + d`` with ``a ~ 3e-4`` and ``b, d ~ 1e4`` of opposite
+    signs: exact, but the LBFGS training that usually follows stalls on it (F = mu*Nn stayed at
+    RMSE 7e-3; canonical: x_1*x_2 to rounding). ``joint=False`` is the old rule (per-edge
+    constants, no refit).
 
     Returns one :class:`EdgeFit` per visited edge (a dropped edge's fit is the ``"0"`` fit, with
     its R^2 on the edge, 0).
@@ -518,15 +624,24 @@ def auto_symbolic(
     check_int("joint_steps", joint_steps, minimum=1)
     check_int("joint_max_evals", joint_max_evals, minimum=1)
     joint_floor = check_float("joint_floor", joint_floor, minimum=0.0)
+    if not isinstance(refit_targets, bool):
+        raise TypeError(f"refit_targets must be a bool, got {refit_targets!r}")
     functions = _lib(lib)
     order = {name: k for k, name in enumerate(functions)}
     work = copy.deepcopy(model)  # all-or-nothing: fit on a copy, install at the end
     report: list[EdgeFit] = []
     cands: dict[tuple[int, int, int], list[FitResult]] = {}  # edge -> joint-search candidates
+    with torch.no_grad():
+        numeric_acts = model.activations(x)  # per layer (batch, out, in): the fits' targets
     for l_idx, la in enumerate(work.layers):
         with torch.no_grad():
             inputs = work.layer_inputs(x)[l_idx]
-            phi = la.activations(inputs)  # (batch, out, in)
+            # each edge is fitted from its input as the fixed earlier layers compute it to what
+            # the edge computes in the numeric model (on the numeric input): the composition is
+            # what must match, and when an earlier edge's function reshapes its node (x*y held by
+            # the KAN as F(g(x) + g(y)), g fitted by x^2), the edge reading it absorbs the change
+            # (F becomes linear) instead of being fitted to its spline at inputs it never saw
+            phi = numeric_acts[l_idx] if refit_targets else la.activations(inputs)
         live = la.mask > 0
         if la.symbolic_mask is not None:
             live = live & (la.symbolic_mask == 0)
@@ -548,7 +663,11 @@ def auto_symbolic(
             good = [r for r in ranked if r.r2 >= thr]
             if good:
                 la.set_symbolic(i, o, good[0].name, good[0].params)
-                cands[(l_idx, o, i)] = _near_ties(ranked, order, thr, 100.0, 1e-2, joint_candidates)
+                near = _near_ties(ranked, order, thr, 100.0, 1e-2, joint_candidates)
+                # and the constant: an edge (or a node, moved as a group) that only helps the
+                # numeric fit is dropped when the refitted model does as well without it
+                zero = FitResult("0", (1.0, 0.0, 0.0, float(ys.mean())), 0.0, 0)
+                cands[(l_idx, o, i)] = [*near, zero] if drop_tol > 0 else near
             elif drop_tol > 0 and _drop_if_negligible(
                 work, l_idx, i, o, float(ys.mean()), x, drop_tol
             ):
@@ -556,14 +675,18 @@ def auto_symbolic(
                 report.append(EdgeFit(l_idx, o, i, zero, True))
                 continue
             report.append(EdgeFit(l_idx, o, i, good[0] if good else ranked[0], bool(good)))
-    if joint and any(len(c) > 1 for c in cands.values()):
+    if joint and cands:
         sub = x
         if x.shape[0] > 256:  # evenly spread rows: the refits run on at most 256 points
             sub = x[torch.linspace(0, x.shape[0] - 1, 256).round().long()]
         with torch.no_grad():
             target = model(sub)
-        chosen = _joint_search(work, cands, sub, target, joint_steps, joint_max_evals, joint_floor)
-        work = _joint_error(work, chosen, sub, target, joint_steps)[1]
+        chosen = {e: c[0] for e, c in cands.items()}
+        if any(len(c) > 1 for c in cands.values()):
+            chosen = _joint_search(
+                work, cands, sub, target, joint_steps, joint_max_evals, joint_floor, order
+            )
+        work = _final_refit(work, chosen, x, model, joint_steps)
         report = [
             EdgeFit(r.layer, r.out_index, r.in_index, chosen[key], True)
             if (key := (r.layer, r.out_index, r.in_index)) in chosen
