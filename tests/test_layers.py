@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import kanlab as kl
-from kanlab.splines import bspline_basis
+from kanlab.splines import bspline_basis, uniform_knots
 
 
 def make_layer(n_in=3, n_out=4, *, k=3, g=5, seed=0, dtype=torch.float64, **kw) -> kl.KANLinear:
@@ -545,3 +545,14 @@ def test_extend_grid_margin_zero_is_the_plain_extension_and_margin_needs_no_data
     assert [la.grid_size for la in model.layers] == [10, 10]
     lo = model.layers[0].knots[:, 3]  # (-1, 1) widened by half its width each side
     torch.testing.assert_close(lo, torch.full_like(lo, -2.0))
+
+
+def test_extension_of_a_constant_input_keeps_a_float64_uniform_grid():
+    """An input whose data are constant gets a uniform grid of the new size on its old range, built
+    in the layer's dtype (it was built in float32 and cast: knots off by ~1e-8 in a float64 layer)."""
+    layer = kl.KANLinear(2, 1, grid_size=5, dtype=torch.float64, grid_range=(-1.0, 1.0 / 3.0))
+    x = torch.rand(64, 2, dtype=torch.float64) * 1.2 - 0.9
+    x[:, 1] = 0.25  # constant
+    layer.extend_grid(7, x, grid_eps=1.0)
+    want = uniform_knots(1, 7, 3, (-1.0, 1.0 / 3.0), dtype=torch.float64)[0]
+    assert torch.equal(layer.knots[1], want)

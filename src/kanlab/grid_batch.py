@@ -126,10 +126,11 @@ def refit(
             keep = knots
             hit = degenerate.any(dim=1).to(uniform.device)
             flags = torch.where(hit, flags & uniform, flags)
-        else:  # (default dtype, then cast: as the layer does)
+        else:  # (in the knots' dtype, as the layer does)
             g = new_knots.shape[-1] - 2 * k - 1
             lo_hi = torch.stack([lo, hi], dim=-1).reshape(n_models * n_in, 2)
-            keep = uniform_knots(n_models * n_in, g, k, lo_hi).reshape(n_models, n_in, -1)
+            keep = uniform_knots(n_models * n_in, g, k, lo_hi, dtype=new_knots.dtype)
+            keep = keep.reshape(n_models, n_in, -1)
         new_knots = torch.where(degenerate.unsqueeze(-1), keep.to(new_knots), new_knots)
         frac = torch.linspace(0, 1, batch, dtype=x.dtype, device=x.device).unsqueeze(1)
         spread = lo.unsqueeze(1) + (hi - lo).unsqueeze(1) * frac  # (M, batch, in)

@@ -396,7 +396,9 @@ class KANLinear(nn.Module):
                 uniform = uniform and self._uniform
             else:  # uniform rows: the layer stays uniform if the other rows are
                 g = new_knots.shape[1] - 2 * k - 1
-                keep = uniform_knots(self.in_features, g, k, torch.stack([lo, hi], dim=1))
+                keep = uniform_knots(
+                    self.in_features, g, k, torch.stack([lo, hi], dim=1), dtype=new_knots.dtype
+                )
             new_knots = torch.where(degenerate.unsqueeze(1), keep.to(new_knots), new_knots)
             frac = torch.linspace(0, 1, x.shape[0], dtype=x.dtype, device=x.device).unsqueeze(1)
             spread = lo + (hi - lo) * frac  # (batch, in)
