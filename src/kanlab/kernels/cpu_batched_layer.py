@@ -248,7 +248,12 @@ def _accumulate(yo, bs, coef, m, i, o, sc, bd, nb):  # pragma: no cover - compil
 @njit(inline="always")
 def _dots(gyo, bs, bd, nb, gcoef, m, i, o):  # pragma: no cover - compiled
     """gcoef[m, i, g, o] += sum_s bd[g, s] * gyo[s], four rows per pass (gyo loaded once)."""
-    g = 0
+    _dots_from(gyo, bs, bd, nb, gcoef, m, i, o, 0)
+
+
+@njit(inline="always")
+def _dots_from(gyo, bs, bd, nb, gcoef, m, i, o, g):  # pragma: no cover - compiled
+    """:func:`_dots` from row g on."""
     while g + 4 <= nb:
         b0, b1, b2, b3 = bd[g], bd[g + 1], bd[g + 2], bd[g + 3]
         a0 = 0.0

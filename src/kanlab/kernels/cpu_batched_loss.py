@@ -45,6 +45,7 @@ from kanlab.kernels.cpu_batched_layer import (
     ACTIVATION_CODES,
     _activation,
     _basis,
+    _dots_from,
     takes,
 )
 
@@ -185,35 +186,6 @@ def _edge_dots(gyo, bs, a, bd, nb, gcoef, m, i, o):  # pragma: no cover - compil
             a_sum += a[s] * gyo[s]
     _dots_from(gyo, bs, bd, nb, gcoef, m, i, o, g)
     return a_sum
-
-
-@njit(inline="always")
-def _dots_from(gyo, bs, bd, nb, gcoef, m, i, o, g):  # pragma: no cover - compiled
-    """:func:`~kanlab.kernels.cpu_batched_layer._dots` from row g on."""
-    while g + 4 <= nb:
-        b0, b1, b2, b3 = bd[g], bd[g + 1], bd[g + 2], bd[g + 3]
-        a0 = 0.0
-        a1 = 0.0
-        a2 = 0.0
-        a3 = 0.0
-        for s in range(bs):
-            v = gyo[s]
-            a0 += b0[s] * v
-            a1 += b1[s] * v
-            a2 += b2[s] * v
-            a3 += b3[s] * v
-        gcoef[m, i, g, o] += a0
-        gcoef[m, i, g + 1, o] += a1
-        gcoef[m, i, g + 2, o] += a2
-        gcoef[m, i, g + 3, o] += a3
-        g += 4
-    while g < nb:
-        bg = bd[g]
-        acc = 0.0
-        for s in range(bs):
-            acc += bg[s] * gyo[s]
-        gcoef[m, i, g, o] += acc
-        g += 1
 
 
 @njit(inline="always")
