@@ -227,7 +227,12 @@ def _basis(
 def _accumulate(yo, bs, coef, m, i, o, sc, bd, nb):  # pragma: no cover - compiled
     """yo[s] += sc * sum_g coef[m, i, g, o] * bd[g, s], four rows per pass over the block (one
     load and store of yo per four multiply-adds: a pass per row was bound by them, 3x slower)."""
-    g = 0
+    _accumulate_from(yo, bs, coef, m, i, o, sc, bd, nb, 0)
+
+
+@njit(inline="always")
+def _accumulate_from(yo, bs, coef, m, i, o, sc, bd, nb, g):  # pragma: no cover - compiled
+    """:func:`_accumulate` from row g on."""
     while g + 4 <= nb:
         w0 = coef[m, i, g, o] * sc
         w1 = coef[m, i, g + 1, o] * sc

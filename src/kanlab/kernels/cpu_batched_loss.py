@@ -43,6 +43,7 @@ from kanlab.kernels.cpu.tuning import _CACHE as _CPU_CACHE
 from kanlab.kernels.cpu.tuning import stamp_with_package
 from kanlab.kernels.cpu_batched_layer import (
     ACTIVATION_CODES,
+    _accumulate_from,
     _activation,
     _basis,
     _dots_from,
@@ -140,21 +141,7 @@ def _edge(yo, bs, a, wb, coef, m, i, o, sc, bd, nb, init):  # pragma: no cover -
     else:
         for s in range(bs):
             yo[s] += wb * a[s]
-    while g + 4 <= nb:
-        w0 = coef[m, i, g, o] * sc
-        w1 = coef[m, i, g + 1, o] * sc
-        w2 = coef[m, i, g + 2, o] * sc
-        w3 = coef[m, i, g + 3, o] * sc
-        b0, b1, b2, b3 = bd[g], bd[g + 1], bd[g + 2], bd[g + 3]
-        for s in range(bs):
-            yo[s] += (w0 * b0[s] + w1 * b1[s]) + (w2 * b2[s] + w3 * b3[s])
-        g += 4
-    while g < nb:
-        w = coef[m, i, g, o] * sc
-        bg = bd[g]
-        for s in range(bs):
-            yo[s] += w * bg[s]
-        g += 1
+    _accumulate_from(yo, bs, coef, m, i, o, sc, bd, nb, g)
 
 
 @njit(inline="always")
