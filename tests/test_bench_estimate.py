@@ -298,3 +298,37 @@ def test_calibrate_times_steps_and_updates_with_its_cpu_clock():
     mlp = next(t for t in _trials() if t.family == "mlp")
     step, update = calibrate(mlp, 2, steps=2, clock=lambda: float(next(ticks)))
     assert (step, update) == (0.5, 0.0)
+
+
+def test_restart_steps_are_counted_and_not_timed_as_one_step(monkeypatch):
+    """A trial with restarts trains ``(restarts + 1) * restart_steps`` more steps (its
+    ``total_steps`` counts them, so the estimate does), and calibrate times plain steps: its
+    fit runs without restarts (else one "step" would be 50 steps: the estimate read 0.6 core-hours
+    for a sweep that trained in 2 minutes)."""
+    import tomllib
+
+    import kanlab.train
+    import kanlab.train.batch_loop
+
+    text = TINY.format(name="r").replace("steps = 3", "steps = 3\nrestarts = 4\nrestart_steps = 10")
+    trials = expand(parse_sweep(tomllib.loads(text)))
+    kan = next(t for t in trials if t.family == "kan" and t.fit.n_stages == 2)
+    assert kan.total_steps == 3 * 2 + 5 * 10
+    mlp = next(t for t in trials if t.family == "mlp" and t.group == kan.label)
+    assert (mlp.fit.restarts, mlp.fit.restart_steps) == (4, 10)  # the MLPs train the same loop
+    assert mlp.total_steps == kan.total_steps  # ... with the same budget
+    seen = []
+    real_fit, real_batch = kanlab.train.fit, kanlab.train.batch_loop.fit_batch
+
+    def spy(real):
+        def run(model, data, cfg, **kw):
+            seen.append(cfg.restarts)
+            return real(model, data, cfg, **kw)
+
+        return run
+
+    monkeypatch.setattr(kanlab.train, "fit", spy(real_fit))
+    monkeypatch.setattr(kanlab.train.batch_loop, "fit_batch", spy(real_batch))
+    calibrate(kan, 1, steps=1)
+    calibrate(mlp, 2, steps=1)
+    assert seen == [0, 0]

@@ -103,9 +103,57 @@ def test_bad_restart_options_are_named(field, value, match):
         FitConfig(**{field: value})
 
 
-def test_fit_batch_refuses_restarts_by_name():
-    from kanlab.model_batch import KANBatch
+def _alone_and_batched(models, cfg, data):
+    """Each model trained alone by ``fit`` and all of them by one ``fit_batch`` (copies)."""
+    import copy
 
-    batch = KANBatch([kl.KAN([2, 1], grid_size=3, seed=s, dtype=torch.float64) for s in (0, 1)])
-    with pytest.raises(ValueError, match="restarts=2"):
-        fit_batch(batch, toy(), steps=1, restarts=2, progress=False)
+    from kanlab.model_batch import KANBatch, MLPBatch
+
+    cls = KANBatch if isinstance(models[0], kl.KAN) else MLPBatch
+    batch = cls.stack([copy.deepcopy(m) for m in models])
+    batched = fit_batch(batch, data, cfg)
+    alone = [kl.fit(copy.deepcopy(m), data, cfg) for m in models]
+    return batch, batched, alone
+
+
+@pytest.mark.parametrize("family", ["kan", "mlp"])
+def test_fit_batch_restarts_choose_per_model_as_fit_alone_does(family):
+    # Adam is exactly per model, so each model's candidates' losses, its choice, the training
+    # after it and the final parameters are fit's (to rounding)
+    data = toy()
+    if family == "kan":
+        models = [kl.KAN([2, 2, 1], grid_size=3, seed=s, dtype=torch.float64) for s in (0, 1, 2)]
+    else:
+        models = [kl.MLP([2, 4, 1], seed=s, dtype=torch.float64) for s in (0, 1, 2)]
+    cfg = FitConfig(optimizer="adam", lr=0.05, steps=4, restarts=3, restart_steps=6,
+                    progress=False, log_every=1)  # fmt: skip
+    _, batched, alone = _alone_and_batched(models, cfg, data)
+    for hb, ha in zip(batched, alone, strict=True):
+        assert len(hb.restart_losses) == 4
+        assert hb.restart_losses == pytest.approx(ha.restart_losses, rel=1e-9)
+        assert hb.train_loss == pytest.approx(ha.train_loss, rel=1e-9)
+    # the candidates' losses differ per model: the choice is each model's own, not the batch's
+    assert batched[0].restart_losses != batched[1].restart_losses
+
+
+def test_fit_batch_restarts_load_each_models_winner():
+    data = toy()
+    models = [kl.KAN([2, 2, 1], grid_size=3, seed=s, dtype=torch.float64) for s in (3, 4)]
+    cfg = FitConfig(optimizer="adam", lr=0.05, steps=0, restarts=2, restart_steps=5,
+                    progress=False)  # fmt: skip
+    batch, batched, _ = _alone_and_batched(models, cfg, data)
+    for m, model in enumerate(batch.unstack()):
+        with torch.no_grad():
+            pred = model(data.train_x)
+        rmse = float(((pred - data.train_y) ** 2).mean().sqrt())
+        assert rmse == pytest.approx(min(batched[m].restart_losses), rel=1e-9)
+        assert model.config.seed == models[m].config.seed  # the model keeps its configuration
+
+
+def test_fit_batch_restarts_lbfgs_first_step_as_fit_alone():
+    data = toy()
+    models = [kl.KAN([2, 2, 1], grid_size=3, seed=s, dtype=torch.float64) for s in (0, 5)]
+    cfg = FitConfig(steps=1, restarts=2, restart_steps=1, progress=False)
+    _, batched, alone = _alone_and_batched(models, cfg, data)
+    for hb, ha in zip(batched, alone, strict=True):
+        assert hb.restart_losses == pytest.approx(ha.restart_losses, rel=1e-9)

@@ -291,7 +291,9 @@ def calibrate(
             model.update_grid(x, grid_eps=trial.fit.grid_eps)  # adapts the grid, as training does
         update = clock() - start
         warm()  # a non-uniform grid runs other kernels
-    cfg = trial.fit.replace(steps=steps, grid_schedule=None, grid_update_every=0,
+    # (no restarts: a restart candidate's step costs what any step of the model does, and
+    # Trial.total_steps counts them)
+    cfg = trial.fit.replace(steps=steps, grid_schedule=None, grid_update_every=0, restarts=0,
                             log_every=steps, progress=False, seed=trial.seed)  # fmt: skip
     start = clock()
     hist = fit(model, data, cfg) if n_models == 1 else fit_batch(model, data, cfg)[0]

@@ -71,7 +71,7 @@ class SizeMatchWarning(UserWarning):
 TRAINING_SEMANTICS = 2
 
 # Fit options that change an MLP's training (the others are KAN-only and left at their defaults).
-_MLP_FIT = ("optimizer", "lr", "batch_size", "loss", "weight_decay")
+_MLP_FIT = ("optimizer", "lr", "batch_size", "loss", "weight_decay", "restarts", "restart_steps")
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,10 @@ class Trial:
 
     @property
     def total_steps(self) -> int:
-        """Optimiser steps over all stages."""
-        return self.fit.total_steps
+        """Optimiser steps over all stages, plus the restart candidates' (``(restarts + 1) *
+        restart_steps`` with ``restarts > 0``: :mod:`kanlab.train.restarts`)."""
+        f = self.fit
+        return f.total_steps + ((f.restarts + 1) * f.restart_steps if f.restarts else 0)
 
     @property
     def label(self) -> str:

@@ -42,6 +42,10 @@ the whole batch (every layer's forward and backward per block of samples, no aut
 writes the parameters' ``.grad`` directly; elsewhere the objective runs under autograd as before.
 Both give the same values and gradients to rounding (float64: ~1e-15 relative).
 
+Restarts (``restarts > 0``) are fit's, per model (:func:`kanlab.train.restarts.choose_start_batch`):
+candidate r of every model trains ``restart_steps`` steps in one batch, and each model keeps its own
+best start by training loss before the schedule begins (History's ``restart_losses`` per model).
+
 Not supported yet, refused with an error naming the option: ``torch.distributed`` runs.
 """
 
@@ -126,7 +130,14 @@ def fit_batch(
     _refuse_unsupported(batch, cfgs)
     callbacks = _check_callbacks(callbacks)
     kind, run_data = _prepare_data(batch, data, cfg.loss)
+    restart_losses: list[list[float]] = [[] for _ in range(batch.n_models)]
+    if cfg.restarts:
+        from kanlab.train.restarts import choose_start_batch
+
+        restart_losses = choose_start_batch(batch, cfgs, lambda b, cs: fit_batch(b, data, cs))
     run = _BatchRun(batch, run_data, kind, cfgs, callbacks)
+    for hist, losses in zip(run.histories, restart_losses, strict=True):
+        hist.restart_losses = losses
     for stage, grid in enumerate(run.stages):
         if run.frozen.all():
             break
@@ -248,8 +259,6 @@ def _refuse_unsupported(batch: KANBatch | MLPBatch, cfgs: Sequence[FitConfig]) -
                 f"lamb={c.lamb} > 0 (model {m}; sparsity on edge activations) needs a KAN batch; "
                 f"got {kind}"
             )
-    if cfg.restarts:
-        raise ValueError(f"restarts={cfg.restarts} are fit's alone (fit_batch trains no restarts)")
     if D.is_distributed():
         raise RuntimeError("fit_batch does not support torch.distributed (data-parallel) runs yet")
     if isinstance(batch, MLPBatch):

@@ -19,7 +19,9 @@ wins; the first of equal losses does):
 
 - ``fit(..., restarts=r, restart_steps=s)`` (:func:`choose_start`): candidate 0 is the model as
   given, candidate i a fresh build of its configuration with seed :func:`candidate_seed`; the best
-  is loaded into the model, then ``fit`` trains it as usual. Off by default in
+  is loaded into the model, then ``fit`` trains it as usual; ``fit_batch`` does the same per model
+  (:func:`choose_start_batch`: candidate r of every model trains in one batch, and each model
+  keeps its own best, so model m ends as ``fit`` alone would choose). Off by default in
   :class:`~kanlab.config.FitConfig` (``restarts=0``): it costs ``(r + 1) * s`` extra steps and a
   fresh draw replaces the model's own initialisation, which suits a freshly built model only (a
   pruned or partly symbolic model would lose its structure), and it is measured on the toys above.
@@ -42,7 +44,14 @@ from kanlab.config import FitConfig
 from kanlab.models import KAN, MLP, build
 from kanlab.train.history import History
 
-__all__ = ["SEED_STRIDE", "StartsRecord", "best_of_starts", "candidate_seed", "choose_start"]
+__all__ = [
+    "SEED_STRIDE",
+    "StartsRecord",
+    "best_of_starts",
+    "candidate_seed",
+    "choose_start",
+    "choose_start_batch",
+]
 
 SEED_STRIDE = (
     1_000_003  # candidate r of seed s draws seed s + r * SEED_STRIDE (distinct for s < it)
@@ -96,10 +105,7 @@ def choose_start(
     Returns each candidate's final training loss (inf: it diverged)."""
     if not isinstance(model, KAN | MLP):
         raise TypeError(f"restarts need a KAN or an MLP (built from its config), got {type(model)}")
-    short = cfg.replace(
-        restarts=0, steps=cfg.restart_steps, grid_schedule=None, knot_steps=0, progress=False,
-        log_every=cfg.restart_steps,
-    )  # fmt: skip
+    short = _short(cfg)
     p = next(model.parameters())
     config = model.config
 
@@ -112,6 +118,55 @@ def choose_start(
     if choice.best is not None:
         model.load_state_dict(choice.best[0].state_dict())
     return list(choice.losses)
+
+
+def _short(cfg: FitConfig) -> FitConfig:
+    """A restart candidate's configuration: ``cfg``'s options, ``restart_steps`` steps at the
+    model's grid, no grid schedule, free knots or progress bar."""
+    return cfg.replace(
+        restarts=0, steps=cfg.restart_steps, grid_schedule=None, knot_steps=0, progress=False,
+        log_every=cfg.restart_steps,
+    )  # fmt: skip
+
+
+def choose_start_batch(
+    batch: Any, cfgs: Sequence[FitConfig], train: Callable[[Any, list[FitConfig]], Any]
+) -> list[list[float]]:
+    """:func:`choose_start` for each model of a ``KANBatch``/``MLPBatch`` at once: candidate r
+    (0: a copy of the batch as given; r >= 1: every model's configuration with seed
+    :func:`candidate_seed`) trains as one batch with ``train(candidate, configs)`` (``fit_batch``
+    with each model's short configuration); model m keeps its lowest final training loss (a
+    diverged model's counts as inf; the first of equal losses wins; if all of model m's
+    candidates diverge, it is left as given) and the chosen models are loaded into ``batch``.
+    Returns each model's candidate losses."""
+    short = [_short(c) for c in cfgs]
+    restarts = cfgs[0].restarts
+    configs = batch.configs
+    device = next(batch.parameters()).device
+    M = batch.n_models
+    losses: list[list[float]] = [[] for _ in range(M)]
+    chosen: list[nn.Module | None] = [None] * M
+    for r in range(restarts + 1):
+        if r == 0:
+            cand = copy.deepcopy(batch)
+        else:
+            fresh = [
+                build(c.replace(seed=candidate_seed(c.seed, r)), device=device) for c in configs
+            ]
+            cand = type(batch).stack(fresh)
+        hists = train(cand, short)
+        for m, hist in enumerate(hists):
+            loss = hist.train_loss[-1] if len(hist) else math.inf
+            if hists.diverged[m] is not None or not math.isfinite(loss):
+                loss = math.inf
+            best = min(losses[m], default=math.inf)
+            losses[m].append(loss)
+            if loss < best:
+                chosen[m] = cand.unstack_one(m)
+    if any(c is not None for c in chosen):
+        kept = [c if c is not None else batch.unstack_one(m) for m, c in enumerate(chosen)]
+        batch.load_state_dict(type(batch).stack(kept).state_dict())
+    return losses
 
 
 @dataclass(frozen=True)
