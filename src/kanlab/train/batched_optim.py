@@ -55,6 +55,13 @@ from torch import Tensor
 
 __all__ = ["BatchedLBFGS", "batched_adam", "step_frozen"]
 
+
+def _numba_installed() -> bool:
+    from kanlab.kernels import _HAS_NUMBA
+
+    return _HAS_NUMBA
+
+
 # torch's strong-Wolfe constants; torch's LBFGS calls its line search without passing its own
 # ``tolerance_change``, so the zoom's bracket-width test always uses 1e-9
 _C1, _C2, _LS_TOL = 1e-4, 0.9, 1e-9
@@ -295,6 +302,12 @@ class BatchedLBFGS:
         self._t = [0.0] * M
         self._n_iter = [0] * M
         self._func_evals = [0] * M
+        # many models' directions on CPU: one Numba call (kanlab.kernels.cpu_lbfgs) instead of
+        # ~80 small tensor operations; False: the torch recursion
+        self.numba_two_loop = (
+            M > 1 and p0.device.type == "cpu" and p0.dtype in (torch.float32, torch.float64)
+            and _numba_installed()
+        )  # fmt: skip
 
     @property
     def active(self) -> Tensor:
@@ -514,6 +527,8 @@ class BatchedLBFGS:
                 r_, s_ = torch.from_numpy(np.array(push)), torch.from_numpy(np.array(slots))
                 self.old_dirs[r_, s_] = y[r_]
                 self.old_stps[r_, s_] = s[r_]
+        if M > 1 and self.numba_two_loop:
+            return self._two_loop_numba(ms, g)
         ro_t: Sequence[Tensor | float]  # per age: (M,), or a float for one model
         if M == 1:
             ro_t, g_, dot = self._ro_age[0], g.view(-1), torch.dot
@@ -557,6 +572,26 @@ class BatchedLBFGS:
             r = torch.addcmul(r, al[age] - be, stps)
         r = r.view(M, -1)
         return self._rows(ms, r, self.d)
+
+    def _two_loop_numba(self, ms: list[int], g: Tensor) -> Tensor:
+        """:meth:`_two_loop`'s recursion for the models ``ms`` in one call of
+        :func:`kanlab.kernels.cpu_lbfgs.two_loop` (the memory already updated)."""
+        from kanlab.kernels.cpu_lbfgs import two_loop
+
+        M, H = self.M, self.H
+        slots = np.zeros((M, H), dtype=np.int64)
+        ros = np.zeros((M, H))
+        counts = np.zeros(M, dtype=np.int64)
+        for m in ms:
+            k = len(self._slot_age[m])
+            counts[m] = k
+            slots[m, :k] = self._slot_age[m]
+            ros[m, :k] = self._ro_age[m]
+        out = self.d.clone(memory_format=torch.contiguous_format)
+        two_loop(g.contiguous().numpy(), self.old_dirs.numpy(), self.old_stps.numpy(), slots, ros,
+                 counts, np.asarray(self._h_diag, dtype=np.float64),
+                 np.asarray(ms, dtype=np.int64), out.numpy())  # fmt: skip
+        return out
 
     def _eval_round(self, closure: Callable[[], Tensor]) -> None:
         """One closure call: each waiting model at its trial point x + t d, the others at x."""
