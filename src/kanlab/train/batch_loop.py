@@ -64,6 +64,7 @@ from torch import Tensor, nn
 from kanlab import distributed as D
 from kanlab import kernels
 from kanlab.config import FitConfig
+from kanlab.kernels.backends import select_backend
 from kanlab.kernels.warm import ALL_PARTS
 from kanlab.model_batch import KANBatch, MLPBatch
 from kanlab.regularization import EPS
@@ -323,12 +324,30 @@ def fused_loss_applies(batch: KANBatch | MLPBatch, x: Tensor) -> bool:
     """Whether :func:`fused_mse_grads` can run ``batch`` on inputs like ``x`` (shared
     ``(rows, in)`` or ``(M, rows, in)``): a KAN batch whose every layer the fused layer kernel
     would run (CPU float32/float64, one torch thread, Numba the backend, G+k and the base
-    activation it takes), no knots requiring grad, and no forward hooks on the batch or its
-    layers (the fused kernel calls no forward; a hook must see every one). The caller checks the
-    rest (MSE, no activations needed for a regulariser)."""
-    if not isinstance(batch, KANBatch) or x.shape[-2] == 0 or _hooked(batch):
+    activation it takes), no knots requiring grad; or an MLP batch the fused MLP kernel takes
+    (:func:`kanlab.kernels.cpu_batched_mlp_loss.takes`: SiLU or tanh, widths <= 32) on CPU
+    float32/float64 with one torch thread and Numba the backend; and no forward hooks on the
+    batch or its layers (the fused kernels call no forward; a hook must see every one). The
+    caller checks the rest (MSE, no activations needed for a regulariser)."""
+    if x.shape[-2] == 0 or _hooked(batch):
         return False
     xm = x[..., :1, :]
+    if isinstance(batch, MLPBatch):
+        w = batch.layers[0].weight
+        if (
+            batch.n_models < 2
+            or torch.get_num_threads() != 1
+            or w.device.type != "cpu"
+            or w.dtype not in (torch.float32, torch.float64)
+            or x.dtype != w.dtype
+            or select_backend(xm if xm.dim() == 2 else xm[0]).name != "numba"
+        ):
+            return False
+        from kanlab.kernels.cpu_batched_mlp_loss import takes
+
+        return takes(batch.widths, batch.activation)
+    if not isinstance(batch, KANBatch):
+        return False
     return all(
         layer._fused(xm) and not layer.knots.requires_grad and layer.coef.dtype == x.dtype
         for layer in batch.layers
@@ -345,13 +364,21 @@ def _hooked(batch: nn.Module) -> bool:
 
 
 def fused_mse_grads(
-    batch: KANBatch, x: Tensor, y: Tensor, *, weight: Tensor | None = None
-) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]]]:
+    batch: KANBatch | MLPBatch, x: Tensor, y: Tensor, *, weight: Tensor | None = None
+) -> tuple[Tensor, list[tuple[Tensor, ...]]]:
     """(M,) MSEs (:func:`mse_per_model`) of ``batch`` on x ``(rows, in)`` or ``(M, rows, in)``
     against y ``(rows, out)`` or ``(M, rows, out)``, and per layer the gradients of
-    ``sum_m weight[m] * mse[m]`` (weight (M,), default ones) w.r.t. (coef, scale_spline,
-    scale_base), shaped as the parameters; no autograd (:mod:`kanlab.kernels.cpu_batched_loss`).
+    ``sum_m weight[m] * mse[m]`` (weight (M,), default ones) w.r.t. its parameters
+    (:func:`fused_parameters`), shaped as they are; no autograd
+    (:mod:`kanlab.kernels.cpu_batched_loss`, :mod:`kanlab.kernels.cpu_batched_mlp_loss`).
     Only where :func:`fused_loss_applies`."""
+    if isinstance(batch, MLPBatch):
+        from kanlab.kernels import cpu_batched_mlp_loss
+
+        return cpu_batched_mlp_loss.mse_and_grads(
+            x, y, weights=[la.weight for la in batch.layers], biases=[la.bias for la in batch.layers],
+            activation=batch.activation, weight=weight,
+        )  # fmt: skip
     from kanlab.kernels import cpu_batched_loss  # (imported, and compiled, on first use)
 
     layers = batch.layers
@@ -362,6 +389,14 @@ def fused_mse_grads(
         uniform=[la.grid_uniform for la in layers], spline_order=batch.spline_order,
         base_activation=layers[0].base_activation, weight=weight,
     )  # fmt: skip
+
+
+def fused_parameters(batch: KANBatch | MLPBatch) -> list[tuple[Tensor, ...]]:
+    """Per layer, the parameters whose gradients :func:`fused_mse_grads` gives, in its order:
+    (coef, scale_spline, scale_base) of a KAN layer, (weight, bias) of an MLP layer."""
+    if isinstance(batch, MLPBatch):
+        return [(la.weight, la.bias) for la in batch.layers]
+    return [(la.coef, la.scale_spline, la.scale_base) for la in batch.layers]
 
 
 Row = tuple[float, float, float, float]
@@ -526,7 +561,7 @@ class _BatchRun:
     def _fused_applies(self) -> bool:
         """Whether this run's objective can be the fused kernel's (:func:`fused_loss_applies`,
         the MSE, no sparsity term)."""
-        return (self.is_kan and self.kind == "regression" and not self.sparse
+        return (self.kind == "regression" and not self.sparse
                 and fused_loss_applies(self.batch, self.data.train_x))  # fmt: skip
 
     def _fused_objective(self, xb: Tensor, yb: Tensor, scale: Tensor | None) -> Tensor:
@@ -535,9 +570,8 @@ class _BatchRun:
         by the fused kernel; a model whose objective is not finite gets zero gradients."""
         weight = None if scale is None else scale.to(xb.dtype)
         loss, grads = fused_mse_grads(self.batch, xb, yb, weight=weight)  # type: ignore[arg-type]
-        pairs = [(p, g) for la, gs in zip(self.batch.layers, grads, strict=True)
-                 for p, g in zip((la.coef, la.scale_spline, la.scale_base), gs, strict=True)
-                 if p.requires_grad]  # fmt: skip
+        pairs = [(p, g) for ps, gs in zip(fused_parameters(self.batch), grads, strict=True)
+                 for p, g in zip(ps, gs, strict=True) if p.requires_grad]  # fmt: skip
         value = loss
         wd = self.cfg.weight_decay if self.cfg.optimizer == "lbfgs" else 0.0
         if wd > 0:
