@@ -14,7 +14,9 @@ gradients), ``grad_x`` (the input gradient); a training step runs all three. :da
 ``batch_forward`` and ``batch_backward``, the fused kernels of a model batch's layers
 (:mod:`~kanlab.kernels.cpu_batched_layer`, ~10 s together, float64, idle; and the MLP batch's
 :mod:`~kanlab.kernels.cpu_batched_mlp`; ``batch_backward`` also the fused training step of
-:mod:`~kanlab.kernels.cpu_batched_loss`, ~12 s more), which ``fit_batch`` and a batched sweep warm as well;
+:mod:`~kanlab.kernels.cpu_batched_loss`, ~12 s more; ``batch_forward`` also the MLP batch's fused
+training step, :mod:`~kanlab.kernels.cpu_batched_mlp_loss`, and the batched LBFGS direction,
+:mod:`~kanlab.kernels.cpu_lbfgs`), which ``fit_batch`` and a batched sweep warm as well;
 ``fit`` does not need them. Numba compiles under
 one lock per process, so one process compiles one kernel at a time: to use several cores, warm
 different parts in different processes, which then load the others' from the JIT cache
@@ -131,6 +133,20 @@ def _batch_call(part: str, dtype: torch.dtype) -> None:
     h = linear_act(x, w, torch.zeros(1, 1, dtype=dtype), activation="silu")
     if part == "batch_backward":
         h.sum().backward()
+    else:  # (the lighter part): the MLP batch's fused training step and the batched LBFGS
+        # direction (kanlab.kernels.cpu_batched_mlp_loss, kanlab.kernels.cpu_lbfgs)
+        import numpy as np
+
+        from kanlab.kernels.cpu_batched_mlp_loss import mse_and_grads as mlp_mse_and_grads
+        from kanlab.kernels.cpu_lbfgs import two_loop
+
+        w1 = torch.ones(1, 1, 1, dtype=dtype)
+        mlp_mse_and_grads(x, x, weights=[w1, w1], biases=[w1[0], w1[0]], activation="silu")
+        g = np.ones((1, 2), dtype=x.numpy().dtype)
+        pairs = np.ones((1, 1, 2), dtype=g.dtype)
+        one = np.ones(1, dtype=np.int64)
+        two_loop(g, pairs, pairs, np.zeros((1, 1), dtype=np.int64), np.ones((1, 1)), one,
+                 np.ones(1), one - 1, g.copy())  # fmt: skip
 
 
 def _call(part: str, dtype: torch.dtype) -> None:
