@@ -154,7 +154,7 @@ REFUSED = {
     "forward-hook": (lambda: hooked(kan_pair()), {}, data),
     "grid-too-large": (lambda: kan_pair(grid_size=30), {}, data),
     "mlp-relu": (lambda: mlp_pair(activation="relu"), {}, data),
-    "mlp-wide": (lambda: mlp_pair(widths=[2, 40, 1]), {}, data),
+    "mlp-wide": (lambda: mlp_pair(widths=[2, 21, 1]), {}, data),
     "mlp-classification": (lambda: mlp_pair(widths=[2, 3, 2]), {}, classes),
     "mlp-one-model": (
         lambda: MLPBatch.from_config(kl.MLPConfig(widths=[2, 3, 1], dtype="float64"), seeds=[0]),

@@ -325,7 +325,7 @@ def fused_loss_applies(batch: KANBatch | MLPBatch, x: Tensor) -> bool:
     ``(rows, in)`` or ``(M, rows, in)``): a KAN batch whose every layer the fused layer kernel
     would run (CPU float32/float64, one torch thread, Numba the backend, G+k and the base
     activation it takes), no knots requiring grad; or an MLP batch the fused MLP kernel takes
-    (:func:`kanlab.kernels.cpu_batched_mlp_loss.takes`: SiLU or tanh, widths <= 32) on CPU
+    (:func:`kanlab.kernels.cpu_batched_mlp_loss.takes`: SiLU or tanh, narrow layers) on CPU
     float32/float64 with one torch thread and Numba the backend; and no forward hooks on the
     batch or its layers (the fused kernels call no forward; a hook must see every one). The
     caller checks the rest (MSE, no activations needed for a regulariser)."""
