@@ -279,7 +279,7 @@ def _protocol(quick: bool, seeds: int, steps: int | Sequence[int] | None,
 def _steps(steps: int | Sequence[int] | None, grids: tuple[int, ...],
            quick: bool) -> tuple[int, ...]:  # fmt: skip
     """The LBFGS steps of each grid stage: one count for every stage, or one per grid."""
-    if steps is None:  # full: the last grid longer (20 steps there left L2^2 1.18e-7, falling)
+    if steps is None:  # full: the last grid longer (20 there: 1.3e-7, falling; 1e-7 at step 88)
         return (10,) * len(grids) if quick else (20,) * (len(grids) - 1) + (40,)
     if isinstance(steps, int) and not isinstance(steps, bool):
         return (steps,) * len(grids)
