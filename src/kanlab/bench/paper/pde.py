@@ -328,7 +328,7 @@ def run_pde(
     The KANs start at ``grids[0]`` and are extended to each next grid (default 5, 10 quick; 5, 10,
     20, 40 full: the best measured, a stage at 80 over-fits H1^2) after ``steps`` LBFGS steps
     (each up to 20 iterations) on each grid: one count for every grid or one per grid (default 10
-    each quick; 20, 20, 20, 40 full); the MLPs train as many steps in total (quick 20, full 100).
+    each quick; full: 20 on each grid but the last, 40 there); the MLPs train as many steps in total.
     ``n_interior``/``n_boundary`` (default 400/80
     quick, the paper's 10000/800 full); ``dtype`` of every model and point; the KANs' grids are
     moved to the points every ``grid_update_every`` steps before step 50 (0: never); ``models``:
