@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from kanlab.bench.paper import run_pde
+from kanlab.bench.paper import EXPERIMENTS, PaperTable, run_pde
 from kanlab.bench.paper.pde import (
     PDEProtocol,
     _errors,
     _extend,
     _points,
+    _protocol,
     _train_unit,
     _update,
     _updates_at,
@@ -26,6 +27,7 @@ from kanlab.bench.paper.pde import (
     time_to,
 )
 from kanlab.bench.runner import _one_torch_thread
+from kanlab.cli import main
 from kanlab.models import KAN, count_params
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -100,37 +102,38 @@ def _check_extension(model: KAN, seed: int) -> None:
 
 
 def test_training_extends_the_grid_stage_by_stage():
-    proto = PDEProtocol(quick=True, steps=2, grids=(3, 6), n_i=40, n_b=8, seeds=1,
+    proto = PDEProtocol(quick=True, steps=(2, 3), grids=(3, 6), n_i=40, n_b=8, seeds=1,
                         dtype="float64", max_iter=3)  # fmt: skip
     r = _train_unit(proto.unit("kan", [2, 3, 1], 0))
     grids = [st[0] for st in r["stages"]]
     assert grids == [3, 6]
     expected = [count_params(KAN([2, 3, 1], grid_size=g)) for g in (3, 6)]
     assert [st[1] for st in r["stages"]] == expected and r["params"] == expected[-1]
-    assert [st[2] for st in r["stages"]] == [2, 4]  # steps per stage, counted across stages
+    assert [st[2] for st in r["stages"]] == [2, 5]  # steps per stage, counted across stages
     steps = [c[0] for c in r["curve"]]
     times = [c[1] for c in r["curve"]]
-    assert steps == sorted(steps) and steps[-1] == 4 and times == sorted(times)
+    assert steps == [0, 1, 2, 3, 4, 5] and times == sorted(times)  # logged every step
     assert r["curve"][-1][2] < r["curve"][0][2]  # it learnt something
-    assert 0 < r["evaluations"] <= 4 * (3 * 25 + 1)  # LBFGS: <= max_iter * (1 + line search)
+    assert 0 < r["evaluations"] <= 5 * (3 * 25 + 1)  # LBFGS: <= max_iter * (1 + line search)
     mlp = _train_unit(proto.unit("mlp", [2, 4, 1], 0))
-    assert [c[0] for c in mlp["curve"]][-1] == 4  # as many steps as the KAN's stages together
+    assert [c[0] for c in mlp["curve"]][-1] == 5  # as many steps as the KAN's stages together
+    assert [st[2] for st in mlp["stages"]] == [5]  # in one stage
 
 
 def test_grid_updates_every_5_steps_before_step_50():
-    s = PDEProtocol(quick=True, steps=30, grids=(5, 10), n_i=40, n_b=8, seeds=1,
+    s = PDEProtocol(quick=True, steps=(30, 30), grids=(5, 10), n_i=40, n_b=8, seeds=1,
                     dtype="float64").unit("kan", [2, 5, 1], 0)  # fmt: skip
     assert [t for t in range(60) if _updates_at(t, s)] == list(range(0, 50, 5))
     assert not any(_updates_at(t, {**s, "grid_update_every": 0}) for t in range(60))
 
 
 def test_the_stored_key_records_the_schedule():
-    kw = dict(quick=True, steps=2, n_i=40, n_b=8, seeds=1, dtype="float64")
+    kw = dict(quick=True, steps=(2, 2), n_i=40, n_b=8, seeds=1, dtype="float64")
     one = PDEProtocol(grids=(5, 10), **kw)
     assert one.unit("kan", [2, 5, 1], 0) == PDEProtocol(grids=(5, 10), **kw).unit(
         "kan", [2, 5, 1], 0
     )
-    two = PDEProtocol(grids=(5, 10, 20), **kw)
+    two = PDEProtocol(grids=(5, 10, 20), **{**kw, "steps": (2, 2, 2)})
     assert one.unit("kan", [2, 5, 1], 0)["grids"] == [5, 10]
     assert one.unit("kan", [2, 5, 1], 0) != two.unit("kan", [2, 5, 1], 0)
     assert one.unit("mlp", [2, 5, 1], 0) != two.unit("mlp", [2, 5, 1], 0)  # trains longer
@@ -178,3 +181,71 @@ def test_pde_tiny_runs_reports_and_resumes(tmp_path):
     cmd = [sys.executable, "-m", "kanlab", "paper", "pde", "--quick", "--out", str(tmp_path)]
     bad = subprocess.run([*cmd, "--seeds", "0"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "--seeds" in bad.stderr
+
+
+def test_steps_per_grid_are_one_count_or_one_per_grid():
+    assert _protocol(False, 1, None, None, None, None, "float64", 5).steps == (20, 20, 20, 40)
+    assert _protocol(True, 1, None, None, None, None, "float64", 5).steps == (10, 10)
+    assert _protocol(True, 1, 3, (5, 10, 20), None, None, "float64", 5).steps == (3, 3, 3)
+    proto = _protocol(True, 1, [1, 2, 4], (5, 10, 20), None, None, "float64", 5)
+    assert proto.steps == (1, 2, 4) and proto.total_steps == 7
+    assert proto.unit("kan", [2, 5, 1], 0)["steps"] == [1, 2, 4]
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        ((20, 20), "steps must give one count per grid (3 grids (5, 10, 20)), got 2: (20, 20)"),
+        ((20, 0, 5), "steps must be >= 1, got 0"),
+    ],
+)
+def test_bad_steps_per_grid_are_refused_by_name(tmp_path, steps, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run_pde(out=tmp_path, grids=(5, 10, 20), steps=steps)
+
+
+@pytest.mark.parametrize("steps", [True, 2.0, (20, 2.5, 5), (20, True, 5), "20"])
+def test_steps_of_the_wrong_type_are_refused_by_name(tmp_path, steps):
+    with pytest.raises(TypeError, match=re.escape(f"of ints (one per grid), got {steps!r}")):
+        run_pde(out=tmp_path, grids=(5, 10, 20), steps=steps)
+
+
+def _cli(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def test_cli_passes_grids_and_steps_to_the_pde_runner(tmp_path, capsys, monkeypatch):
+    calls = []
+
+    def fake(**kw):
+        calls.append(kw)
+        return PaperTable(experiment="pde", title="t", headers=("a",), rows=(("1",),),
+                          settings={}, wall_time=0.0, machine="m")  # fmt: skip
+
+    monkeypatch.setitem(EXPERIMENTS, "pde", fake)
+    base = ["paper", "pde", "--out", str(tmp_path)]
+    assert _cli([*base, "--grids", "5,10,20,40", "--steps", "20,20,20,40"], capsys)[0] == 0
+    assert _cli([*base, "--steps", "7"], capsys)[0] == 0
+    assert _cli(base, capsys)[0] == 0
+    assert calls[0]["grids"] == [5, 10, 20, 40] and calls[0]["steps"] == [20, 20, 20, 40]
+    assert calls[1]["steps"] == 7 and "grids" not in calls[1]
+    assert "steps" not in calls[2] and "grids" not in calls[2]  # the runner's defaults
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["pde", "--steps", "20,x"], "--steps must be comma-separated integers, got '20,x'"),
+        (["pde", "--grids", "5,10", "--steps", "1,2,3"], "steps must give one count per grid"),
+        (["pde", "--grids", "10,5"], "grids must not decrease"),
+        (["scaling", "--grids", "5"], "--grids applies to pde only, not 'scaling'"),
+        (["special", "--steps", "5"], "--steps applies to pde only, not 'special'"),
+    ],
+)
+def test_cli_refuses_bad_grids_and_steps_in_one_line(tmp_path, capsys, argv, message):
+    code, _, err = _cli(["paper", *argv, "--out", str(tmp_path)], capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "results.sqlite").exists()

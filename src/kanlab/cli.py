@@ -362,6 +362,13 @@ def paper(
     seeds: Annotated[
         int | None, typer.Option(min=1, help="Number of seeds (0..N-1; default per experiment).")
     ] = None,
+    grids: Annotated[
+        str | None, typer.Option(help="pde: the KANs' grid schedule, e.g. '5,10,20,40'.")
+    ] = None,
+    steps: Annotated[
+        str | None,
+        typer.Option(help="pde: LBFGS steps on each grid, one count or one per grid, e.g. '20'."),
+    ] = None,
 ) -> None:
     """Run one of the KAN paper's experiments (resuming from its store) and print kanlab's
     numbers beside the published ones; writes report.md/.html and the figure into OUT."""
@@ -371,7 +378,13 @@ def paper(
         raise CLIError(f"unknown experiment {experiment!r}; valid: {', '.join(EXPERIMENTS)}")
     out = out or Path("kanlab-runs/paper") / (experiment + ("-quick" if quick else ""))
     _check_folder(out, "--out")
-    options = {} if seeds is None else {"seeds": seeds}
+    options: dict[str, object] = {} if seeds is None else {"seeds": seeds}
+    for name, value in (("grids", grids), ("steps", steps)):
+        if value is not None and experiment != "pde":
+            raise CLIError(f"--{name} applies to pde only, not {experiment!r}")
+        ints = _ints(name, value)
+        if ints is not None:
+            options[name] = ints[0] if name == "steps" and len(ints) == 1 else ints
     table = EXPERIMENTS[experiment](quick=quick, out=out, store=store, progress=True, **options)
     typer.echo(table.markdown())
     for note in table.notes:

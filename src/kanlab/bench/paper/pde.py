@@ -113,13 +113,6 @@ def _pinn_loss(model: torch.nn.Module, interior: Tensor, f: Tensor, boundary: Te
     return alpha * torch.mean((lap - f) ** 2) + torch.mean(model(boundary) ** 2)
 
 
-def _stages(s: dict[str, Any]) -> list[int]:
-    """The grid of each training stage: the KAN's schedule, one stage per grid (an MLP: one stage
-    as long as all of them)."""
-    grids = list(s["grids"])
-    return grids if s["kind"] == "kan" else [0]
-
-
 def _extend(model: torch.nn.Module, grid: int, points: Tensor) -> None:
     """Grid extension to ``grid`` intervals, each layer's grid uniform on its inputs' range over
     ``points`` (``grid_eps = 1``), refit by least squares on them. After a grid update on the same
@@ -152,9 +145,9 @@ def _lbfgs(model: torch.nn.Module, max_iter: int) -> torch.optim.LBFGS:
 def _train_unit(s: dict[str, Any]) -> dict[str, Any]:
     """Train one model through the settings ``s``; -> its error curve and timings.
 
-    A KAN trains ``s["steps"]`` LBFGS steps on each grid of ``s["grids"]``, extended between stages
-    (:meth:`kanlab.KAN.extend_grid` on its grid range: the function is kept, the optimiser restarts
-    on the new parameters); an MLP trains as many steps in total. Extensions count as training
+    A KAN trains ``s["steps"][j]`` LBFGS steps on grid ``s["grids"][j]``, extended between stages
+    (:func:`_extend`: the function is kept, the optimiser restarts on the new parameters); an MLP
+    trains as many steps in total, in one stage. Extensions count as training
     time. The clock is the process's CPU time (one thread: torch's and the kernels'), which a
     shared machine's load does not inflate as it does wall time (``train_wall``, also recorded).
     ``curve``: ``(step, CPU seconds, L2^2, H1^2)``; ``stages``: ``(grid, params, step, CPU
@@ -163,8 +156,9 @@ def _train_unit(s: dict[str, Any]) -> dict[str, Any]:
     from kanlab.models import count_params
 
     dtype = getattr(torch, s["dtype"].removeprefix("torch."))
-    grids = list(s["grids"]) if s["kind"] == "kan" else [0]
-    per_stage = s["steps"] if s["kind"] == "kan" else s["steps"] * len(s["grids"])
+    kan = s["kind"] == "kan"
+    grids = list(s["grids"]) if kan else [0]
+    per_stage = list(s["steps"]) if kan else [sum(s["steps"])]
     with _one_torch_thread():
         torch.manual_seed(s["seed"])
         model = _build(s["kind"], s["widths"], grids[0], s["seed"]).to(dtype)
@@ -186,16 +180,16 @@ def _train_unit(s: dict[str, Any]) -> dict[str, Any]:
             loss.backward()
             return loss
 
-        for stage, grid in enumerate(grids):
+        for stage, (grid, n_steps) in enumerate(zip(grids, per_stage, strict=True)):
             t0, w0 = time.process_time(), time.perf_counter()
             if stage > 0:
                 _extend(model, grid, points)
             opt = _lbfgs(model, s["max_iter"])
             clock, wall = clock + time.process_time() - t0, wall + time.perf_counter() - w0
 
-            for i in range(per_stage):
+            for i in range(n_steps):
                 t0, w0 = time.process_time(), time.perf_counter()
-                if s["kind"] == "kan" and _updates_at(step, s):
+                if kan and _updates_at(step, s):
                     _update(model, points)
                     opt = _lbfgs(model, s["max_iter"])
                 loss = float(opt.step(closure).detach())
@@ -203,7 +197,7 @@ def _train_unit(s: dict[str, Any]) -> dict[str, Any]:
                 step += 1
                 if not math.isfinite(loss):
                     break
-                if step % s["log_every"] == 0 or i == per_stage - 1:
+                if step % s["log_every"] == 0 or i == n_steps - 1:
                     curve.append((step, clock, *_errors(model, test)))
             if not math.isfinite(loss):
                 break
@@ -231,7 +225,7 @@ class PDEProtocol:
     """What one run of the experiment trains: its sizes and the KANs' grid schedule."""
 
     quick: bool
-    steps: int  # LBFGS steps (of up to max_iter iterations each) per KAN grid stage
+    steps: tuple[int, ...]  # LBFGS steps (of up to max_iter iterations each) on each KAN grid
     grids: tuple[int, ...]  # the KANs' grid schedule (extended between stages)
     n_i: int  # interior collocation points (fixed for the whole run, drawn from the seed)
     n_b: int  # boundary points
@@ -245,20 +239,21 @@ class PDEProtocol:
     @property
     def total_steps(self) -> int:
         """The steps of every model: all the KAN's stages (an MLP trains as many)."""
-        return self.steps * len(self.grids)
+        return sum(self.steps)
 
     def unit(self, kind: str, widths: list[int], seed: int) -> dict[str, Any]:
         """The settings of one model on one seed: the unit's stored key."""
         return {"kind": kind, "widths": widths, "grids": list(self.grids), "seed": seed,
-                "steps": self.steps, "n_i": self.n_i, "n_b": self.n_b, "alpha": self.alpha,
-                "m": 50 if self.quick else 100, "log_every": max(1, self.total_steps // 30),
+                "steps": list(self.steps), "n_i": self.n_i, "n_b": self.n_b, "alpha": self.alpha,
+                "m": 50 if self.quick else 100, "log_every": max(1, self.total_steps // 100),
                 "optimizer": "lbfgs", "max_iter": self.max_iter, "dtype": self.dtype,
                 "grid_update_every": self.grid_update_every,
                 "stop_grid_update_step": self.stop_grid_update_step,
                 "grid_placement": "uniform on the points' range"}  # fmt: skip
 
 
-def _protocol(quick: bool, seeds: int, steps: int | None, grids: Sequence[int] | None,
+def _protocol(quick: bool, seeds: int, steps: int | Sequence[int] | None,
+              grids: Sequence[int] | None,
               n_i: int | None, n_b: int | None, dtype: str,
               update_every: int) -> PDEProtocol:  # fmt: skip
     if seeds < 1:
@@ -270,15 +265,31 @@ def _protocol(quick: bool, seeds: int, steps: int | None, grids: Sequence[int] |
         raise ValueError(f"grids must be a non-empty sequence of ints >= 1, got {grids}")
     if any(b < a for a, b in itertools.pairwise(grids)):
         raise ValueError(f"grids must not decrease (extension only refines), got {grids}")
-    steps = steps if steps is not None else (10 if quick else 20)
+    steps = _steps(steps, grids, quick)
     n_i = n_i if n_i is not None else (400 if quick else 10000)
     n_b = n_b if n_b is not None else (80 if quick else 800)
-    for name, v, low in (("steps", steps, 1), ("n_interior", n_i, 1), ("n_boundary", n_b, 4),
+    for name, v, low in (("steps", min(steps), 1), ("n_interior", n_i, 1), ("n_boundary", n_b, 4),
                          ("grid_update_every", update_every, 0)):  # fmt: skip
         if v < low:
             raise ValueError(f"{name} must be >= {low}, got {v}")
     return PDEProtocol(quick=quick, steps=steps, grids=grids, n_i=n_i, n_b=n_b, seeds=seeds,
                        dtype=dtype, grid_update_every=update_every)  # fmt: skip
+
+
+def _steps(steps: int | Sequence[int] | None, grids: tuple[int, ...],
+           quick: bool) -> tuple[int, ...]:  # fmt: skip
+    """The LBFGS steps of each grid stage: one count for every stage, or one per grid."""
+    if steps is None:  # full: the last grid longer (20 there: 1.3e-7, falling; 1e-7 at step 88)
+        return (10,) * len(grids) if quick else (20,) * (len(grids) - 1) + (40,)
+    if isinstance(steps, int) and not isinstance(steps, bool):
+        return (steps,) * len(grids)
+    if not isinstance(steps, Sequence) or any(type(v) is not int for v in steps):
+        raise TypeError(f"steps must be an int or a sequence of ints (one per grid), got {steps!r}")
+    steps = tuple(steps)
+    if len(steps) != len(grids):
+        raise ValueError(f"steps must give one count per grid ({len(grids)} grids {grids}), "
+                         f"got {len(steps)}: {steps}")  # fmt: skip
+    return steps
 
 
 def _check_models(models: Sequence[tuple[str, Sequence[int]]]) -> list[tuple[str, list[int]]]:
@@ -301,7 +312,7 @@ def run_pde(
     store: ResultStore | str | Path | None = None,
     out: Path = Path("kanlab-runs/paper/pde"),
     seeds: int = 1,
-    steps: int | None = None,
+    steps: int | Sequence[int] | None = None,
     grids: Sequence[int] | None = None,
     n_interior: int | None = None,
     n_boundary: int | None = None,
@@ -316,8 +327,9 @@ def run_pde(
 
     The KANs start at ``grids[0]`` and are extended to each next grid (default 5, 10 quick; 5, 10,
     20, 40 full: the best measured, a stage at 80 over-fits H1^2) after ``steps`` LBFGS steps
-    (default 10 quick, 20 full; each up to 20 iterations) per grid; the MLPs train as many steps
-    in total. ``n_interior``/``n_boundary`` (default 400/80
+    (each up to 20 iterations) on each grid: one count for every grid or one per grid (default 10
+    each quick; full: 20 on each grid but the last, 40 there); the MLPs train as many steps in total.
+    ``n_interior``/``n_boundary`` (default 400/80
     quick, the paper's 10000/800 full); ``dtype`` of every model and point; the KANs' grids are
     moved to the points every ``grid_update_every`` steps before step 50 (0: never); ``models``:
     ``(kind, widths)`` pairs to train instead of the defaults (kind ``"kan"`` or ``"mlp"``);
@@ -387,7 +399,7 @@ def _table(
                  "CPU time to its best L2^2 (s)",
                  "loss evaluations"),
         rows=tuple(rows),
-        settings={"quick": proto.quick, "steps per grid": proto.steps,
+        settings={"quick": proto.quick, "steps per grid": ",".join(map(str, proto.steps)),
                   "grids": "->".join(map(str, proto.grids)), "optimizer": "lbfgs",
                   "n_i": proto.n_i, "n_b": proto.n_b, "alpha": proto.alpha,
                   "seeds": proto.seeds, "dtype": proto.dtype,
