@@ -85,7 +85,12 @@ fall the finer the grid (at G = 1000 an interval is 0.002 wide).
 Why 1%: with n uniform points the expected gap between the sample's range and the support is
 ~range / n (0.1% here); 1% covers it tenfold and costs 2% of the grid's resolution (~8% of the
 error at O(G^-4)). It is fixed before any run; the test set chose nothing. ``fit``'s default stays
-0 (measured on this toy only; it changes every grid update's knots).
+0 (measured on this toy only; it changes every grid update's knots). The full run with it (3 seeds,
+README): median test RMSE 1.5e-2, 6.6e-3, 3.4e-4, 1.9e-5, 5.1e-7, 4.1e-8, 1.9e-8, 1.8e-8, 1.8e-8
+at G = 3 ... 1000, no blow-up; alpha vs parameters over G <= 200 (at most 1000 parameters)
+4.45 [3.51, 5.38]; past G = 200 the error is flat (the 1000 training points limit it; the training
+error keeps falling), so alpha over every grid is 3.01. The margin costs ~10% on the coarse grids
+(G = 5: 6.56e-3 against 5.97e-3 without it).
 """
 
 from __future__ import annotations
