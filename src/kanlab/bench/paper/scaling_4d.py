@@ -16,6 +16,11 @@ the README is measured with its own recipe. The MLPs get the KAN's total step bu
 Goal (issue 21): test RMSE <= 1e-4 at G >= 50 on >= 2 of 3 seeds, and the KAN below the MLPs'
 Pareto front at every size (its median test RMSE below the best MLP run with at most its
 parameters).
+
+Measured (full size, KAN trials, seeds 0-2, 1000 train / 1000 test points): test RMSE at G = 50
+3.32e-7, 4.33e-7, 3.54e-7 (G = 20: 9.9e-6 to 1.03e-5), every seed under the goal and ~30x below the
+benchmark's 10%-at-G=50 recipe (5.6e-6 to 1.4e-5); the 1% was fixed before the run, not chosen on
+this toy's test error.
 """
 
 from __future__ import annotations
