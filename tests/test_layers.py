@@ -526,20 +526,21 @@ def test_extend_grid_with_margin_widens_the_range_and_keeps_the_function_on_the_
     assert torch.isfinite(layer(out)).all()
 
 
-def test_extend_grid_margin_zero_is_the_plain_extension_and_margin_needs_no_data() -> None:
+def test_extend_grid_margin_zero_is_the_plain_extension_and_a_negative_margin_is_refused() -> None:
+    # (a margin with data was refused before; it now widens the data's range: test_grid_margin.py)
     a, b = make_layer(g=5), make_layer(g=5)
     a.extend_grid(10)
     b.extend_grid(10, margin=0.0)
     torch.testing.assert_close(a.knots, b.knots, rtol=0, atol=0)
     torch.testing.assert_close(a.coef, b.coef, rtol=0, atol=0)
     with pytest.raises(ValueError, match="margin"):
-        b.extend_grid(20, data(), margin=0.1)
+        b.extend_grid(20, data(), margin=-0.1)
     with pytest.raises(ValueError, match="margin"):
         b.extend_grid(20, margin=-0.1)
     assert b.grid_size == 10  # refused before any change
     model = kl.KAN([3, 2, 1], grid_size=5, seed=0, dtype="float64")
     with pytest.raises(ValueError, match="margin"):
-        model.extend_grid(10, data(), margin=0.1)
+        model.extend_grid(10, data(), margin=-0.1)
     assert [la.grid_size for la in model.layers] == [5, 5]
     model.extend_grid(10, margin=0.5)
     assert [la.grid_size for la in model.layers] == [10, 10]

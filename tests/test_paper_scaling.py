@@ -38,7 +38,7 @@ def test_blow_ups_flag_errors_above_twice_the_best_so_far():
 
 @pytest.mark.slow
 def test_scaling_tiny_runs_through_the_store_and_resumes(tmp_path):
-    one = run_scaling(quick=True, out=tmp_path, steps=2, seeds=1)
+    one = run_scaling(quick=True, out=tmp_path, steps=2, seeds=1, toy_4d=False)
     assert (one.units_run, one.units_reused) == (5, 0)  # one KAN + 4 MLPs, one seed
     kan = [r for r in one.rows if r[0].startswith("KAN")]
     assert [r[1] for r in kan] == ["G=3", "G=5", "G=10", "G=20", "G=50"]
@@ -56,7 +56,7 @@ def test_scaling_tiny_runs_through_the_store_and_resumes(tmp_path):
         and "dtype=float64" in report
         and "alpha of KAN [2,1,1] (vs G)" in report
     )
-    two = run_scaling(quick=True, out=tmp_path, steps=2, seeds=1)
+    two = run_scaling(quick=True, out=tmp_path, steps=2, seeds=1, toy_4d=False)
     assert (two.units_run, two.units_reused) == (0, 5) and two.rows == one.rows
     with sqlite3.connect(tmp_path / "results.sqlite") as conn:
         assert conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 5
@@ -70,6 +70,8 @@ def test_protocol_float64_uniform_grid_updates_and_chosen_grids():
     kan = [t for t in trials if t.family == "kan"]
     assert {t.model.dtype for t in trials} == {"float64"}
     assert all(t.fit.grid_eps == 1.0 and t.fit.grid_schedule == grids for t in kan)
+    # grids placed 1% of the data's range beyond it (the rise past G = 50: scaling.py's docstring)
+    assert all(t.fit.grid_margin == 0.01 for t in kan)
     assert all(t.fit.steps == 200 for t in kan)
     assert all((t.fit.restarts, t.fit.restart_steps) == (9, 20) for t in kan)
     mine, grids = _trials(False, 1, 5, grids=(3, 10), widths=(8,))
@@ -117,3 +119,59 @@ def test_restarts_take_a_stalled_seed_out_of_its_basin():
     hist = kl.fit(start(), data, steps=0, restarts=3, restart_steps=20, **opts)
     assert hist.restart_losses[0] == pytest.approx(alone, rel=1e-12) and alone > 0.3
     assert min(hist.restart_losses) < 0.05
+
+
+def _row(task, family, seed, test, *, widths=None, params=None, stages=None):
+    return {"task": task, "family": family, "seed": seed, "status": "ok", "test_metric": test,
+            "params": params, "config": {"model": {"widths": widths}},
+            "extra": {"stages": stages or []}}  # fmt: skip
+
+
+def test_summary_of_the_4d_toy_gives_the_goal_and_the_mlp_front_from_its_rows():
+    from kanlab.bench.paper.scaling_4d import TASK, summarize_4d
+    from kanlab.config import KANConfig
+    from kanlab.models import count_params
+
+    n3, n50 = (count_params(KANConfig(widths=(4, 2, 1, 1), grid_size=g)) for g in (3, 50))
+    stages = [[{"grid": 3, "test_metric": e3}, {"grid": 50, "test_metric": e50}]
+              for e3, e50 in ((4e-3, 5e-6), (5e-3, 2e-4), (3e-3, 9e-5))]  # fmt: skip
+    rows = [_row(TASK, "kan", s, st[-1]["test_metric"], stages=st) for s, st in enumerate(stages)]
+    # MLPs: one at most n3 parameters (best run 1e-3: the KAN's median 4e-3 is not below it),
+    # one between n3 and n50 (best 1e-2), one above n50 (never in the front at a KAN size)
+    rows += [_row(TASK, "mlp", s, e, widths=[4, 4, 4, 1], params=n3 - 1)
+             for s, e in enumerate((1e-3, 2e-3, 3e-3))]  # fmt: skip
+    rows += [
+        _row(TASK, "mlp", 0, 1e-2, widths=[4, 8, 8, 8, 1], params=n50 - 1),
+        _row(TASK, "mlp", 0, 1e-9, widths=[4, 64, 64, 1], params=n50 + 1),
+        _row("paper/exp_sin_sq", "kan", 0, 1e-12, stages=[{"grid": 3, "test_metric": 0}]),
+    ]
+    table, notes, kan, mlp = summarize_4d(rows)
+    assert kan == [(n3, 4e-3), (n50, 9e-5)]  # medians over seeds
+    assert [r[0] for r in table] == ["KAN [4,2,1,1] (4-D toy)"] * 2 + [
+        "MLP [4,w,w,1] (4-D toy)",
+        "MLP [4,w,w,w,1] (4-D toy)",
+        "MLP [4,w,w,1] (4-D toy)",
+    ]
+    assert table[1][7] == "5e-06 / 0.0002 / 9e-05"
+    assert mlp == [(n3 - 1, 2e-3), (n50 - 1, 1e-2), (n50 + 1, 1e-9)]
+    assert (
+        notes[0] == "4-D toy goal (test RMSE <= 0.0001 at G = 50 on >= 2 seeds): met (2 of 3 seeds)"
+    )
+    assert notes[1].endswith(": no (G=3: not below, G=50: below)")
+
+
+@pytest.mark.slow
+def test_scaling_with_the_4d_toy_tiny_runs_its_trials_and_resumes(tmp_path):
+    kw = {"quick": True, "out": tmp_path, "steps": 1, "seeds": 1, "grids": (3, 5),
+          "mlp_widths": (4,), "restarts": 0}  # fmt: skip
+    one = run_scaling(**kw)
+    # [2,1,1]: one KAN + 1 MLP; the 4-D toy: one KAN + MLPs of depth 2 and 3, widths 4 and 8
+    assert (one.units_run, one.units_reused) == (2 + 5, 0)
+    toy = [r for r in one.rows if r[0] == "KAN [4,2,1,1] (4-D toy)"]
+    assert [r[1] for r in toy] == ["G=3", "G=5", "G=10"]
+    assert all(math.isfinite(float(r[3])) for r in toy)
+    assert sum("(4-D toy)" in r[0] and r[0].startswith("MLP") for r in one.rows) == 4
+    report = (tmp_path / "report.md").read_text()
+    assert "4-D toy: this size stops at G = 10" in report and "4-D toy KAN median" in report
+    two = run_scaling(**kw)
+    assert (two.units_run, two.units_reused) == (0, 7) and two.rows == one.rows

@@ -308,6 +308,8 @@ class FitConfig(_Config):
     grid_update_every: int | None = 10  # update grids every this many steps (0/None: never)
     stop_grid_update_step: int | None = 50  # ... while the step within the stage is below this
     grid_eps: float = 0.02  # grid updates' mix of uniform (1) and data quantiles (0)
+    # grid updates/extensions reach this fraction of the data's range beyond it on each side
+    grid_margin: float = 0.0
     grid_schedule: tuple[int, ...] | None = None  # e.g. (5, 10, 20): grid size of each stage
     weight_decay: float = 0.0  # L2 penalty (Adam coupled, AdamW decoupled, LBFGS wd/2 |theta|^2)
     seed: int = 0  # seeds the mini-batch order (a CPU run repeats bit for bit)
@@ -340,6 +342,7 @@ class FitConfig(_Config):
         if not 0.0 <= check_float("grid_eps", self.grid_eps) <= 1.0:
             raise ValueError(f"grid_eps must be in [0, 1], got {self.grid_eps}")
         self._set("grid_eps", float(self.grid_eps))
+        self._set("grid_margin", check_float("grid_margin", self.grid_margin, minimum=0.0))
         self._set("grid_schedule", _check_schedule(self.grid_schedule))
         self._set("knot_steps", self._check_knot_steps())
         if self.loss is not None:

@@ -257,14 +257,18 @@ def reduce_sums(sums: dict[str, float], device: torch.device) -> dict[str, float
 
 
 def agreed_grid_update(
-    model: nn.Module, train_x: Tensor, grid_eps: float, new_size: int | None
+    model: nn.Module,
+    train_x: Tensor,
+    grid_eps: float,
+    new_size: int | None,
+    margin: float = 0.0,
 ) -> None:
     """A collective grid update (``new_size`` None) or extension of ``model`` on the training inputs
     ``train_x`` (the full set); rank 0's result is broadcast so every rank holds bit-identical knots
-    and coefficients."""
+    and coefficients. ``margin``: as ``KAN.update_grid``'s."""
     x = grid_inputs(train_x)
     if new_size is None:
-        model.update_grid(x, grid_eps=grid_eps)
+        model.update_grid(x, grid_eps=grid_eps, margin=margin)
     else:
-        model.extend_grid(new_size, x, grid_eps=grid_eps)
+        model.extend_grid(new_size, x, grid_eps=grid_eps, margin=margin)
     broadcast_module(model)

@@ -43,11 +43,14 @@ def _wide(x: Tensor) -> Tensor:
     return x.permute(1, 0, 2).reshape(batch, n_models * n_in)
 
 
-def data_knots(x: Tensor, grid_size: int, spline_order: int, grid_eps: float) -> Tensor:
+def data_knots(
+    x: Tensor, grid_size: int, spline_order: int, grid_eps: float, *, margin: float = 0.0
+) -> Tensor:
     """:func:`kanlab.splines.knots_from_data` per model: x ``(M, batch, in)`` ->
     ``(M, in, G+2k+1)``."""
     n_models, _, n_in = x.shape
-    knots = knots_from_data(_wide(x), grid_size, spline_order, grid_eps)  # (M*in, G+2k+1)
+    # (M*in, G+2k+1)
+    knots = knots_from_data(_wide(x), grid_size, spline_order, grid_eps, margin=margin)
     return knots.reshape(n_models, n_in, -1)
 
 

@@ -288,7 +288,12 @@ class KANLinear(nn.Module):
 
     @torch.no_grad()
     def update_grid(
-        self, x: Tensor, *, grid_eps: float = 0.02, grow: Sequence[bool] | Tensor | None = None
+        self,
+        x: Tensor,
+        *,
+        grid_eps: float = 0.02,
+        grow: Sequence[bool] | Tensor | None = None,
+        margin: float = 0.0,
     ) -> None:
         """Move the knots to the distribution of ``x`` ``(batch, in)`` and refit the coefficients so
         the learned function is preserved (in the least-squares sense, on the data and at points
@@ -299,12 +304,16 @@ class KANLinear(nn.Module):
         ``grow`` (one bool per input) marks inputs whose grid only grows: their knots become uniform
         on the union of the current grid range and the data's range (what :class:`kanlab.KAN` does
         for the multiplication nodes a layer reads, see :mod:`kanlab.mult`).
+        ``margin`` widens the grid beyond the data's range by that fraction of the range's width on
+        each side (:func:`~kanlab.splines.knots_from_data`: inputs just outside the training range
+        then meet interior spline pieces, not the steep fall past the grid's end).
         """
         self._check_grid_data(x)
         grid_eps = check_float("grid_eps", grid_eps, minimum=0.0)
         if grid_eps > 1:
             raise ValueError(f"grid_eps must be in [0, 1], got {grid_eps}")
-        new_knots = knots_from_data(x, self.grid_size, self.spline_order, grid_eps)
+        margin = check_float("margin", margin, minimum=0.0)
+        new_knots = knots_from_data(x, self.grid_size, self.spline_order, grid_eps, margin=margin)
         new_knots, uniform = self._grow(x, new_knots, grow, grid_eps == 1.0)
         self._refit(x, new_knots, uniform=uniform)
 
@@ -346,14 +355,15 @@ class KANLinear(nn.Module):
         Without ``x``: a uniform grid on the current grid range; the refit samples the range densely.
         When the new grid refines the old uniform one (5 -> 10 -> 20 ...), the old spline lies in the
         new spline space and is reproduced exactly (to rounding) on the grid range.
-        ``margin`` (without ``x`` only) widens the new grid range by that fraction of its width on
-        each side; the refit samples the old spline on the widened range (beyond the old range: as
+        ``margin`` widens the new grid range by that fraction of its width on each side; without
+        ``x`` the refit samples the old spline on the widened range (beyond the old range: as
         it evaluates there, its end basis functions falling to zero within k intervals). Inputs
         that later fall just outside the data's range then meet interior spline pieces rather than
         the fine grid's steep end pieces (``benchmarks/exp_sin_4d.py``: at G=50 a test point 0.5%
         beyond the training range had error 9e-3).
         With ``x`` ``(batch, in)``: the new grid is placed on the data as in :meth:`update_grid` and
-        the refit uses the data and points inside every new interval (``grow`` as there).
+        the refit uses the data and points inside every new interval (``grow`` and ``margin`` as
+        there: the grid reaches beyond the data's range).
 
         A ``new_size`` below the current grid size coarsens the grid: the function is then only
         approximated (detail is lost), so it is refused unless ``allow_coarsen=True``.
@@ -361,12 +371,10 @@ class KANLinear(nn.Module):
         check_int("new_size", new_size, minimum=1)
         check_coarsen(new_size, self.grid_size, allow_coarsen)
         margin = check_float("margin", margin, minimum=0.0)
-        if margin > 0 and x is not None:
-            raise ValueError("margin applies to the extension without data (x=None)")
         k = self.spline_order
         if x is not None:
             self._check_grid_data(x)
-            new_knots = knots_from_data(x, new_size, k, grid_eps)
+            new_knots = knots_from_data(x, new_size, k, grid_eps, margin=margin)
             new_knots, uniform = self._grow(x, new_knots, grow, grid_eps == 1.0)
             self._refit(x, new_knots, uniform=uniform)
             return

@@ -373,7 +373,9 @@ class KANBatch(nn.Module):
             check_finite(f"the grid data of model {m} (input of layer {layer})", x[m])
         return x
 
-    def _regrid(self, x: Tensor | None, new_size: int, grid_eps: float) -> None:
+    def _regrid(
+        self, x: Tensor | None, new_size: int, grid_eps: float, margin: float = 0.0
+    ) -> None:
         """Layer by layer, as ``KAN.update_grid`` / ``extend_grid``: new knots of ``new_size``
         intervals from x ``(M, batch, in)`` (None: uniform on each grid range), the coefficients
         refitted (:mod:`kanlab.grid_batch`); the next layer sees the updated layer's output. On an
@@ -388,7 +390,7 @@ class KANBatch(nn.Module):
                     flat = True
                 else:
                     samples = self._grid_data(x, i)
-                    knots = grid_batch.data_knots(samples, new_size, k, grid_eps)
+                    knots = grid_batch.data_knots(samples, new_size, k, grid_eps, margin=margin)
                     flat = grid_eps == 1.0
                 layer.set_grid(*grid_batch.refit(
                     samples, layer.knots, layer.coef, layer.grid_uniform, knots,
@@ -413,15 +415,16 @@ class KANBatch(nn.Module):
         return self.layers[0].coef.dtype
 
     @torch.no_grad()
-    def update_grid(self, x: Tensor, *, grid_eps: float = 0.02) -> None:
+    def update_grid(self, x: Tensor, *, grid_eps: float = 0.02, margin: float = 0.0) -> None:
         """``KAN.update_grid`` on every model: x ``(batch, in)`` shared or ``(M, batch, in)``.
         Batched over the models (:mod:`kanlab.grid_batch`); model m gets what its KAN's own
         method gives it (bit-identical on the Numba CPU kernels)."""
         grid_eps = check_float("grid_eps", grid_eps, minimum=0.0)
         if grid_eps > 1:
             raise ValueError(f"grid_eps must be in [0, 1], got {grid_eps}")
+        margin = check_float("margin", margin, minimum=0.0)
         x = _batch_input(x, self.n_models, self.widths[0], self.dtype)
-        self._regrid(x, self.grid_size, grid_eps)
+        self._regrid(x, self.grid_size, grid_eps, margin)
 
     @torch.no_grad()
     def extend_grid(
@@ -431,14 +434,19 @@ class KANBatch(nn.Module):
         *,
         grid_eps: float = 0.02,
         allow_coarsen: bool = False,
+        margin: float = 0.0,
     ) -> None:
         """``KAN.extend_grid`` on every model (x: None, ``(batch, in)`` shared or ``(M, batch, in)``),
         batched as :meth:`update_grid`; the coefficients get new Parameters when their shape
-        changes."""
+        changes. ``margin``: with ``x`` only here (the batch's extension without data keeps each
+        grid range)."""
         check_int("new_size", new_size, minimum=1)
         for i, layer in enumerate(self.layers):
             check_coarsen(new_size, layer.grid_size, allow_coarsen, f" (layer {i})")
-        self._regrid(self._data(x), new_size, grid_eps)
+        margin = check_float("margin", margin, minimum=0.0)
+        if margin > 0 and x is None:
+            raise ValueError("KANBatch.extend_grid: margin needs the data x (without x: use 0)")
+        self._regrid(self._data(x), new_size, grid_eps, margin)
 
 
 # ---------------------------------------------------------------------- MLPs

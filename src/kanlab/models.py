@@ -188,12 +188,12 @@ class KAN(nn.Module):
         return acts
 
     @torch.no_grad()
-    def update_grid(self, x: Tensor, *, grid_eps: float = 0.02) -> None:
+    def update_grid(self, x: Tensor, *, grid_eps: float = 0.02, margin: float = 0.0) -> None:
         """Update every layer's grid from the data, layer by layer (each layer sees the output of the
-        already-updated layers before it)."""
+        already-updated layers before it); ``margin`` as in ``KANLinear.update_grid``."""
         check_input(x, self.widths[0], dtype=self.layers[0].coef.dtype)
         for i, layer in enumerate(self.layers):
-            layer.update_grid(x, grid_eps=grid_eps, grow=self.product_inputs(i))
+            layer.update_grid(x, grid_eps=grid_eps, grow=self.product_inputs(i), margin=margin)
             x = self.nodes_of(i, layer(x))
 
     def product_inputs(self, index: int) -> list[bool] | None:
@@ -213,14 +213,12 @@ class KAN(nn.Module):
         margin: float = 0.0,
     ) -> None:
         """Grid extension of every layer to ``new_size`` intervals (see ``KANLinear.extend_grid``,
-        also for ``margin``: without ``x`` only).
+        also for ``margin``).
 
         A ``new_size`` below a layer's grid size is refused (before any layer changes) unless
         ``allow_coarsen=True``: coarsening only approximates the learned function."""
         for i, layer in enumerate(self.layers):
             check_coarsen(new_size, layer.grid_size, allow_coarsen, f" (layer {i})")
-        if margin != 0 and x is not None:
-            raise ValueError("margin applies to the extension without data (x=None)")
         for i, layer in enumerate(self.layers):
             layer.extend_grid(new_size, x, grid_eps=grid_eps, allow_coarsen=allow_coarsen,
                               grow=self.product_inputs(i), margin=margin)  # fmt: skip

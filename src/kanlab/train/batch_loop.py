@@ -517,7 +517,9 @@ class _BatchRun:
     def start_stage(self, stage: int, grid: int | None) -> None:
         cfg, batch = self.cfg, self.batch
         if grid is not None and grid != batch.grid_size:
-            batch.extend_grid(grid, self.data.train_x, grid_eps=cfg.grid_eps)
+            batch.extend_grid(
+                grid, self.data.train_x, grid_eps=cfg.grid_eps, margin=cfg.grid_margin
+            )
         self.stage = stage
         self.params = [p for p in batch.parameters() if p.requires_grad]
         self.free: BatchFreeKnots | None = None
@@ -682,7 +684,9 @@ class _BatchRun:
         """Every model's grid from its training inputs; frozen models keep their state."""
         batch, frozen = self.batch, self.frozen
         saved = [t.detach().clone() for t in batch.state_dict().values()] if frozen.any() else None
-        batch.update_grid(self.data.train_x, grid_eps=self.cfg.grid_eps)
+        batch.update_grid(
+            self.data.train_x, grid_eps=self.cfg.grid_eps, margin=self.cfg.grid_margin
+        )
         if saved is not None:
             idx = frozen.nonzero().flatten()
             with torch.no_grad():

@@ -54,7 +54,9 @@ def fit(
       :mod:`kanlab.regularization`; the objective is ``loss + lamb * reg``.
     - grid_update_every: update the grids from the training inputs every this many steps of each
       stage while the step (within the stage) is below ``stop_grid_update_step``; 0 or None
-      disables. ``grid_eps``: the grid update's uniform/quantile mix.
+      disables. ``grid_eps``: the grid update's uniform/quantile mix; ``grid_margin``: how far
+      (a fraction of the data's range, each side) grid updates and extensions place the grid
+      beyond the training inputs' range (``KAN.update_grid``'s ``margin``).
     - grid_schedule: e.g. ``[5, 10, 20]``: train ``steps`` at each grid size, extending the grid
       (on the training inputs) between stages, with a fresh optimiser per stage.
     - weight_decay: L2 penalty (Adam: coupled, AdamW: decoupled, LBFGS: ``wd/2 * |theta|^2``).
@@ -271,7 +273,7 @@ class _Run:
         """Extend the grid to the stage's size and set up a fresh optimiser."""
         cfg, model = self.cfg, self.model
         if grid is not None and grid != _grid_size(model):
-            D.agreed_grid_update(model, self.data.train_x, cfg.grid_eps, grid)
+            D.agreed_grid_update(model, self.data.train_x, cfg.grid_eps, grid, cfg.grid_margin)
         self.stage = stage
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.net = D.wrap(Objective(model))  # rebuilt per stage: an extension swaps parameters
@@ -291,7 +293,9 @@ class _Run:
             self._free_knots()
         if self.update_every and s % self.update_every == 0 and s < self.stop_updates_at:
             if self.free is None:
-                D.agreed_grid_update(self.model, self.data.train_x, cfg.grid_eps, None)
+                D.agreed_grid_update(
+                    self.model, self.data.train_x, cfg.grid_eps, None, cfg.grid_margin
+                )
         before = _snapshot(self.model)
         obj, reg = one_step(
             self.net, self.opt, cfg, self.data, self.train_x, self.train_y, next(self.batches),
