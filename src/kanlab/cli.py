@@ -362,16 +362,44 @@ def paper(
     seeds: Annotated[
         int | None, typer.Option(min=1, help="Number of seeds (0..N-1; default per experiment).")
     ] = None,
+    family: Annotated[
+        list[str] | None,
+        typer.Option(help="special/feynman: train only this family (kan, mlp; repeatable)."),
+    ] = None,
+    mlp_width: Annotated[
+        list[int] | None,
+        typer.Option(help="special/feynman: train only MLPs of this width (5, 100; repeatable)."),
+    ] = None,
+    depth: Annotated[
+        list[int] | None,
+        typer.Option(help="special/feynman, full size: keep only these depths (2-6; repeatable)."),
+    ] = None,
 ) -> None:
     """Run one of the KAN paper's experiments (resuming from its store) and print kanlab's
-    numbers beside the published ones; writes report.md/.html and the figure into OUT."""
+    numbers beside the published ones; writes report.md/.html and the figure into OUT. special and
+    feynman can run in parts (--family, --mlp-width) into one store: a family not all there reads
+    "not measured" or "partial"."""
     from kanlab.bench.paper import EXPERIMENTS
 
     if experiment not in EXPERIMENTS:
         raise CLIError(f"unknown experiment {experiment!r}; valid: {', '.join(EXPERIMENTS)}")
+    parts = {"families": tuple(_split(family)), "mlp_widths": tuple(mlp_width or ()),
+             "depths": tuple(depth or ())}  # fmt: skip
+    parts = {k: v for k, v in parts.items() if v}
+    if parts:
+        from kanlab.bench.paper.common import TableProtocol, check_parts
+
+        if experiment not in ("special", "feynman"):
+            raise CLIError("--family/--mlp-width/--depth are for special and feynman only")
+        try:  # refused here, before any training, as one line
+            check_parts(parts.get("families", ("kan",)), parts.get("mlp_widths"))
+            TableProtocol.of(quick=quick, steps=1, depths=parts.get("depths"))
+        except ValueError as err:
+            raise CLIError(str(err)) from None
     out = out or Path("kanlab-runs/paper") / (experiment + ("-quick" if quick else ""))
     _check_folder(out, "--out")
     options = {} if seeds is None else {"seeds": seeds}
+    options.update(parts)
     table = EXPERIMENTS[experiment](quick=quick, out=out, store=store, progress=True, **options)
     typer.echo(table.markdown())
     for note in table.notes:
