@@ -9,13 +9,7 @@ import dataclasses
 import pytest
 
 from kanlab.bench.paper import run_feynman, run_special
-from kanlab.bench.paper.common import (
-    TableProtocol,
-    check_parts,
-    family_results,
-    selected,
-    verdict_cell,
-)
+from kanlab.bench.paper.common import TableProtocol, check_families, family_results, verdict_cell
 from kanlab.bench.report import aggregate
 from kanlab.bench.runner import _store_row
 from kanlab.bench.spec import DataSpec
@@ -101,11 +95,17 @@ def test_full_protocol_has_the_papers_depths_and_a_narrowed_one_is_its_subset():
     assert all(t.model.dtype == "float64" for t in sub)
 
 
-def test_selection_of_families_and_mlp_widths():
-    trials = TableProtocol.of(quick=True, steps=1).trials(get_task(TASK), 2, 1, DataSpec())
-    assert [t.family for t in trials if selected(t, ("kan",), None)] == ["kan"]
-    assert [t.widths for t in trials if selected(t, ("mlp",), (100,))] == [(2, 100, 100, 1)]
-    assert len([t for t in trials if selected(t, ("kan", "mlp"), (5,))]) == 2
+def test_mlp_widths_narrow_the_protocol_and_say_so():
+    quick = TableProtocol.of(quick=True, steps=1, mlp_widths=(100,))
+    assert quick.mlp_widths == ((100, 100),) and quick.hidden == ((5,),)
+    assert quick.narrowed(quick=True) == "MLP widths 100 only (whole protocol: 5, 100)"
+    assert TableProtocol.of(quick=True, steps=1).narrowed(quick=True) == ""
+    full = TableProtocol.of(quick=False, steps=1, depths=(2, 3), mlp_widths=(5,))
+    assert full.mlp_widths == ((5,), (5, 5)) and full.hidden == ((5,), (5, 5))
+    assert full.narrowed(quick=False) == (
+        "KAN/MLP depths 2, 3 (whole protocol: 2, 3, 4, 5, 6); MLP widths 5 only (whole protocol: "
+        "5, 100)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -128,8 +128,8 @@ def test_bad_parts_are_refused_naming_the_value(tmp_path, kwargs, match):
     assert not (tmp_path / "results.sqlite").exists()  # refused before any store or training
 
 
-def test_check_parts_accepts_a_single_family_string():
-    assert check_parts("kan", [5]) == (("kan",), (5,))
+def test_check_families_accepts_a_single_family_string():
+    assert check_families("kan") == ("kan",) and check_families(["mlp", "kan"]) == ("mlp", "kan")
 
 
 def _cli(argv, capsys):

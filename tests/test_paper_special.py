@@ -43,17 +43,21 @@ def test_special_tiny_runs_in_parts_compares_and_resumes(tmp_path):
     assert row[3] == ref["best_kan_test_rmse"] and row[9] == ref["mlp_test_rmse"]
     assert row[4] == ("yes" if float(row[2]) <= float(ref["best_kan_test_rmse"]) else "no")
     assert row[7:9] == ("not measured", "-") and row[10] == "MLP not measured"
-    # part 2: the width-5 MLP: the MLP family is still partial (the width-100 one is missing)
+    # part 2: the width-5 MLPs, a narrowed protocol (said in the notes): complete, so a verdict
     five = run_special(**kw, families=("mlp",), mlp_widths=(5,))
-    assert (five.units_run, five.units_reused) == (2, 0)
-    assert five.rows[0][7] == "partial (2 of 4 trials)" and five.rows[0][:7] == row[:7]
-    # the rest: only the width-100 MLP trains; then the full table
+    assert (five.units_run, five.units_reused) == (2, 0)  # counts the chosen trials (the MLPs)
+    assert five.rows[0][:7] == row[:7] and five.rows[0][7].startswith("mlp[2,5,5,1]")
+    assert five.rows[0][10].split()[0] in ("KAN", "MLP", "tie")
+    assert "narrowed protocol: MLP widths 5 only (whole protocol: 5, 100)" in five.notes
+    # the rest of the whole protocol: only the width-100 MLPs train
     one = run_special(**kw)
     assert (one.units_run, one.units_reused) == (2, 4)
     (row,) = one.rows
     assert row[:7] == kan.rows[0][:7] and row[7].startswith("mlp[2,")
+    assert float(row[8]) <= float(five.rows[0][8])  # a minimum over more models
     assert float(row[2]) <= float(row[6].split(" ± ")[0])  # the minimum is below the mean
     assert row[10].split()[0] in ("KAN", "MLP", "tie")  # two seeds a side: a decided verdict
+    assert not any(n.startswith("narrowed") for n in one.notes)
     report = (tmp_path / "report.md").read_text()
     assert "Table 1" in report and "like for like" in report
     two = run_special(**kw)

@@ -368,7 +368,7 @@ def paper(
     ] = None,
     mlp_width: Annotated[
         list[int] | None,
-        typer.Option(help="special/feynman: train only MLPs of this width (5, 100; repeatable)."),
+        typer.Option(help="special/feynman: keep only MLPs of this width (5, 100; repeatable)."),
     ] = None,
     depth: Annotated[
         list[int] | None,
@@ -377,8 +377,8 @@ def paper(
 ) -> None:
     """Run one of the KAN paper's experiments (resuming from its store) and print kanlab's
     numbers beside the published ones; writes report.md/.html and the figure into OUT. special and
-    feynman can run in parts (--family, --mlp-width) into one store: a family not all there reads
-    "not measured" or "partial"."""
+    feynman can run in parts into one store: --family trains one family (the other reads "not
+    measured" or "partial"); --depth and --mlp-width narrow the protocol (the notes say so)."""
     from kanlab.bench.paper import EXPERIMENTS
 
     if experiment not in EXPERIMENTS:
@@ -387,13 +387,14 @@ def paper(
              "depths": tuple(depth or ())}  # fmt: skip
     parts = {k: v for k, v in parts.items() if v}
     if parts:
-        from kanlab.bench.paper.common import TableProtocol, check_parts
+        from kanlab.bench.paper.common import TableProtocol, check_families
 
         if experiment not in ("special", "feynman"):
             raise CLIError("--family/--mlp-width/--depth are for special and feynman only")
         try:  # refused here, before any training, as one line
-            check_parts(parts.get("families", ("kan",)), parts.get("mlp_widths"))
-            TableProtocol.of(quick=quick, steps=1, depths=parts.get("depths"))
+            check_families(parts.get("families", ("kan",)))
+            TableProtocol.of(quick=quick, steps=1, depths=parts.get("depths"),
+                             mlp_widths=parts.get("mlp_widths"))  # fmt: skip
         except ValueError as err:
             raise CLIError(str(err)) from None
     out = out or Path("kanlab-runs/paper") / (experiment + ("-quick" if quick else ""))

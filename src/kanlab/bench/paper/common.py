@@ -164,27 +164,59 @@ class TableProtocol:
     dtype: str | None = None  # both families' dtype (None: torch's default)
 
     @classmethod
-    def of(cls, *, quick: bool, steps: int, depths: Sequence[int] | None = None) -> TableProtocol:
-        """The quick or full protocol; ``depths`` (full size only): the model depths (layers, 2-6)
-        both families keep, e.g. ``(2, 3, 4)`` for a cheaper protocol (None: all five)."""
+    def of(
+        cls,
+        *,
+        quick: bool,
+        steps: int,
+        depths: Sequence[int] | None = None,
+        mlp_widths: Sequence[int] | None = None,
+    ) -> TableProtocol:
+        """The quick or full protocol, narrowed to the model ``depths`` (layers, 2-6; full size only)
+        both families keep and the MLP widths ``mlp_widths`` (5, 100) it keeps (None: all). A
+        narrowed protocol's trials are the full one's (same keys): its store resumes into it."""
+        if mlp_widths is not None:
+            mlp_widths = tuple(mlp_widths)
+            if not mlp_widths or any(
+                isinstance(w, bool) or w not in MLP_WIDTHS for w in mlp_widths
+            ):
+                raise ValueError(f"mlp_widths must be some of {MLP_WIDTHS}, got {mlp_widths!r}")
         if quick:
             if depths is not None:
                 raise ValueError(
                     f"depths is for the full size (quick has fixed depths), got {depths!r}"
                 )
-            return cls(steps=steps, grids=(3, 5, 10), hidden=((5,),),
-                       mlp_widths=((5, 5), (100, 100)))  # fmt: skip
-        depths = tuple(FULL_DEPTHS if depths is None else depths)
-        if not depths or any(isinstance(d, bool) or d not in FULL_DEPTHS for d in depths):
-            raise ValueError(f"depths must be some of {FULL_DEPTHS}, got {depths!r}")
-        layers = sorted(set(depths))
-        return cls(
-            steps=steps,
-            grids=(3, 5, 10, 20, 50, 100, 200),
-            hidden=tuple((5,) * (d - 1) for d in layers),
-            mlp_widths=tuple((w,) * (d - 1) for w in MLP_WIDTHS for d in layers),
-            dtype="float64",
-        )
+            proto = cls(steps=steps, grids=(3, 5, 10), hidden=((5,),),
+                        mlp_widths=((5, 5), (100, 100)))  # fmt: skip
+        else:
+            depths = tuple(FULL_DEPTHS if depths is None else depths)
+            if not depths or any(isinstance(d, bool) or d not in FULL_DEPTHS for d in depths):
+                raise ValueError(f"depths must be some of {FULL_DEPTHS}, got {depths!r}")
+            layers = sorted(set(depths))
+            proto = cls(
+                steps=steps,
+                grids=(3, 5, 10, 20, 50, 100, 200),
+                hidden=tuple((5,) * (d - 1) for d in layers),
+                mlp_widths=tuple((w,) * (d - 1) for w in MLP_WIDTHS for d in layers),
+                dtype="float64",
+            )
+        if mlp_widths is None:
+            return proto
+        kept = tuple(w for w in proto.mlp_widths if w[0] in mlp_widths)
+        return replace(proto, mlp_widths=kept)
+
+    def narrowed(self, *, quick: bool) -> str:
+        """How this protocol is narrower than its size's whole one ("" when it is not)."""
+        whole = TableProtocol.of(quick=quick, steps=self.steps)
+        parts = []
+        if self.hidden != whole.hidden:
+            parts.append(f"KAN/MLP depths {', '.join(str(len(h) + 1) for h in self.hidden)} "
+                         f"(whole protocol: {', '.join(str(len(h) + 1) for h in whole.hidden)})")  # fmt: skip
+        if self.mlp_widths != whole.mlp_widths:
+            widths = sorted({w[0] for w in self.mlp_widths})
+            parts.append(f"MLP widths {', '.join(map(str, widths))} only (whole protocol: "
+                         f"{', '.join(map(str, MLP_WIDTHS))})")  # fmt: skip
+        return "; ".join(parts)
 
     def trials(self, task: Any, n_in: int, seeds: int, data: Any) -> list[Any]:
         """Every KAN and MLP of the protocol on ``task`` (``n_in`` inputs), seeds 0..seeds-1."""
@@ -206,31 +238,12 @@ class TableProtocol:
         return trials
 
 
-def check_parts(
-    families: Sequence[str], mlp_widths: Sequence[int] | None
-) -> tuple[tuple[str, ...], tuple[int, ...] | None]:
-    """Refuse an unknown family or MLP width (naming it); -> both as tuples."""
-    if isinstance(families, str):
-        families = (families,)
-    families = tuple(families)
-    bad = [f for f in families if f not in FAMILIES]
-    if bad or not families:
+def check_families(families: Sequence[str] | str) -> tuple[str, ...]:
+    """Refuse an unknown family (naming it); -> the families as a tuple."""
+    families = (families,) if isinstance(families, str) else tuple(families)
+    if not families or any(f not in FAMILIES for f in families):
         raise ValueError(f"families must be some of {FAMILIES}, got {families!r}")
-    if mlp_widths is None:
-        return families, None
-    widths = tuple(mlp_widths)
-    bad = [w for w in widths if w not in MLP_WIDTHS]
-    if bad or not widths:
-        raise ValueError(f"mlp_widths must be some of {MLP_WIDTHS}, got {widths!r}")
-    return families, widths
-
-
-def selected(trial: Any, families: Sequence[str], mlp_widths: Sequence[int] | None) -> bool:
-    """Whether this call runs ``trial``: its family is in ``families`` and, an MLP, its hidden
-    width is in ``mlp_widths`` (None: any)."""
-    if trial.family not in families:
-        return False
-    return trial.family == "kan" or mlp_widths is None or trial.widths[1] in mlp_widths
+    return families
 
 
 @dataclass(frozen=True)

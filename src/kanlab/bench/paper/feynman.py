@@ -34,16 +34,14 @@ import numpy as np
 
 from kanlab.bench.paper.common import (
     FAMILIES,
-    MLP_WIDTHS,
     PaperTable,
     TableProtocol,
-    check_parts,
+    check_families,
     check_sizes,
     family_results,
     fmt,
     machine,
     run_paper_trials,
-    selected,
     verdict_cell,
     write_paper_report,
 )
@@ -176,7 +174,7 @@ def run_feynman(
     from kanlab.bench.tasks import csv_task
 
     steps = check_sizes(seeds, steps, 20 if quick else 200)
-    families, mlp_widths = check_parts(families, mlp_widths)
+    families = check_families(families)
     paper = published()
     names = equations or (QUICK_EQUATIONS if quick else tuple(paper))
     unknown = [n for n in names if n not in paper]
@@ -184,7 +182,7 @@ def run_feynman(
         raise ValueError(f"not a shipped Table 2 equation: {unknown}; valid: {sorted(paper)}")
     rejected = {n: why for n in names if (why := confirm(paper[n])) is not None}
     names = tuple(n for n in names if n not in rejected)
-    protocol = TableProtocol.of(quick=quick, steps=steps, depths=depths)
+    protocol = TableProtocol.of(quick=quick, steps=steps, depths=depths, mlp_widths=mlp_widths)
     data = DataSpec(n_train=1000, n_test=250, seed=0)
     out = Path(out)
     (out / "data").mkdir(parents=True, exist_ok=True)
@@ -196,7 +194,7 @@ def run_feynman(
         task_of[name] = task.name
         trials_of[name] = protocol.trials(task, n_in, seeds, data)
     every = [t for ts in trials_of.values() for t in ts]
-    chosen = [t for t in every if selected(t, families, mlp_widths)]
+    chosen = [t for t in every if t.family in families]
     summary, rows = run_paper_trials(chosen, store, out, executor=executor, progress=progress,
                                      read=every)  # fmt: skip
     stats = aggregate(rows)
@@ -226,10 +224,12 @@ def run_feynman(
         "reference point, not the same data (and kanlab does not prune here)",
         f"ids confirmed against FeynmanEquations.csv: {', '.join(names) or 'none'}",
         f"trials: {len(every)} in the protocol, {len(chosen)} chosen for this call "
-        f"(families {', '.join(families)}; MLP widths {', '.join(map(str, mlp_widths or MLP_WIDTHS))}), "
+        f"(families {', '.join(families)}), "
         f"{summary.skipped} of them found finished in the store",
     ]
     notes += [f"left out (not confirmed): {why}" for why in rejected.values()]
+    if narrowed := protocol.narrowed(quick=quick):
+        notes.append(f"narrowed protocol: {narrowed}")
     table = PaperTable(
         experiment="feynman",
         title="KAN paper Table 2: Feynman equations (dimensionless)",

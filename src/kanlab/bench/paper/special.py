@@ -27,15 +27,13 @@ from pathlib import Path
 
 from kanlab.bench.paper.common import (
     FAMILIES,
-    MLP_WIDTHS,
     PaperTable,
     TableProtocol,
-    check_parts,
+    check_families,
     check_sizes,
     family_results,
     machine,
     run_paper_trials,
-    selected,
     verdict_cell,
     write_paper_report,
 )
@@ -96,26 +94,27 @@ def run_special(
     [2,5,5,1] and [2,100,100,1]; full: all 15, :class:`TableProtocol`'s depths 2-6, G up to 200,
     200 steps per grid, float64); write ``out/report.md``/``.html``; -> its :class:`PaperTable`.
 
-    ``families`` (``"kan"``, ``"mlp"``) and ``mlp_widths`` (5, 100; None: both) choose the part of
-    the sweep this call trains; the table reads every trial of the protocol from the store, and a
-    family not fully there shows "not measured" / "partial" instead of figures. ``depths`` (full
-    size; None: 2-6) narrows the protocol itself (both families), as the settings then say."""
+    ``families`` (``"kan"``, ``"mlp"``) chooses the part of the sweep this call trains; the table
+    reads every trial of the protocol from the store, and a family not fully there shows "not
+    measured" / "partial" instead of figures. ``depths`` (full size; None: 2-6) and ``mlp_widths``
+    (5, 100; None: both) narrow the protocol itself, as its notes then say; its trials are the
+    whole protocol's, so a later call without them resumes from the same store."""
     from kanlab.bench.report import aggregate
     from kanlab.bench.spec import DataSpec
     from kanlab.bench.tasks import get_task
 
     steps = check_sizes(seeds, steps, 20 if quick else 200)
-    families, mlp_widths = check_parts(families, mlp_widths)
+    families = check_families(families)
     paper = published()
     names = functions or (QUICK_FUNCTIONS if quick else tuple(paper))
     unknown = [n for n in names if n not in paper]
     if unknown:
         raise ValueError(f"not a Table 1 function: {unknown}; valid: {sorted(paper)}")
-    protocol = TableProtocol.of(quick=quick, steps=steps, depths=depths)
+    protocol = TableProtocol.of(quick=quick, steps=steps, depths=depths, mlp_widths=mlp_widths)
     data = DataSpec(n_train=1000, n_test=1000, seed=0)
     trials_of = {name: protocol.trials(get_task(name), 2, seeds, data) for name in names}
     every = [t for ts in trials_of.values() for t in ts]
-    chosen = [t for t in every if selected(t, families, mlp_widths)]
+    chosen = [t for t in every if t.family in families]
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,16 +136,18 @@ def run_special(
             name, *kan.min_cells(), ref["best_kan_test_rmse"], beat_cell, *kan.mean_cells(),
             *mlp.min_cells(), ref["mlp_test_rmse"], verdict_cell(res),
         ))  # fmt: skip
-    notes = (
+    notes = [
         f"kanlab's best KAN at or below the paper's best KAN on {wins} of {judged} function(s) "
         f"measured, of {len(names)} (issue goal: >= 12 of 15 at full size)",
         "like for like: 'best KAN' and 'best MLP' are, as in the paper, the lowest test RMSE of any "
         "model over every configuration and seed (a minimum selected on the test set); "
         "'mean over seeds' is the configuration of lowest mean, which the verdict weighs",
         f"trials: {len(every)} in the protocol, {len(chosen)} chosen for this call "
-        f"(families {', '.join(families)}; MLP widths {', '.join(map(str, mlp_widths or MLP_WIDTHS))}), "
+        f"(families {', '.join(families)}), "
         f"{summary.skipped} of them found finished in the store",
-    )
+    ]
+    if narrowed := protocol.narrowed(quick=quick):
+        notes.append(f"narrowed protocol: {narrowed}")
     table = PaperTable(
         experiment="special",
         title="KAN paper Table 1: special functions",
@@ -160,7 +161,7 @@ def run_special(
                   "mlp_hidden": [list(w) for w in protocol.mlp_widths],
                   "dtype": protocol.dtype or "default", "optimizer": "lbfgs", "n_train": 1000,
                   "families_run": list(families)},
-        wall_time=time.perf_counter() - start, machine=machine(), notes=notes,
+        wall_time=time.perf_counter() - start, machine=machine(), notes=tuple(notes),
         units_run=summary.total - summary.skipped, units_reused=summary.skipped,
     )  # fmt: skip
     return write_paper_report(table, out, intro=__doc__.split("\n\n")[0])
