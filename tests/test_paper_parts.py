@@ -157,3 +157,14 @@ def test_cli_refuses_bad_parts_in_one_line(tmp_path, capsys, argv, match):
 def test_protocol_dataclass_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         SMALL.steps = 2  # type: ignore[misc]
+
+
+@pytest.mark.slow
+def test_cli_runs_one_family_and_says_the_other_is_not_measured(tmp_path, capsys):
+    argv = ["paper", "special", "--quick", "--family", "kan", "--mlp-width", "5", "--seeds", "1"]
+    code, out, err = _cli([*argv, "--out", str(tmp_path)], capsys)
+    assert code in (0, None), err
+    rows = [line for line in out.splitlines() if line.startswith("| special/")]
+    assert len(rows) == 3 and all("| MLP not measured |" in r for r in rows)
+    assert "narrowed protocol: MLP widths 5 only" in out
+    assert "units trained 3, reused 0" in err  # 3 functions x 1 KAN x 1 seed
