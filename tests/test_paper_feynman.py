@@ -79,10 +79,11 @@ def test_feynman_tiny_runs_compares_and_resumes(tmp_path):
     (row,) = one.rows
     ref = published()["I.6.2"]
     assert row[0] == "I.6.2" and row[1] == ref.paper_formula
-    assert float(row[4]) == pytest.approx(ref.best_kan, rel=1e-2) and row[8] == ref.mlp_test_rmse
-    assert math.isfinite(float(row[3])) and math.isfinite(float(row[7]))
+    # columns: like-for-like KAN (label, RMSE), paper, <=, KAN best mean, MLP (label, RMSE), paper
+    assert float(row[4]) == pytest.approx(ref.best_kan, rel=1e-2) and row[10] == ref.mlp_test_rmse
+    assert math.isfinite(float(row[3])) and math.isfinite(float(row[9]))
     assert row[5] == ("yes" if float(row[3]) <= ref.best_kan else "no")
-    assert row[9].split()[0] in ("KAN", "MLP", "tie")
+    assert row[11].split()[0] in ("KAN", "MLP", "tie")
     report = (tmp_path / "report.md").read_text()
     assert "Table 2" in report and "dimensionless" in report and "confirmed" in report
     header = (tmp_path / "data" / "I.6.2.csv").read_text().splitlines()

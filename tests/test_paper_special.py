@@ -33,16 +33,33 @@ def test_unknown_function_is_named(tmp_path):
 
 
 @pytest.mark.slow
-def test_special_tiny_runs_compares_and_resumes(tmp_path):
+def test_special_tiny_runs_in_parts_compares_and_resumes(tmp_path):
     kw = dict(quick=True, out=tmp_path, steps=2, functions=("special/ellipj",))
-    one = run_special(**kw)
-    assert (one.units_run, one.units_reused) == (6, 0)  # (1 KAN + 2 MLPs) x 2 seeds
-    (row,) = one.rows
     ref = published()["special/ellipj"]
-    assert row[3] == ref["best_kan_test_rmse"] and row[7] == ref["mlp_test_rmse"]
+    # part 1: the KANs only; the MLP column says so, no verdict is named
+    kan = run_special(**kw, families=("kan",))
+    assert (kan.units_run, kan.units_reused) == (2, 0)  # 1 KAN x 2 seeds
+    (row,) = kan.rows
+    assert row[3] == ref["best_kan_test_rmse"] and row[9] == ref["mlp_test_rmse"]
     assert row[4] == ("yes" if float(row[2]) <= float(ref["best_kan_test_rmse"]) else "no")
-    assert row[8].split()[0] in ("KAN", "MLP", "tie")  # two seeds a side: a decided verdict
-    assert "Table 1" in (tmp_path / "report.md").read_text()
+    assert row[7:9] == ("not measured", "-") and row[10] == "MLP not measured"
+    # part 2: the width-5 MLPs, a narrowed protocol (said in the notes): complete, so a verdict
+    five = run_special(**kw, families=("mlp",), mlp_widths=(5,))
+    assert (five.units_run, five.units_reused) == (2, 0)  # counts the chosen trials (the MLPs)
+    assert five.rows[0][:7] == row[:7] and five.rows[0][7].startswith("mlp[2,5,5,1]")
+    assert five.rows[0][10].split()[0] in ("KAN", "MLP", "tie")
+    assert "narrowed protocol: MLP widths 5 only (whole protocol: 5, 100)" in five.notes
+    # the rest of the whole protocol: only the width-100 MLPs train
+    one = run_special(**kw)
+    assert (one.units_run, one.units_reused) == (2, 4)
+    (row,) = one.rows
+    assert row[:7] == kan.rows[0][:7] and row[7].startswith("mlp[2,")
+    assert float(row[8]) <= float(five.rows[0][8])  # a minimum over more models
+    assert float(row[2]) <= float(row[6].split(" ± ")[0])  # the minimum is below the mean
+    assert row[10].split()[0] in ("KAN", "MLP", "tie")  # two seeds a side: a decided verdict
+    assert not any(n.startswith("narrowed") for n in one.notes)
+    report = (tmp_path / "report.md").read_text()
+    assert "Table 1" in report and "like for like" in report
     two = run_special(**kw)
     assert (two.units_run, two.units_reused) == (0, 6) and two.rows == one.rows
     with sqlite3.connect(tmp_path / "results.sqlite") as conn:

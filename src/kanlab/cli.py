@@ -369,13 +369,41 @@ def paper(
         str | None,
         typer.Option(help="pde: LBFGS steps on each grid, one count or one per grid, e.g. '20'."),
     ] = None,
+    family: Annotated[
+        list[str] | None,
+        typer.Option(help="special/feynman: train only this family (kan, mlp; repeatable)."),
+    ] = None,
+    mlp_width: Annotated[
+        list[int] | None,
+        typer.Option(help="special/feynman: keep only MLPs of this width (5, 100; repeatable)."),
+    ] = None,
+    depth: Annotated[
+        list[int] | None,
+        typer.Option(help="special/feynman, full size: keep only these depths (2-6; repeatable)."),
+    ] = None,
 ) -> None:
     """Run one of the KAN paper's experiments (resuming from its store) and print kanlab's
-    numbers beside the published ones; writes report.md/.html and the figure into OUT."""
+    numbers beside the published ones; writes report.md/.html and the figure into OUT. special and
+    feynman can run in parts into one store: --family trains one family (the other reads "not
+    measured" or "partial"); --depth and --mlp-width narrow the protocol (the notes say so)."""
     from kanlab.bench.paper import EXPERIMENTS
 
     if experiment not in EXPERIMENTS:
         raise CLIError(f"unknown experiment {experiment!r}; valid: {', '.join(EXPERIMENTS)}")
+    parts = {"families": tuple(_split(family)), "mlp_widths": tuple(mlp_width or ()),
+             "depths": tuple(depth or ())}  # fmt: skip
+    parts = {k: v for k, v in parts.items() if v}
+    if parts:
+        from kanlab.bench.paper.common import TableProtocol, check_families
+
+        if experiment not in ("special", "feynman"):
+            raise CLIError("--family/--mlp-width/--depth are for special and feynman only")
+        try:  # refused here, before any training, as one line
+            check_families(parts.get("families", ("kan",)))
+            TableProtocol.of(quick=quick, steps=1, depths=parts.get("depths"),
+                             mlp_widths=parts.get("mlp_widths"))  # fmt: skip
+        except ValueError as err:
+            raise CLIError(str(err)) from None
     out = out or Path("kanlab-runs/paper") / (experiment + ("-quick" if quick else ""))
     _check_folder(out, "--out")
     options: dict[str, object] = {} if seeds is None else {"seeds": seeds}
@@ -385,6 +413,7 @@ def paper(
         ints = _ints(name, value)
         if ints is not None:
             options[name] = ints[0] if name == "steps" and len(ints) == 1 else ints
+    options.update(parts)
     table = EXPERIMENTS[experiment](quick=quick, out=out, store=store, progress=True, **options)
     typer.echo(table.markdown())
     for note in table.notes:
