@@ -27,6 +27,7 @@ from torch import Tensor
 
 from kanlab import _symbolic_refit as _refit
 from kanlab._checks import check_finite, check_float, check_int, check_range
+from kanlab._symbolic_starts import product_starts
 from kanlab.functions import SymbolicFunction, get_function, library
 from kanlab.layers import KANLinear
 from kanlab.models import check_kan_input, kan_layers
@@ -464,6 +465,8 @@ def _joint_search(
     max_evals: int,
     floor: float,
     order: dict[str, int],
+    functions: dict[str, SymbolicFunction] | None = None,
+    loose: frozenset[tuple[int, int, int]] = frozenset(),
 ) -> dict[tuple[int, int, int], FitResult]:
     """Choose one candidate per edge by the whole model's error after refitting the constants.
 
@@ -473,7 +476,10 @@ def _joint_search(
     edges out of a node: dropping it). A move is taken when it cuts the error by
     more than 10 %, or keeps it within 10 % and lowers the total complexity; errors below
     ``floor`` count as ``floor`` (the KAN itself is only that close to the data, so smaller
-    differences say nothing). At most ``max_evals`` refits."""
+    differences say nothing). At most ``max_evals`` refits. With ``functions`` (the library; it
+    must hold ``log`` and ``exp``), product starts (:mod:`kanlab._symbolic_starts`) are tried
+    before the single-node starts; they may also drop the ``loose`` edges (numeric edges no
+    library function fits: the choices without a product start leave them numeric)."""
     evals = 0
 
     def score(ch: dict[tuple[int, int, int], FitResult]) -> tuple[float, int]:
@@ -496,6 +502,21 @@ def _joint_search(
         s = score(simple)
         if better(s, cur_s) or s[0] <= 1.1 * cur_s[0]:
             cur, cur_s = simple, s
+    # product starts: one node exp(sum of logs), the exponents fitted in log space; the other
+    # nodes dropped. Tried first: they are few (one per node) and, for a product or power law,
+    # exact where no choice among the per-edge candidates is
+    if functions is not None and "log" in functions and "exp" in functions:
+        for start in product_starts(model, x, target, cands.keys() | loose):
+            if evals >= max_evals:
+                break
+            trial = dict(cur)
+            for e, (name, params) in start.items():
+                trial[e] = FitResult(
+                    name, params, 0.0, functions[name].complexity if name != "0" else 0
+                )
+            s = score(trial)
+            if better(s, cur_s):
+                cur, cur_s = trial, s
     # single-node starts: keep one node of a hidden layer (each function of its outgoing edges
     # as a group) and drop the others' outgoing edges. Products and power laws are one node,
     # exp(sum of logs); pruning often leaves two or three nodes that share the work, and
@@ -556,6 +577,7 @@ def auto_symbolic(
     joint_max_evals: int = 60,
     joint_floor: float = 1e-3,
     refit_targets: bool = True,
+    joint_products: bool = True,
     **fit_kw: Any,
 ) -> list[EdgeFit]:
     """Replace every live numeric edge by its best library function, layer by layer.
@@ -626,11 +648,14 @@ def auto_symbolic(
     joint_floor = check_float("joint_floor", joint_floor, minimum=0.0)
     if not isinstance(refit_targets, bool):
         raise TypeError(f"refit_targets must be a bool, got {refit_targets!r}")
+    if not isinstance(joint_products, bool):
+        raise TypeError(f"joint_products must be a bool, got {joint_products!r}")
     functions = _lib(lib)
     order = {name: k for k, name in enumerate(functions)}
     work = copy.deepcopy(model)  # all-or-nothing: fit on a copy, install at the end
     report: list[EdgeFit] = []
     cands: dict[tuple[int, int, int], list[FitResult]] = {}  # edge -> joint-search candidates
+    loose: set[tuple[int, int, int]] = set()  # unfittable edges that matter (left numeric)
     with torch.no_grad():
         numeric_acts = model.activations(x)  # per layer (batch, out, in): the fits' targets
     for l_idx, la in enumerate(work.layers):
@@ -674,6 +699,8 @@ def auto_symbolic(
                 zero = FitResult("0", (1.0, 0.0, 0.0, float(ys.mean())), 0.0, 0)
                 report.append(EdgeFit(l_idx, o, i, zero, True))
                 continue
+            elif drop_tol > 0:
+                loose.add((l_idx, o, i))  # numeric, unless a product start drops it
             report.append(EdgeFit(l_idx, o, i, good[0] if good else ranked[0], bool(good)))
     if joint and cands:
         sub = x
@@ -684,8 +711,9 @@ def auto_symbolic(
         chosen = {e: c[0] for e, c in cands.items()}
         if any(len(c) > 1 for c in cands.values()):
             chosen = _joint_search(
-                work, cands, sub, target, joint_steps, joint_max_evals, joint_floor, order
-            )
+                work, cands, sub, target, joint_steps, joint_max_evals, joint_floor, order,
+                functions if joint_products else None, frozenset(loose),
+            )  # fmt: skip
         work = _final_refit(work, chosen, x, model, joint_steps)
         report = [
             EdgeFit(r.layer, r.out_index, r.in_index, chosen[key], True)
