@@ -589,7 +589,7 @@ def auto_symbolic(
     ``drop_tolerance`` times the output's standard deviation (RMS over ``x``, largest over the
     outputs), it is fixed to that constant (a node that hardly matters, e.g. one left over by
     pruning that only fits noise, no longer blocks :func:`symbolic_formula`); otherwise it stays
-    numeric. ``drop_tolerance=0`` gives the old behaviour (such edges always stay numeric).
+    numeric (unless a product start of the joint search, below, drops it). ``drop_tolerance=0`` gives the old behaviour (such edges always stay numeric).
     Later layers are fitted on the outputs of the already-fixed earlier layers. An edge whose
     input is constant on ``x`` is fixed to ``"0"`` with ``d`` = its constant value (a warning says
     so). The model is changed only if every fit succeeds.
@@ -614,7 +614,14 @@ def auto_symbolic(
     iterations, when every live edge is symbolic (:mod:`kanlab._symbolic_refit`; it converges
     to the best constants of the choice, so an exact choice scores the numeric model's own
     error), else ``joint_steps`` LBFGS steps. The search starts from the better of the
-    best-ranked and the simplest choice, then tries single-node starts (keep one node of a hidden
+    best-ranked and the simplest choice, then tries product starts (``joint_products=True``, the
+    default, with ``log`` and ``exp`` in the library; :mod:`kanlab._symbolic_starts`): for each
+    node of the last hidden layer whose inputs keep one sign, that node as ``exp`` of a sum of
+    ``log`` edges, the exponents fitted by least squares in log space, every other node of the
+    layer dropped (its edges the constant ``"0"``, an unfittable edge that matters included, which
+    otherwise stays numeric): products, ratios and power laws of one-signed inputs, which a
+    pruned KAN spreads over several nodes whose edges fit neither ``log`` nor ``exp``. Then
+    single-node starts (keep one node of a hidden
     layer, each function of its outgoing edges, drop the others' outgoing edges: products and
     power laws are one node, exp of a sum of logs, which pruning often leaves spread over two or
     three nodes), then descends: each round scores every single-edge move (or, if none helps,
