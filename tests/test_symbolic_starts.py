@@ -171,3 +171,35 @@ def test_product_start_replaces_unfittable_edges_that_share_a_product():
     assert float(np.abs(err).max()) < 1e-3
     names = {n for la in model.layers for n in la.symbolic_edges().values()}
     assert names == {"log", "exp", "0"}
+
+
+@pytest.mark.usefixtures("one_thread")  # tiny tensors
+def test_joint_search_skips_refits_that_cannot_win(monkeypatch):
+    # Errors below the floor tie, so once the current choice is within 10 % of the floor only a
+    # simpler choice can replace it: the search no longer refits choices at least as complex
+    # (same result, fewer refits). Recorded: every refit's (complexity, error); the rule checked
+    # against the best seen so far, which the search holds.
+    from kanlab import symbolic
+
+    model, x = shared_product_model()
+    seen = []
+    inner = symbolic._joint_error
+
+    def recording(m, choice, *args):
+        err, trial = inner(m, choice, *args)
+        seen.append((sum(r.complexity for r in choice.values()), err))
+        return err, trial
+
+    monkeypatch.setattr(symbolic, "_joint_error", recording)
+    floor = 1e-3
+    kl.auto_symbolic(model, x, lib=["x", "x^2", "exp", "log", "sin"], joint_floor=floor)
+    at_floor = [k for k, (_, err) in enumerate(seen[:-1]) if err <= 0.9 * floor]
+    assert at_floor  # the product start reaches the floor
+    first = at_floor[0]
+    best_complexity = seen[first][0]
+    for complexity, err in seen[first + 1 : -1]:  # the last refit is the final one, on all x
+        assert complexity < best_complexity
+        if err <= 1.1 * floor:
+            best_complexity = complexity
+    formula = kl.symbolic_formula(model, precision=None)
+    assert float(np.abs(formula(x)[:, 0] - x.prod(1).numpy()).max()) < 1e-3

@@ -491,6 +491,11 @@ def _joint_search(
     def better(a: tuple[float, int], b: tuple[float, int]) -> bool:
         return a[0] < 0.9 * b[0] or (a[0] <= 1.1 * b[0] and a[1] < b[1])
 
+    def hopeless(ch: dict[tuple[int, int, int], FitResult], b: tuple[float, int]) -> bool:
+        # errors count as >= floor: once b's error is within 10 % of the floor, only a simpler
+        # choice can be better, so a choice at least as complex is not worth its refit
+        return 0.9 * b[0] <= floor and sum(r.complexity for r in ch.values()) >= b[1]
+
     best_rank = {e: c[0] for e, c in cands.items()}
     # the simplest non-constant candidate (ties: library order)
     simple = {
@@ -514,6 +519,8 @@ def _joint_search(
                 trial[e] = FitResult(
                     name, params, 0.0, functions[name].complexity if name != "0" else 0
                 )
+            if hopeless(trial, cur_s):
+                continue
             s = score(trial)
             if better(s, cur_s):
                 cur, cur_s = trial, s
@@ -524,6 +531,8 @@ def _joint_search(
     for start in _single_node_starts(cur, cands):
         if evals >= max_evals:
             break
+        if hopeless(start, cur_s):
+            continue
         s = score(start)
         if better(s, cur_s):
             cur, cur_s = start, s
@@ -550,7 +559,7 @@ def _joint_search(
                 trial = dict(cur)
                 for e in edges:
                     trial[e] = next((r for r in cands[e] if r.name == name), cur[e])
-                if trial == cur or evals >= max_evals:
+                if trial == cur or evals >= max_evals or hopeless(trial, cur_s):
                     continue
                 s = score(trial)
                 if better(s, cur_s) and (best_move is None or better(s, best_move[1])):
@@ -589,7 +598,8 @@ def auto_symbolic(
     ``drop_tolerance`` times the output's standard deviation (RMS over ``x``, largest over the
     outputs), it is fixed to that constant (a node that hardly matters, e.g. one left over by
     pruning that only fits noise, no longer blocks :func:`symbolic_formula`); otherwise it stays
-    numeric (unless a product start of the joint search, below, drops it). ``drop_tolerance=0`` gives the old behaviour (such edges always stay numeric).
+    numeric (unless a product start of the joint search, below, drops it).
+    ``drop_tolerance=0`` gives the old behaviour (such edges always stay numeric).
     Later layers are fitted on the outputs of the already-fixed earlier layers. An edge whose
     input is constant on ``x`` is fixed to ``"0"`` with ``d`` = its constant value (a warning says
     so). The model is changed only if every fit succeeds.
