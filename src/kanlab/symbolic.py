@@ -637,8 +637,10 @@ def auto_symbolic(
     three nodes), then descends: each round scores every single-edge move (or, if none helps,
     every move of one function for all edges into or out of a node) and takes the best one that
     cuts the error by 10 % or keeps it within 10 % with less total complexity; errors below
-    ``joint_floor`` count as equal. At most ``joint_max_evals`` refits (auto_symbolic takes 2-6 s
-    on one thread for the [2, 2-5, 1] KANs of the recipe).
+    ``joint_floor`` count as equal; once the current choice's error is within 10 % of the floor,
+    choices at least as complex are not refitted (they cannot win). At most ``joint_max_evals``
+    refits (auto_symbolic takes 1-5 s of CPU on one thread for the [2-3, 1-5, 1] KANs of the
+    recipe).
 
     Finally (with ``joint=True``, whether or not a search ran) the chosen functions' constants
     are refitted jointly on all of ``x`` (at least 50 iterations) and, when every live edge is
