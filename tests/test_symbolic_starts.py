@@ -109,6 +109,7 @@ def _rmse(model, ds):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")  # small tensors: threads only oversubscribe
 def test_recipe_recovers_a_power_law_spread_over_three_nodes():
     # E_den = epsilon*Ef^2/2 (Feynman II.8.31), seed 0: pruning leaves [2, 3, 1], the three nodes
     # sharing the work (each moves the output by 14-63 % of its spread); the per-edge candidates
