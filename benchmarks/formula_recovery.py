@@ -10,10 +10,10 @@ A run *recovers* its formula when the printed formula's test RMSE at full precis
 <= 1e-4; the table also counts runs that reach <= 1e-8. Each run is one process with one torch
 thread (``--jobs`` runs in parallel). Prints a Markdown table (formula, recovered k/n, k/n at
 1e-8, median test RMSE, median seconds per run) and writes every run (pruned widths, the rounded
-formula, the stages' RMSE) to JSON.
+formula, the stages' RMSE, CPU seconds of training and of auto_symbolic) to JSON.
 
 Run: ``python benchmarks/formula_recovery.py --seeds 10 --jobs 2 [--formulas xy,I.12.1]
-[--out benchmarks/results/formula_recovery.json]``
+[--first-seed 3] [--out benchmarks/results/formula_recovery.json]``
 """
 
 from __future__ import annotations
@@ -132,7 +132,10 @@ def run_one(key: str, seed: int) -> dict[str, Any]:
         stages["pruned"] = kl.fit(model, ds, steps=50, progress=False).test_loss[-1]
         model.extend_grid(10, ds.train_x)
         stages["grid10"] = kl.fit(model, ds, steps=50, progress=False).test_loss[-1]
+        cpu_sym = time.process_time()
+        out["cpu_training"] = cpu_sym - cpu  # the recipe's three fits (and the data)
         fits = kl.auto_symbolic(model, ds.train_x, lib=list(LIB))
+        out["cpu_auto_symbolic"] = time.process_time() - cpu_sym
         out["edges"] = [
             f"{e.layer}:{e.in_index}->{e.out_index} {e.fit.name if e.fit else None}"
             f"{'' if e.fixed else ' (numeric)'} r2={e.fit.r2 if e.fit else float('nan'):.6f}"
@@ -196,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 per formula")
     parser.add_argument(
+        "--first-seed", type=int, default=0, help="shift the seeds: FIRST..FIRST+N-1"
+    )
+    parser.add_argument(
         "--formulas", default=",".join(BY_KEY), help=f"comma-separated: {', '.join(BY_KEY)}"
     )
     parser.add_argument("--jobs", type=int, default=1, help="processes (1 torch thread each)")
@@ -207,9 +213,13 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [k for k in keys if k not in BY_KEY]
     if unknown:
         parser.error(f"unknown formula(s) {unknown}; valid: {', '.join(BY_KEY)}")
-    if args.seeds < 1 or args.jobs < 1:
-        parser.error(f"--seeds and --jobs must be >= 1, got {args.seeds} and {args.jobs}")
-    tasks = [(k, s) for s in range(args.seeds) for k in keys]
+    if args.seeds < 1 or args.jobs < 1 or args.first_seed < 0:
+        parser.error(
+            f"--seeds and --jobs must be >= 1 and --first-seed >= 0, got {args.seeds}, "
+            f"{args.jobs} and {args.first_seed}"
+        )
+    first = args.first_seed
+    tasks = [(k, s) for s in range(first, first + args.seeds) for k in keys]
     start = time.perf_counter()
     runs = []
     with ProcessPoolExecutor(args.jobs, initializer=_init_worker) as pool:

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from kanlab import _symbolic_refit as _refit
 from kanlab._checks import check_finite, check_float, check_int, check_range
+from kanlab._symbolic_starts import product_starts
 from kanlab.functions import SymbolicFunction, get_function, library
 from kanlab.layers import KANLinear
 from kanlab.models import check_kan_input, kan_layers
@@ -464,6 +465,8 @@ def _joint_search(
     max_evals: int,
     floor: float,
     order: dict[str, int],
+    functions: dict[str, SymbolicFunction] | None = None,
+    loose: frozenset[tuple[int, int, int]] = frozenset(),
 ) -> dict[tuple[int, int, int], FitResult]:
     """Choose one candidate per edge by the whole model's error after refitting the constants.
 
@@ -473,7 +476,10 @@ def _joint_search(
     edges out of a node: dropping it). A move is taken when it cuts the error by
     more than 10 %, or keeps it within 10 % and lowers the total complexity; errors below
     ``floor`` count as ``floor`` (the KAN itself is only that close to the data, so smaller
-    differences say nothing). At most ``max_evals`` refits."""
+    differences say nothing). At most ``max_evals`` refits. With ``functions`` (the library; it
+    must hold ``log`` and ``exp``), product starts (:mod:`kanlab._symbolic_starts`) are tried
+    before the single-node starts; they may also drop the ``loose`` edges (numeric edges no
+    library function fits: the choices without a product start leave them numeric)."""
     evals = 0
 
     def score(ch: dict[tuple[int, int, int], FitResult]) -> tuple[float, int]:
@@ -484,6 +490,11 @@ def _joint_search(
 
     def better(a: tuple[float, int], b: tuple[float, int]) -> bool:
         return a[0] < 0.9 * b[0] or (a[0] <= 1.1 * b[0] and a[1] < b[1])
+
+    def hopeless(ch: dict[tuple[int, int, int], FitResult], b: tuple[float, int]) -> bool:
+        # errors count as >= floor: once b's error is within 10 % of the floor, only a simpler
+        # choice can be better, so a choice at least as complex is not worth its refit
+        return 0.9 * b[0] <= floor and sum(r.complexity for r in ch.values()) >= b[1]
 
     best_rank = {e: c[0] for e, c in cands.items()}
     # the simplest non-constant candidate (ties: library order)
@@ -496,6 +507,23 @@ def _joint_search(
         s = score(simple)
         if better(s, cur_s) or s[0] <= 1.1 * cur_s[0]:
             cur, cur_s = simple, s
+    # product starts: one node exp(sum of logs), the exponents fitted in log space; the other
+    # nodes dropped. Tried first: they are few (one per node) and, for a product or power law,
+    # exact where no choice among the per-edge candidates is
+    if functions is not None and "log" in functions and "exp" in functions:
+        for start in product_starts(model, x, target, cands.keys() | loose):
+            if evals >= max_evals:
+                break
+            trial = dict(cur)
+            for e, (name, params) in start.items():
+                trial[e] = FitResult(
+                    name, params, 0.0, functions[name].complexity if name != "0" else 0
+                )
+            if hopeless(trial, cur_s):
+                continue
+            s = score(trial)
+            if better(s, cur_s):
+                cur, cur_s = trial, s
     # single-node starts: keep one node of a hidden layer (each function of its outgoing edges
     # as a group) and drop the others' outgoing edges. Products and power laws are one node,
     # exp(sum of logs); pruning often leaves two or three nodes that share the work, and
@@ -503,6 +531,8 @@ def _joint_search(
     for start in _single_node_starts(cur, cands):
         if evals >= max_evals:
             break
+        if hopeless(start, cur_s):
+            continue
         s = score(start)
         if better(s, cur_s):
             cur, cur_s = start, s
@@ -529,7 +559,7 @@ def _joint_search(
                 trial = dict(cur)
                 for e in edges:
                     trial[e] = next((r for r in cands[e] if r.name == name), cur[e])
-                if trial == cur or evals >= max_evals:
+                if trial == cur or evals >= max_evals or hopeless(trial, cur_s):
                     continue
                 s = score(trial)
                 if better(s, cur_s) and (best_move is None or better(s, best_move[1])):
@@ -556,6 +586,7 @@ def auto_symbolic(
     joint_max_evals: int = 60,
     joint_floor: float = 1e-3,
     refit_targets: bool = True,
+    joint_products: bool = True,
     **fit_kw: Any,
 ) -> list[EdgeFit]:
     """Replace every live numeric edge by its best library function, layer by layer.
@@ -567,7 +598,8 @@ def auto_symbolic(
     ``drop_tolerance`` times the output's standard deviation (RMS over ``x``, largest over the
     outputs), it is fixed to that constant (a node that hardly matters, e.g. one left over by
     pruning that only fits noise, no longer blocks :func:`symbolic_formula`); otherwise it stays
-    numeric. ``drop_tolerance=0`` gives the old behaviour (such edges always stay numeric).
+    numeric (unless a product start of the joint search, below, drops it).
+    ``drop_tolerance=0`` gives the old behaviour (such edges always stay numeric).
     Later layers are fitted on the outputs of the already-fixed earlier layers. An edge whose
     input is constant on ``x`` is fixed to ``"0"`` with ``d`` = its constant value (a warning says
     so). The model is changed only if every fit succeeds.
@@ -592,14 +624,23 @@ def auto_symbolic(
     iterations, when every live edge is symbolic (:mod:`kanlab._symbolic_refit`; it converges
     to the best constants of the choice, so an exact choice scores the numeric model's own
     error), else ``joint_steps`` LBFGS steps. The search starts from the better of the
-    best-ranked and the simplest choice, then tries single-node starts (keep one node of a hidden
+    best-ranked and the simplest choice, then tries product starts (``joint_products=True``, the
+    default, with ``log`` and ``exp`` in the library; :mod:`kanlab._symbolic_starts`): for each
+    node of the last hidden layer whose inputs keep one sign, that node as ``exp`` of a sum of
+    ``log`` edges, the exponents fitted by least squares in log space, every other node of the
+    layer dropped (its edges the constant ``"0"``, an unfittable edge that matters included, which
+    otherwise stays numeric): products, ratios and power laws of one-signed inputs, which a
+    pruned KAN spreads over several nodes whose edges fit neither ``log`` nor ``exp``. Then
+    single-node starts (keep one node of a hidden
     layer, each function of its outgoing edges, drop the others' outgoing edges: products and
     power laws are one node, exp of a sum of logs, which pruning often leaves spread over two or
     three nodes), then descends: each round scores every single-edge move (or, if none helps,
     every move of one function for all edges into or out of a node) and takes the best one that
     cuts the error by 10 % or keeps it within 10 % with less total complexity; errors below
-    ``joint_floor`` count as equal. At most ``joint_max_evals`` refits (auto_symbolic takes 2-6 s
-    on one thread for the [2, 2-5, 1] KANs of the recipe).
+    ``joint_floor`` count as equal; once the current choice's error is within 10 % of the floor,
+    choices at least as complex are not refitted (they cannot win). At most ``joint_max_evals``
+    refits (auto_symbolic takes 1-5 s of CPU on one thread for the [2-3, 1-5, 1] KANs of the
+    recipe).
 
     Finally (with ``joint=True``, whether or not a search ran) the chosen functions' constants
     are refitted jointly on all of ``x`` (at least 50 iterations) and, when every live edge is
@@ -626,11 +667,14 @@ def auto_symbolic(
     joint_floor = check_float("joint_floor", joint_floor, minimum=0.0)
     if not isinstance(refit_targets, bool):
         raise TypeError(f"refit_targets must be a bool, got {refit_targets!r}")
+    if not isinstance(joint_products, bool):
+        raise TypeError(f"joint_products must be a bool, got {joint_products!r}")
     functions = _lib(lib)
     order = {name: k for k, name in enumerate(functions)}
     work = copy.deepcopy(model)  # all-or-nothing: fit on a copy, install at the end
     report: list[EdgeFit] = []
     cands: dict[tuple[int, int, int], list[FitResult]] = {}  # edge -> joint-search candidates
+    loose: set[tuple[int, int, int]] = set()  # unfittable edges that matter (left numeric)
     with torch.no_grad():
         numeric_acts = model.activations(x)  # per layer (batch, out, in): the fits' targets
     for l_idx, la in enumerate(work.layers):
@@ -674,6 +718,8 @@ def auto_symbolic(
                 zero = FitResult("0", (1.0, 0.0, 0.0, float(ys.mean())), 0.0, 0)
                 report.append(EdgeFit(l_idx, o, i, zero, True))
                 continue
+            elif drop_tol > 0:
+                loose.add((l_idx, o, i))  # numeric, unless a product start drops it
             report.append(EdgeFit(l_idx, o, i, good[0] if good else ranked[0], bool(good)))
     if joint and cands:
         sub = x
@@ -684,8 +730,9 @@ def auto_symbolic(
         chosen = {e: c[0] for e, c in cands.items()}
         if any(len(c) > 1 for c in cands.values()):
             chosen = _joint_search(
-                work, cands, sub, target, joint_steps, joint_max_evals, joint_floor, order
-            )
+                work, cands, sub, target, joint_steps, joint_max_evals, joint_floor, order,
+                functions if joint_products else None, frozenset(loose),
+            )  # fmt: skip
         work = _final_refit(work, chosen, x, model, joint_steps)
         report = [
             EdgeFit(r.layer, r.out_index, r.in_index, chosen[key], True)
