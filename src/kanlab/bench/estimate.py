@@ -14,11 +14,11 @@ the stages of its grid schedule (:func:`stages`; one stage without a schedule),
 where a *shape* is what a step's cost depends on: family, widths, M, training rows, optimiser, MLP
 activation, dtype, whether a KAN's grid is adapted (``grid_update_every > 0``: the interval
 search of a non-uniform grid costs about 2x a uniform one's), and a KAN's grid size G. G matters:
-the batched fused kernel only takes G + k <= 24 (larger grids run per-model sparse kernels, ~5-10x
-a step of [2,5,1] x3 at G = 50 against G = 20), and a grid update or extension fits every
-coefficient table by least squares whose size grows with G (~16 ms at G = 3, ~0.5 s at G = 200 for
-[2,5,1] x3); charging every stage at the first grid's cost read ~5x under for a G = 3..200
-schedule. Grid updates per stage: steps ``s`` below ``stop_grid_update_step`` with
+the batched fused kernel only takes G + k <= 24 (larger grids run per-model sparse kernels: a
+step of [2,5,1] x3 on 1000 rows ~20-40 ms at G <= 20, ~150-200 ms at G = 50-200), and a grid
+update or extension fits every coefficient table by least squares whose size grows with G (~16 ms
+at G = 3, ~0.5 s at G = 200); charging every stage at the first grid's cost read 3-5x under for a
+G = 3..200 schedule. Grid updates per stage: steps ``s`` below ``stop_grid_update_step`` with
 ``s % grid_update_every == 0``; the extension that starts a stage after the first is counted as
 one more update of that stage, at its (new) grid. Restart candidates' steps
 (:mod:`kanlab.train.restarts`) are charged at the first stage's grid.
