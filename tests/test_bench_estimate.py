@@ -6,6 +6,7 @@ CLI tests run the real command in a subprocess."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import re
@@ -27,6 +28,7 @@ from kanlab.bench.estimate import (
     interpolate,
     makespan,
     shape_of,
+    stages,
 )
 from kanlab.bench.sweep import expand, parse_sweep
 from kanlab.config import FitConfig
@@ -57,13 +59,18 @@ def _trials(seeds: int = 2):
     return expand(parse_sweep(spec))
 
 
+def _fake_cost(flops: int, grid: int, n_models: int) -> tuple[float, float]:
+    """The fake's (step, update) seconds: linear in M, FLOPs and the grid size G."""
+    return 0.01 * n_models + flops * 1e-6 + grid * 1e-3, 0.1 * n_models + grid * 0.01
+
+
 def _fake_measure(calls: list):
-    """step seconds = 0.01 * M + flops * 1e-6, update seconds = 0.1 * M; records each call."""
+    """:func:`_fake_cost` of the shape of the trial it is given (at its grid); records each call."""
 
     def measure(trial, n_models):
         calls.append((trial, n_models))
         s = shape_of(trial, n_models)
-        return 0.01 * n_models + s.flops * 1e-6, 0.1 * n_models
+        return _fake_cost(s.flops, s.grid, n_models)
 
     return measure
 
@@ -115,14 +122,79 @@ def test_interpolate_linear_in_flops_within_a_kind():
         interpolate(pts, _shape(200, n_models=4))
 
 
+def test_interpolate_in_grid_size_between_measured_grids():
+    pts = [Throughput(_shape(100, grid=3), 1.0, 0.1, True),
+           Throughput(_shape(100, grid=23), 3.0, 2.1, True),
+           Throughput(_shape(300, grid=3), 2.0, 0.2, True),
+           Throughput(_shape(300, grid=23), 6.0, 4.2, True)]  # fmt: skip
+    assert interpolate(pts, _shape(300, grid=23)).step_seconds == pytest.approx(6.0)  # that grid
+    mid = interpolate(pts, _shape(200, grid=13))  # FLOPs at each grid (1.5, 4.5), then G
+    assert mid.step_seconds == pytest.approx(3.0) and mid.update_seconds == pytest.approx(1.65)
+    assert interpolate(pts, _shape(100, grid=200)).step_seconds == pytest.approx(3.0)  # nearest
+    assert _shape(100, grid=23).label == "kan[2,5,1] G=23 x3"
+
+
+def test_stages_split_steps_and_updates_by_grid():
+    fit = FitConfig(steps=100, grid_update_every=10, stop_grid_update_step=50,
+                    grid_schedule=(3, 5, 10), restarts=1, restart_steps=20)  # fmt: skip
+    kan = _trials(seeds=1)[0]
+    kan = dataclasses.replace(kan, fit=fit)
+    assert stages(kan) == [(3, 100 + 40, 5), (5, 100, 6), (10, 100, 6)]
+    assert sum(s for _, s, _ in stages(kan)) == kan.total_steps
+    assert sum(u for _, _, u in stages(kan)) == grid_updates(fit, "kan")
+    mlp = next(t for t in _trials(seeds=1) if t.family == "mlp")
+    assert stages(mlp) == [(0, mlp.total_steps, 0)]
+    with pytest.raises(ValueError, match=r"no cost for grid size 5 \(have \[3\]\)"):
+        group_seconds([kan], {3: Throughput(_shape(100, grid=3), 1.0, 1.0, True)})
+
+
+def test_later_stages_are_charged_at_their_own_grid():
+    """A schedule's later stages cost what a step and an update at their grid cost, measured at
+    that grid: a fake whose steps cost 10x more from G = 50 on (as the fused kernel's limit does)
+    charges the G = 3 stage 1x and the G = 50, 100 stages 10x (charging every stage at the first
+    grid, the estimate read 3x under here)."""
+    kan = _trials(seeds=1)[0]
+    kan = dataclasses.replace(kan, fit=kan.fit.replace(steps=10, grid_update_every=0,
+                                                       grid_schedule=(3, 50, 100)))  # fmt: skip
+    seen = []
+
+    def measure(trial, n_models):
+        g = trial.model.grid_size  # the model measured is built at the stage's grid
+        seen.append((g, trial.fit.grid_schedule))
+        return (1.0 if g < 50 else 10.0), g / 10
+
+    est = estimate([kan], workers=1, batched=False, measure=measure)
+    # 10 steps at 1 s, then 10 at 10 s and an extension (5 s) and 10 at 10 s and one (10 s)
+    assert est.core_seconds == pytest.approx(10 * 1 + (10 * 10 + 5) + (10 * 10 + 10))
+    assert sorted(seen) == [(3, None), (50, None), (100, None)]
+    assert est.measured == 3 and {t.shape.grid for t in est.throughput} == {3, 50, 100}
+
+
+def test_a_representative_is_measured_at_grids_only_other_widths_train_at():
+    base = _trials(seeds=1)[0]
+    small = dataclasses.replace(base, model=base.model.replace(widths=(2, 1, 1)),
+                                fit=base.fit.replace(grid_schedule=(3,)))  # fmt: skip
+    mid = dataclasses.replace(base, model=base.model.replace(widths=(2, 3, 1)),
+                              fit=base.fit.replace(grid_schedule=(3, 5, 20)))  # fmt: skip
+    big = dataclasses.replace(base, model=base.model.replace(widths=(2, 5, 1)),
+                              fit=base.fit.replace(grid_schedule=(3, 5)))  # fmt: skip
+    calls: list = []
+    est = estimate([small, mid, big], workers=1, batched=False, measure=_fake_measure(calls))
+    got = sorted((t.model.widths[1], t.model.grid_size) for t, _ in calls)
+    assert got == [(1, 3), (1, 5), (1, 20), (5, 3), (5, 5), (5, 20)]
+    assert est.core_seconds == pytest.approx(_by_hand([small, mid, big], 1))
+
+
 def _by_hand(trials, n_models: int) -> float:
-    """The fake measurement's cost of ``trials`` run in groups of ``n_models`` (its step time is
-    linear in FLOPs, so interpolating between measured shapes is exact)."""
+    """The fake measurement's cost of ``trials`` run in groups of ``n_models``, stage by stage at
+    each stage's grid (its step time is linear in FLOPs, so interpolating between measured
+    shapes is exact)."""
     total = 0.0
+    flops = {t: shape_of(t, n_models).flops for t in trials}
     for t in trials:
-        step = 0.01 * n_models + shape_of(t, n_models).flops * 1e-6
-        cost = t.total_steps * step + grid_updates(t.fit, t.family) * 0.1 * n_models
-        total += cost / n_models  # each trial's share of its group
+        for grid, steps, updates in stages(t):
+            step, update = _fake_cost(flops[t], grid, n_models)
+            total += (steps * step + updates * update) / n_models  # the trial's share of its group
     return total
 
 
@@ -135,6 +207,10 @@ def test_estimate_extrapolates_each_group_from_the_measured_step():
     assert isinstance(est, Estimate) and est.batched and est.trials == len(trials)
     assert est.groups == len(trials) // 2  # the two seeds of each configuration share a batch
     assert all(n == 2 for _, n in calls) and all(tp.shape.n_models == 2 for tp in est.throughput)
+    # one kind of KAN, one of each MLP depth: the KAN measured at G = 3 and at G = 5 (its
+    # extension's stage), built at that grid
+    kan_calls = sorted(t.model.grid_size for t, _ in calls if t.family == "kan")
+    assert kan_calls == [3, 5]
     assert est.calibration_seconds == 2.5  # one reading before and one after the measurements
     assert est.core_seconds == pytest.approx(_by_hand(trials, 2))
     assert est.core_seconds / 2 <= est.wall_seconds <= est.core_seconds
@@ -153,7 +229,8 @@ def test_unbatched_estimate_is_one_fit_per_trial_and_the_cache_is_reused():
     # one worker: wall time is the sum; each trial: steps x step + updates x update (M = 1)
     assert est.wall_seconds == pytest.approx(est.core_seconds)
     assert est.core_seconds == pytest.approx(_by_hand(trials, 1))
-    tp = est.throughput[0]
+    tp = est.throughput[0]  # the first KAN's (one stage, G = 3)
+    assert tp.shape.grid == 3 and trials[0].grid_schedule == (3,)
     assert group_seconds([trials[0]], tp) == pytest.approx(_by_hand(trials[:1], 1))
     again = estimate(trials, workers=1, batched=False, measure=_fake_measure(calls), cache=cache)
     assert len(calls) == est.measured  # nothing measured twice
@@ -177,7 +254,7 @@ def test_only_representatives_of_a_kind_are_measured():
     steps = [tp[h].step_seconds for h in hidden]
     assert steps == sorted(steps) and steps[0] < steps[-1]
     # linear in FLOPs between the two: exact for the fake's linear cost
-    assert tp[3].step_seconds == pytest.approx(0.01 + tp[3].shape.flops * 1e-6)
+    assert tp[3].step_seconds == pytest.approx(_fake_cost(tp[3].shape.flops, 3, 1)[0])
 
 
 def test_estimate_refuses_bad_options():

@@ -5,18 +5,23 @@
 
 The model. Trials run in *groups*: with ``batched=True`` the runner's groups
 (:func:`kanlab.bench.groups.group_trials`: trials that differ only in seed, trained by one
-``fit_batch``), else one trial per group (one ``fit`` each). A group of M models costs
+``fit_batch``), else one trial per group (one ``fit`` each). A group of M models costs, summed over
+the stages of its grid schedule (:func:`stages`; one stage without a schedule),
 
-    group seconds = total optimiser steps x step_seconds(shape, M)
-                    + (grid updates + grid extensions) x update_seconds(shape, M)
+    stage seconds = steps of the stage x step_seconds(shape at the stage's G, M)
+                    + grid updates of the stage x update_seconds(shape at the stage's G, M)
 
 where a *shape* is what a step's cost depends on: family, widths, M, training rows, optimiser, MLP
-activation, dtype, and whether a KAN's grid is adapted (``grid_update_every > 0``: the interval
-search of a non-uniform grid costs about 2x a uniform one's). A KAN's grid size G is not part of
-it: the sparse kernels cost O(rows x in x (k+1) x out) per evaluation whatever G is
-(``DESIGN.md``, "How the fast layer works"). Grid updates per stage: steps ``s`` below
-``stop_grid_update_step`` with ``s % grid_update_every == 0``; an extension between stages is
-counted as one more update (both re-fit every coefficient table on the training inputs).
+activation, dtype, whether a KAN's grid is adapted (``grid_update_every > 0``: the interval
+search of a non-uniform grid costs about 2x a uniform one's), and a KAN's grid size G. G matters:
+the batched fused kernel only takes G + k <= 24 (larger grids run per-model sparse kernels: a
+step of [2,5,1] x3 on 1000 rows ~20-40 ms at G <= 20, ~150-200 ms at G = 50-200), and a grid
+update or extension fits every coefficient table by least squares whose size grows with G (~16 ms
+at G = 3, ~0.5 s at G = 200); charging every stage at the first grid's cost read 3-5x under for a
+G = 3..200 schedule. Grid updates per stage: steps ``s`` below ``stop_grid_update_step`` with
+``s % grid_update_every == 0``; the extension that starts a stage after the first is counted as
+one more update of that stage, at its (new) grid. Restart candidates' steps
+(:mod:`kanlab.train.restarts`) are charged at the first stage's grid.
 
 Measured: for each shape, :func:`calibrate` trains a real model (``fit`` for M = 1, ``fit_batch``
 on a KANBatch/MLPBatch otherwise) of a representative trial's configuration on that trial's own
@@ -28,9 +33,13 @@ the step's including fit's per-call evaluations. An LBFGS step is up to 20
 iterations (~22 evaluations); early steps of a fresh model use them all, as do most later ones
 (kanlab's tolerances are 1e-32), so early steps are representative. To keep the calibration to
 seconds, shapes are grouped into *kinds* (the same family, layer count, M, rows, optimiser,
-activation, dtype, adapted grid); per kind only the cheapest and the most expensive shape by sparse
-FLOPs per sample are measured, the others are interpolated linearly in FLOPs between them (:func:`interpolate`; flagged
-``measured=False`` in :attr:`Estimate.throughput`). Measurements are cached per shape in ``cache``
+activation, dtype, adapted grid); per kind only the cheapest and the most expensive widths by sparse
+FLOPs per sample are measured, each at every grid size G that a stage of that kind trains at (a
+model of that G: the fused-kernel limit makes the cost jump between grids, so it is measured, not
+guessed); the other widths are interpolated linearly in FLOPs between them at the same G, and a G
+not measured (only through :func:`interpolate` called directly) linearly in G between the measured
+grids that bracket it (:func:`interpolate`; flagged ``measured=False`` in
+:attr:`Estimate.throughput`). Measurements are cached per shape (widths, M, ..., G) in ``cache``
 across calls. A cold JIT cache is compiled first, announced on the ``kanlab.bench`` logger as
 the runner announces it (``compiling CPU kernels (first run only)...``).
 
@@ -43,10 +52,11 @@ trials run with one torch thread), so a few large groups on many workers are not
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 from kanlab.bench.sweep import Trial
@@ -65,6 +75,7 @@ __all__ = [
     "interpolate",
     "makespan",
     "shape_of",
+    "stages",
 ]
 
 Measure = Callable[[Trial, int], tuple[float, float]]
@@ -83,6 +94,7 @@ class Shape:
     dtype: str  # the model config's dtype ("" : torch's default)
     adapted: bool  # a KAN whose grid is updated, hence non-uniform, while it trains
     flops: int  # sparse forward FLOPs per sample of one model (interpolation coordinate)
+    grid: int = 0  # a KAN's grid size G in the stage this cost is for (0 for an MLP)
 
     @property
     def kind(self) -> tuple[Hashable, ...]:
@@ -94,7 +106,8 @@ class Shape:
     @property
     def label(self) -> str:
         w = widths_label(self.widths)
-        return f"{self.family}[{w}] x{self.n_models}"
+        g = f" G={self.grid}" if self.grid else ""
+        return f"{self.family}[{w}]{g} x{self.n_models}"
 
 
 @dataclass(frozen=True)
@@ -165,11 +178,37 @@ def grid_updates(fit: FitConfig, family: str) -> int:
     return per_stage * fit.n_stages + (fit.n_stages - 1)
 
 
-def group_seconds(group: Sequence[Trial], tp: Throughput) -> float:
-    """Estimated seconds of one group (trained together): its longest trial's steps and updates."""
-    steps = max(t.total_steps for t in group)
-    updates = max(grid_updates(t.fit, t.family) for t in group)
-    return steps * tp.step_seconds + updates * tp.update_seconds
+def stages(trial: Trial) -> list[tuple[int, int, int]]:
+    """``(grid, steps, grid updates)`` of each stage of ``trial`` (grid 0 for an MLP): the first
+    stage also trains the restart candidates' steps; a later one counts its grid extension as one
+    update. The steps add up to ``trial.total_steps``, the updates to :func:`grid_updates`."""
+    fit = trial.fit
+    grids = trial.grid_schedule or (0,)
+    total = grid_updates(fit, trial.family)
+    per_stage = (total - (fit.n_stages - 1)) // fit.n_stages
+    extra = trial.total_steps - fit.total_steps  # restart candidates, before the first stage
+    return [(g, fit.steps + (extra if i == 0 else 0), per_stage + (i > 0 and trial.family == "kan"))
+            for i, g in enumerate(grids)]  # fmt: skip
+
+
+def group_seconds(group: Sequence[Trial], tp: Throughput | Mapping[int, Throughput]) -> float:
+    """Estimated seconds of one group (trained together): its longest trial's, each stage's steps
+    and updates at the cost of that stage's grid (``tp``: one per grid size, or one for all)."""
+
+    def cost(trial: Trial) -> float:
+        total = 0.0
+        for grid, steps, updates in stages(trial):
+            t = tp if isinstance(tp, Throughput) else _at(tp, grid)
+            total += steps * t.step_seconds + updates * t.update_seconds
+        return total
+
+    return max(cost(t) for t in group)
+
+
+def _at(tp: Mapping[int, Throughput], grid: int) -> Throughput:
+    if grid not in tp:
+        raise ValueError(f"no cost for grid size {grid} (have {sorted(tp)})")
+    return tp[grid]
 
 
 def makespan(costs: Sequence[float], workers: int) -> float:
@@ -185,18 +224,25 @@ def makespan(costs: Sequence[float], workers: int) -> float:
 
 
 def interpolate(measured: Sequence[Throughput], shape: Shape) -> Throughput:
-    """``shape``'s cost, linear in FLOPs between the measured shapes of its kind that bracket it
-    (the nearest one outside their range; costs never decrease with FLOPs)."""
-    pts = sorted((t for t in measured if t.shape.kind == shape.kind), key=lambda t: t.shape.flops)
+    """``shape``'s cost, linear in FLOPs between the measured shapes of its kind and grid size
+    that bracket it (the nearest one outside their range; costs never decrease with FLOPs); a grid
+    size not measured: linear in G between the measured grids that bracket it, each interpolated
+    in FLOPs first (the nearest grid outside their range; costs never decrease with G)."""
+    pts = [t for t in measured if t.shape.kind == shape.kind]
     if not pts:
         raise ValueError(f"no measured shape of the kind of {shape.label} to interpolate from")
-    lo = max((t for t in pts if t.shape.flops <= shape.flops), default=pts[0],
-             key=lambda t: t.shape.flops)  # fmt: skip
-    hi = min((t for t in pts if t.shape.flops >= shape.flops), default=pts[-1],
-             key=lambda t: t.shape.flops)  # fmt: skip
-    span = hi.shape.flops - lo.shape.flops
-    f = 0.0 if span <= 0 else (shape.flops - lo.shape.flops) / span
+    grids = sorted({t.shape.grid for t in pts})
+    if shape.grid in grids:
+        return _in_flops([t for t in pts if t.shape.grid == shape.grid], shape)
+    lo_g = max((g for g in grids if g <= shape.grid), default=grids[0])
+    hi_g = min((g for g in grids if g >= shape.grid), default=grids[-1])
+    lo = _in_flops([t for t in pts if t.shape.grid == lo_g], shape)
+    hi = _in_flops([t for t in pts if t.shape.grid == hi_g], shape)
+    f = 0.0 if hi_g == lo_g else (shape.grid - lo_g) / (hi_g - lo_g)
+    return _mix(shape, lo, hi, f)
 
+
+def _mix(shape: Shape, lo: Throughput, hi: Throughput, f: float) -> Throughput:
     def mix(a: float, b: float) -> float:
         return a + f * max(b - a, 0.0)
 
@@ -204,29 +250,58 @@ def interpolate(measured: Sequence[Throughput], shape: Shape) -> Throughput:
                       mix(lo.update_seconds, hi.update_seconds), measured=False)  # fmt: skip
 
 
+def _in_flops(pts: Sequence[Throughput], shape: Shape) -> Throughput:
+    pts = sorted(pts, key=lambda t: t.shape.flops)
+    lo = max((t for t in pts if t.shape.flops <= shape.flops), default=pts[0],
+             key=lambda t: t.shape.flops)  # fmt: skip
+    hi = min((t for t in pts if t.shape.flops >= shape.flops), default=pts[-1],
+             key=lambda t: t.shape.flops)  # fmt: skip
+    span = hi.shape.flops - lo.shape.flops
+    f = 0.0 if span <= 0 else (shape.flops - lo.shape.flops) / span
+    return _mix(shape, lo, hi, f)
+
+
 def _representatives(shapes: Sequence[Shape]) -> list[Shape]:
-    """Per kind: the cheapest and the dearest shape by FLOPs (one if they are the same)."""
+    """Per kind: the cheapest and the dearest widths by FLOPs (one if they are the same), each at
+    every grid size a shape of the kind has."""
     kinds: dict[Hashable, list[Shape]] = {}
     for s in shapes:
         kinds.setdefault(s.kind, []).append(s)
     out: list[Shape] = []
     for members in kinds.values():
-        members = sorted(set(members), key=lambda s: (s.flops, s.widths))
-        out.extend(dict.fromkeys((members[0], members[-1])))
-    return out
+        members = sorted(set(members), key=lambda s: (s.flops, s.widths, s.grid))
+        grids = sorted({s.grid for s in members})
+        for end in dict.fromkeys((members[0], members[-1])):
+            out.extend(dataclasses.replace(end, grid=g) for g in grids)
+    return list(dict.fromkeys(out))
 
 
 # --------------------------------------------------------------------------- shapes and groups
-def shape_of(trial: Trial, n_models: int) -> Shape:
-    """The shape of ``trial`` trained in a group of ``n_models``."""
+def shape_of(trial: Trial, n_models: int, *, grid: int | None = None) -> Shape:
+    """The shape of ``trial`` trained in a group of ``n_models``, in its stage of grid size
+    ``grid`` (None: its first stage's; an MLP's is 0)."""
     model, fit = trial.model, trial.fit
     is_kan = isinstance(model, KANConfig)
+    if not is_kan:
+        grid = 0
+    elif grid is None:
+        grid = trial.grid_schedule[0]
     return Shape(
         family=trial.family, widths=tuple(model.widths), n_models=n_models,
         n_train=trial.data.n_train, optimizer=fit.optimizer,
         activation="" if is_kan else str(model.activation), dtype=str(model.dtype or ""),
         adapted=is_kan and bool(fit.grid_update_every), flops=count_flops(model, mode="sparse"),
+        grid=grid,
     )  # fmt: skip
+
+
+def _at_grid(trial: Trial, grid: int) -> Trial:
+    """``trial`` as a KAN built at grid size ``grid`` and trained there (no schedule): what is
+    measured for a stage of that grid (an MLP as it is)."""
+    if trial.family != "kan" or not grid:
+        return trial
+    return dataclasses.replace(trial, model=trial.model.replace(grid_size=grid),
+                               fit=trial.fit.replace(grid_schedule=None))  # fmt: skip
 
 
 def _groups(trials: Sequence[Trial], batched: bool, max_size: int) -> list[list[Trial]]:
@@ -333,17 +408,25 @@ def estimate(
 
     cache = {} if cache is None else cache
     groups = _groups(trials, batched, max_group)
-    shaped = [(shape_of(g[0], len(g)), g) for g in groups]
-    example = {}
-    for s, g in shaped:
-        example.setdefault(s, g[0])
+    # per group: its stages' shapes, one per grid size (the costs it is charged at)
+    staged = [({grid: shape_of(g[0], len(g), grid=grid) for grid, _, _ in stages(g[0])}, g)
+              for g in groups]  # fmt: skip
+    example: dict[Shape, Trial] = {}
+    for by_grid, g in staged:
+        for s in by_grid.values():
+            example.setdefault(s, _at_grid(g[0], s.grid))
+    reps = _representatives(list(example))
+    for s in reps:  # a representative's widths at a grid only other widths train at
+        if s not in example:
+            src = next(e for e in example if e.kind == s.kind and e.widths == s.widths)
+            example[s] = _at_grid(example[src], s.grid)
     start = timer()
     measured_now = 0
     from kanlab.bench.runner import SerialExecutor, _one_torch_thread
     from kanlab.bench.warm import warm_executor
 
     with _one_torch_thread():  # as trials run (and many threads on a busy machine only contend)
-        todo = [s for s in _representatives(list(example)) if s not in cache]
+        todo = [s for s in reps if s not in cache]
         if real and todo:  # a cold JIT cache compiles here, first, as a serial run's: said on
             warm_executor(SerialExecutor(), [example[s] for s in todo])  # the bench logger
         for s in todo:
@@ -356,11 +439,13 @@ def estimate(
     for s in example:
         if s not in table:
             table[s] = interpolate(measured, s)
-    costs = [group_seconds(g, table[s]) for s, g in shaped]
+    costs = [group_seconds(g, {grid: table[s] for grid, s in by_grid.items()})
+             for by_grid, g in staged]  # fmt: skip
     how = "batched" if batched else "unbatched"
     method = (
-        f"{steps} optimiser step(s) of a real {how} fit per measured shape, on its trial's data; "
-        f"{len(measured)} of {len(table)} shapes measured, the others interpolated in FLOPs"
+        f"{steps} optimiser step(s) of a real {how} fit per measured shape (a KAN's at each grid "
+        f"size of its schedule), on its trial's data; {len(measured)} of {len(table)} shapes "
+        "measured, the others interpolated in FLOPs"
     )
     return Estimate(
         trials=len(trials), groups=len(groups), batched=batched, workers=workers,
