@@ -152,8 +152,25 @@ def spline_product(
     return backend.fn(x, knots, weight * scale.unsqueeze(1), spline_order, uniform)
 
 
+EDGE_BLOCK_MAX = 4096  # most in * in * out that edge_values runs as one block-diagonal product
+
+
 def edge_values(
     x: Tensor, knots: Tensor, weight: Tensor, spline_order: int, *, uniform: bool
 ) -> Tensor:
-    """Per-edge spline outputs ``(batch, out, in)`` (interpretation path; reference maths)."""
-    return reference.edge_values(x, knots, weight, spline_order, uniform)
+    """Per-edge spline outputs ``(batch, out, in)``: ``sum_g B_g(x[b, i]) * weight[i, g, o]``.
+
+    On a compiled backend, one :func:`spline_product` call with a block-diagonal table (input i
+    feeds only the outputs ``(o, i)``: ``(in, G+k, out * in)``), so the sparsity regulariser's
+    edge values and their gradients (coefficients and x) run on the fast kernels; the table has
+    ``in`` times the entries, so wide layers (``in * in * out`` above :data:`EDGE_BLOCK_MAX`) keep
+    the reference maths. Measured on the official recipe's sparse fit (KAN [2,5,1], 1000 points,
+    adapted grids): the reference path was ~8 of its ~25 profiled CPU seconds (torch ops of the
+    non-uniform Cox-de Boor recursion)."""
+    backend = choose(x, knots, weight)
+    n_in, n_basis, n_out = weight.shape
+    if backend.module is None or n_in * n_in * n_out > EDGE_BLOCK_MAX:
+        return reference.edge_values(x, knots, weight, spline_order, uniform)
+    eye = torch.eye(n_in, dtype=weight.dtype, device=weight.device)
+    block = (weight.unsqueeze(-1) * eye[:, None, None, :]).reshape(n_in, n_basis, n_out * n_in)
+    return backend.fn(x, knots, block, spline_order, uniform).reshape(-1, n_out, n_in)
