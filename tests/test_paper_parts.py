@@ -95,6 +95,17 @@ def test_full_protocol_has_the_papers_depths_and_a_narrowed_one_is_its_subset():
     assert all(t.model.dtype == "float64" for t in sub)
 
 
+def test_kans_grids_keep_the_scaling_experiments_margin_and_mlps_have_none():
+    """The KANs' grid updates/extensions sit 1% of the data's range beyond it (fixed a priori from
+    the scaling experiment, not tuned on these tables), at both sizes; the MLPs have no grid."""
+    data, task = DataSpec(n_train=1000, n_test=1000, seed=0), get_task(TASK)
+    for quick in (True, False):
+        trials = TableProtocol.of(quick=quick, steps=3).trials(task, 2, 2, data)
+        kans = [t for t in trials if t.family == "kan"]
+        assert kans and all(t.fit.grid_margin == 0.01 for t in kans)
+        assert all(t.fit.grid_margin == 0.0 for t in trials if t.family == "mlp")
+
+
 def test_mlp_widths_narrow_the_protocol_and_say_so():
     quick = TableProtocol.of(quick=True, steps=1, mlp_widths=(100,))
     assert quick.mlp_widths == ((100, 100),) and quick.hidden == ((5,),)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from kanlab.bench.paper.common import (
     FAMILIES,
+    GRID_MARGIN,
     PaperTable,
     TableProtocol,
     check_families,
@@ -160,6 +161,7 @@ def run_special(
                   "seeds": seeds, "kan_hidden": [list(h) for h in protocol.hidden],
                   "mlp_hidden": [list(w) for w in protocol.mlp_widths],
                   "dtype": protocol.dtype or "default", "optimizer": "lbfgs", "n_train": 1000,
+                  "kan_grid_margin": GRID_MARGIN,
                   "families_run": list(families)},
         wall_time=time.perf_counter() - start, machine=machine(), notes=tuple(notes),
         units_run=summary.total - summary.skipped, units_reused=summary.skipped,
