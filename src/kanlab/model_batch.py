@@ -536,13 +536,13 @@ class MLPBatch(nn.Module):
                 x = act(x)
         return x
 
-    def _fused(self, x: Tensor, lin: _LinearBatch) -> bool:
-        """Whether the fused hidden layer (:mod:`kanlab.kernels.cpu_batched_mlp`) runs this layer:
-        CPU float32/float64 on one torch thread, where the kernel backend is Numba
-        (``set_backend`` honoured), M >= 2 (a single model keeps torch's ops), and where it pays
-        (:func:`~kanlab.kernels.cpu_batched_mlp.pays`: SiLU, few inputs, M x out large)."""
-        w = lin.weight
-        if (
+    def numba_runs(self, x: Tensor, w: Tensor | None = None) -> bool:
+        """Whether this batch's fused Numba kernels may run on inputs like ``x`` (``(rows, in)`` or
+        ``(M, rows, in)``) with parameters like ``w`` (default: the first layer's weight): M >= 2
+        (a single model keeps torch's ops), CPU float32/float64 on one torch thread, x of w's dtype
+        and device, and Numba the kernel backend (``set_backend`` honoured)."""
+        w = self.layers[0].weight if w is None else w
+        return not (
             self.n_models < 2
             or torch.get_num_threads() != 1
             or w.device.type != "cpu"
@@ -550,7 +550,15 @@ class MLPBatch(nn.Module):
             or x.dtype != w.dtype
             or x.device != w.device
             or select_backend(x if x.dim() == 2 else x[0]).name != "numba"
-        ):
+        )
+
+    def _fused(self, x: Tensor, lin: _LinearBatch) -> bool:
+        """Whether the fused hidden layer (:mod:`kanlab.kernels.cpu_batched_mlp`) runs this layer:
+        CPU float32/float64 on one torch thread, where the kernel backend is Numba
+        (``set_backend`` honoured), M >= 2 (a single model keeps torch's ops), and where it pays
+        (:func:`~kanlab.kernels.cpu_batched_mlp.pays`: SiLU, few inputs, M x out large)."""
+        w = lin.weight
+        if not self.numba_runs(x, w):
             return False
         from kanlab.kernels.cpu_batched_mlp import pays
 

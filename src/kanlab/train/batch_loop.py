@@ -64,7 +64,6 @@ from torch import Tensor, nn
 from kanlab import distributed as D
 from kanlab import kernels
 from kanlab.config import FitConfig
-from kanlab.kernels.backends import select_backend
 from kanlab.kernels.warm import ALL_PARTS
 from kanlab.model_batch import KANBatch, MLPBatch
 from kanlab.regularization import EPS
@@ -333,15 +332,7 @@ def fused_loss_applies(batch: KANBatch | MLPBatch, x: Tensor) -> bool:
         return False
     xm = x[..., :1, :]
     if isinstance(batch, MLPBatch):
-        w = batch.layers[0].weight
-        if (
-            batch.n_models < 2
-            or torch.get_num_threads() != 1
-            or w.device.type != "cpu"
-            or w.dtype not in (torch.float32, torch.float64)
-            or x.dtype != w.dtype
-            or select_backend(xm if xm.dim() == 2 else xm[0]).name != "numba"
-        ):
+        if not batch.numba_runs(xm):
             return False
         from kanlab.kernels.cpu_batched_mlp_loss import takes
 

@@ -100,6 +100,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from kanlab.bench.paper.common import (
     PaperTable,
@@ -206,6 +207,17 @@ def _trials(
     return trials, grids
 
 
+def stage_errors(rows: list[dict[str, Any]]) -> dict[int, list[float]]:
+    """Grid size -> the test RMSE after that grid stage of every KAN row (the store's rows, in
+    their order; each row's ``extra.stages``)."""
+    per_grid: dict[int, list[float]] = {}
+    for r in rows:
+        if r["family"] == "kan":
+            for st in r["extra"]["stages"]:
+                per_grid.setdefault(int(st["grid"]), []).append(float(st["test_metric"]))
+    return per_grid
+
+
 def run_scaling(
     *,
     quick: bool = True,
@@ -250,11 +262,7 @@ def run_scaling(
     rows = sorted((r for r in all_rows if r["status"] == "ok" and r["task"] == TASK),
                   key=lambda r: r["seed"])  # fmt: skip
     # KAN: mean over seeds of the test RMSE after each grid stage
-    per_grid: dict[int, list[float]] = {}
-    for r in rows:
-        if r["family"] == "kan":
-            for st in r["extra"]["stages"]:
-                per_grid.setdefault(int(st["grid"]), []).append(float(st["test_metric"]))
+    per_grid = stage_errors(rows)
     kan_curve = [(g, statistics.fmean(per_grid[g])) for g in grids if g in per_grid]
     kan_pts = [(count_params(KANConfig(widths=(2, 1, 1), grid_size=g)), e) for g, e in kan_curve]
     # the median too: the paper reports both (mean ~ G^-3, median ~ G^-4); one stalled seed moves

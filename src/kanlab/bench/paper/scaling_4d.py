@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kanlab.bench.paper.common import fmt
+from kanlab.bench.paper.scaling import stage_errors
 
 __all__ = ["GOAL", "SHAPE", "TASK", "summarize_4d", "trials_4d"]
 
@@ -82,11 +83,7 @@ def summarize_4d(
 
     rows = sorted((r for r in rows if r["task"] == TASK and r["status"] == "ok"),
                   key=lambda r: r["seed"])  # fmt: skip
-    per_grid: dict[int, list[float]] = {}
-    for r in rows:
-        if r["family"] == "kan":
-            for st in r["extra"]["stages"]:
-                per_grid.setdefault(int(st["grid"]), []).append(float(st["test_metric"]))
+    per_grid = stage_errors(rows)
     mlp: dict[tuple[int, int], list[float]] = {}  # (params, depth) -> per seed
     for r in rows:
         if r["family"] == "mlp":
