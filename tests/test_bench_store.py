@@ -53,6 +53,20 @@ def test_put_refuses_unknown_columns_and_statuses(tmp_path):
             store.put("k", _row(status="great"))
 
 
+def test_put_many_stores_a_batch_whole_or_not_at_all(tmp_path):
+    """A model batch's rows go in one transaction: an error at its second row (a value sqlite
+    cannot store) leaves none of them, and a good batch lands whole."""
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        with pytest.raises(sqlite3.Error):
+            store.put_many([("a", _row()), ("b", _row(seed=1, test_error=object()))])
+        assert len(store) == 0
+        with pytest.raises(ValueError, match="status"):  # checked before anything is written
+            store.put_many([("a", _row()), ("b", _row(status="great"))])
+        assert len(store) == 0
+        store.put_many([("a", _row()), ("b", _row(seed=1))])
+        assert store.finished_keys() == {"a", "b"}
+
+
 def test_committed_rows_survive_without_close(tmp_path):
     db = tmp_path / "r.sqlite"
     store = ResultStore(db)

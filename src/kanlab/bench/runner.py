@@ -506,10 +506,10 @@ def _checked(group: Sequence[Trial], results: Any) -> list[dict[str, Any]]:
 
 def _completed(
     executor: Executor, groups: Sequence[Sequence[Trial]], group_fn: GroupFn
-) -> Iterator[tuple[Trial, dict[str, Any]]]:
-    """(trial, result) pairs, group by group in order of completion (one future per group). An
-    exception from the executor itself (a worker process that died, a lost Dask worker) or from
-    ``group_fn`` becomes a ``failed`` result for every trial of its group."""
+) -> Iterator[list[tuple[Trial, dict[str, Any]]]]:
+    """Each group's (trial, result) pairs, group by group in order of completion (one future per
+    group). An exception from the executor itself (a worker process that died, a lost Dask worker)
+    or from ``group_fn`` becomes a ``failed`` result for every trial of its group."""
 
     def pairs(group: Sequence[Trial], get: Callable[[], Any]) -> list[tuple[Trial, Any]]:
         try:
@@ -519,12 +519,12 @@ def _completed(
 
     if isinstance(executor, SerialExecutor):  # one at a time, so each is stored before the next
         for group in groups:
-            yield from pairs(group, lambda g=group: group_fn(g))
+            yield pairs(group, lambda g=group: group_fn(g))
         return
     futures: dict[Future, Sequence[Trial]] = {executor.submit(group_fn, g): g for g in groups}
     try:
         for fut in as_completed(futures):
-            yield from pairs(futures.pop(fut), fut.result)
+            yield pairs(futures.pop(fut), fut.result)
     finally:
         for fut in futures:
             fut.cancel()
@@ -599,21 +599,22 @@ def run_trials(
 ) -> RunSummary:
     """Run the trials not yet finished in ``store`` on ``executor``; record each as it completes.
 
-    ``batch`` (default): the pending trials are grouped by
-    :func:`~kanlab.bench.groups.group_trials` (one model and fit configuration: its seeds
-    and the tasks of one input width, at most ``max_batch`` per group) and each group is one task
-    on the executor, trained as one model batch
-    by ``group_fn`` (default :func:`run_trial_group`; with a custom ``trial_fn`` and no
-    ``group_fn``, the group's trials run one by one through ``trial_fn``); its rows are committed
-    one per trial when the group completes. ``batch=False``: one task per trial, as before. On any
-    executor but :class:`SerialExecutor` the tasks are submitted longest first
-    (:func:`~kanlab.bench.groups.longest_first`), so a pool packs them like LPT.
+        ``batch`` (default): the pending trials are grouped by
+        :func:`~kanlab.bench.groups.group_trials` (one model and fit configuration: its seeds
+        and the tasks of one input width, at most ``max_batch`` per group) and each group is one task
+        on the executor, trained as one model batch
+        by ``group_fn`` (default :func:`run_trial_group`; with a custom ``trial_fn`` and no
+        ``group_fn``, the group's trials run one by one through ``trial_fn``); its rows are committed
+        one per trial, in one transaction, when the group completes (a kill leaves a batch wholly stored
+    or not at all). ``batch=False``: one task per trial, as before. On any
+        executor but :class:`SerialExecutor` the tasks are submitted longest first
+        (:func:`~kanlab.bench.groups.longest_first`), so a pool packs them like LPT.
 
-    ``progress`` shows a tqdm bar over trials; ``on_result`` is called in this process after each
-    result is committed. An exception raised by the executor itself (e.g. a worker process that
-    died) is recorded as ``failed`` for the trials of its task. A ``KeyboardInterrupt`` comes out as
-    :class:`Interrupted` with the summary of the trials committed until then; a rerun runs only the
-    trials not finished (regrouped), so no trial is recorded twice."""
+        ``progress`` shows a tqdm bar over trials; ``on_result`` is called in this process after each
+        result is committed. An exception raised by the executor itself (e.g. a worker process that
+        died) is recorded as ``failed`` for the trials of its task. A ``KeyboardInterrupt`` comes out as
+        :class:`Interrupted` with the summary of the trials committed until then; a rerun runs only the
+        trials not finished (regrouped), so no trial is recorded twice."""
     from kanlab.bench.groups import group_trials, longest_first
 
     start = time.perf_counter()
@@ -639,15 +640,16 @@ def run_trials(
 
     completed = _completed(executor, groups, group_fn)
     try:
-        for trial, result in completed:
-            store.put(trial.key, _store_row(trial, result))
-            counts[result["status"]] += 1
-            if on_result is not None:
-                on_result(trial, result)
-            if bar is not None:
-                bar.set_postfix(ok=counts["ok"], failed=counts["failed"],
-                                diverged=counts["diverged"], refresh=False)  # fmt: skip
-                bar.update(1)
+        for done_pairs in completed:  # a group's rows in one transaction: whole or none
+            store.put_many([(trial.key, _store_row(trial, result)) for trial, result in done_pairs])
+            for trial, result in done_pairs:
+                counts[result["status"]] += 1
+                if on_result is not None:
+                    on_result(trial, result)
+                if bar is not None:
+                    bar.set_postfix(ok=counts["ok"], failed=counts["failed"],
+                                    diverged=counts["diverged"], refresh=False)  # fmt: skip
+                    bar.update(1)
     except KeyboardInterrupt as err:  # Ctrl-C, or a signal under stop_on_signals
         raise Interrupted(getattr(err, "signum", signal.SIGINT), summary()) from None
     finally:

@@ -20,7 +20,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,24 +164,36 @@ class ResultStore:
 
         ``row`` maps column names (see :data:`COLUMNS`) to values; ``config`` and ``extra`` may be
         dicts (stored as JSON). Unknown names are refused."""
-        unknown = set(row) - set(_NAMES)
-        if unknown:
-            raise ValueError(f"unknown result column(s) {sorted(unknown)}; valid: {list(_NAMES)}")
-        status = row.get("status")
-        if status not in STATUSES:
-            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
-        values = dict(row)
-        for name in ("config", "extra"):
-            if isinstance(values.get(name), Mapping):
-                values[name] = json.dumps(values[name], sort_keys=True)
-        values.setdefault("finished_at", time.time())
-        names = ["key", *values]
-        marks = ", ".join("?" for _ in names)
+        self.put_many([(key, row)])
+
+    def put_many(self, items: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """:meth:`put` for several trials in one transaction: all of them are stored, or (a
+        process killed before the commit) none. A batched sweep stores a model batch's trials so,
+        and a rerun finds each batch whole or not at all."""
+        prepared = []
+        for key, row in items:
+            unknown = set(row) - set(_NAMES)
+            if unknown:
+                raise ValueError(
+                    f"unknown result column(s) {sorted(unknown)}; valid: {list(_NAMES)}"
+                )
+            status = row.get("status")
+            if status not in STATUSES:
+                raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+            values = dict(row)
+            for name in ("config", "extra"):
+                if isinstance(values.get(name), Mapping):
+                    values[name] = json.dumps(values[name], sort_keys=True)
+            values.setdefault("finished_at", time.time())
+            prepared.append((key, values))
         with self._conn:
-            self._conn.execute(
-                f"INSERT OR REPLACE INTO trials ({', '.join(names)}) VALUES ({marks})",
-                [key, *values.values()],
-            )
+            for key, values in prepared:
+                names = ["key", *values]
+                marks = ", ".join("?" for _ in names)
+                self._conn.execute(
+                    f"INSERT OR REPLACE INTO trials ({', '.join(names)}) VALUES ({marks})",
+                    [key, *values.values()],
+                )
 
     def claim_settings(
         self, fingerprint: str, settings: Mapping[str, Any]
