@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import kanlab as kl
+from _recipe import recipe_until_symbolic  # tests/ is on sys.path under pytest
 from kanlab.functions import get_function, library
 from kanlab.splines import curve_to_coef
 from kanlab.symbolic import fit_params
@@ -424,25 +425,12 @@ def test_story_recovers_exp_sin_formula(tmp_path):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
-def _recipe_until_symbolic(seed: int) -> tuple[object, object]:
-    """The official recipe (issue 20, part 5) on x*y up to auto_symbolic: KAN [2, 5, 1], grid 3,
-    LBFGS 50 with lamb 1e-3, prune, 50, grid 10, 50 (float64, 1000 points)."""
-    ds = kl.datasets.get("paper/xy", n_train=1000, n_test=1000, seed=seed, dtype=torch.float64)
-    model = kl.KAN([2, 5, 1], grid_size=3, spline_order=3, seed=seed, dtype=torch.float64)
-    kl.fit(model, ds, steps=50, lamb=1e-3, progress=False)
-    model = kl.prune(model, ds.train_x)
-    kl.fit(model, ds, steps=50, progress=False)
-    model.extend_grid(10, ds.train_x)
-    kl.fit(model, ds, steps=50, progress=False)
-    return model, ds
-
-
 @pytest.mark.slow
 def test_auto_symbolic_joint_search_recovers_xy_on_the_recipe() -> None:
     # seed 1 prunes to [2, 3, 1]; each edge's best R^2 picks sin/exp imitating squares and lines
     # (formula RMSE 1.8e-4 with joint=False); judged jointly the edges become x and x^2: x_1*x_2.
     lib = ["x", "x^2", "x^3", "x^4", "exp", "log", "sqrt", "tanh", "sin", "abs"]
-    model, ds = _recipe_until_symbolic(1)
+    model, ds = recipe_until_symbolic("paper/xy", 1)
     before = copy.deepcopy(model)
     kl.auto_symbolic(before, ds.train_x, lib=lib, joint=False)
     kl.auto_symbolic(model, ds.train_x, lib=lib)

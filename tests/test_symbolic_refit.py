@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import kanlab as kl
+from _recipe import recipe_until_symbolic  # tests/ is on sys.path under pytest
 from kanlab import _symbolic_refit as refit
 
 F64 = torch.float64
@@ -175,18 +176,6 @@ def test_levenberg_marquardt_keeps_the_start_when_nothing_improves():
     torch.testing.assert_close(fitted, theta, rtol=0, atol=1e-14)
 
 
-def _recipe_until_symbolic(name: str, seed: int):
-    """The official recipe (issue 20, part 5) up to auto_symbolic on a registered data set."""
-    ds = kl.datasets.get(name, n_train=1000, n_test=1000, seed=seed, dtype=F64)
-    model = kl.KAN([ds.train_x.shape[1], 5, 1], grid_size=3, seed=seed, dtype=F64)
-    kl.fit(model, ds, steps=50, lamb=1e-3, progress=False)
-    model = kl.prune(model, ds.train_x)
-    kl.fit(model, ds, steps=50, progress=False)
-    model.extend_grid(10, ds.train_x)
-    kl.fit(model, ds, steps=50, progress=False)
-    return model, ds
-
-
 @pytest.mark.slow
 def test_recipe_recovers_mu_n_exactly():
     # F = mu*Nn (Feynman I.12.1), seed 0 prunes to [2, 2, 1]. Before the joint Levenberg-Marquardt
@@ -194,7 +183,7 @@ def test_recipe_recovers_mu_n_exactly():
     # formula stayed at RMSE 7e-3 (ill-conditioned constants c*(a*x + b) + d with a ~ 3e-4, b, d ~
     # 1e4 stall the recipe's last fit); now x_1*x_2 to rounding.
     lib = ["x", "x^2", "x^3", "x^4", "exp", "log", "sqrt", "tanh", "sin", "abs"]
-    model, ds = _recipe_until_symbolic("feynman/I.12.1", 0)
+    model, ds = recipe_until_symbolic("feynman/I.12.1", 0)
     kl.auto_symbolic(model, ds.train_x, lib=lib)
     kl.fit(model, ds, steps=50, progress=False)
     formula = kl.symbolic_formula(model, precision=None)

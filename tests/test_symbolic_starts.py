@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import kanlab as kl
+from _recipe import recipe_until_symbolic  # tests/ is on sys.path under pytest
 from kanlab._symbolic_starts import product_starts
 
 F64 = torch.float64
@@ -90,17 +91,6 @@ def test_joint_products_argument_checked() -> None:
         kl.auto_symbolic(model, x, joint_products="yes")
 
 
-def _recipe_until_symbolic(name, seed):
-    model = kl.KAN([2, 5, 1], grid_size=3, spline_order=3, seed=seed, dtype=F64)
-    ds = kl.datasets.get(name, n_train=1000, n_test=1000, seed=seed, dtype=F64)
-    kl.fit(model, ds, steps=50, lamb=1e-3, progress=False)
-    model = kl.prune(model, ds.train_x)
-    kl.fit(model, ds, steps=50, progress=False)
-    model.extend_grid(10, ds.train_x)
-    kl.fit(model, ds, steps=50, progress=False)
-    return model, ds
-
-
 def _rmse(model, ds):
     formula = kl.symbolic_formula(model, precision=None)
     with np.errstate(all="ignore"):
@@ -115,7 +105,7 @@ def test_recipe_recovers_a_power_law_spread_over_three_nodes():
     # sharing the work (each moves the output by 14-63 % of its spread); the per-edge candidates
     # hold no log/exp and the search ended on sin/exp mixtures (RMSE 2.6e-2). The product start
     # gives exp(log eps + 2 log Ef - log 2).
-    model, ds = _recipe_until_symbolic("feynman/II.8.31", 0)
+    model, ds = recipe_until_symbolic("feynman/II.8.31", 0)
     assert model.widths[1] >= 2
     old = copy.deepcopy(model)
     kl.auto_symbolic(old, ds.train_x, lib=LIB, joint_products=False)
