@@ -75,23 +75,26 @@ def test_unknown_equation_is_named(tmp_path):
 def test_feynman_tiny_runs_compares_and_resumes(tmp_path):
     kw = dict(quick=True, out=tmp_path, steps=2, equations=("I.6.2",))
     one = run_feynman(**kw)
-    assert (one.units_run, one.units_reused) == (6, 0)  # (1 KAN + 2 MLPs) x 2 seeds
+    assert (one.units_run, one.units_reused) == (8, 0)  # (1 KAN + 1 pruned + 2 MLPs) x 2 seeds
     (row,) = one.rows
     ref = published()["I.6.2"]
     assert row[0] == "I.6.2" and row[1] == ref.paper_formula
-    # columns: like-for-like KAN (label, RMSE), paper, <=, KAN best mean, MLP (label, RMSE), paper
-    assert float(row[4]) == pytest.approx(ref.best_kan, rel=1e-2) and row[10] == ref.mlp_test_rmse
-    assert math.isfinite(float(row[3])) and math.isfinite(float(row[9]))
-    assert row[5] == ("yes" if float(row[3]) <= ref.best_kan else "no")
-    assert row[11].split()[0] in ("KAN", "MLP", "tie")
+    # columns: KAN over grid stages (label, RMSE), final grid (label, RMSE), paper, <=, KAN best
+    # mean, MLP (label, RMSE), paper MLP, verdict
+    assert float(row[6]) == pytest.approx(ref.best_kan, rel=1e-2) and row[12] == ref.mlp_test_rmse
+    assert math.isfinite(float(row[3])) and math.isfinite(float(row[11]))
+    assert float(row[3]) <= float(row[5])
+    yes = {True: "yes", False: "no"}
+    assert row[7] == f"{yes[float(row[3]) <= ref.best_kan]} / {yes[float(row[5]) <= ref.best_kan]}"
+    assert row[13].split()[0] in ("KAN", "MLP", "tie")
     report = (tmp_path / "report.md").read_text()
     assert "Table 2" in report and "dimensionless" in report and "confirmed" in report
     header = (tmp_path / "data" / "I.6.2.csv").read_text().splitlines()
     assert header[0] == "theta,sigma,f" and len(header) == 1251
     two = run_feynman(**kw)
-    assert (two.units_run, two.units_reused) == (0, 6) and two.rows == one.rows
+    assert (two.units_run, two.units_reused) == (0, 8) and two.rows == one.rows
     with sqlite3.connect(tmp_path / "results.sqlite") as conn:
-        assert conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 6
+        assert conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 8
 
 
 @pytest.mark.slow
@@ -100,10 +103,10 @@ def test_cli_quick_end_to_end_and_rerun_trains_nothing(tmp_path):
     cmd = [sys.executable, "-m", "kanlab", "paper", "feynman", "--quick", "--out", str(tmp_path)]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr
-    assert "units trained 18, reused 0" in first.stderr  # 3 equations x 3 models x 2 seeds
+    assert "units trained 24, reused 0" in first.stderr  # 3 equations x 4 models x 2 seeds
     rows = [line for line in first.stdout.splitlines() if line.startswith(("| I.", "| II."))]
     assert [r.split("|")[1].strip() for r in rows] == ["I.6.2", "I.12.11", "II.38.3"]
     assert "ids confirmed against FeynmanEquations.csv: I.6.2, I.12.11, II.38.3" in first.stdout
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr
-    assert "units trained 0, reused 18" in second.stderr and rows[0] in second.stdout
+    assert "units trained 0, reused 24" in second.stderr and rows[0] in second.stdout

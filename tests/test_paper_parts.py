@@ -91,7 +91,8 @@ def test_full_protocol_has_the_papers_depths_and_a_narrowed_one_is_its_subset():
     data, task = DataSpec(n_train=1000, n_test=1000, seed=0), get_task(TASK)
     keys = {t.key for t in full.trials(task, 2, 3, data)}
     sub = part.trials(task, 2, 3, data)
-    assert len(sub) == 3 * (2 + 4) and {t.key for t in sub} <= keys  # resumes into the full run
+    # per seed: 2 KAN depths x (plain + 2 pruned) + 4 MLPs; resumes into the full run
+    assert len(sub) == 3 * (2 * 3 + 4) and {t.key for t in sub} <= keys
     assert all(t.model.dtype == "float64" for t in sub)
 
 
@@ -119,9 +120,27 @@ def test_mlp_widths_narrow_the_protocol_and_say_so():
     )
 
 
+def test_prune_lambdas_narrow_the_protocol_and_say_so():
+    full = TableProtocol.of(quick=False, steps=1)
+    assert full.prune_lambdas == (1e-2, 1e-3)
+    data, task = DataSpec(n_train=1000, n_test=1000, seed=0), get_task(TASK)
+    pruned = [t for t in full.trials(task, 2, 1, data) if t.prune is not None]
+    assert len(pruned) == 5 * 2 and {t.prune.lamb for t in pruned} == {1e-2, 1e-3}
+    assert all(t.prune.steps == 1 and t.family == "kan" for t in pruned)  # the stage's steps
+    one = TableProtocol.of(quick=False, steps=1, prune_lambdas=(1e-3,))
+    assert one.prune_lambdas == (1e-3,)
+    assert one.narrowed(quick=False) == "pruned KANs with lamb 0.001 (whole protocol: 0.01, 0.001)"
+    none = TableProtocol.of(quick=True, steps=1, prune_lambdas=())
+    assert none.trials(task, 2, 1, data) == [
+        t for t in TableProtocol.of(quick=True, steps=1).trials(task, 2, 1, data) if t.prune is None
+    ]
+    assert none.narrowed(quick=True) == "pruned KANs with lamb none (whole protocol: 0.01)"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
+        ({"prune_lambdas": (0.5,)}, r"prune_lambdas must be some of \(0.01, 0.001\).*0.5"),
         ({"families": ("svm",)}, "families must be some of .*'svm'"),
         ({"families": ()}, "families must be some of"),
         ({"mlp_widths": (7,)}, r"mlp_widths must be some of \(5, 100\), got \(7,\)"),
@@ -157,6 +176,8 @@ def _cli(argv, capsys):
         (["paper", "feynman", "--mlp-width", "7"], "mlp_widths must be some of"),
         (["paper", "special", "--quick", "--depth", "3"], "depths is for the full size"),
         (["paper", "pde", "--family", "kan"], "are for special and feynman only"),
+        (["paper", "special", "--quick", "--prune-lamb", "1e-3"], "prune_lambdas must be some of"),
+        (["paper", "scaling", "--prune-lamb", "0"], "are for special and feynman only"),
     ],
 )
 def test_cli_refuses_bad_parts_in_one_line(tmp_path, capsys, argv, match):
@@ -178,4 +199,4 @@ def test_cli_runs_one_family_and_says_the_other_is_not_measured(tmp_path, capsys
     rows = [line for line in out.splitlines() if line.startswith("| special/")]
     assert len(rows) == 3 and all("| MLP not measured |" in r for r in rows)
     assert "narrowed protocol: MLP widths 5 only" in out
-    assert "units trained 3, reused 0" in err  # 3 functions x 1 KAN x 1 seed
+    assert "units trained 6, reused 0" in err  # 3 functions x (1 KAN + 1 pruned) x 1 seed

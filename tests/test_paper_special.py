@@ -36,31 +36,36 @@ def test_unknown_function_is_named(tmp_path):
 def test_special_tiny_runs_in_parts_compares_and_resumes(tmp_path):
     kw = dict(quick=True, out=tmp_path, steps=2, functions=("special/ellipj",))
     ref = published()["special/ellipj"]
-    # part 1: the KANs only; the MLP column says so, no verdict is named
+    # part 1: the KANs only (plain and pruned); the MLP column says so, no verdict is named
     kan = run_special(**kw, families=("kan",))
-    assert (kan.units_run, kan.units_reused) == (2, 0)  # 1 KAN x 2 seeds
+    assert (kan.units_run, kan.units_reused) == (4, 0)  # (1 KAN + 1 pruned KAN) x 2 seeds
     (row,) = kan.rows
-    assert row[3] == ref["best_kan_test_rmse"] and row[9] == ref["mlp_test_rmse"]
-    assert row[4] == ("yes" if float(row[2]) <= float(ref["best_kan_test_rmse"]) else "no")
-    assert row[7:9] == ("not measured", "-") and row[10] == "MLP not measured"
+    paper_kan = float(ref["best_kan_test_rmse"])
+    assert float(row[5]) == pytest.approx(paper_kan, rel=1e-2) and row[11] == ref["mlp_test_rmse"]
+    # the minimum over grid stages is below the final-grid minimum (a minimum over more models)
+    assert float(row[2]) <= float(row[4])
+    yes = {True: "yes", False: "no"}
+    assert row[6] == f"{yes[float(row[2]) <= paper_kan]} / {yes[float(row[4]) <= paper_kan]}"
+    assert " at G=" in row[1] and "seed " in row[1]
+    assert row[9:11] == ("not measured", "-") and row[12] == "MLP not measured"
     # part 2: the width-5 MLPs, a narrowed protocol (said in the notes): complete, so a verdict
     five = run_special(**kw, families=("mlp",), mlp_widths=(5,))
     assert (five.units_run, five.units_reused) == (2, 0)  # counts the chosen trials (the MLPs)
-    assert five.rows[0][:7] == row[:7] and five.rows[0][7].startswith("mlp[2,5,5,1]")
-    assert five.rows[0][10].split()[0] in ("KAN", "MLP", "tie")
+    assert five.rows[0][:9] == row[:9] and five.rows[0][9].startswith("mlp[2,5,5,1]")
+    assert five.rows[0][12].split()[0] in ("KAN", "MLP", "tie")
     assert "narrowed protocol: MLP widths 5 only (whole protocol: 5, 100)" in five.notes
     # the rest of the whole protocol: only the width-100 MLPs train
     one = run_special(**kw)
-    assert (one.units_run, one.units_reused) == (2, 4)
+    assert (one.units_run, one.units_reused) == (2, 6)
     (row,) = one.rows
-    assert row[:7] == kan.rows[0][:7] and row[7].startswith("mlp[2,")
-    assert float(row[8]) <= float(five.rows[0][8])  # a minimum over more models
-    assert float(row[2]) <= float(row[6].split(" ± ")[0])  # the minimum is below the mean
-    assert row[10].split()[0] in ("KAN", "MLP", "tie")  # two seeds a side: a decided verdict
+    assert row[:9] == kan.rows[0][:9] and row[9].startswith("mlp[2,")
+    assert float(row[10]) <= float(five.rows[0][10])  # a minimum over more models
+    assert float(row[4]) <= float(row[8].split(" ± ")[0])  # the minimum is below the mean
+    assert row[12].split()[0] in ("KAN", "MLP", "tie")  # two seeds a side: a decided verdict
     assert not any(n.startswith("narrowed") for n in one.notes)
     report = (tmp_path / "report.md").read_text()
     assert "Table 1" in report and "like for like" in report
     two = run_special(**kw)
-    assert (two.units_run, two.units_reused) == (0, 6) and two.rows == one.rows
+    assert (two.units_run, two.units_reused) == (0, 8) and two.rows == one.rows
     with sqlite3.connect(tmp_path / "results.sqlite") as conn:
-        assert conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 6
+        assert conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 8

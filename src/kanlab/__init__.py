@@ -8,7 +8,7 @@ from __future__ import annotations
 from kanlab import datasets, kernels, splines
 from kanlab.attribution import Attribution, attribute, prune_input
 from kanlab.compile import compile_formula, splines_from_symbolic
-from kanlab.config import FitConfig, KANConfig, MLPConfig
+from kanlab.config import FitConfig, KANConfig, MLPConfig, PruneConfig
 from kanlab.io import load, save
 from kanlab.layers import KANLinear
 from kanlab.models import KAN, MLP, build, count_flops, count_params
@@ -29,6 +29,7 @@ __all__ = [
     "KANConfig",
     "KANLinear",
     "MLPConfig",
+    "PruneConfig",
     "SeparabilityTree",
     "__version__",
     "attribute",

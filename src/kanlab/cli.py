@@ -381,11 +381,19 @@ def paper(
         list[int] | None,
         typer.Option(help="special/feynman, full size: keep only these depths (2-6; repeatable)."),
     ] = None,
+    prune_lamb: Annotated[
+        list[float] | None,
+        typer.Option(
+            help="special/feynman: keep only the pruned KANs of this sparsity weight (full size "
+            "1e-2, 1e-3; quick 1e-2; repeatable); 0: no pruned KANs."
+        ),
+    ] = None,
 ) -> None:
     """Run one of the KAN paper's experiments (resuming from its store) and print kanlab's
     numbers beside the published ones; writes report.md/.html and the figure into OUT. special and
     feynman can run in parts into one store: --family trains one family (the other reads "not
-    measured" or "partial"); --depth and --mlp-width narrow the protocol (the notes say so)."""
+    measured" or "partial"); --depth, --mlp-width and --prune-lamb narrow the protocol (the notes
+    say so)."""
     from kanlab.bench.paper import EXPERIMENTS
 
     if experiment not in EXPERIMENTS:
@@ -393,15 +401,20 @@ def paper(
     parts = {"families": tuple(_split(family)), "mlp_widths": tuple(mlp_width or ()),
              "depths": tuple(depth or ())}  # fmt: skip
     parts = {k: v for k, v in parts.items() if v}
+    if prune_lamb:  # (0 alone: no pruned KANs, an empty tuple that must not be dropped)
+        parts["prune_lambdas"] = tuple(v for v in prune_lamb if v != 0)
     if parts:
         from kanlab.bench.paper.common import TableProtocol, check_families
 
         if experiment not in ("special", "feynman"):
-            raise CLIError("--family/--mlp-width/--depth are for special and feynman only")
+            raise CLIError(
+                "--family/--mlp-width/--depth/--prune-lamb are for special and feynman only"
+            )
         try:  # refused here, before any training, as one line
             check_families(parts.get("families", ("kan",)))
             TableProtocol.of(quick=quick, steps=1, depths=parts.get("depths"),
-                             mlp_widths=parts.get("mlp_widths"))  # fmt: skip
+                             mlp_widths=parts.get("mlp_widths"),
+                             prune_lambdas=parts.get("prune_lambdas"))  # fmt: skip
         except ValueError as err:
             raise CLIError(str(err)) from None
     out = out or Path("kanlab-runs/paper") / (experiment + ("-quick" if quick else ""))

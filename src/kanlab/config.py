@@ -5,6 +5,8 @@
   is). ``kanlab.build(cfg)`` or ``KAN.from_config(cfg)`` makes the model; ``model.config`` gives it
   back.
 - :class:`FitConfig`: every option of :func:`kanlab.fit` except ``callbacks`` (code, not data).
+- :class:`PruneConfig`: the KAN paper's "train sparse, prune, train on" step as a benchmark trial
+  runs it before its grid schedule (:class:`kanlab.bench.sweep.Trial`).
 
 Each is a frozen dataclass of JSON-able values (tuples become lists in :meth:`to_dict`) that
 validates itself on construction, with the messages the library has always given (they name the
@@ -35,6 +37,7 @@ __all__ = [
     "FitConfig",
     "KANConfig",
     "MLPConfig",
+    "PruneConfig",
     "dtype_name",
     "torch_dtype",
 ]
@@ -391,6 +394,30 @@ class FitConfig(_Config):
             if self.lamb > 0:
                 raise ValueError(f"{name} > 0 (free knots) cannot be combined with lamb > 0")
         return ks if isinstance(ks, int) else tuple(ks)
+
+
+@dataclass(frozen=True)
+class PruneConfig(_Config):
+    """The KAN paper's pruned models (section 2.5, its Tables 1 and 2): train at the first grid
+    with the sparsity regulariser (``lamb``, :attr:`FitConfig.lamb`) for ``steps`` steps, then
+    :func:`kanlab.prune` with these thresholds, then train the smaller model through the fit's own
+    grid schedule without the regulariser."""
+
+    lamb: float = 1e-2  # sparsity weight of the pre-pruning stage (the paper: 1e-2 or 1e-3)
+    steps: int = 200  # LBFGS steps of that stage, at the schedule's first grid
+    node_threshold: float = 1e-2  # kanlab.prune's thresholds (its defaults: the paper's)
+    edge_threshold: float = 3e-2
+
+    def __post_init__(self) -> None:
+        if check_float("lamb", self.lamb, minimum=0.0) == 0.0:
+            raise ValueError("lamb must be > 0 (without the regulariser nothing is sparse), got 0")
+        self._set("lamb", float(self.lamb))
+        check_int("steps", self.steps, minimum=1)
+        for name in ("node_threshold", "edge_threshold"):
+            v = check_float(name, getattr(self, name), minimum=0.0)
+            if v >= 1.0:
+                raise ValueError(f"{name} must be in [0, 1) (a share of importance), got {v}")
+            self._set(name, v)
 
 
 def _check_schedule(schedule: object) -> tuple[int, ...] | None:

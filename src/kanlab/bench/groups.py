@@ -39,7 +39,12 @@ def _batchable(trial: Trial) -> bool:
     # mini-batches: fit draws them in an order seeded by each trial's own seed, but a batch shares
     # one order, so its seeds would not train as they do alone. KANBatch holds no multiplication
     # nodes: such a KAN trains alone.
-    return trial.fit.batch_size is None and not getattr(trial.model, "has_mult", False)
+    # A pruned trial's model changes shape mid-run (seeds prune to different widths): alone.
+    return (
+        trial.fit.batch_size is None
+        and not getattr(trial.model, "has_mult", False)
+        and trial.prune is None
+    )
 
 
 def batch_key(trial: Trial) -> str | None:

@@ -232,12 +232,16 @@ def _nrmse_mean(ok: Sequence[Mapping[str, Any]]) -> float:
 
 
 def _stage_curve(ok: Sequence[Mapping[str, Any]]) -> tuple[tuple[int, float], ...]:
-    """Mean test error after each grid stage, over the seeds, with the parameters at that grid."""
+    """Mean test error after each grid stage, over the seeds, with the parameters at that grid
+    (none for pruned KANs: their seeds prune to different widths)."""
     if not ok:
         return ()
-    model = (ok[0].get("config") or {}).get("model") or {}
+    config = ok[0].get("config") or {}
+    model = config.get("model") or {}
     stages = [(t.get("extra") or {}).get("stages") or [] for t in ok]
     if model.get("family") != "kan" or not stages[0] or len({len(s) for s in stages}) != 1:
+        return ()
+    if config.get("prune") is not None:
         return ()
     classification = ok[0].get("metric") == "accuracy"
     curve = []

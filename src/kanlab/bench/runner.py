@@ -102,13 +102,20 @@ def run_trial(trial: Trial) -> dict[str, Any]:
         raw, prepared = _prepared(trial, row)
         model = build(trial.model)
         row["params"] = count_params(model)  # at the first grid; replaced after training
+        fit, pruning = trial.fit, None
+        if trial.prune is not None:
+            model, pruning = _sparse_then_pruned(model, trial, prepared, raw)
+            fit = fit.replace(restarts=0)  # (restarts would re-initialise the pruned model)
         logged: list[dict[str, float]] = []  # errors in data units at each History row
 
         def log_errors(state: train.StepState) -> None:
             logged.append(measure(state.model, prepared, raw))
 
-        hist = train.fit(model, prepared.data, trial.fit, callbacks=[log_errors])
+        hist = train.fit(model, prepared.data, fit, callbacks=[log_errors])
         row.update(_trained(model, hist, logged, prepared, raw))
+        if pruning is not None:
+            row["steps"] += pruning["steps"]
+            row["extra"]["prune"] = pruning
     except train.NonFiniteLossError as err:
         row.update(status="diverged", error=str(err))
     except Exception as err:  # a failed trial is recorded, never stops the sweep
@@ -116,6 +123,31 @@ def run_trial(trial: Trial) -> dict[str, Any]:
     row["wall_time"] = time.perf_counter() - start
     row.setdefault("extra", {})["batch"] = {"size": 1, "index": 0}
     return row
+
+
+def _sparse_then_pruned(
+    model: Any, trial: Trial, prepared: Any, raw: Any
+) -> tuple[Any, dict[str, Any]]:
+    """A pruned trial's first part (:class:`~kanlab.config.PruneConfig`): ``model`` trained at its
+    first grid with the sparsity regulariser, then :func:`kanlab.prune` on the training inputs;
+    -> (the pruned model, what was done: its widths, parameters and test error before and after)."""
+    from kanlab import train
+    from kanlab.prune import prune
+
+    plan = trial.prune
+    sparse = trial.fit.replace(lamb=plan.lamb, steps=plan.steps, grid_schedule=None, knot_steps=0)
+    train.fit(model, prepared.data, sparse)
+    before = measure(model, prepared, raw)["test_metric"]
+    pruned = prune(model, prepared.data.train_x, node_threshold=plan.node_threshold,
+                   edge_threshold=plan.edge_threshold)  # fmt: skip
+    return pruned, {
+        "steps": plan.steps,
+        "widths": list(pruned.widths),
+        "params_before": count_params(model),
+        "params_after": count_params(pruned),
+        "sparse_test_metric": before,
+        "pruned_test_metric": measure(pruned, prepared, raw)["test_metric"],
+    }
 
 
 def run_trial_group(trials: Sequence[Trial]) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ from kanlab.bench.spec import (
     parse_sweep,
 )
 from kanlab.bench.tasks import Task, csv_task, load, resolve_tasks
-from kanlab.config import FitConfig, KANConfig, MLPConfig
+from kanlab.config import FitConfig, KANConfig, MLPConfig, PruneConfig
 from kanlab.models import count_flops, count_params
 from kanlab.mult import widths_label
 
@@ -85,8 +85,15 @@ class Trial:
     seed: int
     data: DataSpec
     group: str = ""  # label of the KAN configuration this trial is compared within (not in key)
+    # a KAN trained sparse, pruned, then through its fit (kanlab.bench.runner.run_trial); None: not
+    prune: PruneConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.prune is not None:
+            if not isinstance(self.prune, PruneConfig):
+                raise TypeError(f"prune must be a PruneConfig or None, got {self.prune!r}")
+            if not isinstance(self.model, KANConfig):
+                raise ValueError("prune is for KAN trials: an MLP has no edges to prune")
         if self.model.seed != self.seed:
             object.__setattr__(self, "model", self.model.replace(seed=self.seed))
         if self.fit.seed != self.seed:
@@ -119,17 +126,21 @@ class Trial:
     @property
     def total_steps(self) -> int:
         """Optimiser steps over all stages, plus the restart candidates' (``(restarts + 1) *
-        restart_steps`` with ``restarts > 0``: :mod:`kanlab.train.restarts`)."""
+        restart_steps`` with ``restarts > 0``: :mod:`kanlab.train.restarts`) and a pruned trial's
+        sparse stage (``prune.steps``)."""
         f = self.fit
-        return f.total_steps + ((f.restarts + 1) * f.restart_steps if f.restarts else 0)
+        pruning = self.prune.steps if self.prune is not None else 0
+        return f.total_steps + ((f.restarts + 1) * f.restart_steps if f.restarts else 0) + pruning
 
     @property
     def label(self) -> str:
-        """``kan[2,5,1] G=3>5`` / ``mlp[2,32,1] silu``; a layer with multiplication nodes reads
+        """``kan[2,5,1] G=3>5`` / ``mlp[2,32,1] silu``, a pruned trial's KAN ``kan[2,5,1] G=3>5
+        pruned lamb=0.01`` (its widths before pruning); a layer with multiplication nodes reads
         ``2+1x`` (2 sum + 1 multiplication node: :func:`kanlab.mult.widths_label`)."""
         w = widths_label(self.widths)
         if isinstance(self.model, KANConfig):
-            return f"kan[{w}] G={'>'.join(map(str, self.grid_schedule))}"
+            pruned = f" pruned lamb={self.prune.lamb:g}" if self.prune is not None else ""
+            return f"kan[{w}] G={'>'.join(map(str, self.grid_schedule))}{pruned}"
         return f"mlp[{w}] {self.model.activation}"
 
     def config(self) -> dict[str, Any]:
@@ -144,7 +155,7 @@ class Trial:
         identity and the semantics version entered the key do not resume: their trials run again.
         A float64 trial's data carry ``"precision": "float64"`` (:attr:`data_dtype`): before it,
         float64 trials trained on float32-rounded data, and their rows are not its results; every
-        other trial's key is as it was."""
+        other trial's key is as it was. A pruned trial adds ``"prune"`` (:class:`PruneConfig`)."""
         f, m = self.fit, self.model
         train: dict[str, Any] = {"optimizer": f.optimizer, "steps": f.total_steps, "lr": f.lr,
                                  "batch_size": f.batch_size, "lamb": f.lamb}  # fmt: skip
@@ -161,7 +172,7 @@ class Trial:
         data: dict[str, Any] = dataclasses.asdict(self.data)
         if self.data_dtype == torch.float64:
             data["precision"] = "float64"
-        return {
+        out = {
             "task": self.task.spec(),
             "data": data,
             "model": model,
@@ -170,6 +181,9 @@ class Trial:
             "semantics": TRAINING_SEMANTICS,
             "kanlab_version": __version__,
         }
+        if self.prune is not None:  # (absent otherwise: the keys of other trials are unchanged)
+            out["prune"] = self.prune.to_dict()
+        return out
 
     @property
     def key(self) -> str:

@@ -31,7 +31,9 @@ from kanlab import __version__
 from kanlab.bench.store import ResultStore, config_key
 
 __all__ = [
+    "KAN_HEADERS",
     "PaperTable",
+    "PaperTally",
     "UnitCounter",
     "cached_unit",
     "fmt",
@@ -147,6 +149,7 @@ MLP_WIDTHS = (5, 100)  # the MLP widths of the paper's Tables 1 and 2
 # outside it (of an input or of a hidden node's value) on a fine grid's end pieces.
 GRID_MARGIN = 0.01
 FULL_DEPTHS = (2, 3, 4, 5, 6)  # their model depths (layers), KAN and MLP
+PRUNE_LAMBDAS = (1e-2, 1e-3)  # their pruned KANs' sparsity weights
 
 
 @dataclass(frozen=True)
@@ -156,10 +159,12 @@ class TableProtocol:
     Full size: KANs of width 5 and depth 2-6 (1-5 hidden layers) trained with LBFGS over the grid
     schedule G = 3, 5, 10, 20, 50, 100, 200 (``steps`` per grid), MLPs of widths 5 and 100 and
     depth 2-6 trained for as many steps in total, every model on every seed, in float64 (the
-    paper's best KANs reach ~2e-7 RMSE, at float32's rounding). Quick: KAN [n,5,1] over
-    G = 3, 5, 10 and the MLPs [n,5,5,1], [n,100,100,1], in torch's default dtype. Not expressed:
-    the paper's pruned KANs (sparsity-regularised at G=3, pruned, then trained on): a trial's fit
-    has no pruning step.
+    paper's best KANs reach ~2e-7 RMSE, at float32's rounding). Every KAN shape is also trained
+    *pruned*, once per sparsity weight in ``prune_lambdas`` (the paper's 1e-2 and 1e-3): ``steps``
+    steps at G = 3 with the regulariser, :func:`kanlab.prune`, then the same grid schedule
+    (:class:`~kanlab.config.PruneConfig`, :func:`kanlab.bench.runner.run_trial`). Quick: KAN
+    [n,5,1] over G = 3, 5, 10, pruned with 1e-2 too, and the MLPs [n,5,5,1], [n,100,100,1], in
+    torch's default dtype.
 
     The KANs' grid updates and extensions place the grid 1% of the data's range beyond it
     (``FitConfig.grid_margin``, :data:`GRID_MARGIN`), as the scaling experiment does and for its
@@ -173,6 +178,7 @@ class TableProtocol:
     hidden: tuple[tuple[int, ...], ...]  # KAN hidden widths
     mlp_widths: tuple[tuple[int, ...], ...]  # MLP hidden widths
     dtype: str | None = None  # both families' dtype (None: torch's default)
+    prune_lambdas: tuple[float, ...] = ()  # sparsity weights of the pruned KANs (one arm each)
 
     @classmethod
     def of(
@@ -182,10 +188,13 @@ class TableProtocol:
         steps: int,
         depths: Sequence[int] | None = None,
         mlp_widths: Sequence[int] | None = None,
+        prune_lambdas: Sequence[float] | None = None,
     ) -> TableProtocol:
         """The quick or full protocol, narrowed to the model ``depths`` (layers, 2-6; full size only)
-        both families keep and the MLP widths ``mlp_widths`` (5, 100) it keeps (None: all). A
-        narrowed protocol's trials are the full one's (same keys): its store resumes into it."""
+        both families keep, the MLP widths ``mlp_widths`` (5, 100) and the pruned KANs' sparsity
+        weights ``prune_lambdas`` (some of the size's own; ``()``: no pruned KANs) it keeps (None:
+        all). A narrowed protocol's trials are the full one's (same keys): its store resumes into
+        it."""
         if mlp_widths is not None:
             mlp_widths = tuple(mlp_widths)
             if not mlp_widths or any(
@@ -198,7 +207,7 @@ class TableProtocol:
                     f"depths is for the full size (quick has fixed depths), got {depths!r}"
                 )
             proto = cls(steps=steps, grids=(3, 5, 10), hidden=((5,),),
-                        mlp_widths=((5, 5), (100, 100)))  # fmt: skip
+                        mlp_widths=((5, 5), (100, 100)), prune_lambdas=(1e-2,))  # fmt: skip
         else:
             depths = tuple(FULL_DEPTHS if depths is None else depths)
             if not depths or any(isinstance(d, bool) or d not in FULL_DEPTHS for d in depths):
@@ -210,7 +219,17 @@ class TableProtocol:
                 hidden=tuple((5,) * (d - 1) for d in layers),
                 mlp_widths=tuple((w,) * (d - 1) for w in MLP_WIDTHS for d in layers),
                 dtype="float64",
+                prune_lambdas=PRUNE_LAMBDAS,
             )
+        if prune_lambdas is not None:
+            lambdas = tuple(prune_lambdas)
+            if any(isinstance(v, bool) or v not in proto.prune_lambdas for v in lambdas):
+                raise ValueError(
+                    f"prune_lambdas must be some of {proto.prune_lambdas} at this size, "
+                    f"got {lambdas!r}"
+                )
+            proto = replace(proto, prune_lambdas=tuple(v for v in proto.prune_lambdas
+                                                       if v in lambdas))  # fmt: skip
         if mlp_widths is None:
             return proto
         kept = tuple(w for w in proto.mlp_widths if w[0] in mlp_widths)
@@ -220,6 +239,9 @@ class TableProtocol:
         """How this protocol is narrower than its size's whole one ("" when it is not)."""
         whole = TableProtocol.of(quick=quick, steps=self.steps)
         parts = []
+        if self.prune_lambdas != whole.prune_lambdas:
+            parts.append(f"pruned KANs with lamb {', '.join(map(str, self.prune_lambdas)) or 'none'}"
+                         f" (whole protocol: {', '.join(map(str, whole.prune_lambdas))})")  # fmt: skip
         if self.hidden != whole.hidden:
             parts.append(f"KAN/MLP depths {', '.join(str(len(h) + 1) for h in self.hidden)} "
                          f"(whole protocol: {', '.join(str(len(h) + 1) for h in whole.hidden)})")  # fmt: skip
@@ -230,9 +252,10 @@ class TableProtocol:
         return "; ".join(parts)
 
     def trials(self, task: Any, n_in: int, seeds: int, data: Any) -> list[Any]:
-        """Every KAN and MLP of the protocol on ``task`` (``n_in`` inputs), seeds 0..seeds-1."""
+        """Every KAN (unpruned, then pruned per ``prune_lambdas``) and MLP of the protocol on
+        ``task`` (``n_in`` inputs), seeds 0..seeds-1."""
         from kanlab.bench.sweep import Trial
-        from kanlab.config import FitConfig, KANConfig, MLPConfig
+        from kanlab.config import FitConfig, KANConfig, MLPConfig, PruneConfig
 
         grids, steps = self.grids, self.steps
         kan_fit = FitConfig(steps=steps, grid_schedule=grids, log_every=steps, progress=False,
@@ -244,6 +267,9 @@ class TableProtocol:
             for h in self.hidden:
                 kan = KANConfig(widths=(n_in, *h, 1), grid_size=grids[0], dtype=self.dtype)
                 trials.append(Trial(task=task, model=kan, fit=kan_fit, seed=seed, data=data))
+                for lamb in self.prune_lambdas:
+                    trials.append(Trial(task=task, model=kan, fit=kan_fit, seed=seed, data=data,
+                                        prune=PruneConfig(lamb=lamb, steps=steps)))  # fmt: skip
             for w in self.mlp_widths:
                 mlp = MLPConfig(widths=(n_in, *w, 1), dtype=self.dtype)
                 trials.append(Trial(task=task, model=mlp, fit=mlp_fit, seed=seed, data=data))
@@ -267,7 +293,10 @@ class FamilyResult:
     could name a wrong best model. ``best_min`` is the paper's figure (the lowest test error of any
     model over every configuration and seed: a minimum, selected on the test set as the paper
     does), ``best_mean`` the configuration of lowest mean error over seeds (what the verdict
-    weighs)."""
+    weighs). ``best_stage`` is the lowest test error after *any* grid stage of any trial: each
+    stage's model is a point of the paper's Pareto plots (its Figure 8: test RMSE against
+    parameters, one point per shape and grid), and its tables' best KAN is the lowest of them;
+    ``best_min`` counts each trial's final grid only."""
 
     family: str
     expected: int
@@ -275,6 +304,8 @@ class FamilyResult:
     best_min: float | None = None
     best_min_label: str = ""
     best_mean: Any = None  # ConfigStats of the lowest mean error
+    best_stage: float | None = None
+    best_stage_label: str = ""  # the trial's label, its grid and seed (a pruned one's widths)
 
     @property
     def complete(self) -> bool:
@@ -293,6 +324,12 @@ class FamilyResult:
         if not self.complete or self.best_min is None:
             return (self.status() or "no finished model", "-")
         return (self.best_min_label, fmt(self.best_min))
+
+    def stage_cells(self) -> tuple[str, str]:
+        """(label, error) of :attr:`best_stage`, or the status and "-"."""
+        if not self.complete or self.best_stage is None:
+            return (self.status() or "no finished model", "-")
+        return (self.best_stage_label, fmt(self.best_stage))
 
     def mean_cells(self) -> tuple[str, str]:
         """(label, "mean ± std") of the lowest-mean configuration, or the status and "-"."""
@@ -319,8 +356,71 @@ def family_results(
             best = min(ok, key=lambda c: min(c.errors))
             res = replace(res, best_min=min(best.errors), best_min_label=best.label,
                           best_mean=min(ok, key=lambda c: c.err_mean))  # fmt: skip
+            keys = {t.key for t in mine}
+            stage = _best_stage([r for r in rows if r["key"] in keys and r["status"] == "ok"])
+            if stage is not None:
+                res = replace(res, best_stage=stage[0], best_stage_label=stage[1])
         out[fam] = res
     return out
+
+
+def _best_stage(rows: Sequence[Mapping[str, Any]]) -> tuple[float, str] | None:
+    """(error, label) of the lowest test error after any grid stage of ``rows`` (store rows of a
+    regression task; a row without stages counts its final error)."""
+    best: tuple[float, str] | None = None
+    for r in rows:
+        extra = r.get("extra") or {}
+        stages = extra.get("stages") or [{"grid": None, "test_metric": r.get("test_error")}]
+        pruned = (extra.get("prune") or {}).get("widths")
+        for st in stages:
+            err = st.get("test_metric")
+            if not isinstance(err, int | float) or not math.isfinite(err):
+                continue
+            if best is None or err < best[0]:
+                where = f" at G={st['grid']}" if st.get("grid") else ""
+                to = f", pruned to [{','.join(map(str, pruned))}]" if pruned else ""
+                best = (float(err), f"{r['label']}{where}{to}, seed {r['seed']}")
+    return best
+
+
+# The KAN columns of the Tables 1 and 2 (:meth:`PaperTally.cells`).
+KAN_HEADERS = (
+    "kanlab best KAN (min over seeds, depths, pruning and grid stages)", "test RMSE",
+    "kanlab best KAN (final grid only)", "test RMSE", "paper best KAN",
+    "KAN <= paper (any stage / final grid)",
+)  # fmt: skip
+
+
+@dataclass
+class PaperTally:
+    """How many rows of a Table 1/2 have kanlab's best KAN at or below the paper's best KAN: taking
+    every grid stage's model as a candidate (``stage``: the paper's Pareto-plot selection, what
+    the issue's goal is judged on), and each trial's final grid only (``final``)."""
+
+    stage: int = 0
+    final: int = 0
+    judged: int = 0
+
+    def cells(self, kan: FamilyResult, paper_best: float) -> tuple[str, ...]:
+        """The row's :data:`KAN_HEADERS` cells for ``kan`` against ``paper_best``; counts the row
+        when the family is complete."""
+        head = (*kan.stage_cells(), *kan.min_cells(), fmt(paper_best))
+        if kan.best_stage is None or kan.best_min is None:
+            return (*head, kan.status() or "no finished model")
+        at_stage, at_final = kan.best_stage <= paper_best, kan.best_min <= paper_best
+        self.stage, self.final = self.stage + at_stage, self.final + at_final
+        self.judged += 1
+        return (*head, f"{'yes' if at_stage else 'no'} / {'yes' if at_final else 'no'}")
+
+    def note(self, noun: str, total: int, goal: str = "") -> str:
+        """The notes' line on the count (``goal``: appended in parentheses)."""
+        return (
+            f"kanlab's best KAN at or below the paper's best KAN on {self.stage} of {self.judged} "
+            f"{noun}(s) measured, of {total}{f' ({goal})' if goal else ''}, taking the model after "
+            f"every grid stage as a candidate (the paper's selection: each shape and grid is a "
+            f"point of its Pareto plots, Figure 8, and the table gives the lowest); "
+            f"on {self.final} with each trial's final grid (G = 200) only"
+        )
 
 
 def verdict_cell(results: Mapping[str, FamilyResult]) -> str:
