@@ -132,6 +132,16 @@ def test_other_spline_orders_and_a_deeper_stack(k):
     assert_matches_reference(x, y, layers, k, "silu")
 
 
+@pytest.mark.parametrize(("k", "grid"), [(0, 2), (1, 2), (2, 2), (3, 2)])
+def test_fewer_than_four_basis_functions_and_odd_widths(k, grid):
+    """G+k < 4 (no pass of four rows; 5 with k = 3) and layers with an odd number of outputs
+    (outputs are taken in pairs, the last alone)."""
+    widths = [3, 5, 2, 1]
+    layers = stack(widths, "uau", k=k, grid=grid, seed=20 + k)
+    x, y = data(widths, 3, rows=200, shared_x=False, shared_y=True)
+    assert_matches_reference(x, y, layers, k, "silu")
+
+
 @pytest.mark.parametrize("grid", [3, 4, 5, 6, 10])
 def test_hidden_cubic_inputs_with_one_output_equal_the_reference(grid):
     """The fused path of a hidden layer with one output on a uniform cubic grid (basis, output and

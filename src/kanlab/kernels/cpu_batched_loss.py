@@ -274,6 +274,122 @@ def _edge_dots(gyo, bs, a, bd, nb, gcoef, m, i, o):  # pragma: no cover - compil
 
 
 @njit(inline="always")
+def _weights4(coef, m, i, g, o, sc):  # pragma: no cover - compiled
+    """coef[m, i, g + q, o] * sc for q < 4."""
+    return (coef[m, i, g, o] * sc, coef[m, i, g + 1, o] * sc, coef[m, i, g + 2, o] * sc,
+            coef[m, i, g + 3, o] * sc)  # fmt: skip
+
+
+@njit(inline="always")
+def _add4(gcoef, m, i, g, o, a0, a1, a2, a3):  # pragma: no cover - compiled
+    """gcoef[m, i, g + q, o] += a_q for q < 4."""
+    gcoef[m, i, g, o] += a0
+    gcoef[m, i, g + 1, o] += a1
+    gcoef[m, i, g + 2, o] += a2
+    gcoef[m, i, g + 3, o] += a3
+
+
+@njit(inline="always")
+def _edge_pair(y0, y1, bs, a, wb0, wb1, coef, m, i, o, sc0, sc1, bd, nb, init):  # pragma: no cover
+    """:func:`_edge` for outputs o (into y0) and o+1 (into y1) in the same passes: each basis row
+    and the activation loaded once for both, half the loops (each with its fixed cost)."""
+    g = 0
+    if nb >= 4:
+        w0, w1, w2, w3 = _weights4(coef, m, i, 0, o, sc0)
+        u0, u1, u2, u3 = _weights4(coef, m, i, 0, o + 1, sc1)
+        b0, b1, b2, b3 = bd[0], bd[1], bd[2], bd[3]
+        if init:
+            for s in range(bs):
+                p0, p1, p2, p3, av = b0[s], b1[s], b2[s], b3[s], a[s]
+                y0[s] = wb0 * av + ((w0 * p0 + w1 * p1) + (w2 * p2 + w3 * p3))
+                y1[s] = wb1 * av + ((u0 * p0 + u1 * p1) + (u2 * p2 + u3 * p3))
+        else:
+            for s in range(bs):
+                p0, p1, p2, p3, av = b0[s], b1[s], b2[s], b3[s], a[s]
+                y0[s] += wb0 * av + ((w0 * p0 + w1 * p1) + (w2 * p2 + w3 * p3))
+                y1[s] += wb1 * av + ((u0 * p0 + u1 * p1) + (u2 * p2 + u3 * p3))
+        g = 4
+    elif init:
+        for s in range(bs):
+            y0[s] = wb0 * a[s]
+            y1[s] = wb1 * a[s]
+    else:
+        for s in range(bs):
+            y0[s] += wb0 * a[s]
+            y1[s] += wb1 * a[s]
+    while g + 4 <= nb:
+        w0, w1, w2, w3 = _weights4(coef, m, i, g, o, sc0)
+        u0, u1, u2, u3 = _weights4(coef, m, i, g, o + 1, sc1)
+        b0, b1, b2, b3 = bd[g], bd[g + 1], bd[g + 2], bd[g + 3]
+        for s in range(bs):
+            p0, p1, p2, p3 = b0[s], b1[s], b2[s], b3[s]
+            y0[s] += (w0 * p0 + w1 * p1) + (w2 * p2 + w3 * p3)
+            y1[s] += (u0 * p0 + u1 * p1) + (u2 * p2 + u3 * p3)
+        g += 4
+    while g < nb:
+        w0 = coef[m, i, g, o] * sc0
+        u0 = coef[m, i, g, o + 1] * sc1
+        bg = bd[g]
+        for s in range(bs):
+            y0[s] += w0 * bg[s]
+            y1[s] += u0 * bg[s]
+        g += 1
+
+
+@njit(inline="always")
+def _edge_dots_pair(gy0, gy1, bs, a, bd, nb, gcoef, m, i, o):  # pragma: no cover - compiled
+    """:func:`_edge_dots` for outputs o (gradient gy0) and o+1 (gy1) in the same passes; returns
+    both base sums."""
+    e0 = 0.0
+    e1 = 0.0
+    g = 0
+    while g + 4 <= nb:
+        b0, b1, b2, b3 = bd[g], bd[g + 1], bd[g + 2], bd[g + 3]
+        p0 = p1 = p2 = p3 = q0 = q1 = q2 = q3 = 0.0
+        if g == 0:  # (the base in the first pass)
+            for s in range(bs):
+                v, u, av = gy0[s], gy1[s], a[s]
+                e0 += av * v
+                e1 += av * u
+                p0 += b0[s] * v
+                p1 += b1[s] * v
+                p2 += b2[s] * v
+                p3 += b3[s] * v
+                q0 += b0[s] * u
+                q1 += b1[s] * u
+                q2 += b2[s] * u
+                q3 += b3[s] * u
+        else:
+            for s in range(bs):
+                v, u = gy0[s], gy1[s]
+                p0 += b0[s] * v
+                p1 += b1[s] * v
+                p2 += b2[s] * v
+                p3 += b3[s] * v
+                q0 += b0[s] * u
+                q1 += b1[s] * u
+                q2 += b2[s] * u
+                q3 += b3[s] * u
+        _add4(gcoef, m, i, g, o, p0, p1, p2, p3)
+        _add4(gcoef, m, i, g, o + 1, q0, q1, q2, q3)
+        g += 4
+    if nb < 4:
+        for s in range(bs):
+            e0 += a[s] * gy0[s]
+            e1 += a[s] * gy1[s]
+    while g < nb:
+        bg = bd[g]
+        p0 = q0 = 0.0
+        for s in range(bs):
+            p0 += bg[s] * gy0[s]
+            q0 += bg[s] * gy1[s]
+        gcoef[m, i, g, o] += p0
+        gcoef[m, i, g, o + 1] += q0
+        g += 1
+    return e0, e1
+
+
+@njit(inline="always")
 def _same_first_grids(per_x, kn, uniform, n0):  # pragma: no cover - compiled
     """same[m]: a shared x and model m's first-layer knots equal model m-1's, so model m-1's
     first-layer basis of the block serves model m too (a fresh batch on one grid range)."""
@@ -390,9 +506,16 @@ def _mse_grads(
                     elif hidden or not same[m]:
                         _basis(xi, bs, t0[m, r], h[m, r], kn[m, r], k, uniform[layer, m], hidden,
                                jj, uu, vals, dvals, bd[r], dbd[r], bd2)  # fmt: skip
-                    for o in range(n_o):
+                    nxt = node[layer + 1]
+                    for o in range(0, n_o - 1, 2):  # (outputs in pairs: rows loaded once)
+                        m0, m1 = mk3[m, i, o], mk3[m, i, o + 1]
+                        _edge_pair(z[nxt + o], z[nxt + o + 1], bs, act[r], sb3[m, i, o] * m0,
+                                   sb3[m, i, o + 1] * m1, c4, m, i, o, ss3[m, i, o] * m0,
+                                   ss3[m, i, o + 1] * m1, bd[r], nb, i == 0)  # fmt: skip
+                    if n_o % 2 == 1:
+                        o = n_o - 1
                         msk = mk3[m, i, o]
-                        _edge(z[node[layer + 1] + o], bs, act[r], sb3[m, i, o] * msk, c4, m, i, o,
+                        _edge(z[nxt + o], bs, act[r], sb3[m, i, o] * msk, c4, m, i, o,
                               ss3[m, i, o] * msk, bd[r], nb, i == 0)  # fmt: skip
             # residual: the output gradient of weight[m] * mse_m
             my = m if per_y else 0
@@ -428,18 +551,26 @@ def _mse_grads(
                         for s in range(bs):
                             gxi[s] = dr[s] * gyo[s]
                         continue
-                    if hidden:
-                        gxi[:bs] = 0.0
-                    for o in range(n_o):
-                        gyo = gz[node[layer + 1] + o]
-                        # unscaled coefficient gradients (the scales: at the end)
-                        gsb3[m, i, o] += _edge_dots(gyo, bs, act[r], bd[r], nb, g4, m, i, o)
-                        if hidden:
-                            msk = mk3[m, i, o]
-                            _edge(dsum, bs, dact[r], sb3[m, i, o] * msk, c4, m, i, o,
-                                  ss3[m, i, o] * msk, dbd[r], nb, True)  # fmt: skip
-                            for s in range(bs):
-                                gxi[s] += dsum[s] * gyo[s]
+                    # unscaled coefficient gradients (the scales: at the end), outputs in pairs
+                    nxt = node[layer + 1]
+                    for o in range(0, n_o - 1, 2):
+                        e0, e1 = _edge_dots_pair(gz[nxt + o], gz[nxt + o + 1], bs, act[r], bd[r], nb,
+                                                 g4, m, i, o)  # fmt: skip
+                        gsb3[m, i, o] += e0
+                        gsb3[m, i, o + 1] += e1
+                    if n_o % 2 == 1:
+                        o = n_o - 1
+                        gsb3[m, i, o] += _edge_dots(gz[nxt + o], bs, act[r], bd[r], nb, g4, m, i, o)
+                    if not hidden:
+                        continue
+                    gxi[:bs] = 0.0
+                    for o in range(n_o):  # the input's gradient: the edges' slopes
+                        gyo = gz[nxt + o]
+                        msk = mk3[m, i, o]
+                        _edge(dsum, bs, dact[r], sb3[m, i, o] * msk, c4, m, i, o,
+                              ss3[m, i, o] * msk, dbd[r], nb, True)  # fmt: skip
+                        for s in range(bs):
+                            gxi[s] += dsum[s] * gyo[s]
     for m in range(n_models):
         loss[m] = sq[m] / (batch * n_out)
     # fold in the scales and the mask: y = mask * (ss * sum_g coef B_g + sb * act), per layer
