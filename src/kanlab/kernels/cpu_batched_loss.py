@@ -208,9 +208,54 @@ def _cubic_hidden(
 
 
 @njit(inline="always")
-def _takes_hidden(layer, k, n_out, uniform):  # pragma: no cover - compiled
-    """Whether layer ``layer``'s inputs take :func:`_cubic_hidden` (for one model)."""
-    return layer > 0 and k == 3 and n_out == 1 and uniform
+def _hidden_mode(layer, k, n_out, uniform):  # pragma: no cover - compiled
+    """How layer ``layer``'s inputs run for one model: 1, :func:`_cubic_hidden` (uniform cubic
+    grid, one output); 2, :func:`_slope_from_lower` after the values-only basis (other grids, one
+    output); 0, the general path (the input layer, several outputs: derivative rows)."""
+    if layer == 0 or n_out != 1:
+        return 0
+    if uniform:
+        return 1 if k == 3 else 0
+    return 2 if k >= 1 else 0
+
+
+@njit(inline="always")
+def _slope_from_lower(dyo, bs, xs, da, wb, coef, m, i, sc, kn, k, nb, low, wts):  # pragma: no cover
+    """The slope of a hidden input's single edge, ``dyo[s] = wb * da[s] + sc * sum_g coef[m, i, g,
+    0] B_g'(xs[s])``, from the degree k-1 basis ``low`` (nb+1 rows, which the dense recursion of
+    :func:`~kanlab.kernels.cpu_batched_layer._basis` leaves in its scratch): ``B_g' = k (L_g /
+    (t_{g+k} - t_g) - L_{g+1} / (t_{g+k+1} - t_{g+1}))`` (1/0 = 0, as there), so ``sum_g v_g B_g' =
+    sum_j L_j k (v_j - v_{j-1}) / (t_{j+k} - t_j)`` (v_{-1} = v_nb = 0): one multiply-add per
+    lower row instead of a derivative row per basis function stored and read back. ``wts``:
+    scratch (>= nb+1,). NaN samples: NaN (as the derivative rows there)."""
+    for j in range(nb + 1):
+        d = kn[j + k] - kn[j]
+        inv = k / d if d > 0 else 0.0
+        vj = coef[m, i, j, 0] * sc if j < nb else 0.0
+        vp = coef[m, i, j - 1, 0] * sc if j >= 1 else 0.0
+        wts[j] = (vj - vp) * inv
+    for s in range(bs):
+        dyo[s] = wb * da[s]
+    g = 0
+    while g + 4 <= nb + 1:
+        w0, w1, w2, w3 = wts[g], wts[g + 1], wts[g + 2], wts[g + 3]
+        r0, r1, r2, r3 = low[g], low[g + 1], low[g + 2], low[g + 3]
+        for s in range(bs):
+            dyo[s] += (w0 * r0[s] + w1 * r1[s]) + (w2 * r2[s] + w3 * r3[s])
+        g += 4
+    while g < nb + 1:
+        w0 = wts[g]
+        r0 = low[g]
+        for s in range(bs):
+            dyo[s] += w0 * r0[s]
+        g += 1
+    bad = 0.0
+    for s in range(bs):
+        bad += xs[s] - xs[s]  # NaN iff some sample is NaN or infinite
+    if bad != 0.0:
+        for s in range(bs):
+            if xs[s] != xs[s]:
+                dyo[s] = np.nan
 
 
 @njit(inline="always")
@@ -468,6 +513,7 @@ def _mse_grads(
     dvals = np.empty((k + 1, S))
     dsum = np.empty(S)
     ds = np.empty((n_rows, S))  # fused hidden inputs: the slope of their edge (one output)
+    wts = np.empty(n)
     sq = np.zeros(n_models)
     for b0 in range(0, batch, S):
         bs = min(S, batch - b0)
@@ -489,19 +535,25 @@ def _mse_grads(
                 sb3 = sb[soff[layer] : soff[layer + 1]].reshape((n_models, n_in, n_o))
                 mk3 = mask[soff[layer] : soff[layer + 1]].reshape((n_models, n_in, n_o))
                 hidden = layer > 0
-                fused = _takes_hidden(layer, k, n_o, uniform[layer, m])
+                mode = _hidden_mode(layer, k, n_o, uniform[layer, m])
                 for i in range(n_in):
                     r = node[layer] + i
                     xi = z[r]
                     if hidden and code != 0:
                         _activation(xi, bs, code, True, act[r], dact[r], bits, tmp)
-                    if fused:  # basis, output and slope in one pass (no derivative rows)
+                    if mode == 1:  # basis, output and slope in one pass (no derivative rows)
                         msk = mk3[m, i, 0]
                         _cubic_hidden(xi, bs, t0[m, r], h[m, r], nb, act[r], dact[r],
                                       sb3[m, i, 0] * msk, c4, m, i, ss3[m, i, 0] * msk, uu,
                                       bd[r], z[node[layer + 1]], ds[r], i == 0)  # fmt: skip
                         continue
-                    if (hidden or not same[m]) and k == 3 and uniform[layer, m]:
+                    if mode == 2:  # the values, then the slope from the degree k-1 rows
+                        _basis(xi, bs, t0[m, r], h[m, r], kn[m, r], k, False, False, jj, uu, vals,
+                               dvals, bd[r], dbd[r], bd2)  # fmt: skip
+                        msk = mk3[m, i, 0]
+                        _slope_from_lower(ds[r], bs, xi, dact[r], sb3[m, i, 0] * msk, c4, m, i,
+                                          ss3[m, i, 0] * msk, kn[m, r], k, nb, bd2, wts)  # fmt: skip
+                    elif (hidden or not same[m]) and k == 3 and uniform[layer, m]:
                         _cubic_dense(xi, bs, t0[m, r], h[m, r], nb, hidden, uu, bd[r], dbd[r])
                     elif hidden or not same[m]:
                         _basis(xi, bs, t0[m, r], h[m, r], kn[m, r], k, uniform[layer, m], hidden,
@@ -540,11 +592,11 @@ def _mse_grads(
                 mk3 = mask[soff[layer] : soff[layer + 1]].reshape((n_models, n_in, n_o))
                 gsb3 = gsb[soff[layer] : soff[layer + 1]].reshape((n_models, n_in, n_o))
                 hidden = layer > 0
-                fused = _takes_hidden(layer, k, n_o, uniform[layer, m])
+                mode = _hidden_mode(layer, k, n_o, uniform[layer, m])
                 for i in range(n_in):
                     r = node[layer] + i
                     gxi = gz[r]
-                    if fused:  # the slope of the edge is ds[r], from the forward
+                    if mode != 0:  # the slope of the edge is ds[r], from the forward
                         gyo = gz[node[layer + 1]]
                         gsb3[m, i, 0] += _edge_dots(gyo, bs, act[r], bd[r], nb, g4, m, i, 0)
                         dr = ds[r]
@@ -585,7 +637,7 @@ def _mse_grads(
         gsb3 = gsb[soff[layer] : soff[layer + 1]].reshape((n_models, n_in, n_o))
         for m in range(n_models):
             # (fused hidden inputs: their rows held 6 B_g, so their sums are 6x)
-            unit = 1.0 / 6.0 if _takes_hidden(layer, k, n_o, uniform[layer, m]) else 1.0
+            unit = 1.0 / 6.0 if _hidden_mode(layer, k, n_o, uniform[layer, m]) == 1 else 1.0
             for i in range(n_in):
                 for o in range(n_o):
                     msk = mk3[m, i, o]
