@@ -132,6 +132,32 @@ def test_other_spline_orders_and_a_deeper_stack(k):
     assert_matches_reference(x, y, layers, k, "silu")
 
 
+@pytest.mark.parametrize(("k", "grid"), [(0, 2), (1, 2), (2, 2), (3, 2)])
+def test_fewer_than_four_basis_functions_and_odd_widths(k, grid):
+    """G+k < 4 (no pass of four rows; 5 with k = 3) and layers with an odd number of outputs
+    (outputs are taken in pairs, the last alone)."""
+    widths = [3, 5, 2, 1]
+    layers = stack(widths, "uau", k=k, grid=grid, seed=20 + k)
+    x, y = data(widths, 3, rows=200, shared_x=False, shared_y=True)
+    assert_matches_reference(x, y, layers, k, "silu")
+
+
+@pytest.mark.parametrize("grid", [3, 4, 5, 6, 10])
+def test_hidden_cubic_inputs_with_one_output_equal_the_reference(grid):
+    """The fused path of a hidden layer with one output on a uniform cubic grid (basis, output and
+    slope in one pass, rows of four basis functions: G+k not a multiple of 4 pads the last) in a
+    deeper stack: its input gradient feeds the layers before, the layer after is a general one;
+    adapted models beside uniform ones (the general path in the same call), masked edges, per-model
+    data partly outside the grids, hidden values beyond the knot span."""
+    widths = [2, 3, 1, 2, 1]
+    layers = stack(widths, "uauu", grid=grid, seed=11 + grid)
+    with torch.no_grad():
+        layers[0]["coef"][3] *= 6.0  # model 3's hidden values run past its knots (|x| > 1 + 3h)
+    x, y = data(widths, 4, rows=270, shared_x=False, shared_y=False)
+    weight = torch.tensor([1.0, 2.0, 0.5, 3.0], dtype=F64)
+    assert_matches_reference(x, y, layers, 3, "silu", weight=weight)
+
+
 @pytest.mark.parametrize("act", ["identity", "zero", "relu"])
 def test_other_base_activations(act):
     widths = [2, 3, 2]

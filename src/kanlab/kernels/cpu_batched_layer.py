@@ -131,7 +131,9 @@ def _basis(
     sit outside the loops over the block (a store under a branch stops vectorisation), every
     select picks between values already loaded (a load under a branch compiles to a branch), the
     slot count of the cubic case is a literal, and a recursion level reads one array and writes
-    another (rows of one array updated in place are not proven independent)."""
+    another (rows of one array updated in place are not proven independent). On an adapted grid
+    with k >= 1 it leaves the degree k-1 rows (nb+1 of them) in ``bd2``: the fused loss takes a
+    slope from them (``cpu_batched_loss._slope_from_lower``)."""
     n = kn.shape[0]
     nb = n - k - 1
     if uniform:

@@ -15,8 +15,12 @@ the layers keeping each layer's inputs, base activations and dense bases (with t
 for the hidden layers) for that block only (a few hundred KB at most, in the level-2 cache), the
 residual gives the output gradient, and the backward walks the layers back on what the forward
 just computed. Nothing of size batch x anything leaves the kernel. The block computations are
-the fused layer's own (its basis, activation, multiply-add and dot helpers, inlined here), so
-the results equal the per-layer path to rounding (float64: ~1e-15 relative), not bit for bit.
+the fused layer's own (its basis, activation, multiply-add and dot helpers, inlined here), except
+for the hidden inputs of a layer with one output (the last of [2,5,1]): there the basis, the
+edge's output and its slope in x are one pass (a closed form on uniform cubic grids,
+:func:`_cubic_hidden`; the slope from the degree k-1 rows on others, :func:`_slope_from_lower`)
+and no derivative rows are stored. The results equal the per-layer path to rounding (float64:
+~1e-15 relative), not bit for bit.
 
 Parameters are passed flat: each kind (coef; scale_spline, scale_base, mask) is one 1-D array
 holding every layer's ``(M, ...)`` tensor in turn, so one compiled kernel serves any depth (a
@@ -61,7 +65,7 @@ _JIT = {"nogil": True, "cache": _CACHE, "fastmath": {"contract", "reassoc"}, "er
 # 64 [2,5,1] KANs, 1000 points (ms per model-evaluation, uniform / adapted grids): 32: 0.121 /
 # 0.156, 64: 0.095 / 0.127, 128: 0.082 / 0.105, 256: 0.074 / 0.094, 512: 0.078 / 0.100, 1024:
 # 0.099 / 0.112 (each inner loop has a fixed cost: longer blocks amortise it, until the bases
-# leave the cache)
+# leave the cache). After the fused hidden inputs, 256, 512 and 1024 measured alike (0.049-0.053)
 _BLOCK = 256
 
 
@@ -113,6 +117,149 @@ def _cubic_dense(xs, bs, t0, h, nb, deriv, pos, bd, dbd):  # pragma: no cover - 
                     bd[g, s] = np.nan
                     if deriv:
                         dbd[g, s] = np.nan
+
+
+@njit(inline="always")
+def _cardinal6(t):  # pragma: no cover - compiled
+    """(6 N(t), -2 dN/dt) of the centred cardinal cubic B-spline N (support (-2, 2)), with e =
+    (2 - |t|)+ and f = (e - 1)+ = (1 - |t|)+: ``6 N = e^3 - 4 f^3`` (on |t| < 1 the two terms
+    give 4 - 6 t^2 + 3 |t|^3, beyond it the second is 0) and ``-2 dN/dt = sign(t) (e^2 - 4 f^2)``
+    (e^2 - 4 f^2 = (e - 2f)(e + 2f) >= 0: a copysign). Two clamps instead of both pieces and a
+    select between them, and the factors 1/6 and -1/2 left to the caller's weights: 8 multiplies
+    and multiply-adds per row and sample, the step's bottleneck, instead of 10 (no cancellation in
+    N: 6 N >= 1 where f > 0; the slope's is an absolute 1e-16, it is O(1) over the support)."""
+    d = abs(t)
+    e = max(2.0 - d, 0.0)
+    f = max(e - 1.0, 0.0)
+    e2 = e * e
+    f2 = f * f
+    return e2 * e - 4.0 * (f2 * f), np.copysign(e2 - 4.0 * f2, t)
+
+
+@njit(inline="always")
+def _cubic_edge4(pos, bs, g, w, v, bd, yo, dyo):  # pragma: no cover - compiled
+    """Rows g..g+3 of :func:`_cubic_hidden`: bd[g + q, s] = 6 N(pos[s] - 2 - g - q) and, in the
+    same pass, yo[s] += sum_q w[q] * bd[g + q, s], dyo[s] += sum_q v[q] * -2 N'(...) (N, N':
+    :func:`_cardinal6`, in units of the grid step); w, v: 4-tuples.
+    (The rows are written out here: through a helper storing them, the loop was not vectorised.)"""
+    r0, r1, r2, r3 = bd[g], bd[g + 1], bd[g + 2], bd[g + 3]
+    w0, w1, w2, w3 = w
+    v0, v1, v2, v3 = v
+    c = 2.0 + g
+    for s in range(bs):
+        t = pos[s] - c
+        n0, s0 = _cardinal6(t)
+        n1, s1 = _cardinal6(t - 1.0)
+        n2, s2 = _cardinal6(t - 2.0)
+        n3, s3 = _cardinal6(t - 3.0)
+        r0[s] = n0
+        r1[s] = n1
+        r2[s] = n2
+        r3[s] = n3
+        yo[s] += (w0 * n0 + w1 * n1) + (w2 * n2 + w3 * n3)
+        dyo[s] += (v0 * s0 + v1 * s1) + (v2 * s2 + v3 * s3)
+
+
+@njit(inline="always")
+def _cubic_hidden(
+    xs, bs, t0, h, nb, a, da, wb, coef, m, i, sc, pos, bd, yo, dyo, init
+):  # pragma: no cover - compiled
+    """A hidden input on a uniform cubic grid whose layer has one output, fused: the dense basis
+    of :func:`_cubic_dense` times 6, ``bd[g, s] = 6 B_g(xs[s])`` (the caller divides the
+    coefficient gradients by 6), the edge's output ``yo[s]`` (= with ``init``, else +=)
+    ``wb * a[s] + sc * sum_g coef[m, i, g, 0] * B_g(xs[s])`` (:func:`_edge`) and its slope in x,
+    ``dyo[s] = wb * da[s] + sc * sum_g coef[m, i, g, 0] * B_g'(xs[s])``, which the backward
+    multiplies by the output's gradient. Basis, output and slope in one pass over four rows at a
+    time: the derivatives are never stored, the rows are used while in registers (the separate
+    basis, edge and slope passes were half the step's time: 2 x 11 rows stored per input and read
+    back from the level-2 cache). ``pos``: scratch (S,)."""
+    inv_h = 1.0 / h
+    w_unit = sc * (1.0 / 6.0)  # (the rows hold 6 B_g, the slopes -2 B_g' h)
+    v_unit = sc * -0.5 * inv_h
+    for s in range(bs):
+        p = (xs[s] - t0) * inv_h  # (not / h: N is continuous, an ulp of p moves it by one)
+        pos[s] = p if p == p else -8.0  # NaN: outside every support (set below)
+    if init:  # the base term (a pass of its own: one loop body below, not three)
+        for s in range(bs):
+            yo[s] = wb * a[s]
+            dyo[s] = wb * da[s]
+    else:
+        for s in range(bs):
+            yo[s] += wb * a[s]
+            dyo[s] = wb * da[s]
+    g = 0
+    while g < nb:
+        # rows g..g+3; past the last basis function a zero weight and a scratch row (bd has G+2k
+        # rows, nb = G+k of them basis functions, so g + 3 < nb + k always has a row)
+        c0 = coef[m, i, g, 0]
+        c1 = coef[m, i, g + 1, 0] if g + 1 < nb else 0.0
+        c2 = coef[m, i, g + 2, 0] if g + 2 < nb else 0.0
+        c3 = coef[m, i, g + 3, 0] if g + 3 < nb else 0.0
+        w = (c0 * w_unit, c1 * w_unit, c2 * w_unit, c3 * w_unit)
+        v = (c0 * v_unit, c1 * v_unit, c2 * v_unit, c3 * v_unit)
+        _cubic_edge4(pos, bs, g, w, v, bd, yo, dyo)
+        g += 4
+    bad = 0.0
+    for s in range(bs):
+        bad += xs[s] - xs[s]  # NaN iff some sample is NaN or infinite
+    if bad != 0.0:  # NaN samples: NaN in rows 0..3 (as _cubic_dense), so in the output and slope
+        for s in range(bs):
+            if xs[s] != xs[s]:
+                for g in range(min(4, nb)):
+                    bd[g, s] = np.nan
+                yo[s] = np.nan
+                dyo[s] = np.nan
+
+
+@njit(inline="always")
+def _hidden_mode(layer, k, n_out, uniform):  # pragma: no cover - compiled
+    """How layer ``layer``'s inputs run for one model: 1, :func:`_cubic_hidden` (uniform cubic
+    grid, one output); 2, :func:`_slope_from_lower` after the values-only basis (other grids, one
+    output); 0, the general path (the input layer, several outputs: derivative rows)."""
+    if layer == 0 or n_out != 1:
+        return 0
+    if uniform:
+        return 1 if k == 3 else 0
+    return 2 if k >= 1 else 0
+
+
+@njit(inline="always")
+def _slope_from_lower(dyo, bs, xs, da, wb, coef, m, i, sc, kn, k, nb, low, wts):  # pragma: no cover
+    """The slope of a hidden input's single edge, ``dyo[s] = wb * da[s] + sc * sum_g coef[m, i, g,
+    0] B_g'(xs[s])``, from the degree k-1 basis ``low`` (nb+1 rows, which the dense recursion of
+    :func:`~kanlab.kernels.cpu_batched_layer._basis` leaves in its scratch): ``B_g' = k (L_g /
+    (t_{g+k} - t_g) - L_{g+1} / (t_{g+k+1} - t_{g+1}))`` (1/0 = 0, as there), so ``sum_g v_g B_g' =
+    sum_j L_j k (v_j - v_{j-1}) / (t_{j+k} - t_j)`` (v_{-1} = v_nb = 0): one multiply-add per
+    lower row instead of a derivative row per basis function stored and read back. ``wts``:
+    scratch (>= nb+1,). NaN samples: NaN (as the derivative rows there)."""
+    for j in range(nb + 1):
+        d = kn[j + k] - kn[j]
+        inv = k / d if d > 0 else 0.0
+        vj = coef[m, i, j, 0] * sc if j < nb else 0.0
+        vp = coef[m, i, j - 1, 0] * sc if j >= 1 else 0.0
+        wts[j] = (vj - vp) * inv
+    for s in range(bs):
+        dyo[s] = wb * da[s]
+    g = 0
+    while g + 4 <= nb + 1:
+        w0, w1, w2, w3 = wts[g], wts[g + 1], wts[g + 2], wts[g + 3]
+        r0, r1, r2, r3 = low[g], low[g + 1], low[g + 2], low[g + 3]
+        for s in range(bs):
+            dyo[s] += (w0 * r0[s] + w1 * r1[s]) + (w2 * r2[s] + w3 * r3[s])
+        g += 4
+    while g < nb + 1:
+        w0 = wts[g]
+        r0 = low[g]
+        for s in range(bs):
+            dyo[s] += w0 * r0[s]
+        g += 1
+    bad = 0.0
+    for s in range(bs):
+        bad += xs[s] - xs[s]  # NaN iff some sample is NaN or infinite
+    if bad != 0.0:
+        for s in range(bs):
+            if xs[s] != xs[s]:
+                dyo[s] = np.nan
 
 
 @njit(inline="always")
@@ -173,6 +320,122 @@ def _edge_dots(gyo, bs, a, bd, nb, gcoef, m, i, o):  # pragma: no cover - compil
             a_sum += a[s] * gyo[s]
     _dots_from(gyo, bs, bd, nb, gcoef, m, i, o, g)
     return a_sum
+
+
+@njit(inline="always")
+def _weights4(coef, m, i, g, o, sc):  # pragma: no cover - compiled
+    """coef[m, i, g + q, o] * sc for q < 4."""
+    return (coef[m, i, g, o] * sc, coef[m, i, g + 1, o] * sc, coef[m, i, g + 2, o] * sc,
+            coef[m, i, g + 3, o] * sc)  # fmt: skip
+
+
+@njit(inline="always")
+def _add4(gcoef, m, i, g, o, a0, a1, a2, a3):  # pragma: no cover - compiled
+    """gcoef[m, i, g + q, o] += a_q for q < 4."""
+    gcoef[m, i, g, o] += a0
+    gcoef[m, i, g + 1, o] += a1
+    gcoef[m, i, g + 2, o] += a2
+    gcoef[m, i, g + 3, o] += a3
+
+
+@njit(inline="always")
+def _edge_pair(y0, y1, bs, a, wb0, wb1, coef, m, i, o, sc0, sc1, bd, nb, init):  # pragma: no cover
+    """:func:`_edge` for outputs o (into y0) and o+1 (into y1) in the same passes: each basis row
+    and the activation loaded once for both, half the loops (each with its fixed cost)."""
+    g = 0
+    if nb >= 4:
+        w0, w1, w2, w3 = _weights4(coef, m, i, 0, o, sc0)
+        u0, u1, u2, u3 = _weights4(coef, m, i, 0, o + 1, sc1)
+        b0, b1, b2, b3 = bd[0], bd[1], bd[2], bd[3]
+        if init:
+            for s in range(bs):
+                p0, p1, p2, p3, av = b0[s], b1[s], b2[s], b3[s], a[s]
+                y0[s] = wb0 * av + ((w0 * p0 + w1 * p1) + (w2 * p2 + w3 * p3))
+                y1[s] = wb1 * av + ((u0 * p0 + u1 * p1) + (u2 * p2 + u3 * p3))
+        else:
+            for s in range(bs):
+                p0, p1, p2, p3, av = b0[s], b1[s], b2[s], b3[s], a[s]
+                y0[s] += wb0 * av + ((w0 * p0 + w1 * p1) + (w2 * p2 + w3 * p3))
+                y1[s] += wb1 * av + ((u0 * p0 + u1 * p1) + (u2 * p2 + u3 * p3))
+        g = 4
+    elif init:
+        for s in range(bs):
+            y0[s] = wb0 * a[s]
+            y1[s] = wb1 * a[s]
+    else:
+        for s in range(bs):
+            y0[s] += wb0 * a[s]
+            y1[s] += wb1 * a[s]
+    while g + 4 <= nb:
+        w0, w1, w2, w3 = _weights4(coef, m, i, g, o, sc0)
+        u0, u1, u2, u3 = _weights4(coef, m, i, g, o + 1, sc1)
+        b0, b1, b2, b3 = bd[g], bd[g + 1], bd[g + 2], bd[g + 3]
+        for s in range(bs):
+            p0, p1, p2, p3 = b0[s], b1[s], b2[s], b3[s]
+            y0[s] += (w0 * p0 + w1 * p1) + (w2 * p2 + w3 * p3)
+            y1[s] += (u0 * p0 + u1 * p1) + (u2 * p2 + u3 * p3)
+        g += 4
+    while g < nb:
+        w0 = coef[m, i, g, o] * sc0
+        u0 = coef[m, i, g, o + 1] * sc1
+        bg = bd[g]
+        for s in range(bs):
+            y0[s] += w0 * bg[s]
+            y1[s] += u0 * bg[s]
+        g += 1
+
+
+@njit(inline="always")
+def _edge_dots_pair(gy0, gy1, bs, a, bd, nb, gcoef, m, i, o):  # pragma: no cover - compiled
+    """:func:`_edge_dots` for outputs o (gradient gy0) and o+1 (gy1) in the same passes; returns
+    both base sums."""
+    e0 = 0.0
+    e1 = 0.0
+    g = 0
+    while g + 4 <= nb:
+        b0, b1, b2, b3 = bd[g], bd[g + 1], bd[g + 2], bd[g + 3]
+        p0 = p1 = p2 = p3 = q0 = q1 = q2 = q3 = 0.0
+        if g == 0:  # (the base in the first pass)
+            for s in range(bs):
+                v, u, av = gy0[s], gy1[s], a[s]
+                e0 += av * v
+                e1 += av * u
+                p0 += b0[s] * v
+                p1 += b1[s] * v
+                p2 += b2[s] * v
+                p3 += b3[s] * v
+                q0 += b0[s] * u
+                q1 += b1[s] * u
+                q2 += b2[s] * u
+                q3 += b3[s] * u
+        else:
+            for s in range(bs):
+                v, u = gy0[s], gy1[s]
+                p0 += b0[s] * v
+                p1 += b1[s] * v
+                p2 += b2[s] * v
+                p3 += b3[s] * v
+                q0 += b0[s] * u
+                q1 += b1[s] * u
+                q2 += b2[s] * u
+                q3 += b3[s] * u
+        _add4(gcoef, m, i, g, o, p0, p1, p2, p3)
+        _add4(gcoef, m, i, g, o + 1, q0, q1, q2, q3)
+        g += 4
+    if nb < 4:
+        for s in range(bs):
+            e0 += a[s] * gy0[s]
+            e1 += a[s] * gy1[s]
+    while g < nb:
+        bg = bd[g]
+        p0 = q0 = 0.0
+        for s in range(bs):
+            p0 += bg[s] * gy0[s]
+            q0 += bg[s] * gy1[s]
+        gcoef[m, i, g, o] += p0
+        gcoef[m, i, g, o + 1] += q0
+        g += 1
+    return e0, e1
 
 
 @njit(inline="always")
@@ -253,6 +516,8 @@ def _mse_grads(
     vals = np.empty((k + 1, S))
     dvals = np.empty((k + 1, S))
     dsum = np.empty(S)
+    ds = np.empty((n_rows, S))  # fused hidden inputs: the slope of their edge (one output)
+    wts = np.empty(n)
     sq = np.zeros(n_models)
     for b0 in range(0, batch, S):
         bs = min(S, batch - b0)
@@ -274,19 +539,39 @@ def _mse_grads(
                 sb3 = sb[soff[layer] : soff[layer + 1]].reshape((n_models, n_in, n_o))
                 mk3 = mask[soff[layer] : soff[layer + 1]].reshape((n_models, n_in, n_o))
                 hidden = layer > 0
+                mode = _hidden_mode(layer, k, n_o, uniform[layer, m])
                 for i in range(n_in):
                     r = node[layer] + i
                     xi = z[r]
                     if hidden and code != 0:
                         _activation(xi, bs, code, True, act[r], dact[r], bits, tmp)
-                    if (hidden or not same[m]) and k == 3 and uniform[layer, m]:
+                    if mode == 1:  # basis, output and slope in one pass (no derivative rows)
+                        msk = mk3[m, i, 0]
+                        _cubic_hidden(xi, bs, t0[m, r], h[m, r], nb, act[r], dact[r],
+                                      sb3[m, i, 0] * msk, c4, m, i, ss3[m, i, 0] * msk, uu,
+                                      bd[r], z[node[layer + 1]], ds[r], i == 0)  # fmt: skip
+                        continue
+                    if mode == 2:  # the values, then the slope from the degree k-1 rows
+                        _basis(xi, bs, t0[m, r], h[m, r], kn[m, r], k, False, False, jj, uu, vals,
+                               dvals, bd[r], dbd[r], bd2)  # fmt: skip
+                        msk = mk3[m, i, 0]
+                        _slope_from_lower(ds[r], bs, xi, dact[r], sb3[m, i, 0] * msk, c4, m, i,
+                                          ss3[m, i, 0] * msk, kn[m, r], k, nb, bd2, wts)  # fmt: skip
+                    elif (hidden or not same[m]) and k == 3 and uniform[layer, m]:
                         _cubic_dense(xi, bs, t0[m, r], h[m, r], nb, hidden, uu, bd[r], dbd[r])
                     elif hidden or not same[m]:
                         _basis(xi, bs, t0[m, r], h[m, r], kn[m, r], k, uniform[layer, m], hidden,
                                jj, uu, vals, dvals, bd[r], dbd[r], bd2)  # fmt: skip
-                    for o in range(n_o):
+                    nxt = node[layer + 1]
+                    for o in range(0, n_o - 1, 2):  # (outputs in pairs: rows loaded once)
+                        m0, m1 = mk3[m, i, o], mk3[m, i, o + 1]
+                        _edge_pair(z[nxt + o], z[nxt + o + 1], bs, act[r], sb3[m, i, o] * m0,
+                                   sb3[m, i, o + 1] * m1, c4, m, i, o, ss3[m, i, o] * m0,
+                                   ss3[m, i, o + 1] * m1, bd[r], nb, i == 0)  # fmt: skip
+                    if n_o % 2 == 1:
+                        o = n_o - 1
                         msk = mk3[m, i, o]
-                        _edge(z[node[layer + 1] + o], bs, act[r], sb3[m, i, o] * msk, c4, m, i, o,
+                        _edge(z[nxt + o], bs, act[r], sb3[m, i, o] * msk, c4, m, i, o,
                               ss3[m, i, o] * msk, bd[r], nb, i == 0)  # fmt: skip
             # residual: the output gradient of weight[m] * mse_m
             my = m if per_y else 0
@@ -311,21 +596,37 @@ def _mse_grads(
                 mk3 = mask[soff[layer] : soff[layer + 1]].reshape((n_models, n_in, n_o))
                 gsb3 = gsb[soff[layer] : soff[layer + 1]].reshape((n_models, n_in, n_o))
                 hidden = layer > 0
+                mode = _hidden_mode(layer, k, n_o, uniform[layer, m])
                 for i in range(n_in):
                     r = node[layer] + i
                     gxi = gz[r]
-                    if hidden:
-                        gxi[:bs] = 0.0
-                    for o in range(n_o):
-                        gyo = gz[node[layer + 1] + o]
-                        # unscaled coefficient gradients (the scales: at the end)
-                        gsb3[m, i, o] += _edge_dots(gyo, bs, act[r], bd[r], nb, g4, m, i, o)
-                        if hidden:
-                            msk = mk3[m, i, o]
-                            _edge(dsum, bs, dact[r], sb3[m, i, o] * msk, c4, m, i, o,
-                                  ss3[m, i, o] * msk, dbd[r], nb, True)  # fmt: skip
-                            for s in range(bs):
-                                gxi[s] += dsum[s] * gyo[s]
+                    if mode != 0:  # the slope of the edge is ds[r], from the forward
+                        gyo = gz[node[layer + 1]]
+                        gsb3[m, i, 0] += _edge_dots(gyo, bs, act[r], bd[r], nb, g4, m, i, 0)
+                        dr = ds[r]
+                        for s in range(bs):
+                            gxi[s] = dr[s] * gyo[s]
+                        continue
+                    # unscaled coefficient gradients (the scales: at the end), outputs in pairs
+                    nxt = node[layer + 1]
+                    for o in range(0, n_o - 1, 2):
+                        e0, e1 = _edge_dots_pair(gz[nxt + o], gz[nxt + o + 1], bs, act[r], bd[r], nb,
+                                                 g4, m, i, o)  # fmt: skip
+                        gsb3[m, i, o] += e0
+                        gsb3[m, i, o + 1] += e1
+                    if n_o % 2 == 1:
+                        o = n_o - 1
+                        gsb3[m, i, o] += _edge_dots(gz[nxt + o], bs, act[r], bd[r], nb, g4, m, i, o)
+                    if not hidden:
+                        continue
+                    gxi[:bs] = 0.0
+                    for o in range(n_o):  # the input's gradient: the edges' slopes
+                        gyo = gz[nxt + o]
+                        msk = mk3[m, i, o]
+                        _edge(dsum, bs, dact[r], sb3[m, i, o] * msk, c4, m, i, o,
+                              ss3[m, i, o] * msk, dbd[r], nb, True)  # fmt: skip
+                        for s in range(bs):
+                            gxi[s] += dsum[s] * gyo[s]
     for m in range(n_models):
         loss[m] = sq[m] / (batch * n_out)
     # fold in the scales and the mask: y = mask * (ss * sum_g coef B_g + sb * act), per layer
@@ -339,13 +640,15 @@ def _mse_grads(
         gss3 = gss[soff[layer] : soff[layer + 1]].reshape((n_models, n_in, n_o))
         gsb3 = gsb[soff[layer] : soff[layer + 1]].reshape((n_models, n_in, n_o))
         for m in range(n_models):
+            # (fused hidden inputs: their rows held 6 B_g, so their sums are 6x)
+            unit = 1.0 / 6.0 if _hidden_mode(layer, k, n_o, uniform[layer, m]) == 1 else 1.0
             for i in range(n_in):
                 for o in range(n_o):
                     msk = mk3[m, i, o]
                     sc = ss3[m, i, o] * msk
                     a = 0.0
                     for g in range(nb):
-                        gu = g4[m, i, g, o]
+                        gu = g4[m, i, g, o] * unit
                         a += gu * c4[m, i, g, o]
                         g4[m, i, g, o] = gu * sc
                     gss3[m, i, o] = a * msk
