@@ -84,8 +84,11 @@ def test_feynman_tiny_runs_compares_and_resumes(tmp_path):
     assert float(row[6]) == pytest.approx(ref.best_kan, rel=1e-2) and row[12] == ref.mlp_test_rmse
     assert math.isfinite(float(row[3])) and math.isfinite(float(row[11]))
     assert float(row[3]) <= float(row[5])
-    yes = {True: "yes", False: "no"}
-    assert row[7] == f"{yes[float(row[3]) <= ref.best_kan]} / {yes[float(row[5]) <= ref.best_kan]}"
+    stage_ok, final_ok = (cell == "yes" for cell in row[7].split(" / "))
+    assert final_ok <= stage_ok and row[7] in ("yes / yes", "yes / no", "no / no")
+    for cell, ok in ((row[3], stage_ok), (row[5], final_ok)):
+        if not math.isclose(float(cell), ref.best_kan, rel_tol=5e-3):  # (the cells are rounded)
+            assert ok == (float(cell) <= ref.best_kan)
     assert row[13].split()[0] in ("KAN", "MLP", "tie")
     report = (tmp_path / "report.md").read_text()
     assert "Table 2" in report and "dimensionless" in report and "confirmed" in report

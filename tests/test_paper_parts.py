@@ -193,10 +193,14 @@ def test_protocol_dataclass_is_frozen():
 
 @pytest.mark.slow
 def test_cli_runs_one_family_and_says_the_other_is_not_measured(tmp_path, capsys):
-    argv = ["paper", "special", "--quick", "--family", "kan", "--mlp-width", "5", "--seeds", "1"]
+    argv = ["paper", "special", "--quick", "--family", "kan", "--mlp-width", "5", "--seeds", "1",
+            "--prune-lamb", "0"]  # fmt: skip
     code, out, err = _cli([*argv, "--out", str(tmp_path)], capsys)
     assert code in (0, None), err
     rows = [line for line in out.splitlines() if line.startswith("| special/")]
     assert len(rows) == 3 and all("| MLP not measured |" in r for r in rows)
-    assert "narrowed protocol: MLP widths 5 only" in out
-    assert "units trained 6, reused 0" in err  # 3 functions x (1 KAN + 1 pruned) x 1 seed
+    assert (
+        "narrowed protocol: pruned KANs with lamb none (whole protocol: 0.01); MLP widths 5 only"
+        in out
+    )
+    assert "units trained 3, reused 0" in err  # 3 functions x 1 KAN x 1 seed (none pruned)

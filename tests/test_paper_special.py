@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 
 import pytest
@@ -44,8 +45,11 @@ def test_special_tiny_runs_in_parts_compares_and_resumes(tmp_path):
     assert float(row[5]) == pytest.approx(paper_kan, rel=1e-2) and row[11] == ref["mlp_test_rmse"]
     # the minimum over grid stages is below the final-grid minimum (a minimum over more models)
     assert float(row[2]) <= float(row[4])
-    yes = {True: "yes", False: "no"}
-    assert row[6] == f"{yes[float(row[2]) <= paper_kan]} / {yes[float(row[4]) <= paper_kan]}"
+    stage_ok, final_ok = (cell == "yes" for cell in row[6].split(" / "))
+    assert final_ok <= stage_ok and row[6] in ("yes / yes", "yes / no", "no / no")
+    for cell, ok in ((row[2], stage_ok), (row[4], final_ok)):
+        if not math.isclose(float(cell), paper_kan, rel_tol=5e-3):  # (the cells are rounded)
+            assert ok == (float(cell) <= paper_kan)
     assert " at G=" in row[1] and "seed " in row[1]
     assert row[9:11] == ("not measured", "-") and row[12] == "MLP not measured"
     # part 2: the width-5 MLPs, a narrowed protocol (said in the notes): complete, so a verdict
