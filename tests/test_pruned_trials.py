@@ -142,6 +142,6 @@ def test_paper_tally_counts_both_selections_and_skips_incomplete_families():
         "yes / yes"
     )
     assert (tally.stage, tally.final, tally.judged) == (2, 1, 2)
-    note = tally.note("function", 15, "goal")
+    note = tally.note("function", 15, "goal", final_grid=10)
     assert note.startswith("kanlab's best KAN at or below the paper's best KAN on 2 of 2 function")
-    assert "on 1 with each trial's final grid" in note
+    assert "on 1 with each trial's final grid (G = 10) only" in note

@@ -412,14 +412,15 @@ class PaperTally:
         self.judged += 1
         return (*head, f"{'yes' if at_stage else 'no'} / {'yes' if at_final else 'no'}")
 
-    def note(self, noun: str, total: int, goal: str = "") -> str:
-        """The notes' line on the count (``goal``: appended in parentheses)."""
+    def note(self, noun: str, total: int, goal: str = "", *, final_grid: int) -> str:
+        """The notes' line on the count (``goal``: appended in parentheses; ``final_grid``: the
+        schedule's last grid)."""
         return (
             f"kanlab's best KAN at or below the paper's best KAN on {self.stage} of {self.judged} "
             f"{noun}(s) measured, of {total}{f' ({goal})' if goal else ''}, taking the model after "
             f"every grid stage as a candidate (the paper's selection: each shape and grid is a "
             f"point of its Pareto plots, Figure 8, and the table gives the lowest); "
-            f"on {self.final} with each trial's final grid (G = 200) only"
+            f"on {self.final} with each trial's final grid (G = {final_grid}) only"
         )
 
 

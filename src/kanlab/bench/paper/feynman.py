@@ -217,6 +217,7 @@ def run_feynman(
             "equation",
             len(names),
             "the paper's best KAN: the lowest of its human-built, pruned and unpruned KANs",
+            final_grid=protocol.grids[-1],
         ),
         "like for like: 'best KAN' and 'best MLP' are, as in the paper, the lowest test RMSE of any "
         "model over every configuration (pruned or not) and seed (a minimum selected on the test "
