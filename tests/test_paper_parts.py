@@ -112,6 +112,10 @@ def test_mlp_widths_narrow_the_protocol_and_say_so():
     assert quick.mlp_widths == ((100, 100),) and quick.hidden == ((5,),)
     assert quick.narrowed(quick=True) == "MLP widths 100 only (whole protocol: 5, 100)"
     assert TableProtocol.of(quick=True, steps=1).narrowed(quick=True) == ""
+    # depths alone narrow the depths, not the widths (both MLP widths are still there)
+    assert TableProtocol.of(quick=False, steps=1, depths=(2,)).narrowed(quick=False) == (
+        "KAN/MLP depths 2 (whole protocol: 2, 3, 4, 5, 6)"
+    )
     full = TableProtocol.of(quick=False, steps=1, depths=(2, 3), mlp_widths=(5,))
     assert full.mlp_widths == ((5,), (5, 5)) and full.hidden == ((5,), (5, 5))
     assert full.narrowed(quick=False) == (

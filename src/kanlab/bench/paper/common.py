@@ -245,7 +245,7 @@ class TableProtocol:
         if self.hidden != whole.hidden:
             parts.append(f"KAN/MLP depths {', '.join(str(len(h) + 1) for h in self.hidden)} "
                          f"(whole protocol: {', '.join(str(len(h) + 1) for h in whole.hidden)})")  # fmt: skip
-        if self.mlp_widths != whole.mlp_widths:
+        if {w[0] for w in self.mlp_widths} != {w[0] for w in whole.mlp_widths}:
             widths = sorted({w[0] for w in self.mlp_widths})
             parts.append(f"MLP widths {', '.join(map(str, widths))} only (whole protocol: "
                          f"{', '.join(map(str, MLP_WIDTHS))})")  # fmt: skip
