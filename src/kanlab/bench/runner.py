@@ -631,22 +631,21 @@ def run_trials(
 ) -> RunSummary:
     """Run the trials not yet finished in ``store`` on ``executor``; record each as it completes.
 
-        ``batch`` (default): the pending trials are grouped by
-        :func:`~kanlab.bench.groups.group_trials` (one model and fit configuration: its seeds
-        and the tasks of one input width, at most ``max_batch`` per group) and each group is one task
-        on the executor, trained as one model batch
-        by ``group_fn`` (default :func:`run_trial_group`; with a custom ``trial_fn`` and no
-        ``group_fn``, the group's trials run one by one through ``trial_fn``); its rows are committed
-        one per trial, in one transaction, when the group completes (a kill leaves a batch wholly stored
-    or not at all). ``batch=False``: one task per trial, as before. On any
-        executor but :class:`SerialExecutor` the tasks are submitted longest first
-        (:func:`~kanlab.bench.groups.longest_first`), so a pool packs them like LPT.
+    ``batch`` (default): the pending trials are grouped by
+    :func:`~kanlab.bench.groups.group_trials` (one model and fit configuration: its seeds and the
+    tasks of one input width, at most ``max_batch`` per group) and each group is one task on the
+    executor, trained as one model batch by ``group_fn`` (default :func:`run_trial_group`; with a
+    custom ``trial_fn`` and no ``group_fn``, the group's trials run one by one through
+    ``trial_fn``); its rows are committed one per trial, in one transaction, when the group
+    completes (a kill leaves a batch wholly stored or not at all). ``batch=False``: one task per
+    trial, as before. On any executor but :class:`SerialExecutor` the tasks are submitted longest
+    first (:func:`~kanlab.bench.groups.longest_first`), so a pool packs them like LPT.
 
-        ``progress`` shows a tqdm bar over trials; ``on_result`` is called in this process after each
-        result is committed. An exception raised by the executor itself (e.g. a worker process that
-        died) is recorded as ``failed`` for the trials of its task. A ``KeyboardInterrupt`` comes out as
-        :class:`Interrupted` with the summary of the trials committed until then; a rerun runs only the
-        trials not finished (regrouped), so no trial is recorded twice."""
+    ``progress`` shows a tqdm bar over trials; ``on_result`` is called in this process after each
+    result is committed. An exception raised by the executor itself (e.g. a worker process that
+    died) is recorded as ``failed`` for the trials of its task. A ``KeyboardInterrupt`` comes out as
+    :class:`Interrupted` with the summary of the trials committed until then; a rerun runs only the
+    trials not finished (regrouped), so no trial is recorded twice."""
     from kanlab.bench.groups import group_trials, longest_first
 
     start = time.perf_counter()
