@@ -32,6 +32,7 @@ from kanlab.bench.store import ResultStore, config_key
 
 __all__ = [
     "KAN_HEADERS",
+    "LIKE_FOR_LIKE",
     "PaperTable",
     "PaperTally",
     "UnitCounter",
@@ -382,6 +383,14 @@ def _best_stage(rows: Sequence[Mapping[str, Any]]) -> tuple[float, str] | None:
                 best = (float(err), f"{r['label']}{where}{to}, seed {r['seed']}")
     return best
 
+
+# The notes' line of the Tables 1 and 2 on which figures are compared with the paper's.
+LIKE_FOR_LIKE = (
+    "like for like: 'best KAN' and 'best MLP' are, as in the paper, the lowest test RMSE of any "
+    "model over every configuration (pruned or not) and seed (a minimum selected on the test "
+    "set); 'mean over seeds' is the configuration of lowest mean (final grid), which the "
+    "verdict weighs"
+)
 
 # The KAN columns of the Tables 1 and 2 (:meth:`PaperTally.cells`).
 KAN_HEADERS = (

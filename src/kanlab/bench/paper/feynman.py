@@ -37,6 +37,7 @@ from kanlab.bench.paper.common import (
     FAMILIES,
     GRID_MARGIN,
     KAN_HEADERS,
+    LIKE_FOR_LIKE,
     PaperTable,
     PaperTally,
     TableProtocol,
@@ -219,10 +220,7 @@ def run_feynman(
             "the paper's best KAN: the lowest of its human-built, pruned and unpruned KANs",
             final_grid=protocol.grids[-1],
         ),
-        "like for like: 'best KAN' and 'best MLP' are, as in the paper, the lowest test RMSE of any "
-        "model over every configuration (pruned or not) and seed (a minimum selected on the test "
-        "set); 'mean over seeds' is the configuration of lowest mean (final grid), which the "
-        "verdict weighs",
+        LIKE_FOR_LIKE,
         "caveat: the paper trains on dimensionless variables with its own input ranges; here they "
         "are the AI Feynman ranges mapped through each substitution, so the published RMSE is a "
         "reference point, not the same data (kanlab builds no human-built KANs here)",

@@ -32,6 +32,7 @@ from kanlab.bench.paper.common import (
     FAMILIES,
     GRID_MARGIN,
     KAN_HEADERS,
+    LIKE_FOR_LIKE,
     PaperTable,
     PaperTally,
     TableProtocol,
@@ -146,10 +147,7 @@ def run_special(
             "issue goal: >= 12 of 15 at full size",
             final_grid=protocol.grids[-1],
         ),
-        "like for like: 'best KAN' and 'best MLP' are, as in the paper, the lowest test RMSE of any "
-        "model over every configuration (pruned or not) and seed (a minimum selected on the test "
-        "set); 'mean over seeds' is the configuration of lowest mean (final grid), which the "
-        "verdict weighs",
+        LIKE_FOR_LIKE,
         f"trials: {len(every)} in the protocol, {len(chosen)} chosen for this call "
         f"(families {', '.join(families)}), "
         f"{summary.skipped} of them found finished in the store",
