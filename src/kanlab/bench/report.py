@@ -239,9 +239,12 @@ def _stage_curve(ok: Sequence[Mapping[str, Any]]) -> tuple[tuple[int, float], ..
     config = ok[0].get("config") or {}
     model = config.get("model") or {}
     stages = [(t.get("extra") or {}).get("stages") or [] for t in ok]
-    if model.get("family") != "kan" or not stages[0] or len({len(s) for s in stages}) != 1:
-        return ()
-    if config.get("prune") is not None:
+    if (
+        model.get("family") != "kan"
+        or config.get("prune") is not None
+        or not stages[0]
+        or len({len(s) for s in stages}) != 1
+    ):
         return ()
     classification = ok[0].get("metric") == "accuracy"
     curve = []
